@@ -1,0 +1,38 @@
+"""Helpers shared by the command modules: error reporting and exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import DiffcError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+EXIT_OK = 0
+EXIT_PARTIAL = 3  # the job finished but some records failed
+EXIT_FAILED = 1  # the job did not finish
+EXIT_USAGE = 2  # bad arguments or input (click's own code for usage errors)
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn :class:`DiffcError` into one red line and exit code 2 instead of a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DiffcError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]

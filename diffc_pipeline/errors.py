@@ -1,0 +1,29 @@
+"""Errors users see. Every failure a user can cause maps to one of these, with a message naming the problem."""
+
+
+class DiffcError(Exception):
+    """Base class of all errors raised on purpose by diffc-pipeline."""
+
+
+class InvalidImageError(DiffcError):
+    """An input image cannot be decoded, is too large, or has an unsupported layout."""
+
+
+class InvalidInputError(DiffcError):
+    """A tensor handed to the codec has the wrong shape, dtype or values (NaN/inf)."""
+
+
+class StreamError(DiffcError):
+    """A bitstream is truncated, corrupted, or does not parse."""
+
+
+class ModelMismatchError(DiffcError):
+    """A stream or archive was made with another model or codec configuration than the one given."""
+
+
+class ModelLoadError(DiffcError):
+    """A model directory is missing files, holds an unsafe format (pickles), or has a bad config."""
+
+
+class ArchiveError(DiffcError):
+    """An archive is missing, corrupted, or of another format version."""

@@ -1,0 +1,58 @@
+"""Decode image bytes into RGB uint8 arrays, safely.
+
+Shared by the pipeline, training and evaluation so that every part of the tool accepts and rejects exactly
+the same inputs. Policy (documented in docs/format.md): grayscale, palette, CMYK, 16-bit and alpha images
+are converted to 8-bit RGB (alpha is dropped after compositing on black - DiffC codes 3 channels); images
+above ``max_pixels`` are rejected before their pixels are decoded, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Return an ``(H, W, 3)`` uint8 array, or raise :class:`InvalidImageError` naming the problem."""
+    if not data:
+        raise InvalidImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InvalidImageError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+            if w == 0 or h == 0:
+                raise InvalidImageError(f"image has no pixels ({w}x{h})")
+            img.load()
+    except InvalidImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(f"not a decodable image: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"corrupt or truncated image: {exc}") from None
+    return _to_rgb8(img)
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.clip(np.round(np.asarray(img, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()

@@ -1,0 +1,99 @@
+"""The one interface the codec needs from a diffusion model.
+
+The codec (``diffc_pipeline.codec``) depends on nothing but :class:`DiffusionModel`: a noise-prediction
+network over variance-preserving Gaussian diffusion in continuous time, ``z_t = a_t x + s_t e`` with
+``a_t^2 = sigmoid(-g(t))``, ``s_t^2 = sigmoid(g(t))`` and ``g(t) = -log SNR(t)`` increasing in ``t``.
+Pixels are scaled to ``[-1, 1]``. The built-in U-Net, the analytic Gaussian model and the diffusers
+adapter all implement it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Names the exact weights a stream was made with: decoding with anything else must fail loudly."""
+
+    name: str
+    sha256: str  # hex digest over the weights and the config that shape the model's outputs
+
+    @property
+    def short(self) -> str:
+        return f"{self.name}@{self.sha256[:12]}"
+
+
+class NoiseSchedule(Protocol):
+    """``g(t) = -log SNR(t)`` on ``t`` in ``[0, 1]``, strictly increasing."""
+
+    gamma_min: float
+    gamma_max: float
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def t_of_gamma(self, gamma: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class LinearSchedule:
+    """``g(t) = g_min + (g_max - g_min) t``: the fixed schedule of VDM (Kingma et al. 2021)."""
+
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * t
+
+    def t_of_gamma(self, gamma: torch.Tensor) -> torch.Tensor:
+        return (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
+
+    def dgamma_dt(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(t, self.gamma_max - self.gamma_min)
+
+    def to_dict(self) -> dict:
+        return {"kind": "linear", "gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
+
+
+def schedule_from_dict(d: dict) -> LinearSchedule:
+    if d.get("kind") != "linear":
+        raise ValueError(f"unknown noise schedule kind {d.get('kind')!r}")
+    return LinearSchedule(float(d["gamma_min"]), float(d["gamma_max"]))
+
+
+def alpha_sigma(gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, s)`` with ``a^2 = sigmoid(-g)``, ``s^2 = sigmoid(g)``: variance preserving."""
+    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """What every model offers the codec.
+
+    ``predict_eps(z, logsnr)`` takes a batch ``z`` of shape ``(B, C, H, W)`` with ``H`` and ``W`` multiples
+    of ``pad_multiple`` and per-image ``logsnr`` of shape ``(B,)`` (``= -g(t)``) and returns the
+    predicted noise, same shape as ``z``.
+    """
+
+    channels: int
+    pad_multiple: int
+    identity: ModelIdentity
+    schedule: NoiseSchedule
+
+    def predict_eps(self, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor: ...
+
+
+def predict_x(model: DiffusionModel, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+    """``x_hat(z_t) = (z_t - s_t eps_hat) / a_t``, clipped to the data range ``[-1, 1]``."""
+    a, s = alpha_sigma(-logsnr)
+    eps = model.predict_eps(z, logsnr)
+    x = (z - s.view(-1, 1, 1, 1) * eps) / a.view(-1, 1, 1, 1)
+    return x.clamp(-1.0, 1.0)
+
+
+def bits_per_dim(nats: float, dims: int) -> float:
+    return nats / (dims * math.log(2.0))
