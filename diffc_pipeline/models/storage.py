@@ -24,16 +24,22 @@ FORMAT = "diffc-model"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
 
-def identity_of(directory: Path, config: dict) -> ModelIdentity:
+def identity_of(directory: Path, config: dict, weights: Path | None = None) -> ModelIdentity:
+    """Name + SHA-256 of the canonical config and the weight file (default ``model.safetensors``)."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
-    with open(directory / WEIGHTS_NAME, "rb") as f:
+    with open(weights or directory / WEIGHTS_NAME, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return ModelIdentity(name=str(config.get("name", directory.name)), sha256=h.hexdigest())
 
 
 def save_unet_model(
-    directory: str | Path, net: UNet, schedule_dict: dict, name: str, fp16: bool = False, extra: dict | None = None
+    directory: str | Path,
+    net: UNet,
+    schedule_dict: dict,
+    name: str,
+    fp16: bool = False,
+    extra: dict | None = None,
 ) -> ModelIdentity:
     """Write a model directory; ``fp16`` halves the size (weights are upcast to fp32 on load)."""
     directory = Path(directory)
@@ -58,7 +64,9 @@ def save_unet_model(
 def read_config(directory: Path) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise ModelLoadError(f"{directory}: no {CONFIG_NAME} (a model directory holds {CONFIG_NAME} + {WEIGHTS_NAME})")
+        raise ModelLoadError(
+            f"{directory}: no {CONFIG_NAME} (a model directory holds {CONFIG_NAME} + {WEIGHTS_NAME})"
+        )
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -68,21 +76,69 @@ def read_config(directory: Path) -> dict:
     return config
 
 
-def load_unet_model(directory: str | Path, device: str = "cpu") -> UNetDiffusionModel:
+def refuse_pickle(path: Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path}: refusing to load a pickled checkpoint (unpickling can run arbitrary code); convert it to "
+        f"safetensors, or allow pickles (--allow-pickle) to read it with torch.load(weights_only=True)"
+    )
+
+
+def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a pickle when allowed - and then only plain tensors.
+
+    ``torch.load(weights_only=True)`` unpickles nothing but tensors and containers, so even an allowed pickle
+    cannot run code; anything else in it is an error, not a fallback to full unpickling.
+    """
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError on corrupt headers
+            raise ModelLoadError(f"{path}: not a valid safetensors file ({exc})") from None
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ModelLoadError(f"{path}: unknown weight format (expected .safetensors)")
+    if not allow_pickle:
+        raise refuse_pickle(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for forbidden globals, RuntimeError for corrupt archives
+        raise ModelLoadError(
+            f"{path}: not a plain tensor checkpoint, refused even with --allow-pickle ({type(exc).__name__})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path}: expected a flat dict of tensors (a state_dict)")
+    return state
+
+
+def _weights_file(directory: Path, allow_pickle: bool) -> Path:
+    """``model.safetensors``, else the single pickled weight file when pickles are allowed."""
+    weights = directory / WEIGHTS_NAME
+    if weights.is_file():
+        return weights
+    pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}")
+    if not allow_pickle:
+        raise refuse_pickle(pickles[0])
+    if len(pickles) > 1:
+        names = [p.name for p in pickles]
+        raise ModelLoadError(f"{directory}: several pickled weight files {names}; pass the one to load")
+    return pickles[0]
+
+
+def load_unet_model(
+    directory: str | Path, device: str = "cpu", allow_pickle: bool = False, weights: Path | None = None
+) -> UNetDiffusionModel:
+    """Load a diffc U-Net directory; ``weights`` overrides its weight file (e.g. a ``.pt`` the user named)."""
     directory = Path(directory)
     config = read_config(directory)
     if config.get("format") != FORMAT or config.get("architecture") != "unet":
         raise ModelLoadError(f"{directory}: not a diffc U-Net model (format={config.get('format')!r})")
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        hint = f"; found pickled files {pickles}, which are refused" if pickles else ""
-        raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}{hint}")
+    weights = weights or _weights_file(directory, allow_pickle)
+    tensors = read_state_dict(weights, allow_pickle)
     try:
         net = UNet(UNetConfig.from_dict(config["unet"]))
-        state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        net.load_state_dict(state)
+        net.load_state_dict({k: v.float() for k, v in tensors.items()})
         schedule = schedule_from_dict(config["schedule"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"{directory}: weights do not match the config: {exc}") from None
-    return UNetDiffusionModel(net, schedule, identity_of(directory, config), device=device)
+    return UNetDiffusionModel(net, schedule, identity_of(directory, config, weights), device=device)
