@@ -1,0 +1,196 @@
+"""``diffc eval``: rate-distortion of DiffC against ideal DiffC and classical codecs on an image set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import DiffcError
+from ._common import console, friendly_errors
+
+
+def _split(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [v.strip().lower() for v in value.split(",") if v.strip() and v.strip().lower() != "none"]
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise DiffcError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)} (or 'none')")
+    return list(dict.fromkeys(items))
+
+
+def _prefixes(value: str, num_steps: int) -> list[int]:
+    from ..evaluation.runner import default_prefixes
+
+    if value == "auto":
+        return default_prefixes(num_steps)
+    if value == "all":
+        return list(range(1, num_steps + 1))
+    try:
+        steps = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise DiffcError(
+            f"--steps must be 'auto', 'all' or comma-separated integers, got {value!r}"
+        ) from None
+    if not steps or steps[0] < 1 or steps[-1] > num_steps:
+        raise DiffcError(f"--steps must lie in 1..{num_steps} (the codec's coding steps), got {value!r}")
+    return steps
+
+
+def _machine() -> dict:
+    import PIL
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "pillow": PIL.__version__,
+    }
+
+
+@friendly_errors
+def eval_(
+    images: str = typer.Argument(
+        ..., help="fsspec URL of the images: a Parquet dataset (image bytes + id) or a folder."
+    ),
+    out: Path = typer.Option(
+        ..., help="Output directory: results.json, rd_psnr.png, rd_msssim.png, index.html."
+    ),
+    model: str = typer.Option("builtin", help="Diffusion model: 'builtin', 'gaussian' or a model directory."),
+    limit: int = typer.Option(
+        0, help="Evaluate a fixed subset of N source images (fixed-seed choice; 0: all)."
+    ),
+    methods: str = typer.Option("flow,ancestral,denoise", help="DiffC reconstructions (comma-separated)."),
+    codecs: str = typer.Option("jpeg,webp,avif", help="Classical codecs (comma-separated, 'none' to skip)."),
+    channels: str = typer.Option(
+        "rcc,ideal", help="DiffC channels: rcc (real bitstream), ideal ('none' to skip)."
+    ),
+    steps: str = typer.Option(
+        "auto", help="DiffC prefixes: 'auto' (~8 spread), 'all', or e.g. '1,2,4,8,16'."
+    ),
+    batch_size: int = typer.Option(16, help="Images per codec call (one image size per call)."),
+    seed: int = typer.Option(0, help="Run seed; each image's stream seed derives from it and the image id."),
+    downsample: int = typer.Option(
+        1, help="Area-downsample by this integer factor first (e.g. lossless CBSD68)."
+    ),
+    tile: int = typer.Option(
+        0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."
+    ),
+    image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
+    id_column: str = typer.Option("id", help="Id column of a Parquet dataset."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+) -> None:
+    """Rate-distortion curves, BD-rates, plots and a side-by-side page for DiffC and classical codecs."""
+    import torch
+
+    from ..evaluation.classical import CODECS, codec
+    from ..evaluation.data import ImageSource, load_eval_images
+    from ..evaluation.report import write_outputs
+    from ..evaluation.runner import CHANNELS, METHODS, EvalOutput, Showcase, run_classical, run_diffc
+
+    if threads:
+        torch.set_num_threads(threads)
+    classical = _split(codecs, tuple(CODECS), "codec")
+    for name in classical:
+        codec(name)  # fails early if this Pillow cannot write it
+    chosen_channels = _split(channels, CHANNELS, "channel")
+    chosen_methods = _split(methods, METHODS, "method")
+    if chosen_channels and not chosen_methods:
+        raise DiffcError("--methods is empty but DiffC channels were asked for")
+    if batch_size < 1:
+        raise DiffcError(f"--batch-size must be >= 1, got {batch_size}")
+    source = ImageSource(
+        images,
+        limit=limit or None,
+        image_column=image_column,
+        id_column=id_column,
+        downsample=downsample,
+        tile=tile or None,
+    )
+    eval_images = load_eval_images(source)
+    console.print(f"{len(eval_images)} images from {images}")
+
+    meta: dict = {
+        "command": " ".join(["diffc", *sys.argv[1:]])
+        if Path(sys.argv[0]).name == "diffc"
+        else " ".join(sys.argv),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "source": {
+            "url": images,
+            "limit": limit or None,
+            "downsample": downsample,
+            "tile": tile or None,
+            "images": len(eval_images),
+            "ids": [im.id for im in eval_images],
+        },
+        "classical_codecs": {
+            n: {"qualities": list(CODECS[n].qualities), "options": CODECS[n].options} for n in classical
+        },
+    }
+    diffc_codecs, prefixes = {}, []
+    if chosen_channels:
+        from ..codec import CodecConfig, DiffcCodec
+        from ..models import load_model
+
+        net = load_model(model)
+        diffc_codecs = {ch: DiffcCodec(net, CodecConfig(), channel=ch) for ch in chosen_channels}
+        first = next(iter(diffc_codecs.values()))
+        prefixes = _prefixes(steps, first.num_steps)
+        meta["diffc"] = {
+            "model": {"name": net.identity.name, "sha256": net.identity.sha256, "arg": model},
+            "codec_config": first.config.to_dict(),
+            "fingerprint": first.fingerprint,
+            "channels": chosen_channels,
+            "methods": chosen_methods,
+            "prefixes": prefixes,
+            "seed": seed,
+            "batch_size": batch_size,
+        }
+
+    showcase = Showcase(eval_images[0])
+    records, lowest = [], []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        if classical:
+            task = progress.add_task("classical", total=len(eval_images) * len(classical))
+            recs, lowest = run_classical(
+                eval_images, classical, showcase, lambda n: progress.advance(task, n)
+            )
+            records += recs
+        if diffc_codecs:
+            task = progress.add_task("diffc", total=len(eval_images) * len(diffc_codecs))
+            records += run_diffc(
+                eval_images,
+                diffc_codecs,
+                prefixes,
+                chosen_methods,
+                seed,
+                batch_size,
+                showcase,
+                lambda n: progress.advance(task, n),
+            )
+    if not records:
+        raise DiffcError("nothing to evaluate: no classical codecs and no DiffC channels chosen")
+    title = f"{images} ({len(eval_images)} images)"
+    table = write_outputs(out, meta, EvalOutput(records, lowest, showcase), title)
+    Console().print(table)
+    console.print(f"wrote {out / 'results.json'}, rd_psnr.png, rd_msssim.png, index.html")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_)

@@ -1,0 +1,64 @@
+"""Bjontegaard delta rate (BD-rate): average rate difference of two RD curves at equal quality.
+
+The usual modern form (as in the JVET/AOM tools): log-rate as a function of quality, interpolated with a
+piecewise-cubic Hermite (PCHIP) curve through each curve's points, integrated over the quality range both
+curves cover, and the mean log-rate difference turned into a percentage. Negative means the test codec needs
+fewer bits than the anchor. Points that are not on a curve's Pareto front (more bits for no better quality)
+are dropped first, because PCHIP needs quality strictly increasing and because a real user would never
+pick them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+
+def pareto_front(rates: Sequence[float], qualities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Points not dominated by one of lower (or equal) rate, sorted by rate; both coordinates increase."""
+    pts = sorted(
+        (
+            (float(r), float(q))
+            for r, q in zip(rates, qualities, strict=True)
+            if np.isfinite(r) and np.isfinite(q)
+        ),
+        key=lambda p: (p[0], -p[1]),
+    )
+    keep: list[tuple[float, float]] = []
+    for r, q in pts:
+        if not keep or q > keep[-1][1]:
+            keep.append((r, q))
+    arr = np.array(keep, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+@dataclass(frozen=True)
+class BdRate:
+    percent: float  # negative: the test curve needs fewer bits than the anchor at equal quality
+    quality_lo: float  # the overlapping quality interval the average is taken over
+    quality_hi: float
+
+
+def bd_rate(
+    anchor_rates: Sequence[float],
+    anchor_quality: Sequence[float],
+    test_rates: Sequence[float],
+    test_quality: Sequence[float],
+) -> BdRate | None:
+    """BD-rate of ``test`` against ``anchor``, or ``None`` when the curves' quality ranges do not overlap.
+
+    Each curve needs at least two Pareto points with positive rate, otherwise there is no curve either.
+    """
+    ra, qa = pareto_front(anchor_rates, anchor_quality)
+    rt, qt = pareto_front(test_rates, test_quality)
+    if len(ra) < 2 or len(rt) < 2 or min(ra[0], rt[0]) <= 0:
+        return None
+    lo, hi = max(qa[0], qt[0]), min(qa[-1], qt[-1])
+    if not hi > lo:
+        return None
+    int_a = PchipInterpolator(qa, np.log(ra)).integrate(lo, hi)
+    int_t = PchipInterpolator(qt, np.log(rt)).integrate(lo, hi)
+    return BdRate(float((np.exp((int_t - int_a) / (hi - lo)) - 1.0) * 100.0), float(lo), float(hi))

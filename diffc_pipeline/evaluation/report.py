@@ -1,0 +1,280 @@
+"""Turn records into what a user reads: curve summaries, BD-rates, results.json, RD plots, HTML, a table.
+
+Curves are per-setting means over images (mean bpp, mean PSNR, mean MS-SSIM), the usual convention for RD
+curves of an image set; per-image records stay in the JSON for anyone who wants another aggregation.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.table import Table
+
+from .bdrate import bd_rate
+from .runner import EvalOutput, Showcase
+
+# BD-rate in MS-SSIM is taken on -10 log10(1 - MS-SSIM) (dB), which spreads out the values near 1 where
+# codecs differ.
+QUALITY_METRICS = ("psnr", "ms_ssim_db")
+SHOWCASE_TARGET_BPP = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+SHOWCASE_MAX_RATIO = 1.5  # a reconstruction is shown for a target bpp only if its bpp is within this factor
+
+
+def ms_ssim_db(value: float) -> float:
+    return -10.0 * math.log10(max(1e-10, 1.0 - value))
+
+
+def setting_of(record: dict) -> int:
+    return record["quality"] if record["family"] == "classical" else record["steps"]
+
+
+def curves(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """Per variant, one point per setting (quality or prefix length) with the means over images, by rate."""
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["variant"], setting_of(r))].append(r)
+    out: dict[str, list[dict]] = defaultdict(list)
+    for (variant, setting), rs in groups.items():
+        point = {
+            "setting": setting,
+            "setting_name": "quality" if rs[0]["family"] == "classical" else "steps",
+            "images": len(rs),
+            **{
+                k: float(np.mean([r[k] for r in rs]))
+                for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")
+            },
+        }
+        point["ms_ssim_db"] = float(np.mean([ms_ssim_db(r["ms_ssim"]) for r in rs]))
+        if rs[0].get("header_bytes") is not None:
+            point["header_bytes"] = float(np.mean([r["header_bytes"] for r in rs]))
+            point["header_bpp"] = float(
+                np.mean([8 * r["header_bytes"] / (r["height"] * r["width"]) for r in rs])
+            )
+        out[variant].append(point)
+    return {v: sorted(ps, key=lambda p: p["bpp"]) for v, ps in sorted(out.items())}
+
+
+def bd_rates(curve_map: dict[str, list[dict]]) -> list[dict]:
+    """BD-rate of every DiffC variant against every classical codec and (real channel) the ideal one."""
+    diffc = [v for v in curve_map if v.startswith("diffc-")]
+    classical = [v for v in curve_map if not v.startswith("diffc-")]
+    out = []
+    for test in diffc:
+        anchors = list(classical)
+        if test.startswith("diffc-rcc-"):
+            anchors.append(test.replace("diffc-rcc-", "diffc-ideal-"))
+        for anchor in anchors:
+            if anchor not in curve_map:
+                continue
+            for metric in QUALITY_METRICS:
+                a, t = curve_map[anchor], curve_map[test]
+                res = bd_rate(
+                    [p["bpp"] for p in a],
+                    [p[metric] for p in a],
+                    [p["bpp"] for p in t],
+                    [p[metric] for p in t],
+                )
+                out.append(
+                    {
+                        "test": test,
+                        "anchor": anchor,
+                        "metric": metric,
+                        "bd_rate_percent": None if res is None else res.percent,
+                        "overlap": None if res is None else [res.quality_lo, res.quality_hi],
+                        "note": "no overlap" if res is None else "",
+                    }
+                )
+    return out
+
+
+def lowest_rate_summary(output: EvalOutput, curve_map: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per classical codec: the lowest bpp it reaches at all, and what DiffC delivers below that rate."""
+    by_codec: dict[str, list[float]] = defaultdict(list)
+    for r in output.lowest_rates:
+        by_codec[r["variant"]].append(r["bpp"])
+    summary = {}
+    for name, bpps in sorted(by_codec.items()):
+        floor = float(np.mean(bpps))
+        below = {
+            v: [{"bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]} for p in ps if p["bpp"] < floor]
+            for v, ps in curve_map.items()
+            if v.startswith("diffc-")
+        }
+        summary[name] = {
+            "mean_lowest_bpp": floor,
+            "min_lowest_bpp": float(np.min(bpps)),
+            "max_lowest_bpp": float(np.max(bpps)),
+            "images": len(bpps),
+            "diffc_points_below": below,
+        }
+    return summary
+
+
+def flow_vs_ancestral(curve_map: dict[str, list[dict]]) -> dict[str, float]:
+    """PSNR of DiffC-F minus DiffC-A at the longest prefix, per channel (paper: ~3 dB at high rate)."""
+    out = {}
+    for channel in ("rcc", "ideal"):
+        f, a = curve_map.get(f"diffc-{channel}-flow"), curve_map.get(f"diffc-{channel}-ancestral")
+        if f and a:
+            top_f = max(f, key=lambda p: p["setting"])
+            top_a = max(a, key=lambda p: p["setting"])
+            out[channel] = top_f["psnr"] - top_a["psnr"]
+    return out
+
+
+def write_json(
+    path: Path, meta: dict, output: EvalOutput, curve_map: dict, bd: list[dict], lowest: dict
+) -> None:
+    doc = {
+        **meta,
+        "curves": curve_map,
+        "bd_rates": bd,
+        "lowest_rate": lowest,
+        "flow_minus_ancestral_psnr_db_at_full_rate": flow_vs_ancestral(curve_map),
+        "records": output.records,
+        "lowest_rate_per_image": output.lowest_rates,
+    }
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+def _style(variant: str) -> dict:
+    colors = {
+        "jpeg": "tab:red",
+        "webp": "tab:orange",
+        "avif": "tab:brown",
+        "flow": "tab:blue",
+        "ancestral": "tab:green",
+        "denoise": "tab:purple",
+    }
+    if variant.startswith("diffc-"):
+        _, channel, method = variant.split("-", 2)
+        return {
+            "color": colors.get(method, "black"),
+            "linestyle": "-" if channel == "rcc" else "--",
+            "marker": "o" if channel == "rcc" else None,
+            "markersize": 3,
+        }
+    return {"color": colors.get(variant, "gray"), "linestyle": ":", "marker": "s", "markersize": 3}
+
+
+def plot(path: Path, curve_map: dict[str, list[dict]], metric: str, ylabel: str, title: str) -> None:
+    """bpp vs quality, one line per variant; log rate axis, as DiffC goes far below the classical floors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    for variant, points in curve_map.items():
+        ax.plot([p["bpp"] for p in points], [p[metric] for p in points], label=variant, **_style(variant))
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_html(directory: Path, showcase: Showcase, title: str) -> None:
+    """One image at several bitrates per codec, side by side: the closest setting to each target bpp."""
+    img_dir = directory / "showcase"
+    img_dir.mkdir(exist_ok=True)
+    Image.fromarray(showcase.image.pixels).save(img_dir / "original.png")
+    h, w, _ = showcase.image.pixels.shape
+    scale = max(1, 256 // max(h, w))  # small images are shown enlarged with visible pixels
+    style = f"width:{w * scale}px;image-rendering:pixelated"
+    head = "".join(f"<th>~{t:g} bpp</th>" for t in SHOWCASE_TARGET_BPP)
+    rows = [
+        f"<tr><th>original</th><td colspan={len(SHOWCASE_TARGET_BPP)}>"
+        f"<img src='showcase/original.png' style='{style}'></td></tr>"
+    ]
+    for variant in sorted(showcase.recon):
+        cells = []
+        entries = showcase.recon[variant]
+        for target in SHOWCASE_TARGET_BPP:
+            rec, pixels = min(entries, key=lambda e: abs(math.log(max(e[0]["bpp"], 1e-9) / target)))
+            ratio = max(rec["bpp"], 1e-9) / target
+            if not 1 / SHOWCASE_MAX_RATIO <= ratio <= SHOWCASE_MAX_RATIO:
+                lowest = min(e[0]["bpp"] for e in entries)
+                highest = max(e[0]["bpp"] for e in entries)
+                cells.append(f"<td class=na>not reached<br>(range {lowest:.2f}-{highest:.2f} bpp)</td>")
+                continue
+            name = f"{variant}_{setting_of(rec)}.png"
+            Image.fromarray(pixels).save(img_dir / name)
+            cells.append(
+                f"<td><img src='showcase/{html.escape(name)}' style='{style}'><br>"
+                f"{rec['bpp']:.3f} bpp, {rec['psnr']:.2f} dB, MS-SSIM {rec['ms_ssim']:.3f}</td>"
+            )
+        rows.append(f"<tr><th>{html.escape(variant)}</th>{''.join(cells)}</tr>")
+    page = (
+        "<!doctype html><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:4px;text-align:center;font-size:12px}"
+        ".na{color:#999}</style>"
+        f"<h1>{html.escape(title)}</h1><p>Image <code>{html.escape(showcase.image.id)}</code> ({w}x{h}); "
+        "each cell is the setting whose rate is closest to the column's target (within a factor "
+        f"{SHOWCASE_MAX_RATIO:g}).</p><table><tr><th></th>{head}</tr>{''.join(rows)}</table>\n"
+    )
+    (directory / "index.html").write_text(page)
+
+
+def summary_table(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dict) -> Table:
+    """One row per variant: its rate range, quality range and BD-rates in PSNR against each anchor."""
+    anchors = sorted(
+        {b["anchor"] for b in bd if b["metric"] == "psnr"}, key=lambda a: (a.startswith("diffc"), a)
+    )
+    table = Table(title="Rate-distortion summary (means over images; BD-rate in PSNR, negative = fewer bits)")
+    for col in (
+        "variant",
+        "points",
+        "bpp range",
+        "PSNR range (dB)",
+        "MS-SSIM range",
+        *[f"vs {a}" for a in anchors],
+    ):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    for variant, points in curve_map.items():
+        lowest_note = f" (floor {lowest[variant]['mean_lowest_bpp']:.2f})" if variant in lowest else ""
+        cells = []
+        for a in anchors:
+            b = next(
+                (b for b in bd if b["test"] == variant and b["anchor"] == a and b["metric"] == "psnr"), None
+            )
+            cells.append(
+                ""
+                if b is None
+                else ("no overlap" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%")
+            )
+        table.add_row(
+            variant,
+            str(len(points)),
+            f"{points[0]['bpp']:.3f}-{points[-1]['bpp']:.3f}{lowest_note}",
+            f"{min(p['psnr'] for p in points):.2f}-{max(p['psnr'] for p in points):.2f}",
+            f"{min(p['ms_ssim'] for p in points):.3f}-{max(p['ms_ssim'] for p in points):.3f}",
+            *cells,
+        )
+    return table
+
+
+def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -> Table:
+    """results.json, rd_psnr.png, rd_msssim.png and index.html (with showcase/*.png) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    curve_map = curves(output.records)
+    bd = bd_rates(curve_map)
+    lowest = lowest_rate_summary(output, curve_map)
+    write_json(directory / "results.json", meta, output, curve_map, bd, lowest)
+    plot(directory / "rd_psnr.png", curve_map, "psnr", "PSNR (dB, mean over images)", title)
+    plot(directory / "rd_msssim.png", curve_map, "ms_ssim", "MS-SSIM (mean over images)", title)
+    if output.showcase is not None:
+        write_html(directory, output.showcase, title)
+    return summary_table(curve_map, bd, lowest)
