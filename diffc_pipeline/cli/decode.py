@@ -1,0 +1,65 @@
+"""``diffc decode``: reconstruct chosen images of an archive at a chosen bitrate or step."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import typer
+from rich.table import Table
+
+from ._common import EXIT_PARTIAL, console, friendly_errors
+from .compress import STORAGE_HELP, format_value
+
+
+@friendly_errors
+def decode(
+    archive: str = typer.Argument(..., help="fsspec URL of a diffc archive."),
+    output: str = typer.Argument(..., help="fsspec URL of the output folder."),
+    bpp: float = typer.Option(None, help="Per image, the longest prefix within this many bits per pixel."),
+    step: int = typer.Option(None, help="Decode the first STEP coding steps of every image."),
+    ids: list[str] = typer.Option([], "--ids", help="Only these image ids (repeatable)."),
+    where: str = typer.Option(None, help="Filter, e.g. \"width >= 64 AND id LIKE 'val_1%'\"."),
+    limit: int = typer.Option(0, min=0, help="At most N images (after --ids/--where; 0: all)."),
+    method: str = typer.Option("flow", help="flow (DiffC-F), ancestral (DiffC-A) or denoise."),
+    format: str = typer.Option("png", "--format", help="png (one file per image) or parquet (PNG bytes)."),
+    model: str = typer.Option("builtin", help="The model the archive was made with."),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
+    address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
+    batch_size: int = typer.Option(8, min=1, help="Images per codec call."),
+    threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
+    actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),
+) -> None:
+    """Decode images of an archive (a subset, at a bitrate or step) to PNG files or a Parquet dataset."""
+    from ..pipeline.decode_job import DecodeOptions, run_decode
+    from ..pipeline.progress import JobProgress
+    from ..pipeline.sources import parse_storage_options
+
+    opts = DecodeOptions(
+        archive=archive,
+        output=output,
+        bpp=bpp,
+        step=step,
+        ids=list(ids),
+        where=where,
+        limit=limit,
+        method=method,
+        format=format,
+        model=model,
+        storage_options=parse_storage_options(storage_option),
+        address=address,
+        batch_size=batch_size,
+        threads=threads,
+        actors=actors,
+    )
+    summary = run_decode(opts, JobProgress("decode", console))
+    table = Table(title="decode summary", show_header=False)
+    for key, value in dataclasses.asdict(summary).items():
+        table.add_row(key.replace("_", " "), format_value(value))
+    console.print(table)
+    if summary.failures:
+        console.print(f"[yellow]{summary.failures} image(s) could not be decoded[/yellow]")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("decode")(decode)

@@ -1,0 +1,55 @@
+"""``diffc inspect``: counts, bytes, bpp per step, model and schedule of an archive."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from ._common import console, friendly_errors
+from .compress import STORAGE_HELP
+
+
+@friendly_errors
+def inspect(
+    archive: str = typer.Argument(..., help="fsspec URL of a diffc archive."),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise an archive without decoding anything."""
+    from ..pipeline.inspect_archive import inspect_archive
+    from ..pipeline.sources import parse_storage_options
+
+    info = inspect_archive(archive, parse_storage_options(storage_option))
+    if as_json:
+        typer.echo(json.dumps(info, indent=1))
+        return
+    model = info["model"]
+    console.print(
+        f"[bold]{info['archive']}[/bold]  format v{info['format_version']}, tool {info['tool_version']}"
+    )
+    console.print(
+        f"model {model['name']}@{model['sha256'][:12]}  codec {info['codec']['fingerprint'][:12]}  "
+        f"{info['codec']['config']}",
+        highlight=False,
+    )
+    console.print(
+        f"images {info['images']} of {info['planned_images']} planned, ok {info['ok']}, failures "
+        f"{info['failures']}; shards {info['shards']['committed']}/{info['shards']['planned']}; "
+        f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"
+    )
+    table = Table("step", "logsnr", "mean bpp", "p10", "p50", "p90", title="bits per pixel after each step")
+    for row in info["bpp_per_step"]:
+        table.add_row(
+            str(row["step"]),
+            f"{row['logsnr']:.2f}",
+            *(f"{row[k]:.4f}" for k in ("mean_bpp", "p10", "p50", "p90")),
+        )
+    console.print(table)
+    for message, count in info["top_errors"]:
+        console.print(f"[yellow]{count} x[/yellow] {message}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)

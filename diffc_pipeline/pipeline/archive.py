@@ -1,0 +1,149 @@
+"""The archive's row format: one Parquet row per image, one binary column per coding step.
+
+Why one column per step: Parquet reads per column chunk, so a decoder that wants the first ``k`` steps
+projects ``chunk_001 .. chunk_k`` and never touches the bytes of later steps. A single ``list<binary>``
+column would force reading every chunk of every image. Payload columns are stored uncompressed (bitstreams
+do not compress) and without statistics; the small scalar columns are zstd-compressed with statistics so
+readers can filter on them. Every field is documented in docs/format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import ArchiveError
+
+FORMAT_NAME = "diffc-archive"
+FORMAT_VERSION = 1
+METADATA_KEY = b"diffc.archive"
+ROW_GROUP_SIZE = 128  # small row groups: selecting a few images reads a few row groups, not whole shards
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+# Per-image fields in the order they appear in a shard (chunk columns follow).
+RECORD_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("source_size", pa.int64()),
+    pa.field("source_mtime", pa.timestamp("us", tz="UTC")),
+    pa.field("source_etag", pa.string()),
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("channels", pa.int8()),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("header", pa.binary()),
+    pa.field("cum_bits", pa.list_(pa.int64())),
+    pa.field("step_crc32", pa.list_(pa.uint32())),
+    pa.field("checksum", pa.string()),
+]
+SCALAR_COLUMNS = [
+    "id",
+    "source_uri",
+    "source_size",
+    "source_mtime",
+    "source_etag",
+    "height",
+    "width",
+    "channels",
+    "seed",
+    "status",
+    "error",
+]
+
+# What the encoder stage hands the writer: the record fields, the shard index, and the chunks as one list.
+ENCODED_SCHEMA = pa.schema(
+    [*RECORD_FIELDS, pa.field("shard", pa.int32()), pa.field("chunks", pa.list_(pa.binary()))]
+)
+
+
+def chunk_column(step: int) -> str:
+    """Name of the column holding the chunk of coding step ``step`` (1-based)."""
+    return f"chunk_{step:03d}"
+
+
+def chunk_columns(num_steps: int) -> list[str]:
+    return [chunk_column(k) for k in range(1, num_steps + 1)]
+
+
+def shard_schema(num_steps: int, metadata: dict) -> pa.Schema:
+    fields = [*RECORD_FIELDS, *(pa.field(c, pa.binary()) for c in chunk_columns(num_steps))]
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+
+
+def cumulative_bits(header: bytes, chunks: list[bytes]) -> list[int]:
+    """Bits needed to decode the first ``k`` steps, for ``k = 1..K``: the header plus ``k`` chunks."""
+    total = 8 * len(header)
+    out = []
+    for chunk in chunks:
+        total += 8 * len(chunk)
+        out.append(total)
+    return out
+
+
+def chunk_crcs(chunks: list[bytes]) -> list[int]:
+    """One CRC-32 per chunk, so a prefix can be verified without reading later chunks."""
+    return [zlib.crc32(c) for c in chunks]
+
+
+def row_checksum(header: bytes, chunks: list[bytes]) -> str:
+    """SHA-256 over the header and the length-prefixed chunks: names the whole stream of one image."""
+    h = hashlib.sha256()
+    h.update(len(header).to_bytes(4, "big"))
+    h.update(header)
+    for chunk in chunks:
+        h.update(len(chunk).to_bytes(4, "big"))
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def encoded_to_shard(rows: pa.Table, num_steps: int, metadata: dict) -> pa.Table:
+    """Spread the ``chunks`` list of the encoder's rows into one column per step, in record order."""
+    schema = shard_schema(num_steps, metadata)
+    chunks = rows.column("chunks").to_pylist()
+    columns = [rows.column(f.name).cast(f.type) for f in RECORD_FIELDS]
+    for k in range(num_steps):
+        columns.append(
+            pa.array([c[k] if c is not None and k < len(c) else None for c in chunks], pa.binary())
+        )
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def shard_to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    payload = ["header", *(n for n in table.column_names if n.startswith("chunk_"))]
+    compression = {name: ("none" if name in payload else "zstd") for name in table.column_names}
+    pq.write_table(
+        table,
+        sink,
+        row_group_size=ROW_GROUP_SIZE,
+        compression=compression,
+        use_dictionary=["status"],
+        write_statistics=SCALAR_COLUMNS,
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def shard_metadata(path_or_file) -> dict:
+    """The ``diffc.archive`` key of a shard's Parquet schema metadata."""
+    meta = pq.read_schema(path_or_file).metadata or {}
+    if METADATA_KEY not in meta:
+        raise ArchiveError("shard has no diffc.archive schema metadata: not a diffc archive shard")
+    return json.loads(meta[METADATA_KEY])
+
+
+def verify_prefix(image_id: str, header: bytes, chunks: list[bytes], crcs: list[int]) -> None:
+    """Raise :class:`ArchiveError` if any stored chunk of the prefix does not match its CRC-32."""
+    if header is None:
+        raise ArchiveError(f"image {image_id!r}: row has no header")
+    for k, (chunk, crc) in enumerate(zip(chunks, crcs, strict=False), start=1):
+        if chunk is None or zlib.crc32(chunk) != crc:
+            raise ArchiveError(
+                f"image {image_id!r}: chunk of step {k} fails its checksum (archive row corrupted)"
+            )

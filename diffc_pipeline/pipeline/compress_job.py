@@ -1,0 +1,324 @@
+"""``diffc compress``: plan, then stream images through Ray Data into committed Parquet shards.
+
+Stages: read + decode + pad (Ray tasks, a fraction of a CPU each) -> encode (an actor pool, each actor
+loading the model once) -> the driver gathers each shard's rows and commits it (data file, then marker)
+from a writer thread while the pipeline keeps running. Every planned image yields exactly one row - coded
+or an error row - so a shard is complete when its planned count of rows has arrived.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ArchiveError
+from ..images import DEFAULT_MAX_PIXELS
+from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
+from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
+from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
+from .plan import Plan, ShardPlan, ids_digest, make_plan
+from .progress import JobProgress
+from .runtime import READ_TASK_CPUS, ActorSizing, ray_session, size_actors
+from .sources import list_source, open_fs, public_url
+from .stages import Encoder, read_and_decode
+
+
+@dataclass
+class CompressOptions:
+    input: str
+    output: str
+    storage_options: dict = field(default_factory=dict, repr=False)  # secrets: never printed or stored
+    image_column: str = "image"
+    id_column: str = "id"
+    shard_size: int = 1000
+    seed: int = 0
+    model: str = "builtin"
+    codec_config: dict = field(default_factory=dict)  # CodecConfig fields to override
+    overwrite: bool = False
+    address: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 16
+    threads: int = 0  # torch threads per model actor (0: sized to the machine)
+    actors: int = 0  # model actors (0: sized to the cluster)
+
+
+@dataclass
+class PreparedJob:
+    """Everything decided before any write: the plan, the manifest to write, what is already done."""
+
+    plan: Plan
+    manifest: Manifest
+    committed: dict[str, dict]
+    pending: list[ShardPlan]
+    replaces_archive: bool  # --overwrite over an existing archive
+    fs: fsspec.AbstractFileSystem
+    root: str
+
+    def describe(self) -> dict:
+        """The dry-run report."""
+        src = self.plan.source
+        known = pc.sum(pc.max_element_wise(src.items.column("source_size"), 0)).as_py() or 0
+        return {
+            "input": src.url,
+            "kind": src.kind,
+            "images": src.items.num_rows,
+            "input_bytes_listed": known,
+            "skipped_non_image_files": src.skipped,
+            "shards": len(self.plan.shards),
+            "shard_size": self.plan.shard_size,
+            "already_committed": 0 if self.replaces_archive else len(self.committed),
+            "to_do": [s.name for s in self.pending],
+            "images_to_do": sum(s.size for s in self.pending),
+            "model": f"{self.manifest.model['name']}@{self.manifest.model['sha256'][:12]}",
+            "codec_fingerprint": self.manifest.codec["fingerprint"][:12],
+            "num_steps": self.manifest.num_steps,
+            "overwrite": self.replaces_archive,
+        }
+
+
+@dataclass
+class CompressSummary:
+    images: int
+    failures: int
+    bytes_written: int
+    mean_bpp: float
+    wall_s: float
+    images_per_s: float
+    shards_written: int
+    shards_skipped: int
+    actors: str
+
+
+def codec_description(codec) -> dict:
+    """What the manifest records about the codec: parameters, fingerprint and the step schedule."""
+    return {
+        "config": codec.config.to_dict(),
+        "fingerprint": codec.fingerprint,
+        "num_steps": codec.num_steps,
+        "logsnrs": [float(v) for v in codec.config.logsnrs()],
+    }
+
+
+def build_codec(model_spec: str, overrides: dict, device: str = "cpu"):
+    from ..codec import CodecConfig, DiffcCodec
+    from ..models import load_model
+
+    model = load_model(model_spec, device=device)
+    return DiffcCodec(model, CodecConfig.from_dict({**CodecConfig().to_dict(), **overrides}), channel="rcc")
+
+
+def prepare(opts: CompressOptions, codec) -> PreparedJob:
+    """List the input, cut shards, and check OUTPUT: refuse anything that would mix or lose records."""
+    source = list_source(opts.input, opts.storage_options, opts.image_column, opts.id_column)
+    plan = make_plan(source, opts.shard_size, opts.seed)
+    fs, root = open_fs(opts.output, opts.storage_options)
+    root = root.rstrip("/")
+    where = public_url(opts.output)
+    identity = codec.model.identity
+    manifest = Manifest(
+        codec=codec_description(codec),
+        model={"name": identity.name, "sha256": identity.sha256},
+        source=source.describe(),
+        seed=opts.seed,
+        shard_size=opts.shard_size,
+        num_images=source.items.num_rows,
+    )
+    existing = read_manifest(fs, root)
+    if existing is None:
+        if fs.exists(root) and fs.ls(root):
+            raise ArchiveError(
+                f"{where} is not empty and holds no diffc archive (no manifest.json); "
+                "choose an empty or new OUTPUT"
+            )
+        return PreparedJob(plan, manifest, {}, list(plan.shards), False, fs, root)
+    if opts.overwrite:
+        return PreparedJob(plan, manifest, committed_shards(fs, root), list(plan.shards), True, fs, root)
+    check_same_codec(
+        existing,
+        manifest.codec,
+        manifest.model,
+        where,
+        "use the same --model and codec options, another OUTPUT, or --overwrite",
+    )
+    check_same_plan(existing, manifest.source, opts.seed, opts.shard_size, where)
+    manifest.created_at = existing.created_at
+    committed = committed_shards(fs, root)
+    by_name = {s.name: s for s in plan.shards}
+    for name, marker in committed.items():
+        shard = by_name.get(name)
+        if shard is None or marker.get("ids_sha256") != shard.ids_sha256:
+            raise ArchiveError(
+                f"committed shard {name} of {where} holds other images than this run plans for it (the input "
+                "changed since it was written); use another OUTPUT or --overwrite"
+            )
+    pending = [s for s in plan.shards if s.name not in committed]
+    return PreparedJob(plan, manifest, committed, pending, False, fs, root)
+
+
+def run_compress(opts: CompressOptions, progress: JobProgress, codec=None) -> CompressSummary:
+    """Run the whole job (or the part not committed yet); ``codec`` is built from ``opts`` when not given."""
+    codec = codec or build_codec(opts.model, opts.codec_config)
+    job = prepare(opts, codec)
+    fs, root = job.fs, job.root
+    if job.replaces_archive:
+        remove_shards(fs, root)
+        job.committed = {}
+    discard_uncommitted(fs, root, set(job.committed))
+    _sync_manifest(job)
+    skipped = len(job.committed)
+    progress.start(sum(s.size for s in job.pending))
+    if not job.pending:
+        progress.stop()
+        return CompressSummary(0, 0, 0, float("nan"), 0.0, 0.0, 0, skipped, "none")
+    with ray_session(opts.address) as resources:
+        sizing = size_actors(resources, opts.threads, opts.actors)
+        dataset = _build_dataset(job, opts, sizing, codec.model.pad_multiple)
+        written = _drain(dataset, job, progress)
+    progress.stop()
+    t = progress.tally
+    return CompressSummary(
+        t.images,
+        t.failures,
+        written,
+        t.mean_bpp,
+        t.wall_s,
+        t.images_per_s,
+        len(job.pending),
+        skipped,
+        sizing.describe(),
+    )
+
+
+def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing, pad_multiple: int):
+    import ray.data
+
+    ds = ray.data.from_arrow(job.plan.read_units(job.pending))
+    ds = ds.map_batches(
+        read_and_decode,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=READ_TASK_CPUS,
+        fn_kwargs=dict(
+            storage_options=opts.storage_options,
+            image_column=opts.image_column,
+            max_pixels=opts.max_pixels,
+            pad_multiple=pad_multiple,
+            batch_size=opts.batch_size,
+        ),
+    )
+    return ds.map_batches(
+        Encoder,
+        batch_size=opts.batch_size,
+        batch_format="pyarrow",
+        concurrency=sizing.actors,
+        num_cpus=sizing.num_cpus,
+        num_gpus=sizing.num_gpus,
+        fn_constructor_kwargs=dict(
+            model_spec=opts.model,
+            codec_config=job.manifest.codec["config"],
+            threads=sizing.threads,
+            device="cuda" if sizing.num_gpus else "cpu",
+        ),
+    )
+
+
+def _drain(dataset, job: PreparedJob, progress: JobProgress) -> int:
+    """Consume the encoder's rows; commit each shard from a writer thread once all its rows are in."""
+    shards = {s.index: s for s in job.pending}
+    buffers: dict[int, list[pa.Table]] = defaultdict(list)
+    counts: dict[int, int] = defaultdict(int)
+    written = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as pool:
+        futures: set[Future] = set()
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            progress.add(batch.num_rows, *_batch_stats(batch))
+            for index in pc.unique(batch.column("shard")).to_pylist():
+                rows = batch.filter(pc.equal(batch.column("shard"), index))
+                buffers[index].append(rows)
+                counts[index] += rows.num_rows
+                if counts[index] == shards[index].size:
+                    futures.add(pool.submit(_commit, job, shards[index], buffers.pop(index)))
+            done = {f for f in futures if f.done()}
+            futures -= done
+            written += _record(job, done)
+        while futures:
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            written += _record(job, done)
+    if buffers:
+        missing = ", ".join(shards[i].name for i in sorted(buffers))
+        raise ArchiveError(f"the pipeline ended before shards {missing} were complete; rerun to finish them")
+    return written
+
+
+def _batch_stats(batch: pa.Table) -> tuple[int, float]:
+    """``(failures, sum of bpp over coded images)`` of an encoder batch."""
+    failures, bpp_sum = 0, 0.0
+    for status, bits, h, w in zip(
+        *(batch.column(c).to_pylist() for c in ("status", "cum_bits", "height", "width")), strict=True
+    ):
+        if status != STATUS_OK:
+            failures += 1
+        else:
+            bpp_sum += bits[-1] / (h * w)
+    return failures, bpp_sum
+
+
+def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
+    """Order the shard's rows as planned, check they are exactly the planned images, write and commit."""
+    rows = pa.concat_tables(parts)
+    planned = job.plan.items.column("id").slice(shard.start, shard.size).to_pylist()
+    position = {image_id: i for i, image_id in enumerate(planned)}
+    order = pa.array([position[i] for i in rows.column("id").to_pylist()])
+    rows = rows.take(pc.sort_indices(order))
+    if ids_digest(rows.column("id").to_pylist()) != shard.ids_sha256:
+        raise ArchiveError(
+            f"shard {shard.name}: rows do not match the planned images (lost or duplicated rows)"
+        )
+    ok = pc.equal(rows.column("status"), STATUS_OK)
+    coded = rows.filter(ok)
+    _, bpp_sum = _batch_stats(coded)
+    payload = sum(bits[-1] for bits in coded.column("cum_bits").to_pylist()) // 8
+    stats = {
+        "rows": rows.num_rows,
+        "ok": coded.num_rows,
+        "errors": rows.num_rows - coded.num_rows,
+        "payload_bytes": payload,
+        "bpp_sum": bpp_sum,
+        "ids_sha256": shard.ids_sha256,
+        "codec_fingerprint": job.manifest.codec["fingerprint"],
+        "committed_at": now(),
+    }
+    metadata = {
+        "format_version": job.manifest.format_version,
+        "shard": shard.name,
+        "codec_fingerprint": job.manifest.codec["fingerprint"],
+        "model": job.manifest.model,
+        "num_steps": job.manifest.num_steps,
+    }
+    table = encoded_to_shard(rows, job.manifest.num_steps, metadata)
+    return commit_shard(job.fs, job.root, shard.name, shard_to_parquet_bytes(table), stats)
+
+
+def _record(job: PreparedJob, done: set[Future]) -> int:
+    """Note finished commits in the manifest (re-raising a failed commit); returns bytes written."""
+    written = 0
+    for future in done:
+        marker = future.result()
+        job.committed[marker["shard"]] = marker
+        written += marker["file_bytes"]
+    if done:
+        _sync_manifest(job)
+    return written
+
+
+def _sync_manifest(job: PreparedJob) -> None:
+    job.manifest.shards = [
+        {k: m[k] for k in ("shard", "file", "rows", "ok", "errors", "file_bytes")}
+        for _, m in sorted(job.committed.items())
+    ]
+    write_manifest(job.fs, job.root, job.manifest)

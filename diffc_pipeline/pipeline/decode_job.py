@@ -1,0 +1,360 @@
+"""``diffc decode``: choose images and a prefix per image, then reconstruct them on Ray actors.
+
+The choice is made on the driver from the archive's index (cumulative bits per step), so each read task
+fetches only the chunk columns of the steps it decodes. Reconstructions are written as PNG files (by
+write tasks) or as Parquet parts of PNG bytes (by the driver).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ..errors import DiffcError
+from .archive import STATUS_OK, verify_prefix
+from .compress_job import build_codec, codec_description
+from .manifest import check_same_codec
+from .progress import JobProgress
+from .reader import Archive, open_archive, read_index, read_prefixes
+from .runtime import READ_TASK_CPUS, ActorSizing, ray_session, size_actors
+from .sources import open_fs
+from .stages import error_text
+from .where import parse_where
+
+METHODS = ("flow", "ancestral", "denoise")
+ROWS_PER_READ = 64
+ROWS_PER_PART = 1000
+
+PAYLOAD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("step", pa.int32()),
+        pa.field("bits", pa.int64()),
+        pa.field("header", pa.binary()),
+        pa.field("chunks", pa.list_(pa.binary())),
+        pa.field("crcs", pa.list_(pa.uint32())),
+        pa.field("read_bytes", pa.int64()),
+    ]
+)
+DECODED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("step", pa.int32()),
+        pa.field("bits", pa.int64()),
+        pa.field("bpp", pa.float64()),
+        pa.field("png", pa.binary()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("read_bytes", pa.int64()),
+    ]
+)
+
+
+class DecodeTargetError(DiffcError):
+    """The decode options ask for nothing decodable (no target, or no image selected)."""
+
+
+@dataclass
+class DecodeOptions:
+    archive: str
+    output: str
+    bpp: float | None = None
+    step: int | None = None
+    ids: list[str] = field(default_factory=list)
+    where: str | None = None
+    limit: int = 0
+    method: str = "flow"
+    format: str = "png"
+    model: str = "builtin"
+    storage_options: dict = field(default_factory=dict, repr=False)
+    address: str | None = None
+    batch_size: int = 8
+    threads: int = 0
+    actors: int = 0
+
+
+@dataclass
+class DecodeSummary:
+    images: int
+    failures: int
+    skipped_error_rows: int
+    mean_bpp: float
+    bytes_read: int  # payload bytes the read tasks fetched from shards
+    bytes_needed: int  # header + chunk bytes of the chosen prefixes
+    wall_s: float
+    images_per_s: float
+
+
+def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int]:
+    """The index rows to decode, with a ``step`` column; and how many selected rows are error rows."""
+    if (opts.bpp is None) == (opts.step is None):
+        raise DecodeTargetError("give exactly one of --bpp and --step")
+    index = read_index(archive)
+    if opts.ids:
+        index = index.filter(pc.is_in(index.column("id"), pa.array(opts.ids, pa.string())))
+        missing = set(opts.ids) - set(index.column("id").to_pylist())
+        if missing:
+            raise DecodeTargetError(f"ids not in {archive.url}: {', '.join(sorted(missing)[:5])}")
+    if opts.where:
+        index = index.filter(parse_where(opts.where, [c for c in index.column_names if c != "cum_bits"]))
+    if opts.limit:
+        index = index.slice(0, opts.limit)
+    ok = pc.equal(index.column("status"), STATUS_OK)
+    errors = index.num_rows - pc.sum(ok).as_py() if index.num_rows else 0
+    index = index.filter(ok)
+    k = archive.manifest.num_steps
+    if opts.step is not None:
+        if opts.step < 0:
+            raise DecodeTargetError("--step must be >= 0")
+        steps = [min(opts.step, k)] * index.num_rows
+    else:
+        steps = [
+            _steps_within(bits, h * w, opts.bpp)
+            for bits, h, w in zip(
+                *(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True
+            )
+        ]
+    return index.append_column("step", pa.array(steps, pa.int32())), errors
+
+
+def _steps_within(cum_bits: list[int], pixels: int, bpp: float) -> int:
+    """The longest prefix whose bits (header included) stay within ``bpp``; 0 if even one step is over."""
+    return sum(1 for bits in cum_bits if bits / pixels <= bpp)
+
+
+def output_name(image_id: str) -> str:
+    """A relative PNG path for an id: sub-folders kept, but never ``..`` or an absolute path."""
+    parts = [p for p in image_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    name = "/".join(parts) or "image"
+    return name if name.lower().endswith(".png") else f"{name}.png"
+
+
+def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
+    """Per shard, runs of up to ROWS_PER_READ selected rows: what one read task fetches."""
+    units = []
+    by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for shard, row, step in zip(
+        *(selection.column(c).to_pylist() for c in ("shard", "row", "step")), strict=True
+    ):
+        by_shard[shard].append((row, step))
+    for shard, entries in sorted(by_shard.items()):
+        path = archive.fs.unstrip_protocol(archive.shard_path(shard))
+        for i in range(0, len(entries), ROWS_PER_READ):
+            part = entries[i : i + ROWS_PER_READ]
+            units.append(
+                pa.table(
+                    {"path": [path] * len(part), "row": [r for r, _ in part], "step": [s for _, s in part]}
+                )
+            )
+    return units
+
+
+def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.Table:
+    """Ray task: fetch the prefixes of one unit's rows (only their row groups and steps)."""
+    path = unit.column("path")[0].as_py()
+    rows, steps = unit.column("row").to_pylist(), unit.column("step").to_pylist()
+    fs, p = open_fs(path, storage_options)
+    table, nbytes = read_prefixes(fs, p, rows, max(steps))
+    out = []
+    for i, (row, k) in enumerate(zip(table.to_pylist(), steps, strict=True)):
+        bits = row["cum_bits"][k - 1] if k else 8 * len(row["header"] or b"")
+        out.append(
+            {
+                "id": row["id"],
+                "height": row["height"],
+                "width": row["width"],
+                "step": k,
+                "bits": bits,
+                "header": row["header"],
+                "chunks": [row[f"chunk_{j:03d}"] for j in range(1, k + 1)],
+                "crcs": (row["step_crc32"] or [])[:k],
+                "read_bytes": nbytes if i == 0 else 0,
+            }
+        )
+    return pa.Table.from_pylist(out, schema=PAYLOAD_SCHEMA)
+
+
+class Decoder:
+    """Ray actor: loads the model once; decodes prefixes grouped by (stream size, step)."""
+
+    def __init__(self, model_spec: str, codec_config: dict, method: str, threads: int, device: str) -> None:
+        import torch
+
+        from ..codec import CodecConfig, DiffcCodec
+        from ..models import load_model
+
+        torch.set_num_threads(threads)
+        self.method = method
+        self.codec = DiffcCodec(
+            load_model(model_spec, device=device), CodecConfig.from_dict(codec_config), channel="rcc"
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ..codec import EncodedImage
+
+        rows = batch.to_pylist()
+        groups: dict[tuple, list[tuple[dict, object]]] = defaultdict(list)
+        for row in rows:
+            row.update(bpp=row["bits"] / (row["height"] * row["width"]), status=STATUS_OK)
+            try:
+                verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
+                stream = EncodedImage(header=row["header"], chunks=row["chunks"])
+            except Exception as exc:
+                row.update(status="error", error=error_text("read", exc))
+                continue
+            groups[(stream.height, stream.width, row["step"])].append((row, stream))
+        for (_, _, k), group in groups.items():
+            self._decode_group(group, k)
+        return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+
+    def _decode_group(self, group: list[tuple[dict, object]], steps: int) -> None:
+        try:
+            x = self.codec.decompress([s for _, s in group], steps=steps, method=self.method)
+        except Exception as exc:
+            if len(group) > 1:
+                for item in group:
+                    self._decode_group([item], steps)
+            else:
+                group[0][0].update(status="error", error=error_text("decode", exc))
+            return
+        pixels = x.permute(0, 2, 3, 1).cpu().numpy()
+        for (row, _), img in zip(group, pixels, strict=True):
+            row["png"] = png_bytes(img[: row["height"], : row["width"]])
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_pngs(batch: pa.Table, output: str, storage_options: Mapping[str, object]) -> pa.Table:
+    """Ray task: write each decoded image to ``OUTPUT/<id>.png``; the PNG bytes do not travel further."""
+    fs, root = open_fs(output, storage_options)
+    root = root.rstrip("/")
+    for image_id, png in zip(batch.column("id").to_pylist(), batch.column("png").to_pylist(), strict=True):
+        if png is not None:
+            path = f"{root}/{output_name(image_id)}"
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            fs.pipe_file(path, png)
+    return batch.drop_columns(["png"])
+
+
+def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
+    if opts.method not in METHODS:
+        raise DecodeTargetError(f"--method must be one of {', '.join(METHODS)}")
+    if opts.format not in ("png", "parquet"):
+        raise DecodeTargetError("--format must be png or parquet")
+    archive = open_archive(opts.archive, opts.storage_options)
+    codec = build_codec(opts.model, archive.manifest.codec["config"])
+    identity = codec.model.identity
+    check_same_codec(
+        archive.manifest,
+        codec_description(codec),
+        {"name": identity.name, "sha256": identity.sha256},
+        archive.url,
+        "decode it with --model naming the model it was made with",
+    )
+    selection, skipped = select(archive, opts)
+    if selection.num_rows == 0:
+        raise DecodeTargetError(
+            f"no decodable image selected in {archive.url} ({skipped} error rows selected)"
+        )
+    progress.start(selection.num_rows)
+    needed = sum(b // 8 for b in _prefix_bits(selection))
+    with ray_session(opts.address) as resources:
+        sizing = size_actors(resources, opts.threads, opts.actors)
+        ds = _build_dataset(archive, selection, opts, sizing)
+        bytes_read = _drain(ds, opts, progress)
+    progress.stop()
+    t = progress.tally
+    return DecodeSummary(
+        t.images, t.failures, skipped, t.mean_bpp, bytes_read, needed, t.wall_s, t.images_per_s
+    )
+
+
+def _prefix_bits(selection: pa.Table) -> Iterator[int]:
+    for bits, k in zip(
+        selection.column("cum_bits").to_pylist(), selection.column("step").to_pylist(), strict=True
+    ):
+        yield bits[k - 1] if k else 0
+
+
+def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing):
+    import ray.data
+
+    ds = ray.data.from_arrow(read_units(archive, selection))
+    ds = ds.map_batches(
+        read_payloads,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=READ_TASK_CPUS,
+        fn_kwargs=dict(storage_options=opts.storage_options),
+    )
+    ds = ds.map_batches(
+        Decoder,
+        batch_size=opts.batch_size,
+        batch_format="pyarrow",
+        concurrency=sizing.actors,
+        num_cpus=sizing.num_cpus,
+        num_gpus=sizing.num_gpus,
+        fn_constructor_kwargs=dict(
+            model_spec=opts.model,
+            codec_config=archive.manifest.codec["config"],
+            method=opts.method,
+            threads=sizing.threads,
+            device="cuda" if sizing.num_gpus else "cpu",
+        ),
+    )
+    if opts.format == "png":
+        ds = ds.map_batches(
+            write_pngs,
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=READ_TASK_CPUS,
+            fn_kwargs=dict(output=opts.output, storage_options=opts.storage_options),
+        )
+    return ds
+
+
+def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> int:
+    """Consume decoded rows: count progress, write Parquet parts when asked; returns payload bytes read."""
+    fs, root = open_fs(opts.output, opts.storage_options)
+    root = root.rstrip("/")
+    pending: list[pa.Table] = []
+    part = 0
+    bytes_read = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        ok = pc.equal(batch.column("status"), STATUS_OK)
+        progress.add(
+            batch.num_rows,
+            batch.num_rows - (pc.sum(ok).as_py() or 0),
+            pc.sum(pc.if_else(ok, batch.column("bpp"), 0.0)).as_py() or 0.0,
+        )
+        bytes_read += pc.sum(batch.column("read_bytes")).as_py() or 0
+        if opts.format == "parquet":
+            pending.append(batch.drop_columns(["read_bytes"]))
+            if sum(t.num_rows for t in pending) >= ROWS_PER_PART:
+                _write_part(fs, root, part, pending)
+                part, pending = part + 1, []
+    if opts.format == "parquet" and pending:
+        _write_part(fs, root, part, pending)
+    return bytes_read
+
+
+def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root}/part-{part:05d}.parquet", "wb") as f:
+        pq.write_table(pa.concat_tables(tables), f, compression="none")

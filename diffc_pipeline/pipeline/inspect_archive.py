@@ -1,0 +1,64 @@
+"""``diffc inspect``: what an archive holds, from its manifest, markers and index columns only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow.compute as pc
+
+from .archive import STATUS_OK
+from .reader import open_archive, read_index
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
+    """A JSON-able summary: counts, bytes, bpp per step (mean and quantiles), model, schedule, errors."""
+    archive = open_archive(url, storage_options)
+    m = archive.manifest
+    index = read_index(archive)
+    ok = index.filter(pc.equal(index.column("status"), STATUS_OK))
+    failed = index.filter(pc.not_equal(index.column("status"), STATUS_OK))
+    per_step = []
+    if ok.num_rows:
+        bits = np.array(ok.column("cum_bits").to_pylist(), dtype=np.float64)  # (images, steps)
+        pixels = (np.array(ok.column("height").to_pylist()) * np.array(ok.column("width").to_pylist()))[
+            :, None
+        ]
+        bpp = bits / pixels
+        for k in range(bpp.shape[1]):
+            q = np.quantile(bpp[:, k], QUANTILES)
+            per_step.append(
+                {
+                    "step": k + 1,
+                    "logsnr": m.codec["logsnrs"][k + 1],
+                    "mean_bpp": float(bpp[:, k].mean()),
+                    **{f"p{int(p * 100)}": float(v) for p, v in zip(QUANTILES, q, strict=True)},
+                }
+            )
+    errors = Counter(
+        e.split(":", 1)[0] + ": " + e.split(":", 1)[-1].strip()[:80]
+        for e in failed.column("error").to_pylist()
+        if e
+    )
+    return {
+        "archive": archive.url,
+        "format_version": m.format_version,
+        "tool_version": m.tool_version,
+        "created_at": m.created_at,
+        "source": m.source,
+        "model": m.model,
+        "codec": {"fingerprint": m.codec["fingerprint"], "config": m.codec["config"]},
+        "schedule_logsnrs": m.codec["logsnrs"],
+        "planned_images": m.num_images,
+        "shards": {"committed": len(archive.shards), "planned": -(-m.num_images // m.shard_size)},
+        "images": index.num_rows,
+        "ok": ok.num_rows,
+        "failures": failed.num_rows,
+        "file_bytes": sum(s.get("file_bytes", 0) for s in archive.shards.values()),
+        "payload_bytes": sum(s.get("payload_bytes", 0) for s in archive.shards.values()),
+        "bpp_per_step": per_step,
+        "top_errors": errors.most_common(5),
+    }

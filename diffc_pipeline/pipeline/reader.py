@@ -1,0 +1,134 @@
+"""Open an archive for reading: manifest, committed shards, a small index, and prefixes of payloads.
+
+The index (ids, sizes, status, cumulative bits) is read first and alone, so choosing which images and
+how many steps to decode costs a few bytes per image; payload columns are then read for exactly the
+chosen steps. Byte counts of every payload read are kept, to show what a low-bitrate decode costs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import ArchiveError
+from .archive import FORMAT_VERSION, chunk_columns, shard_metadata
+from .commit import committed_shards, data_path
+from .manifest import Manifest, read_manifest
+from .sources import open_fs, public_url
+
+INDEX_COLUMNS = [
+    "id",
+    "source_uri",
+    "source_size",
+    "height",
+    "width",
+    "channels",
+    "seed",
+    "status",
+    "error",
+    "cum_bits",
+]
+
+
+@dataclass
+class Archive:
+    fs: fsspec.AbstractFileSystem
+    root: str
+    url: str  # printable (no credentials)
+    manifest: Manifest
+    shards: dict[str, dict]  # committed shard name -> marker
+
+    def shard_path(self, name: str) -> str:
+        return data_path(self.root, name)
+
+
+def open_archive(url: str, storage_options: Mapping[str, object]) -> Archive:
+    fs, root = open_fs(url, storage_options)
+    root = root.rstrip("/")
+    manifest = read_manifest(fs, root)
+    if manifest is None:
+        raise ArchiveError(f"{public_url(url)} holds no diffc archive (no manifest.json)")
+    return Archive(fs, root, public_url(url), manifest, committed_shards(fs, root))
+
+
+class CountingFile(io.RawIOBase):
+    """A read-only file that counts the bytes handed out: what a Parquet reader really fetched."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.bytes_read += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def read_index(archive: Archive, extra_columns: list[str] = ()) -> pa.Table:
+    """The index of every committed shard, plus ``shard`` (name) and ``row`` (row in the shard) columns."""
+    columns = list(dict.fromkeys([*INDEX_COLUMNS, *extra_columns]))
+    tables = []
+    for name in sorted(archive.shards):
+        with archive.fs.open(archive.shard_path(name), "rb") as f:
+            _check_shard(archive, name, f)
+            t = pq.read_table(f, columns=columns)
+        t = t.append_column("shard", pa.array([name] * t.num_rows, pa.string()))
+        tables.append(t.append_column("row", pa.array(range(t.num_rows), pa.int64())))
+    if not tables:
+        return pa.table({c: [] for c in [*columns, "shard", "row"]})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _check_shard(archive: Archive, name: str, f) -> None:
+    meta = shard_metadata(f)
+    if meta.get("format_version") != FORMAT_VERSION or meta.get(
+        "codec_fingerprint"
+    ) != archive.manifest.codec.get("fingerprint"):
+        raise ArchiveError(
+            f"shard {name} of {archive.url} was written by another format or codec than its manifest"
+        )
+    f.seek(0)
+
+
+def read_prefixes(
+    fs: fsspec.AbstractFileSystem, path: str, rows: list[int], steps: int
+) -> tuple[pa.Table, int]:
+    """Rows ``rows`` of one shard with columns header .. chunk_<steps>; returns the table and bytes read.
+
+    Only the row groups holding ``rows`` and only the first ``steps`` chunk columns are fetched.
+    """
+    columns = ["id", "height", "width", "header", "step_crc32", "cum_bits", *chunk_columns(steps)]
+    with fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
+        pf = pq.ParquetFile(f)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        starts = [0, *itertools.accumulate(sizes)]
+        group_of = {r: bisect.bisect_right(starts, r) - 1 for r in rows}
+        groups = sorted(set(group_of.values()))
+        base = dict(zip(groups, [0, *itertools.accumulate(sizes[g] for g in groups)], strict=False))
+        table = pf.read_row_groups(groups, columns=columns)
+        local = [base[group_of[r]] + r - starts[group_of[r]] for r in rows]
+        return table.take(pa.array(local, pa.int64())), f.bytes_read

@@ -1,0 +1,77 @@
+"""Connect to Ray and size the model actor pool so that read and write tasks always keep a CPU.
+
+Ray's ``num_cpus`` is a scheduling budget, not a thread cap: an actor that asks for every CPU starves the
+read tasks and the dataset hangs (ray#44687). So each CPU actor *asks* for its share minus a reserve kept
+for the light read/decode tasks, while its torch uses ``threads`` threads - on 2 cores one actor asks for
+1 CPU and computes with 2, which is what a bare in-process loop would use too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+READ_TASK_CPUS = 0.5
+
+
+@dataclass(frozen=True)
+class ActorSizing:
+    actors: int
+    num_cpus: float  # Ray resource request per actor
+    num_gpus: float | None
+    threads: int  # torch threads inside each actor
+
+    def describe(self) -> str:
+        device = f"{self.num_gpus:g} GPU" if self.num_gpus else f"{self.threads} threads"
+        return f"{self.actors} model actor(s), {device} each"
+
+
+def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0) -> ActorSizing:
+    """One actor per GPU; without GPUs, actors of ``threads`` torch threads (default: up to 4) on the CPUs."""
+    cpus = int(resources.get("CPU", 1))
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return ActorSizing(actors or gpus, 1.0, 1.0, threads or max(1, cpus // gpus - 1))
+    reserve = max(1, cpus // 8)
+    threads = threads or max(1, min(4, cpus))
+    actors = actors or max(1, cpus // threads)
+    per_actor = max(0.5, min(float(threads), (cpus - reserve) / actors))
+    return ActorSizing(actors, per_actor, None, threads)
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[dict[str, float]]:
+    """Yield the cluster's resources: ``address``'s cluster, the running one, or an embedded local one.
+
+    An embedded cluster is sized to this machine and shut down afterwards; a cluster this process did not
+    start is left running.
+    """
+    import ray
+    from ray.data import DataContext
+
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict = dict(
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        started = True
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own rich bar reports progress
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if started:
+            ray.shutdown()

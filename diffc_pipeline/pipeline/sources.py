@@ -1,0 +1,276 @@
+"""Find the images of a dataset on any fsspec filesystem, and read their bytes back.
+
+Two kinds of input: a folder or glob of image files (searched recursively), and a Parquet dataset with one
+image per row in a bytes column. Listing happens once, on the driver, and yields an :class:`pyarrow.Table`
+of items (one row per image); the Ray read stage later opens exactly the items it is handed, so the
+dataset is never materialised as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import has_magic
+
+from ..errors import DiffcError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class SourceError(DiffcError):
+    """The input URL is missing, empty, unreadable, or not an image folder or Parquet dataset."""
+
+
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # file to open (the Parquet file for row items)
+        pa.field("row", pa.int64(), nullable=False),  # row in that Parquet file, -1 for image files
+        pa.field("row_group", pa.int32(), nullable=False),  # row group holding `row`, -1 for image files
+        pa.field("source_size", pa.int64(), nullable=False),  # from the listing; -1 where unknown
+        pa.field("source_mtime", pa.timestamp("us", tz="UTC")),
+        pa.field("source_etag", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the images are and how to read them; ``url`` never carries credentials."""
+
+    url: str
+    kind: str  # "images" | "parquet"
+    image_column: str
+    id_column: str
+    items: pa.Table  # ITEM_SCHEMA, sorted in the order shards are cut
+    skipped: int  # files found that are neither images nor Parquet
+
+    def describe(self) -> dict:
+        """What the manifest records about the input (nothing secret: storage options stay out)."""
+        d: dict = {"url": self.url, "kind": self.kind}
+        if self.kind == "parquet":
+            d.update(image_column=self.image_column, id_column=self.id_column)
+        return d
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, object]:
+    """``["key=value", ...]`` -> dict; ``a.b=c`` nests (``client_kwargs.endpoint_url=...``)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SourceError(f"--storage-option wants KEY=VALUE, got {key or pair!r}")
+        *parents, leaf = key.split(".")
+        node = options
+        for parent in parents:
+            node = node.setdefault(parent, {})  # type: ignore[assignment]
+            if not isinstance(node, dict):
+                raise SourceError(f"--storage-option {key}: {parent} is both a value and a group")
+        node[leaf] = _typed(value)
+    return options
+
+
+def _typed(value: str) -> object:
+    """Options such as ``anon=true`` or ``use_ssl=false`` must reach fsspec as booleans, not strings."""
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return value
+
+
+def public_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, safe to print and to store in an archive."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def open_fs(url: str, storage_options: Mapping[str, object]) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return fsspec.url_to_fs(url, **dict(storage_options))
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"cannot open {public_url(url)}: {exc}") from None
+
+
+def list_source(
+    url: str,
+    storage_options: Mapping[str, object],
+    image_column: str = "image",
+    id_column: str = "id",
+) -> Source:
+    """List every image under ``url`` (a folder, a glob, an image file, or Parquet file(s))."""
+    fs, path = open_fs(url, storage_options)
+    files, skipped = _find_files(fs, path, url)
+    parquet = sorted(p for p in files if p.lower().endswith(".parquet"))
+    images = sorted(p for p in files if p.lower().endswith(IMAGE_EXTENSIONS))
+    if parquet and images:
+        raise SourceError(
+            f"{public_url(url)} mixes Parquet files and image files; point INPUT at one kind "
+            "(a glob such as '.../*.png' selects the images)"
+        )
+    if parquet:
+        items = _parquet_items(fs, parquet, image_column, id_column)
+        kind = "parquet"
+    else:
+        root = _root_of(fs, path)
+        items = _image_items(fs, images, files, root)
+        kind = "images"
+    if items.num_rows == 0:
+        raise SourceError(
+            f"no images found in {public_url(url)} (looked for {', '.join(IMAGE_EXTENSIONS)} files "
+            "and Parquet datasets)"
+        )
+    _check_unique_ids(items)
+    return Source(public_url(url), kind, image_column, id_column, items, skipped)
+
+
+def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dict[str, dict], int]:
+    """All files under ``path`` (recursive), or matching it if it is a glob, with their listing info."""
+    if has_magic(path):
+        found = fs.glob(path, detail=True)
+        files: dict[str, dict] = {}
+        for p, info in found.items():
+            if info.get("type") == "directory":
+                files.update(fs.find(p, detail=True))
+            else:
+                files[p] = info
+    elif not fs.exists(path):
+        raise SourceError(f"input {public_url(url)} does not exist")
+    elif fs.isdir(path):
+        files = fs.find(path, detail=True)
+    else:
+        files = {path: fs.info(path)}
+    files = {p: i for p, i in files.items() if not any(part.startswith(".") for part in p.split("/")[-1:])}
+    usable = {p: i for p, i in files.items() if p.lower().endswith((*IMAGE_EXTENSIONS, ".parquet"))}
+    return usable, len(files) - len(usable)
+
+
+def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Ids are paths relative to this folder: the input folder, or the part of a glob before any wildcard."""
+    if has_magic(path):
+        head = []
+        for part in path.split("/"):
+            if has_magic(part):
+                break
+            head.append(part)
+        return "/".join(head)
+    return path if fs.isdir(path) else path.rsplit("/", 1)[0]
+
+
+def _image_items(
+    fs: fsspec.AbstractFileSystem, images: list[str], info: dict[str, dict], root: str
+) -> pa.Table:
+    prefix = root.rstrip("/") + "/"
+    rows = []
+    for p in images:
+        rel = p[len(prefix) :] if p.startswith(prefix) else p.rsplit("/", 1)[-1]
+        mtime, etag = _version_of(info[p])
+        uri = fs.unstrip_protocol(p)
+        rows.append((rel, uri, uri, -1, -1, int(info[p].get("size") or -1), mtime, etag))
+    return _table(rows)
+
+
+def _parquet_items(
+    fs: fsspec.AbstractFileSystem, files: list[str], image_column: str, id_column: str
+) -> pa.Table:
+    """One item per row; rows keep their file order so a read task touches one row group at a time."""
+    rows = []
+    for p in files:
+        uri = fs.unstrip_protocol(p)
+        mtime, etag = _version_of(fs.info(p))
+        with fs.open(p, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            if image_column not in names:
+                raise SourceError(
+                    f"{uri} has no column {image_column!r} (columns: {', '.join(names)}); "
+                    "name the image-bytes column with --image-column"
+                )
+            ids = pf.read(columns=[id_column]).column(0).to_pylist() if id_column in names else None
+            row = 0
+            for rg in range(pf.metadata.num_row_groups):
+                for _ in range(pf.metadata.row_group(rg).num_rows):
+                    stem = p.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+                    image_id = str(ids[row]) if ids is not None and ids[row] is not None else f"{stem}:{row}"
+                    rows.append((image_id, f"{uri}#row={row}", uri, row, rg, -1, mtime, etag))
+                    row += 1
+    return _table(rows)
+
+
+def _table(rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in ITEM_SCHEMA]
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, ITEM_SCHEMA, strict=True)], schema=ITEM_SCHEMA
+    )
+
+
+def _version_of(info: Mapping) -> tuple[dt.datetime | None, str | None]:
+    """``(mtime, etag)`` of a listing entry: ``mtime`` locally, ``LastModified``/``ETag`` on object stores."""
+    mtime = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("updated"))))
+    if isinstance(mtime, int | float):
+        mtime = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
+    elif isinstance(mtime, str):
+        try:
+            mtime = dt.datetime.fromisoformat(mtime.replace("Z", "+00:00"))
+        except ValueError:
+            mtime = None
+    elif not isinstance(mtime, dt.datetime):
+        mtime = None
+    if isinstance(mtime, dt.datetime) and mtime.tzinfo is None:
+        mtime = mtime.replace(tzinfo=dt.UTC)
+    etag = info.get("ETag", info.get("etag", info.get("md5Hash")))
+    return mtime, (str(etag).strip('"') if etag is not None else None)
+
+
+def _check_unique_ids(items: pa.Table) -> None:
+    ids = items.column("id")
+    if len(pa.compute.unique(ids)) == len(ids):
+        return
+    counts = pa.compute.value_counts(ids)
+    dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+    raise SourceError(f"image id {dup!r} occurs more than once; ids must be unique (choose --id-column)")
+
+
+def read_bytes(
+    items: pa.Table, storage_options: Mapping[str, object], image_column: str
+) -> Iterator[bytes | Exception]:
+    """The bytes of each item in order, or the exception that stopped reading it (turned into an error row).
+
+    Parquet items are read one row group at a time, only the image column, so a read task costs about the
+    bytes of the images it is handed.
+    """
+    group: tuple[str, int] | None = None
+    column: pa.ChunkedArray | None = None
+    first = 0
+    for item in items.to_pylist():
+        try:
+            fs, path = open_fs(item["path"], storage_options)
+            if item["row"] < 0:
+                yield fs.cat_file(path)
+                continue
+            if (item["path"], item["row_group"]) != group:
+                column, first = _read_row_group(fs, path, item["row_group"], image_column)
+                group = (item["path"], item["row_group"])
+            value = column[item["row"] - first].as_py()  # type: ignore[index]
+            yield value if value is not None else b""
+        except Exception as exc:  # one unreadable item becomes one error row; the job goes on
+            group = None
+            yield exc
+
+
+def _read_row_group(fs: fsspec.AbstractFileSystem, path: str, row_group: int, image_column: str):
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        first = sum(pf.metadata.row_group(i).num_rows for i in range(row_group))
+        return pf.read_row_group(row_group, columns=[image_column]).column(0), first

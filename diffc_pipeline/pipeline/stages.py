@@ -1,0 +1,155 @@
+"""The per-batch work of the Ray jobs: read + decode images (tasks), encode and decode streams (actors).
+
+Batches travel as ``pyarrow.Table`` with explicit schemas (numpy conversion of binary and nested columns
+is fragile in Ray Data, ray#35419). A failure of one image becomes an error row - ``status="error"`` plus
+a message naming the stage - and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from ..images import decode_image
+from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, cumulative_bits, row_checksum
+from .sources import read_bytes
+
+DECODED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_size", pa.int64()),
+        pa.field("source_mtime", pa.timestamp("us", tz="UTC")),
+        pa.field("source_etag", pa.string()),
+        pa.field("shard", pa.int32()),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("channels", pa.int8()),
+        pa.field("padded_height", pa.int32()),
+        pa.field("padded_width", pa.int32()),
+        pa.field("pixels", pa.binary()),  # padded (H, W, 3) uint8, row-major
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+PASS_THROUGH = ["id", "source_uri", "source_mtime", "source_etag", "shard", "seed"]
+
+
+def error_text(stage: str, exc: BaseException) -> str:
+    return f"{stage}: {exc}" if str(exc) else f"{stage}: {type(exc).__name__}"
+
+
+def pad_to_multiple(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    """Edge-pad ``(H, W, 3)`` up to multiples of ``multiple`` (the model's U-Net needs it); cropped on decode.
+
+    Edge padding, unlike zeros, adds no hard border the codec would spend bits on.
+    """
+    h, w = pixels.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return pixels
+    return np.pad(pixels, ((0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def source_channels(data: bytes) -> int:
+    """Bands of the stored image (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA/CMYK) before conversion to RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        return len(img.getbands())
+
+
+def read_and_decode(
+    items: pa.Table,
+    storage_options: Mapping[str, object],
+    image_column: str,
+    max_pixels: int,
+    pad_multiple: int,
+    batch_size: int,
+) -> Iterator[pa.Table]:
+    """Read one read unit's images, decode, validate and pad them; yield tables of ``batch_size`` rows."""
+    rows: list[dict] = []
+    for item, data in zip(items.to_pylist(), read_bytes(items, storage_options, image_column), strict=True):
+        row = {k: item[k] for k in PASS_THROUGH}
+        row.update(source_size=item["source_size"], status=STATUS_OK)
+        if isinstance(data, Exception):
+            row.update(status=STATUS_ERROR, error=error_text("read", data))
+        else:
+            row["source_size"] = len(data)
+            try:
+                pixels = decode_image(data, max_pixels)
+                padded = pad_to_multiple(pixels, pad_multiple)
+                row.update(
+                    height=pixels.shape[0],
+                    width=pixels.shape[1],
+                    channels=source_channels(data),
+                    padded_height=padded.shape[0],
+                    padded_width=padded.shape[1],
+                    pixels=padded.tobytes(),
+                )
+            except Exception as exc:  # any undecodable input is an error row, never a crashed job
+                row.update(status=STATUS_ERROR, error=error_text("decode", exc))
+        rows.append(row)
+        if len(rows) >= batch_size:
+            yield pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+            rows = []
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+
+
+class Encoder:
+    """Ray actor: loads the model once, then compresses batches grouped by image size."""
+
+    def __init__(self, model_spec: str, codec_config: dict, threads: int, device: str) -> None:
+        import torch
+
+        from ..codec import CodecConfig, DiffcCodec
+        from ..models import load_model
+
+        torch.set_num_threads(threads)
+        self.device = device
+        self.codec = DiffcCodec(
+            load_model(model_spec, device=device), CodecConfig.from_dict(codec_config), channel="rcc"
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
+        for row in rows:
+            if row["status"] == STATUS_OK:
+                groups[(row["padded_height"], row["padded_width"])].append(row)
+        for (h, w), group in groups.items():
+            self._encode_group(group, h, w)
+        for row in rows:
+            del row["pixels"], row["padded_height"], row["padded_width"]
+        return pa.Table.from_pylist(rows, schema=ENCODED_SCHEMA)
+
+    def _encode_group(self, group: list[dict], h: int, w: int) -> None:
+        """One codec call per same-size group; if it fails, retry image by image to find the culprit."""
+        try:
+            streams = self.codec.compress(self._tensor(group, h, w), [r["seed"] for r in group])
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].update(status=STATUS_ERROR, error=error_text("encode", exc))
+                return
+            for row in group:
+                self._encode_group([row], h, w)
+            return
+        for row, stream in zip(group, streams, strict=True):
+            row.update(
+                header=stream.header,
+                chunks=list(stream.chunks),
+                cum_bits=cumulative_bits(stream.header, stream.chunks),
+                step_crc32=chunk_crcs(stream.chunks),
+                checksum=row_checksum(stream.header, stream.chunks),
+            )
+
+    def _tensor(self, group: list[dict], h: int, w: int):
+        import torch
+
+        arr = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(h, w, 3) for r in group])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(self.device)

@@ -1,0 +1,130 @@
+"""``--where``: a small SQL-like filter over an archive's scalar columns, as a pyarrow expression.
+
+Grammar: comparisons (``= == != <> < <= > >=``) of a column with a literal, ``IN (...)``, ``IS [NOT] NULL``,
+``LIKE 'pat%'`` (prefix/suffix/contains), combined with ``AND``/``OR``/``NOT`` and parentheses. E.g.
+``width >= 64 AND id LIKE 'val_1%'``. Python's own ``ast`` parses the expression (after SQL keywords are
+mapped to Python ones outside string literals), and only the node types below are accepted - nothing is
+ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pyarrow.compute as pc
+
+from ..errors import DiffcError
+
+
+class FilterError(DiffcError):
+    """A ``--where`` filter does not parse or names an unknown column."""
+
+
+_TOKENS = re.compile(r"('(?:[^']|'')*'|\"[^\"]*\")|(<>|!=|<=|>=|==|=)|\b(AND|OR|NOT|IN|IS|NULL|LIKE)\b", re.I)
+_WORDS = {
+    "and": " and ",
+    "or": " or ",
+    "not": " not ",
+    "in": " in ",
+    "is": " is ",
+    "null": " None ",
+    "like": " << ",
+}
+_OPS = {"=": "==", "<>": "!=", "!=": "!=", "==": "==", "<=": "<=", ">=": ">="}
+
+
+def _to_python(text: str) -> str:
+    def repl(m: re.Match) -> str:
+        literal, op, word = m.groups()
+        if literal:
+            return literal if literal.startswith('"') else repr(literal[1:-1].replace("''", "'"))
+        if op:
+            return f" {_OPS[op]} "
+        return _WORDS[word.lower()]
+
+    return _TOKENS.sub(repl, text)
+
+
+def parse_where(text: str, columns: list[str]) -> pc.Expression:
+    """Parse ``text`` into a pyarrow expression over ``columns``, or raise :class:`FilterError`."""
+    try:
+        tree = ast.parse(_to_python(text).strip(), mode="eval")
+    except SyntaxError as exc:
+        raise FilterError(f"cannot parse --where {text!r}: {exc.msg}") from None
+    return _Converter(text, columns).visit(tree.body)
+
+
+class _Converter(ast.NodeVisitor):
+    def __init__(self, text: str, columns: list[str]) -> None:
+        self.text = text
+        self.columns = columns
+
+    def fail(self, what: str) -> FilterError:
+        return FilterError(f"--where {self.text!r}: {what}")
+
+    def generic_visit(self, node: ast.AST):
+        raise self.fail(f"unsupported syntax ({type(node).__name__})")
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> pc.Expression:
+        parts = [self.visit(v) for v in node.values]
+        out = parts[0]
+        for p in parts[1:]:
+            out = (out & p) if isinstance(node.op, ast.And) else (out | p)
+        return out
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> pc.Expression:
+        if not isinstance(node.op, ast.Not):
+            raise self.fail("only NOT is allowed as a unary operator")
+        return ~self.visit(node.operand)
+
+    def visit_Compare(self, node: ast.Compare) -> pc.Expression:
+        if len(node.ops) != 1:
+            raise self.fail("chain comparisons with AND")
+        op, left, right = node.ops[0], self.column(node.left), node.comparators[0]
+        if isinstance(op, ast.Is | ast.IsNot):
+            if not (isinstance(right, ast.Constant) and right.value is None):
+                raise self.fail("IS needs NULL")
+            return left.is_null() if isinstance(op, ast.Is) else ~left.is_null()
+        if isinstance(op, ast.In | ast.NotIn):
+            if not isinstance(right, ast.Tuple | ast.List):
+                raise self.fail("IN needs a parenthesised list of values")
+            values = [self.literal(v) for v in right.elts]
+            expr = left.isin(values)
+            return expr if isinstance(op, ast.In) else ~expr
+        value = self.literal(right)
+        ops = {
+            ast.Eq: pc.equal,
+            ast.NotEq: pc.not_equal,
+            ast.Lt: pc.less,
+            ast.LtE: pc.less_equal,
+            ast.Gt: pc.greater,
+            ast.GtE: pc.greater_equal,
+        }
+        return ops[type(op)](left, value)
+
+    def visit_BinOp(self, node: ast.BinOp) -> pc.Expression:
+        if not isinstance(node.op, ast.LShift):  # LIKE was mapped to <<
+            raise self.fail("arithmetic is not supported")
+        pattern = self.literal(node.right)
+        if not isinstance(pattern, str):
+            raise self.fail("LIKE needs a string pattern")
+        return pc.match_like(self.column(node.left), pattern)
+
+    def column(self, node: ast.AST) -> pc.Expression:
+        if not isinstance(node, ast.Name):
+            raise self.fail("the left side of a comparison must be a column name")
+        if node.id not in self.columns:
+            raise self.fail(f"unknown column {node.id!r} (columns: {', '.join(self.columns)})")
+        return pc.field(node.id)
+
+    def literal(self, node: ast.AST):
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+        ):
+            return -node.operand.value
+        if not isinstance(node, ast.Constant) or isinstance(node.value, bytes):
+            raise self.fail("values must be numbers or quoted strings")
+        return node.value
