@@ -1,0 +1,275 @@
+"""DiffC: compress images by communicating a Gaussian diffusion chain, one reverse-channel-coded step at a time.
+
+``compress`` runs the chain ``z_{t_0} -> z_{t_1} -> ... -> z_{t_K}`` against the model's prior and writes one
+progressive chunk per step; ``decompress`` replays the chain from any prefix of chunks and reconstructs with
+``flow`` (DiffC-F), ``ancestral`` (DiffC-A) or ``denoise``. Tensors and bytes in, tensors and bytes out: no
+files, no Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidInputError, ModelMismatchError, StreamError
+from ..models.base import DiffusionModel
+from . import prng
+from .bitstream import EncodedImage, Header
+from .channel import LN2, ideal_sample, rcc_decode, rcc_encode
+from .config import CodecConfig
+from .index_code import StepReader, StepWriter
+from .reconstruct import METHODS, denoise, reconstruct
+from .steps import step_coefficients
+from .tables import TABLES_VERSION
+
+CHANNELS = ("rcc", "ideal")
+
+
+@dataclass
+class SweepResult:
+    """One encode, reconstructions at several prefixes: what rate-distortion evaluation needs."""
+
+    streams: list[EncodedImage]
+    recon: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+
+
+class DiffcCodec:
+    """The DiffC codec over one :class:`DiffusionModel` and one :class:`CodecConfig`."""
+
+    def __init__(self, model: DiffusionModel, config: CodecConfig | None = None, channel: str = "rcc") -> None:
+        if channel not in CHANNELS:
+            raise InvalidInputError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS)}")
+        self.model = model
+        self.config = config or CodecConfig()
+        self.channel = channel
+        self._logsnrs = torch.from_numpy(self.config.logsnrs())
+        self._model_id = bytes.fromhex(model.identity.sha256[:6])
+        self._config_id = bytes.fromhex(self.config.fingerprint()[:6])
+        self.fingerprint = hashlib.sha256(
+            f"{self.config.fingerprint()}|{model.identity.sha256}|tables{TABLES_VERSION}".encode()
+        ).hexdigest()
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def logsnr_final(self) -> float:
+        """Where reconstruction ends: the model's least noisy level."""
+        return float(-self.model.schedule.gamma_min)
+
+    # ---- encoding ------------------------------------------------------------------------------------
+    def compress(self, images: torch.Tensor, seeds: Sequence[int]) -> list[EncodedImage]:
+        """Compress a batch of ``uint8`` images ``(B, C, H, W)`` (one size per call), one seed per image."""
+        return self.compress_float(uint8_to_float(images, self.model.channels), seeds)
+
+    def compress_float(self, x: torch.Tensor, seeds: Sequence[int]) -> list[EncodedImage]:
+        """Compress float images in the data scale ``[-1, 1]``."""
+        return self._encode(x, seeds, capture=())[0]
+
+    def _encode(
+        self, x: torch.Tensor, seeds: Sequence[int], capture: Sequence[int]
+    ) -> tuple[list[EncodedImage], dict[int, torch.Tensor]]:
+        _check_batch(x, seeds, self.model.channels)
+        b, _, h, w = x.shape
+        xp = self._pad(x.float())
+        z = self._start(seeds, xp.shape[1:])
+        writers = [StepWriter() for _ in range(b)]
+        ends: list[list[int]] = [[] for _ in range(b)]
+        kl_bits: list[list[float]] = [[] for _ in range(b)]
+        latents: dict[int, torch.Tensor] = {0: z.clone()} if 0 in capture else {}
+        for k in range(1, self.num_steps + 1):
+            lam_t = self._logsnrs[k - 1].expand(b)
+            lam_s = self._logsnrs[k].expand(b)
+            x_hat = denoise(self.model, z, lam_t)
+            c = step_coefficients(lam_t, lam_s)
+            d = (c.c_x * (xp - x_hat) / c.std).numpy()
+            u = np.empty_like(d)
+            for i, seed in enumerate(seeds):
+                kl_bits[i].append(0.5 * float(np.dot(d[i].ravel().astype(np.float64), d[i].ravel())) / LN2)
+                if self.channel == "ideal":
+                    u[i] = ideal_sample(d[i], seed, k).reshape(d[i].shape)
+                    continue
+                count, indices, sample = rcc_encode(d[i], seed, k, self.config)
+                writers[i].write_count(count)
+                writers[i].write_indices(indices, self.config.chunk_bits, self.config.candidate_log2)
+                ends[i].append((writers[i].bit_length() + 7) // 8)
+                u[i] = sample.reshape(d[i].shape)
+            z = c.c_z * z + c.c_x * x_hat + c.std * torch.from_numpy(u)
+            if k in capture:
+                latents[k] = z.clone()
+        streams = []
+        for i, seed in enumerate(seeds):
+            header = Header(h, w, int(seed), self._model_id, self._config_id, ideal=self.channel == "ideal").pack()
+            if self.channel == "ideal":
+                chunks = [b""] * self.num_steps
+            else:
+                data = writers[i].to_bytes()
+                bounds = [0, *ends[i]]
+                chunks = [data[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+            streams.append(EncodedImage(header=header, chunks=chunks, step_kl_bits=kl_bits[i]))
+        return streams, latents
+
+    # ---- decoding ------------------------------------------------------------------------------------
+    def decompress(
+        self,
+        streams: Sequence[EncodedImage],
+        steps: int | Sequence[int] | None = None,
+        method: str = "flow",
+        flow_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Decode each stream from its first ``steps`` chunks (all present by default) to ``uint8`` images."""
+        if method not in METHODS:
+            raise InvalidInputError(f"unknown reconstruction method {method!r}; choose one of {', '.join(METHODS)}")
+        counts = self._prefix_lengths(streams, steps)
+        z = self._decode_latents(streams, counts, capture=())[0]
+        lam = self._logsnrs[torch.tensor(counts)]
+        x = reconstruct(self.model, z, lam, method, flow_steps or self.config.flow_steps,
+                        [s.seed for s in streams], self.logsnr_final)
+        return float_to_uint8(x[:, :, : streams[0].height, : streams[0].width])
+
+    def _prefix_lengths(self, streams: Sequence[EncodedImage], steps: int | Sequence[int] | None) -> list[int]:
+        if not streams:
+            raise InvalidInputError("no streams to decode")
+        first = streams[0].parsed
+        for s in streams:
+            p = s.parsed
+            if p.ideal:
+                raise StreamError("an ideal-channel stream carries no bits and cannot be decoded")
+            if p.model_id != self._model_id:
+                raise ModelMismatchError(
+                    f"stream was made with model id {p.model_id.hex()}, this codec's model "
+                    f"{self.model.identity.short} has id {self._model_id.hex()}"
+                )
+            if p.config_id != self._config_id:
+                raise ModelMismatchError(
+                    f"stream was made with codec configuration {p.config_id.hex()}, this codec uses "
+                    f"{self._config_id.hex()} (steps, schedule or channel parameters differ)"
+                )
+            if (p.height, p.width) != (first.height, first.width):
+                raise InvalidInputError("all streams decoded in one call must have the same image size")
+        if steps is None:
+            counts = [len(s.chunks) for s in streams]
+        elif isinstance(steps, int):
+            counts = [steps] * len(streams)
+        else:
+            counts = [int(k) for k in steps]
+        if len(counts) != len(streams):
+            raise InvalidInputError(f"{len(counts)} step counts for {len(streams)} streams")
+        for s, k in zip(streams, counts, strict=True):
+            if not 0 <= k <= len(s.chunks) or k > self.num_steps:
+                raise StreamError(f"cannot decode {k} steps from a stream holding {len(s.chunks)} chunks "
+                                  f"(codec has {self.num_steps} steps)")
+        return counts
+
+    def _decode_latents(
+        self, streams: Sequence[EncodedImage], counts: list[int], capture: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        shape = self._padded_shape(streams[0].height, streams[0].width)
+        seeds = [s.seed for s in streams]
+        z = self._start(seeds, shape)
+        readers = [StepReader(b"".join(s.chunks[:k])) for s, k in zip(streams, counts, strict=True)]
+        latents: dict[int, torch.Tensor] = {0: z.clone()} if 0 in capture else {}
+        for k in range(1, max(counts, default=0) + 1):
+            active = [i for i, n in enumerate(counts) if n >= k]
+            idx = torch.tensor(active)
+            lam_t = self._logsnrs[k - 1].expand(len(active))
+            lam_s = self._logsnrs[k].expand(len(active))
+            x_hat = denoise(self.model, z[idx], lam_t)
+            c = step_coefficients(lam_t, lam_s)
+            u = np.empty((len(active), *shape), dtype=np.float32)
+            for j, i in enumerate(active):
+                count = readers[i].read_count()
+                indices = readers[i].read_indices(count, self.config.chunk_bits, self.config.candidate_log2)
+                readers[i].check_within(f"step {k}")
+                u[j] = rcc_decode(count, indices, u[j].size, seeds[i], k, self.config).reshape(shape)
+            z[idx] = c.c_z * z[idx] + c.c_x * x_hat + c.std * torch.from_numpy(u)
+            if k in capture:
+                latents[k] = z.clone()
+        return z, latents
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+    def sweep(
+        self,
+        images: torch.Tensor,
+        seeds: Sequence[int],
+        prefixes: Sequence[int],
+        methods: Sequence[str] = METHODS,
+        flow_steps: int | None = None,
+    ) -> SweepResult:
+        """Encode once, then reconstruct from each prefix with each method.
+
+        With the real channel the latents come from an actual decode of the streams (so the bitstream is
+        exercised); with the ideal channel from the encoder's exact samples.
+        """
+        x = uint8_to_float(images, self.model.channels)
+        prefixes = sorted({int(k) for k in prefixes})
+        t0 = time.perf_counter()
+        streams, latents = self._encode(x, seeds, capture=prefixes if self.channel == "ideal" else ())
+        t1 = time.perf_counter()
+        if self.channel == "rcc":
+            counts = [max(prefixes)] * len(streams)
+            self._prefix_lengths(streams, counts)
+            _, latents = self._decode_latents(streams, counts, capture=prefixes)
+        result = SweepResult(streams=streams, encode_s=t1 - t0)
+        for method in methods:
+            result.recon[method] = {}
+            for k in prefixes:
+                lam = self._logsnrs[k].expand(len(streams))
+                xr = reconstruct(self.model, latents[k], lam, method, flow_steps or self.config.flow_steps,
+                                 list(seeds), self.logsnr_final)
+                result.recon[method][k] = float_to_uint8(xr[:, :, : x.shape[2], : x.shape[3]])
+        result.decode_s = time.perf_counter() - t1
+        return result
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    def _padded_shape(self, h: int, w: int) -> tuple[int, int, int]:
+        m = self.model.pad_multiple
+        return (self.model.channels, -(-h // m) * m, -(-w // m) * m)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        _, hp, wp = self._padded_shape(x.shape[2], x.shape[3])
+        if (hp, wp) == x.shape[2:]:
+            return x
+        return F.pad(x, (0, wp - x.shape[3], 0, hp - x.shape[2]), mode="replicate")
+
+    def _start(self, seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """``z_{t_0}`` from the seed alone: costs no bits."""
+        return torch.from_numpy(np.stack([prng.normals(int(s), 0, prng.START, tuple(shape)) for s in seeds]))
+
+
+def _check_batch(x: torch.Tensor, seeds: Sequence[int], channels: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise InvalidInputError(f"expected a (B, C, H, W) tensor, got {type(x).__name__} "
+                                f"of shape {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[1] != channels:
+        raise InvalidInputError(f"expected {channels} channels, got {x.shape[1]}")
+    if x.shape[0] != len(seeds):
+        raise InvalidInputError(f"{x.shape[0]} images but {len(seeds)} seeds")
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise InvalidInputError(f"empty batch or image: shape {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise InvalidInputError("images contain NaN or infinite values")
+    for s in seeds:
+        if not 0 <= int(s) < 2**64:
+            raise InvalidInputError(f"seed {s} is not a 64-bit unsigned integer")
+
+
+def uint8_to_float(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise InvalidInputError(f"expected a uint8 tensor, got {getattr(images, 'dtype', type(images).__name__)}")
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise InvalidInputError(f"expected shape (B, {channels}, H, W), got {tuple(images.shape)}")
+    return images.float() / 127.5 - 1.0
+
+
+def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)

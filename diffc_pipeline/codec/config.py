@@ -1,0 +1,65 @@
+"""Codec parameters: the coding-step schedule and the channel's chunk budget.
+
+Everything here is part of the contract between sender and receiver: it is hashed into
+:attr:`CodecConfig.fingerprint`, written into every stream header and archive manifest, and a stream made
+with other parameters is refused on decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """``num_steps`` coding steps, uniform in log-SNR from ``logsnr_start`` (pure noise) to ``logsnr_end``.
+
+    ``chunk_bits``: KL budget per chunk; each step's dimensions are split into ``ceil(KL / chunk_bits)``
+    chunks, each simulated with ``2**candidate_log2`` PFR candidates. ``pool_width``: width of the shared
+    candidate pool rows (see :mod:`.channel`). ``flow_steps``: ODE steps of DiffC-F / ancestral steps of
+    DiffC-A reconstruction.
+    """
+
+    num_steps: int = 16
+    logsnr_start: float = -5.0
+    logsnr_end: float = 5.0
+    chunk_bits: int = 8
+    candidate_log2: int = 12
+    pool_width: int = 64
+    flow_steps: int = 24
+    spacing: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise InvalidInputError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not self.logsnr_end > self.logsnr_start:
+            raise InvalidInputError("logsnr_end must be larger than logsnr_start (less noise at the end)")
+        if not 1 <= self.chunk_bits <= self.candidate_log2 <= 24:
+            raise InvalidInputError("need 1 <= chunk_bits <= candidate_log2 <= 24")
+        if self.spacing not in ("linear",):
+            raise InvalidInputError(f"unknown step spacing {self.spacing!r}")
+
+    def logsnrs(self) -> np.ndarray:
+        """``num_steps + 1`` log-SNR values: ``[start, ..., end]``, increasing (noise decreasing)."""
+        return np.linspace(self.logsnr_start, self.logsnr_end, self.num_steps + 1)
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CodecConfig:
+        if int(d.get("format_version", FORMAT_VERSION)) != FORMAT_VERSION:
+            raise InvalidInputError(f"codec format version {d.get('format_version')} is not {FORMAT_VERSION}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
