@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def _machine() -> dict:
 
 @friendly_errors
 def eval_(
+    ctx: typer.Context,
     images: str = typer.Argument(
         ..., help="fsspec URL of the images: a Parquet dataset (image bytes + id) or a folder."
     ),
@@ -120,9 +122,8 @@ def eval_(
     console.print(f"{len(eval_images)} images from {images}")
 
     meta: dict = {
-        "command": " ".join(["diffc", *sys.argv[1:]])
-        if Path(sys.argv[0]).name == "diffc"
-        else " ".join(sys.argv),
+        "command": shlex.join(sys.argv),  # the process's own command line, as typed
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
         "source": {

@@ -71,7 +71,8 @@ def _ms_ssim(reference: np.ndarray, reconstruction: np.ndarray) -> float:
     y = torch.from_numpy(np.ascontiguousarray(reconstruction)).permute(2, 0, 1)[None].double()
     scales = ms_ssim_scales(*reference.shape[:2])
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
-    weights = weights / weights.sum()
+    if scales < len(MS_SSIM_WEIGHTS):  # all five are used as published (they sum to 1.0001)
+        weights = weights / weights.sum()
     values = []
     for level in range(scales):
         ssim_c, cs_c = _ssim_and_cs(x, y)
