@@ -9,6 +9,7 @@ files, no Ray.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class DiffcCodec:
             else:
                 data = writers[i].to_bytes()
                 bounds = [0, *ends[i]]
-                chunks = [data[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                chunks = [data[lo:hi] for lo, hi in itertools.pairwise(bounds)]
             streams.append(EncodedImage(header=header, chunks=chunks, step_kl_bits=kl_bits[i]))
         return streams, latents
 

@@ -46,9 +46,9 @@ def bucket_table(chunk_bits: int, candidate_log2: int, trials: int = 20_000) -> 
 def main(argv: list[str]) -> None:
     data = json.loads(OUT.read_text()) if OUT.exists() else {"version": TABLES_VERSION, "tables": {}}
     pairs = list(zip(argv[::2], argv[1::2], strict=True))
-    for c, l in pairs:
-        data["tables"][f"{int(c)},{int(l)}"] = bucket_table(int(c), int(l))
-        print(f"table {c},{l}: {data['tables'][f'{int(c)},{int(l)}']}")
+    for c, log2n in pairs:
+        data["tables"][f"{int(c)},{int(log2n)}"] = bucket_table(int(c), int(log2n))
+        print(f"table {c},{log2n}: {data['tables'][f'{int(c)},{int(log2n)}']}")
     data["version"] = TABLES_VERSION
     OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
