@@ -101,7 +101,9 @@ def rcc_encode(d: np.ndarray, seed: int, step: int, config: CodecConfig) -> tupl
     return layout.num_chunks, indices, _assemble(layout, pool, indices, d.size)
 
 
-def rcc_decode(num_chunks: int, indices: np.ndarray, dims: int, seed: int, step: int, config: CodecConfig) -> np.ndarray:
+def rcc_decode(
+    num_chunks: int, indices: np.ndarray, dims: int, seed: int, step: int, config: CodecConfig
+) -> np.ndarray:
     """Regenerate the communicated sample ``u`` from the chunk count and indices."""
     layout = step_layout(dims, num_chunks, seed, step, config)
     return _assemble(layout, _pool(seed, step, config, layout.pool_width), indices, dims)
