@@ -169,9 +169,7 @@ def write_images(folder: Path, count: int, size: int = 32) -> None:
 def test_eval_classical_only_writes_all_outputs(tmp_path):
     write_images(tmp_path / "imgs", 3)
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app, ["eval", str(tmp_path / "imgs"), "--out", str(out), "--channels", "none"]
-    )
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "imgs"), "--out", str(out), "--channels", "none"])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     expected = 3 * sum(len(c.qualities) for c in CODECS.values())
@@ -198,3 +196,41 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
     for src in shown:
         assert (out / src).is_file()
     assert "Rate-distortion summary" in result.output and "webp" in result.output
+
+
+def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
+    from diffc_pipeline.codec import CodecConfig, DiffcCodec
+    from diffc_pipeline.evaluation.runner import image_seed
+    from diffc_pipeline.models import load_model
+
+    write_images(tmp_path / "imgs", 2, size=16)
+    out = tmp_path / "out"
+    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--model", "gaussian", "--codecs", "jpeg"]
+    result = CliRunner().invoke(app, [*args, "--steps", "1,4,16", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    diffc = [r for r in doc["records"] if r["family"] == "diffc"]
+    assert len(diffc) == 2 * 2 * 3 * 3  # images x channels x methods x prefixes
+    assert doc["diffc"]["prefixes"] == [1, 4, 16] and doc["diffc"]["model"]["name"] == "gaussian-rgb"
+
+    # the rcc rate is the real stream: header plus the first k chunks of what compress() writes
+    codec = DiffcCodec(load_model("gaussian"), CodecConfig(), channel="rcc")
+    pixels = np.array(Image.open(tmp_path / "imgs" / "im0.png"))
+    stream = codec.compress(torch.from_numpy(pixels).permute(2, 0, 1)[None], [image_seed("im0", 7)])[0]
+    for k in (1, 4, 16):
+        rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == "im0" and r["steps"] == k)
+        real = len(stream.header) + sum(len(c) for c in stream.chunks[:k])
+        assert rec["bytes"] == real and rec["header_bytes"] == len(stream.header)
+        assert rec["bpp"] == pytest.approx(8 * real / 256)
+        assert rec["kl_bits"] == pytest.approx(sum(stream.step_kl_bits[:k]))
+    # the ideal rate is the KL of the prefix, no bytes
+    ideal = sorted(
+        (r for r in diffc if r["variant"] == "diffc-ideal-denoise" and r["image"] == "im1"), key=lambda r: r["steps"]
+    )
+    assert [r["bytes"] for r in ideal] == [None] * 3
+    assert all(r["bpp"] == pytest.approx(r["kl_bits"] / 256) for r in ideal)
+    assert ideal[0]["bpp"] < ideal[1]["bpp"] < ideal[2]["bpp"] and ideal[0]["psnr"] < ideal[2]["psnr"]
+    pairs = {(b["test"], b["anchor"]) for b in doc["bd_rates"]}
+    assert ("diffc-rcc-flow", "diffc-ideal-flow") in pairs and ("diffc-ideal-flow", "jpeg") in pairs
+    assert set(doc["flow_minus_ancestral_psnr_db_at_full_rate"]) == {"rcc", "ideal"}
+    assert "diffc-rcc-flow" in (out / "index.html").read_text()

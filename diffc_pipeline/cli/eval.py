@@ -35,9 +35,7 @@ def _prefixes(value: str, num_steps: int) -> list[int]:
     try:
         steps = sorted({int(v) for v in value.split(",") if v.strip()})
     except ValueError:
-        raise DiffcError(
-            f"--steps must be 'auto', 'all' or comma-separated integers, got {value!r}"
-        ) from None
+        raise DiffcError(f"--steps must be 'auto', 'all' or comma-separated integers, got {value!r}") from None
     if not steps or steps[0] < 1 or steps[-1] > num_steps:
         raise DiffcError(f"--steps must lie in 1..{num_steps} (the codec's coding steps), got {value!r}")
     return steps
@@ -64,29 +62,17 @@ def eval_(
     images: str = typer.Argument(
         ..., help="fsspec URL of the images: a Parquet dataset (image bytes + id) or a folder."
     ),
-    out: Path = typer.Option(
-        ..., help="Output directory: results.json, rd_psnr.png, rd_msssim.png, index.html."
-    ),
+    out: Path = typer.Option(..., help="Output directory: results.json, rd_psnr.png, rd_msssim.png, index.html."),
     model: str = typer.Option("builtin", help="Diffusion model: 'builtin', 'gaussian' or a model directory."),
-    limit: int = typer.Option(
-        0, help="Evaluate a fixed subset of N source images (fixed-seed choice; 0: all)."
-    ),
+    limit: int = typer.Option(0, help="Evaluate a fixed subset of N source images (fixed-seed choice; 0: all)."),
     methods: str = typer.Option("flow,ancestral,denoise", help="DiffC reconstructions (comma-separated)."),
     codecs: str = typer.Option("jpeg,webp,avif", help="Classical codecs (comma-separated, 'none' to skip)."),
-    channels: str = typer.Option(
-        "rcc,ideal", help="DiffC channels: rcc (real bitstream), ideal ('none' to skip)."
-    ),
-    steps: str = typer.Option(
-        "auto", help="DiffC prefixes: 'auto' (~8 spread), 'all', or e.g. '1,2,4,8,16'."
-    ),
+    channels: str = typer.Option("rcc,ideal", help="DiffC channels: rcc (real bitstream), ideal ('none' to skip)."),
+    steps: str = typer.Option("auto", help="DiffC prefixes: 'auto' (~8 spread), 'all', or e.g. '1,2,4,8,16'."),
     batch_size: int = typer.Option(16, help="Images per codec call (one image size per call)."),
     seed: int = typer.Option(0, help="Run seed; each image's stream seed derives from it and the image id."),
-    downsample: int = typer.Option(
-        1, help="Area-downsample by this integer factor first (e.g. lossless CBSD68)."
-    ),
-    tile: int = typer.Option(
-        0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."
-    ),
+    downsample: int = typer.Option(1, help="Area-downsample by this integer factor first (e.g. lossless CBSD68)."),
+    tile: int = typer.Option(0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
     id_column: str = typer.Option("id", help="Id column of a Parquet dataset."),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
@@ -169,9 +155,7 @@ def eval_(
     ) as progress:
         if classical:
             task = progress.add_task("classical", total=len(eval_images) * len(classical))
-            recs, lowest = run_classical(
-                eval_images, classical, showcase, lambda n: progress.advance(task, n)
-            )
+            recs, lowest = run_classical(eval_images, classical, showcase, lambda n: progress.advance(task, n))
             records += recs
         if diffc_codecs:
             task = progress.add_task("diffc", total=len(eval_images) * len(diffc_codecs))
@@ -188,8 +172,10 @@ def eval_(
     if not records:
         raise DiffcError("nothing to evaluate: no classical codecs and no DiffC channels chosen")
     title = f"{images} ({len(eval_images)} images)"
-    table = write_outputs(out, meta, EvalOutput(records, lowest, showcase), title)
-    Console().print(table)
+    tables = write_outputs(out, meta, EvalOutput(records, lowest, showcase), title)
+    stdout = Console() if sys.stdout.isatty() else Console(width=120)  # logs and pipes: no truncated names
+    for table in tables:
+        stdout.print(table)
     console.print(f"wrote {out / 'results.json'}, rd_psnr.png, rd_msssim.png, index.html")
 
 

@@ -20,11 +20,7 @@ from scipy.interpolate import PchipInterpolator
 def pareto_front(rates: Sequence[float], qualities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Points not dominated by one of lower (or equal) rate, sorted by rate; both coordinates increase."""
     pts = sorted(
-        (
-            (float(r), float(q))
-            for r, q in zip(rates, qualities, strict=True)
-            if np.isfinite(r) and np.isfinite(q)
-        ),
+        ((float(r), float(q)) for r, q in zip(rates, qualities, strict=True) if np.isfinite(r) and np.isfinite(q)),
         key=lambda p: (p[0], -p[1]),
     )
     keep: list[tuple[float, float]] = []

@@ -40,9 +40,7 @@ CODECS: dict[str, ClassicalCodec] = {
         {"optimize": True},
         1,
     ),
-    "webp": ClassicalCodec(
-        "webp", "WEBP", (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100), {"method": 6}
-    ),
+    "webp": ClassicalCodec("webp", "WEBP", (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100), {"method": 6}),
     "avif": ClassicalCodec("avif", "AVIF", (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)),
 }
 
@@ -69,9 +67,7 @@ def codec(name: str) -> ClassicalCodec:
     if name not in CODECS:
         raise DiffcError(f"unknown classical codec {name!r}; choose from {', '.join(CODECS)}")
     if name == "avif" and not features.check("avif"):
-        raise DiffcError(
-            "this Pillow has no AVIF support (Pillow >= 11.3 or the pillow-avif-plugin package adds it)"
-        )
+        raise DiffcError("this Pillow has no AVIF support (Pillow >= 11.3 or the pillow-avif-plugin package adds it)")
     if name == "webp" and not features.check("webp"):
         raise DiffcError("this Pillow has no WebP support")
     return CODECS[name]
@@ -97,9 +93,7 @@ def lowest_rate(image: np.ndarray, spec: ClassicalCodec) -> tuple[int, int]:
     above it (files only grow from there; the grid keeps that claim checked on every image).
     """
     pil = Image.fromarray(image)
-    candidates = sorted(
-        set(range(spec.min_quality, LOWEST_RATE_SEARCH_MAX_QUALITY + 1)) | set(spec.qualities)
-    )
+    candidates = sorted(set(range(spec.min_quality, LOWEST_RATE_SEARCH_MAX_QUALITY + 1)) | set(spec.qualities))
     best: tuple[int, int] | None = None
     for q in candidates:
         buf = io.BytesIO()

@@ -127,9 +127,7 @@ def _read_parquet(fs: fsspec.AbstractFileSystem, paths: list[str], source: Image
             if missing:
                 raise DiffcError(f"{path}: no column(s) {sorted(missing)} (columns: {schema.names})")
             f.seek(0)
-            ids_per_file.append(
-                [str(v) for v in pq.read_table(f, columns=[source.id_column]).column(0).to_pylist()]
-            )
+            ids_per_file.append([str(v) for v in pq.read_table(f, columns=[source.id_column]).column(0).to_pylist()])
     chosen = set(choose_subset([i for ids in ids_per_file for i in ids], source.limit))
     out: dict[str, bytes] = {}
     for path, ids in zip(paths, ids_per_file, strict=True):

@@ -46,17 +46,12 @@ def curves(records: Sequence[dict]) -> dict[str, list[dict]]:
             "setting": setting,
             "setting_name": "quality" if rs[0]["family"] == "classical" else "steps",
             "images": len(rs),
-            **{
-                k: float(np.mean([r[k] for r in rs]))
-                for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")
-            },
+            **{k: float(np.mean([r[k] for r in rs])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")},
         }
         point["ms_ssim_db"] = float(np.mean([ms_ssim_db(r["ms_ssim"]) for r in rs]))
         if rs[0].get("header_bytes") is not None:
             point["header_bytes"] = float(np.mean([r["header_bytes"] for r in rs]))
-            point["header_bpp"] = float(
-                np.mean([8 * r["header_bytes"] / (r["height"] * r["width"]) for r in rs])
-            )
+            point["header_bpp"] = float(np.mean([8 * r["header_bytes"] / (r["height"] * r["width"]) for r in rs]))
         out[variant].append(point)
     return {v: sorted(ps, key=lambda p: p["bpp"]) for v, ps in sorted(out.items())}
 
@@ -129,9 +124,7 @@ def flow_vs_ancestral(curve_map: dict[str, list[dict]]) -> dict[str, float]:
     return out
 
 
-def write_json(
-    path: Path, meta: dict, output: EvalOutput, curve_map: dict, bd: list[dict], lowest: dict
-) -> None:
+def write_json(path: Path, meta: dict, output: EvalOutput, curve_map: dict, bd: list[dict], lowest: dict) -> None:
     doc = {
         **meta,
         "curves": curve_map,
@@ -228,45 +221,42 @@ def write_html(directory: Path, showcase: Showcase, title: str) -> None:
     (directory / "index.html").write_text(page)
 
 
-def summary_table(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dict) -> Table:
-    """One row per variant: its rate range, quality range and BD-rates in PSNR against each anchor."""
-    anchors = sorted(
-        {b["anchor"] for b in bd if b["metric"] == "psnr"}, key=lambda a: (a.startswith("diffc"), a)
-    )
-    table = Table(title="Rate-distortion summary (means over images; BD-rate in PSNR, negative = fewer bits)")
-    for col in (
-        "variant",
-        "points",
-        "bpp range",
-        "PSNR range (dB)",
-        "MS-SSIM range",
-        *[f"vs {a}" for a in anchors],
-    ):
-        table.add_column(col, justify="right" if col != "variant" else "left")
+def summary_tables(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dict) -> list[Table]:
+    """A curve table (one row per variant) and a BD-rate table (one row per pair), narrow enough for a terminal."""
+    curves_table = Table(title="Rate-distortion curves (means over images)")
+    for col in ("variant", "points", "bpp range", "PSNR (dB)", "MS-SSIM"):
+        curves_table.add_column(col, justify="left" if col == "variant" else "right")
     for variant, points in curve_map.items():
-        lowest_note = f" (floor {lowest[variant]['mean_lowest_bpp']:.2f})" if variant in lowest else ""
-        cells = []
-        for a in anchors:
-            b = next(
-                (b for b in bd if b["test"] == variant and b["anchor"] == a and b["metric"] == "psnr"), None
-            )
-            cells.append(
-                ""
-                if b is None
-                else ("no overlap" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%")
-            )
-        table.add_row(
+        floor = f" (floor {lowest[variant]['mean_lowest_bpp']:.2f})" if variant in lowest else ""
+        curves_table.add_row(
             variant,
             str(len(points)),
-            f"{points[0]['bpp']:.3f}-{points[-1]['bpp']:.3f}{lowest_note}",
+            f"{points[0]['bpp']:.3f}-{points[-1]['bpp']:.3f}{floor}",
             f"{min(p['psnr'] for p in points):.2f}-{max(p['psnr'] for p in points):.2f}",
             f"{min(p['ms_ssim'] for p in points):.3f}-{max(p['ms_ssim'] for p in points):.3f}",
-            *cells,
         )
-    return table
+    bd_table = Table(title="BD-rate of DiffC (negative = fewer bits than the anchor at equal quality)")
+    for col in ("test", "anchor", "PSNR", "PSNR overlap", "MS-SSIM"):
+        bd_table.add_column(col, justify="left" if col in ("test", "anchor") else "right")
+    pairs = dict.fromkeys((b["test"], b["anchor"]) for b in bd)
+    for test, anchor in pairs:
+        by_metric = {b["metric"]: b for b in bd if (b["test"], b["anchor"]) == (test, anchor)}
+        p, m = by_metric["psnr"], by_metric["ms_ssim_db"]
+        bd_table.add_row(
+            test,
+            anchor,
+            _percent(p),
+            "" if p["overlap"] is None else f"{p['overlap'][0]:.1f}-{p['overlap'][1]:.1f}",
+            _percent(m),
+        )
+    return [curves_table, bd_table] if bd else [curves_table]
 
 
-def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -> Table:
+def _percent(b: dict) -> str:
+    return "no overlap" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%"
+
+
+def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -> list[Table]:
     """results.json, rd_psnr.png, rd_msssim.png and index.html (with showcase/*.png) in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     curve_map = curves(output.records)
@@ -277,4 +267,4 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
     plot(directory / "rd_msssim.png", curve_map, "ms_ssim", "MS-SSIM (mean over images)", title)
     if output.showcase is not None:
         write_html(directory, output.showcase, title)
-    return summary_table(curve_map, bd, lowest)
+    return summary_tables(curve_map, bd, lowest)

@@ -27,9 +27,7 @@ class Showcase:
     """Reconstructions of one image at every setting, for the side-by-side HTML page."""
 
     image: EvalImage
-    recon: dict[str, list[tuple[dict, np.ndarray]]] = field(
-        default_factory=dict
-    )  # variant -> [(record, pixels)]
+    recon: dict[str, list[tuple[dict, np.ndarray]]] = field(default_factory=dict)  # variant -> [(record, pixels)]
 
     def add(self, record: dict, pixels: np.ndarray) -> None:
         if record["image"] == self.image.id:
@@ -85,9 +83,7 @@ def run_classical(
                 if showcase is not None:
                     showcase.add(rec, point.reconstruction)
             size, q = lowest_rate(image.pixels, spec)
-            lowest.append(
-                {"image": image.id, "variant": name, "bytes": size, "quality": q, "bpp": 8 * size / pixels}
-            )
+            lowest.append({"image": image.id, "variant": name, "bytes": size, "quality": q, "bpp": 8 * size / pixels})
             advance(1)
     return records, lowest
 
