@@ -58,9 +58,7 @@ SCALAR_COLUMNS = [
 ]
 
 # What the encoder stage hands the writer: the record fields, the shard index, and the chunks as one list.
-ENCODED_SCHEMA = pa.schema(
-    [*RECORD_FIELDS, pa.field("shard", pa.int32()), pa.field("chunks", pa.list_(pa.binary()))]
-)
+ENCODED_SCHEMA = pa.schema([*RECORD_FIELDS, pa.field("shard", pa.int32()), pa.field("chunks", pa.list_(pa.binary()))])
 
 
 def chunk_column(step: int) -> str:
@@ -109,9 +107,7 @@ def encoded_to_shard(rows: pa.Table, num_steps: int, metadata: dict) -> pa.Table
     chunks = rows.column("chunks").to_pylist()
     columns = [rows.column(f.name).cast(f.type) for f in RECORD_FIELDS]
     for k in range(num_steps):
-        columns.append(
-            pa.array([c[k] if c is not None and k < len(c) else None for c in chunks], pa.binary())
-        )
+        columns.append(pa.array([c[k] if c is not None and k < len(c) else None for c in chunks], pa.binary()))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -144,6 +140,4 @@ def verify_prefix(image_id: str, header: bytes, chunks: list[bytes], crcs: list[
         raise ArchiveError(f"image {image_id!r}: row has no header")
     for k, (chunk, crc) in enumerate(zip(chunks, crcs, strict=False), start=1):
         if chunk is None or zlib.crc32(chunk) != crc:
-            raise ArchiveError(
-                f"image {image_id!r}: chunk of step {k} fails its checksum (archive row corrupted)"
-            )
+            raise ArchiveError(f"image {image_id!r}: chunk of step {k} fails its checksum (archive row corrupted)")

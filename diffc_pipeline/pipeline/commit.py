@@ -54,9 +54,7 @@ def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict
         try:
             out[name] = json.loads(fs.cat_file(p))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ArchiveError(
-                f"commit marker {p} is not valid JSON ({exc}); delete it to redo that shard"
-            ) from None
+            raise ArchiveError(f"commit marker {p} is not valid JSON ({exc}); delete it to redo that shard") from None
     return out
 
 

@@ -1,6 +1,6 @@
 """``diffc compress``: plan, then stream images through Ray Data into committed Parquet shards.
 
-Stages: read + decode + pad (Ray tasks, a fraction of a CPU each) -> encode (an actor pool, each actor
+Stages: read + decode + validate (Ray tasks, a fraction of a CPU each) -> encode (an actor pool, each actor
 loading the model once) -> the driver gathers each shard's rows and commits it (data file, then marker)
 from a writer thread while the pipeline keeps running. Every planned image yields exactly one row - coded
 or an error row - so a shard is complete when its planned count of rows has arrived.
@@ -132,8 +132,7 @@ def prepare(opts: CompressOptions, codec) -> PreparedJob:
     if existing is None:
         if fs.exists(root) and fs.ls(root):
             raise ArchiveError(
-                f"{where} is not empty and holds no diffc archive (no manifest.json); "
-                "choose an empty or new OUTPUT"
+                f"{where} is not empty and holds no diffc archive (no manifest.json); choose an empty or new OUTPUT"
             )
         return PreparedJob(plan, manifest, {}, list(plan.shards), False, fs, root)
     if opts.overwrite:
@@ -177,7 +176,7 @@ def run_compress(opts: CompressOptions, progress: JobProgress, codec=None) -> Co
         return CompressSummary(0, 0, 0, float("nan"), 0.0, 0.0, 0, skipped, "none")
     with ray_session(opts.address) as resources:
         sizing = size_actors(resources, opts.threads, opts.actors)
-        dataset = _build_dataset(job, opts, sizing, codec.model.pad_multiple)
+        dataset = _build_dataset(job, opts, sizing)
         written = _drain(dataset, job, progress)
     progress.stop()
     t = progress.tally
@@ -194,7 +193,7 @@ def run_compress(opts: CompressOptions, progress: JobProgress, codec=None) -> Co
     )
 
 
-def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing, pad_multiple: int):
+def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing):
     import ray.data
 
     ds = ray.data.from_arrow(job.plan.read_units(job.pending))
@@ -207,7 +206,6 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing,
             storage_options=opts.storage_options,
             image_column=opts.image_column,
             max_pixels=opts.max_pixels,
-            pad_multiple=pad_multiple,
             batch_size=opts.batch_size,
         ),
     )
@@ -276,9 +274,7 @@ def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
     order = pa.array([position[i] for i in rows.column("id").to_pylist()])
     rows = rows.take(pc.sort_indices(order))
     if ids_digest(rows.column("id").to_pylist()) != shard.ids_sha256:
-        raise ArchiveError(
-            f"shard {shard.name}: rows do not match the planned images (lost or duplicated rows)"
-        )
+        raise ArchiveError(f"shard {shard.name}: rows do not match the planned images (lost or duplicated rows)")
     ok = pc.equal(rows.column("status"), STATUS_OK)
     coded = rows.filter(ok)
     _, bpp_sum = _batch_stats(coded)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..errors import DiffcError
-from .archive import STATUS_OK, verify_prefix
+from .archive import STATUS_ERROR, STATUS_OK, chunk_column, verify_prefix
 from .compress_job import build_codec, codec_description
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -122,11 +122,11 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int]:
     else:
         steps = [
             _steps_within(bits, h * w, opts.bpp)
-            for bits, h, w in zip(
-                *(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True
-            )
+            for bits, h, w in zip(*(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True)
         ]
-    return index.append_column("step", pa.array(steps, pa.int32())), errors
+    bits = [b[k - 1] if k else 0 for b, k in zip(index.column("cum_bits").to_pylist(), steps, strict=True)]
+    index = index.append_column("step", pa.array(steps, pa.int32()))
+    return index.append_column("bits", pa.array(bits, pa.int64())), errors
 
 
 def _steps_within(cum_bits: list[int], pixels: int, bpp: float) -> int:
@@ -142,43 +142,33 @@ def output_name(image_id: str) -> str:
 
 
 def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
-    """Per shard, runs of up to ROWS_PER_READ selected rows: what one read task fetches."""
+    """Per shard, runs of up to ROWS_PER_READ selected rows (row, step, bits): what one read task fetches."""
     units = []
-    by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for shard, row, step in zip(
-        *(selection.column(c).to_pylist() for c in ("shard", "row", "step")), strict=True
-    ):
-        by_shard[shard].append((row, step))
-    for shard, entries in sorted(by_shard.items()):
+    for shard in sorted(set(selection.column("shard").to_pylist())):
+        rows = selection.filter(pc.equal(selection.column("shard"), shard)).select(["row", "step", "bits"])
         path = archive.fs.unstrip_protocol(archive.shard_path(shard))
-        for i in range(0, len(entries), ROWS_PER_READ):
-            part = entries[i : i + ROWS_PER_READ]
-            units.append(
-                pa.table(
-                    {"path": [path] * len(part), "row": [r for r, _ in part], "step": [s for _, s in part]}
-                )
-            )
+        for i in range(0, rows.num_rows, ROWS_PER_READ):
+            part = rows.slice(i, ROWS_PER_READ)
+            units.append(part.append_column("path", pa.array([path] * part.num_rows, pa.string())))
     return units
 
 
 def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.Table:
     """Ray task: fetch the prefixes of one unit's rows (only their row groups and steps)."""
-    path = unit.column("path")[0].as_py()
-    rows, steps = unit.column("row").to_pylist(), unit.column("step").to_pylist()
-    fs, p = open_fs(path, storage_options)
-    table, nbytes = read_prefixes(fs, p, rows, max(steps))
+    steps, bits = unit.column("step").to_pylist(), unit.column("bits").to_pylist()
+    fs, p = open_fs(unit.column("path")[0].as_py(), storage_options)
+    table, nbytes = read_prefixes(fs, p, unit.column("row").to_pylist(), max(steps))
     out = []
-    for i, (row, k) in enumerate(zip(table.to_pylist(), steps, strict=True)):
-        bits = row["cum_bits"][k - 1] if k else 8 * len(row["header"] or b"")
+    for i, (row, k, b) in enumerate(zip(table.to_pylist(), steps, bits, strict=True)):
         out.append(
             {
                 "id": row["id"],
                 "height": row["height"],
                 "width": row["width"],
                 "step": k,
-                "bits": bits,
+                "bits": b if k else 8 * len(row["header"] or b""),
                 "header": row["header"],
-                "chunks": [row[f"chunk_{j:03d}"] for j in range(1, k + 1)],
+                "chunks": [row[chunk_column(j)] for j in range(1, k + 1)],
                 "crcs": (row["step_crc32"] or [])[:k],
                 "read_bytes": nbytes if i == 0 else 0,
             }
@@ -187,7 +177,7 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
 
 
 class Decoder:
-    """Ray actor: loads the model once; decodes prefixes grouped by (stream size, step)."""
+    """Ray actor: loads the model once; decodes prefixes grouped by image size (one size per codec call)."""
 
     def __init__(self, model_spec: str, codec_config: dict, method: str, threads: int, device: str) -> None:
         import torch
@@ -205,33 +195,33 @@ class Decoder:
         from ..codec import EncodedImage
 
         rows = batch.to_pylist()
-        groups: dict[tuple, list[tuple[dict, object]]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[tuple[dict, EncodedImage]]] = defaultdict(list)
         for row in rows:
             row.update(bpp=row["bits"] / (row["height"] * row["width"]), status=STATUS_OK)
             try:
                 verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
                 stream = EncodedImage(header=row["header"], chunks=row["chunks"])
-            except Exception as exc:
-                row.update(status="error", error=error_text("read", exc))
+            except Exception as exc:  # a corrupted row is an error row; the other images still decode
+                row.update(status=STATUS_ERROR, error=error_text("archive", exc))
                 continue
-            groups[(stream.height, stream.width, row["step"])].append((row, stream))
-        for (_, _, k), group in groups.items():
-            self._decode_group(group, k)
+            groups[(stream.height, stream.width)].append((row, stream))
+        for group in groups.values():
+            self._decode_group(group)
         return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
-    def _decode_group(self, group: list[tuple[dict, object]], steps: int) -> None:
+    def _decode_group(self, group: list[tuple[dict, object]]) -> None:
+        """One codec call per size (each image its own prefix); on failure, image by image."""
         try:
-            x = self.codec.decompress([s for _, s in group], steps=steps, method=self.method)
+            x = self.codec.decompress([s for _, s in group], steps=[r["step"] for r, _ in group], method=self.method)
         except Exception as exc:
             if len(group) > 1:
                 for item in group:
-                    self._decode_group([item], steps)
+                    self._decode_group([item])
             else:
-                group[0][0].update(status="error", error=error_text("decode", exc))
+                group[0][0].update(status=STATUS_ERROR, error=error_text("decode", exc))
             return
-        pixels = x.permute(0, 2, 3, 1).cpu().numpy()
-        for (row, _), img in zip(group, pixels, strict=True):
-            row["png"] = png_bytes(img[: row["height"], : row["width"]])
+        for (row, _), img in zip(group, x.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+            row["png"] = png_bytes(img)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -269,27 +259,16 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     )
     selection, skipped = select(archive, opts)
     if selection.num_rows == 0:
-        raise DecodeTargetError(
-            f"no decodable image selected in {archive.url} ({skipped} error rows selected)"
-        )
+        raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     progress.start(selection.num_rows)
-    needed = sum(b // 8 for b in _prefix_bits(selection))
+    needed = pc.sum(selection.column("bits")).as_py() // 8
     with ray_session(opts.address) as resources:
         sizing = size_actors(resources, opts.threads, opts.actors)
         ds = _build_dataset(archive, selection, opts, sizing)
         bytes_read = _drain(ds, opts, progress)
     progress.stop()
     t = progress.tally
-    return DecodeSummary(
-        t.images, t.failures, skipped, t.mean_bpp, bytes_read, needed, t.wall_s, t.images_per_s
-    )
-
-
-def _prefix_bits(selection: pa.Table) -> Iterator[int]:
-    for bits, k in zip(
-        selection.column("cum_bits").to_pylist(), selection.column("step").to_pylist(), strict=True
-    ):
-        yield bits[k - 1] if k else 0
+    return DecodeSummary(t.images, t.failures, skipped, t.mean_bpp, bytes_read, needed, t.wall_s, t.images_per_s)
 
 
 def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing):

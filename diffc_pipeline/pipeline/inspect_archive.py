@@ -24,9 +24,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     per_step = []
     if ok.num_rows:
         bits = np.array(ok.column("cum_bits").to_pylist(), dtype=np.float64)  # (images, steps)
-        pixels = (np.array(ok.column("height").to_pylist()) * np.array(ok.column("width").to_pylist()))[
-            :, None
-        ]
+        pixels = (np.array(ok.column("height").to_pylist()) * np.array(ok.column("width").to_pylist()))[:, None]
         bpp = bits / pixels
         for k in range(bpp.shape[1]):
             q = np.quantile(bpp[:, k], QUANTILES)
@@ -39,9 +37,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
                 }
             )
     errors = Counter(
-        e.split(":", 1)[0] + ": " + e.split(":", 1)[-1].strip()[:80]
-        for e in failed.column("error").to_pylist()
-        if e
+        e.split(":", 1)[0] + ": " + e.split(":", 1)[-1].strip()[:80] for e in failed.column("error").to_pylist() if e
     )
     return {
         "archive": archive.url,

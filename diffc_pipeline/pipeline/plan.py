@@ -71,12 +71,7 @@ class Plan:
         for shard in shards:
             start = shard.start
             for i in range(shard.start + 1, shard.stop + 1):
-                if (
-                    i == shard.stop
-                    or i - start >= limit
-                    or paths[i] != paths[start]
-                    or groups[i] != groups[start]
-                ):
+                if i == shard.stop or i - start >= limit or paths[i] != paths[start] or groups[i] != groups[start]:
                     units.append(self.items.slice(start, i - start))
                     start = i
         return units
@@ -94,9 +89,7 @@ def make_plan(source: Source, shard_size: int, seed: int) -> Plan:
         pa.field("seed", pa.int64(), nullable=False), pa.array([image_seed(seed, i) for i in ids], pa.int64())
     )
     shards = [
-        ShardPlan(
-            k, shard_name(k), start, min(start + shard_size, n), ids_digest(ids[start : start + shard_size])
-        )
+        ShardPlan(k, shard_name(k), start, min(start + shard_size, n), ids_digest(ids[start : start + shard_size]))
         for k, start in enumerate(range(0, n, shard_size))
     ]
     return Plan(source, shard_size, seed, items, shards)

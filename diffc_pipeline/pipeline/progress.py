@@ -80,9 +80,7 @@ class JobProgress:
         self.tally.add(images, failures, bpp_sum)
         if self._progress is not None and self._task is not None:
             t = self.tally
-            self._progress.update(
-                self._task, completed=t.images, ips=t.images_per_s, bpp=t.mean_bpp, fail=t.failures
-            )
+            self._progress.update(self._task, completed=t.images, ips=t.images_per_s, bpp=t.mean_bpp, fail=t.failures)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -105,25 +105,37 @@ def read_index(archive: Archive, extra_columns: list[str] = ()) -> pa.Table:
 
 def _check_shard(archive: Archive, name: str, f) -> None:
     meta = shard_metadata(f)
-    if meta.get("format_version") != FORMAT_VERSION or meta.get(
-        "codec_fingerprint"
-    ) != archive.manifest.codec.get("fingerprint"):
-        raise ArchiveError(
-            f"shard {name} of {archive.url} was written by another format or codec than its manifest"
-        )
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("codec_fingerprint") != archive.manifest.codec.get(
+        "fingerprint"
+    ):
+        raise ArchiveError(f"shard {name} of {archive.url} was written by another format or codec than its manifest")
     f.seek(0)
 
 
-def read_prefixes(
-    fs: fsspec.AbstractFileSystem, path: str, rows: list[int], steps: int
-) -> tuple[pa.Table, int]:
+def read_footer(f) -> pq.FileMetaData:
+    """Read a Parquet footer with exactly two small reads.
+
+    pyarrow's own open reads the last 64 KiB speculatively, which for a small shard would be more than the
+    chunks a low-bitrate decode needs.
+    """
+    f.seek(-8, io.SEEK_END)
+    tail = f.read(8)
+    if tail[4:] != b"PAR1":
+        raise ArchiveError("shard file is not Parquet (bad footer magic)")
+    size = int.from_bytes(tail[:4], "little")
+    f.seek(-8 - size, io.SEEK_END)
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + f.read(size) + tail))
+
+
+def read_prefixes(fs: fsspec.AbstractFileSystem, path: str, rows: list[int], steps: int) -> tuple[pa.Table, int]:
     """Rows ``rows`` of one shard with columns header .. chunk_<steps>; returns the table and bytes read.
 
-    Only the row groups holding ``rows`` and only the first ``steps`` chunk columns are fetched.
+    Only the footer, the row groups holding ``rows`` and in them the first ``steps`` chunk columns (plus
+    ids and per-chunk CRCs) are fetched.
     """
-    columns = ["id", "height", "width", "header", "step_crc32", "cum_bits", *chunk_columns(steps)]
+    columns = ["id", "height", "width", "header", "step_crc32", *chunk_columns(steps)]
     with fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, metadata=read_footer(f))
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         starts = [0, *itertools.accumulate(sizes)]
         group_of = {r: bisect.bisect_right(starts, r) - 1 for r in rows}

@@ -168,9 +168,7 @@ def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if fs.isdir(path) else path.rsplit("/", 1)[0]
 
 
-def _image_items(
-    fs: fsspec.AbstractFileSystem, images: list[str], info: dict[str, dict], root: str
-) -> pa.Table:
+def _image_items(fs: fsspec.AbstractFileSystem, images: list[str], info: dict[str, dict], root: str) -> pa.Table:
     prefix = root.rstrip("/") + "/"
     rows = []
     for p in images:
@@ -181,9 +179,7 @@ def _image_items(
     return _table(rows)
 
 
-def _parquet_items(
-    fs: fsspec.AbstractFileSystem, files: list[str], image_column: str, id_column: str
-) -> pa.Table:
+def _parquet_items(fs: fsspec.AbstractFileSystem, files: list[str], image_column: str, id_column: str) -> pa.Table:
     """One item per row; rows keep their file order so a read task touches one row group at a time."""
     rows = []
     for p in files:

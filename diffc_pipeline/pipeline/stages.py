@@ -31,9 +31,7 @@ DECODED_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("channels", pa.int8()),
-        pa.field("padded_height", pa.int32()),
-        pa.field("padded_width", pa.int32()),
-        pa.field("pixels", pa.binary()),  # padded (H, W, 3) uint8, row-major
+        pa.field("pixels", pa.binary()),  # (H, W, 3) uint8, row-major
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
     ]
@@ -43,18 +41,6 @@ PASS_THROUGH = ["id", "source_uri", "source_mtime", "source_etag", "shard", "see
 
 def error_text(stage: str, exc: BaseException) -> str:
     return f"{stage}: {exc}" if str(exc) else f"{stage}: {type(exc).__name__}"
-
-
-def pad_to_multiple(pixels: np.ndarray, multiple: int) -> np.ndarray:
-    """Edge-pad ``(H, W, 3)`` up to multiples of ``multiple`` (the model's U-Net needs it); cropped on decode.
-
-    Edge padding, unlike zeros, adds no hard border the codec would spend bits on.
-    """
-    h, w = pixels.shape[:2]
-    ph, pw = -h % multiple, -w % multiple
-    if not ph and not pw:
-        return pixels
-    return np.pad(pixels, ((0, ph), (0, pw), (0, 0)), mode="edge")
 
 
 def source_channels(data: bytes) -> int:
@@ -68,10 +54,12 @@ def read_and_decode(
     storage_options: Mapping[str, object],
     image_column: str,
     max_pixels: int,
-    pad_multiple: int,
     batch_size: int,
 ) -> Iterator[pa.Table]:
-    """Read one read unit's images, decode, validate and pad them; yield tables of ``batch_size`` rows."""
+    """Read one read unit's images, decode and validate them; yield tables of ``batch_size`` rows.
+
+    Padding to the model's multiple is the codec's business (it pads and crops itself).
+    """
     rows: list[dict] = []
     for item, data in zip(items.to_pylist(), read_bytes(items, storage_options, image_column), strict=True):
         row = {k: item[k] for k in PASS_THROUGH}
@@ -82,14 +70,11 @@ def read_and_decode(
             row["source_size"] = len(data)
             try:
                 pixels = decode_image(data, max_pixels)
-                padded = pad_to_multiple(pixels, pad_multiple)
                 row.update(
                     height=pixels.shape[0],
                     width=pixels.shape[1],
                     channels=source_channels(data),
-                    padded_height=padded.shape[0],
-                    padded_width=padded.shape[1],
-                    pixels=padded.tobytes(),
+                    pixels=pixels.tobytes(),
                 )
             except Exception as exc:  # any undecodable input is an error row, never a crashed job
                 row.update(status=STATUS_ERROR, error=error_text("decode", exc))
@@ -121,11 +106,11 @@ class Encoder:
         groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
         for row in rows:
             if row["status"] == STATUS_OK:
-                groups[(row["padded_height"], row["padded_width"])].append(row)
+                groups[(row["height"], row["width"])].append(row)
         for (h, w), group in groups.items():
             self._encode_group(group, h, w)
         for row in rows:
-            del row["pixels"], row["padded_height"], row["padded_width"]
+            del row["pixels"]
         return pa.Table.from_pylist(rows, schema=ENCODED_SCHEMA)
 
     def _encode_group(self, group: list[dict], h: int, w: int) -> None:

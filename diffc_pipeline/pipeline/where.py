@@ -119,11 +119,7 @@ class _Converter(ast.NodeVisitor):
         return pc.field(node.id)
 
     def literal(self, node: ast.AST):
-        if (
-            isinstance(node, ast.UnaryOp)
-            and isinstance(node.op, ast.USub)
-            and isinstance(node.operand, ast.Constant)
-        ):
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
             return -node.operand.value
         if not isinstance(node, ast.Constant) or isinstance(node.value, bytes):
             raise self.fail("values must be numbers or quoted strings")

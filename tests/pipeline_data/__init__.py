@@ -1,0 +1,1 @@
+"""Tiny images generated on the fly for the pipeline tests (nothing binary is committed)."""

@@ -1,0 +1,311 @@
+"""Pipeline parts that need neither Ray nor the codec: listing, planning, archive rows, commit, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pipeline_data.make import bad_files, bomb_png, odd_layouts, write_images, write_parquet
+
+from diffc_pipeline.errors import ArchiveError, ModelMismatchError
+from diffc_pipeline.pipeline import archive as A
+from diffc_pipeline.pipeline.commit import (
+    commit_shard,
+    committed_shards,
+    data_path,
+    discard_uncommitted,
+    marker_path,
+)
+from diffc_pipeline.pipeline.manifest import (
+    Manifest,
+    check_same_codec,
+    check_same_plan,
+    read_manifest,
+    write_manifest,
+)
+from diffc_pipeline.pipeline.plan import image_seed, make_plan
+from diffc_pipeline.pipeline.reader import read_prefixes
+from diffc_pipeline.pipeline.runtime import size_actors
+from diffc_pipeline.pipeline.sources import (
+    SourceError,
+    list_source,
+    open_fs,
+    parse_storage_options,
+    public_url,
+)
+from diffc_pipeline.pipeline.stages import read_and_decode
+from diffc_pipeline.pipeline.where import FilterError, parse_where
+
+
+def test_folder_listing_is_recursive_sorted_and_skips_other_files(tmp_path):
+    ids = write_images(tmp_path, 3) + write_images(tmp_path, 2, sub="nested/deeper")
+    (tmp_path / "README.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    src = list_source(str(tmp_path), {})
+    assert src.kind == "images"
+    assert src.items.column("id").to_pylist() == sorted(ids)
+    assert src.skipped == 1
+    assert all(u.startswith("file://") for u in src.items.column("source_uri").to_pylist())
+    assert src.items.column("source_mtime").null_count == 0
+
+
+def test_glob_ids_are_relative_to_the_glob_root(tmp_path):
+    write_images(tmp_path, 2, sub="a")
+    write_images(tmp_path, 2, sub="b")
+    src = list_source(f"{tmp_path}/*/img000.png", {})
+    assert src.items.column("id").to_pylist() == ["a/img000.png", "b/img000.png"]
+
+
+def test_parquet_listing_uses_id_column_and_row_groups(tmp_path):
+    ids = write_parquet(tmp_path / "d" / "part-0.parquet", 10, row_group_size=4)
+    src = list_source(str(tmp_path / "d"), {})
+    assert src.kind == "parquet"
+    assert src.items.column("id").to_pylist() == ids
+    assert src.items.column("row_group").to_pylist() == [0] * 4 + [1] * 4 + [2] * 2
+    assert src.items.column("source_uri")[3].as_py().endswith("part-0.parquet#row=3")
+
+
+def test_parquet_without_id_column_and_wrong_image_column(tmp_path):
+    pq.write_table(pa.table({"image": [b"x", b"y"]}), tmp_path / "f.parquet")
+    src = list_source(str(tmp_path / "f.parquet"), {})
+    assert src.items.column("id").to_pylist() == ["f:0", "f:1"]
+    with pytest.raises(SourceError, match="no column 'pixels'"):
+        list_source(str(tmp_path), {}, image_column="pixels")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "only_text"])
+def test_missing_or_empty_input_is_a_clear_error(tmp_path, make):
+    target = tmp_path / "in"
+    if make != "missing":
+        target.mkdir()
+    if make == "only_text":
+        (target / "notes.txt").write_text("x")
+    with pytest.raises(SourceError, match="does not exist" if make == "missing" else "no images found"):
+        list_source(str(target), {})
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "a"], "image": [b"x", b"y"]}), tmp_path / "f.parquet")
+    with pytest.raises(SourceError, match="'a' occurs more than once"):
+        list_source(str(tmp_path), {})
+
+
+def test_storage_options_and_urls_hide_secrets():
+    opts = parse_storage_options(["key=AKIA", "client_kwargs.endpoint_url=http://h:1", "anon=false"])
+    assert opts == {"key": "AKIA", "client_kwargs": {"endpoint_url": "http://h:1"}, "anon": False}
+    assert public_url("s3://user:secret@bucket/x") == "s3://bucket/x"
+    with pytest.raises(SourceError):
+        parse_storage_options(["novalue"])
+
+
+def test_plan_is_deterministic_and_units_stay_inside_shards_and_row_groups(tmp_path):
+    write_parquet(tmp_path / "part-0.parquet", 10, row_group_size=4)
+    src = list_source(str(tmp_path), {})
+    plan = make_plan(src, shard_size=3, seed=5)
+    again = make_plan(list_source(str(tmp_path), {}), shard_size=3, seed=5)
+    assert [s.name for s in plan.shards] == ["shard-000000", "shard-000001", "shard-000002", "shard-000003"]
+    assert [s.ids_sha256 for s in plan.shards] == [s.ids_sha256 for s in again.shards]
+    assert plan.items.column("seed").to_pylist() == again.items.column("seed").to_pylist()
+    assert image_seed(5, "p0000") != image_seed(6, "p0000")
+    units = plan.read_units(plan.shards)
+    assert sum(u.num_rows for u in units) == 10
+    for u in units:
+        assert len(set(u.column("shard").to_pylist())) == 1
+        assert len(set(u.column("row_group").to_pylist())) == 1
+
+
+def _decode_rows(items: pa.Table, **kw) -> list[dict]:
+    args = dict(storage_options={}, image_column="image", max_pixels=10_000_000, batch_size=4)
+    args.update(kw)
+    return [r for t in read_and_decode(items, **args) for r in t.to_pylist()]
+
+
+def test_decode_stage_turns_bad_files_into_error_rows_and_converts_layouts(tmp_path):
+    bad = bad_files(tmp_path)
+    layouts = odd_layouts(tmp_path)
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    write_images(tmp_path, 1)
+    plan = make_plan(list_source(str(tmp_path), {}), shard_size=100, seed=0)
+    rows = {r["id"]: r for r in _decode_rows(plan.items, max_pixels=1_000_000)}
+    for name in bad:
+        assert rows[name]["status"] == "error" and rows[name]["error"].startswith("decode:"), rows[name]
+    assert "exceeds the limit" in rows["bomb.png"]["error"]
+    for name, channels in layouts.items():
+        r = rows[name]
+        assert r["status"] == "ok", r
+        assert r["channels"] == channels
+        assert len(r["pixels"]) == r["height"] * r["width"] * 3
+    ok = rows["img000.png"]
+    assert (ok["height"], ok["width"], len(ok["pixels"])) == (16, 16, 16 * 16 * 3)
+
+
+def test_decode_stage_reads_parquet_rows(tmp_path):
+    write_parquet(tmp_path / "part-0.parquet", 6, row_group_size=4)
+    plan = make_plan(list_source(str(tmp_path), {}), shard_size=100, seed=0)
+    rows = []
+    for unit in plan.read_units(plan.shards):
+        rows += _decode_rows(unit)
+    assert [r["id"] for r in rows] == [f"p{i:04d}" for i in range(6)]
+    assert all(r["status"] == "ok" and r["source_size"] > 0 for r in rows)
+
+
+def _encoded_rows(n: int, steps: int, error_at: int | None = None) -> pa.Table:
+    rows = []
+    for i in range(n):
+        header, chunks = bytes([i]) * 5, [bytes([i, k]) * (k + 1) for k in range(steps)]
+        row = dict(
+            id=f"i{i}",
+            source_uri=f"file:///x/i{i}",
+            source_size=10,
+            height=4,
+            width=4,
+            channels=3,
+            seed=i,
+            status="ok",
+            header=header,
+            chunks=chunks,
+            shard=0,
+            cum_bits=A.cumulative_bits(header, chunks),
+            step_crc32=A.chunk_crcs(chunks),
+            checksum=A.row_checksum(header, chunks),
+        )
+        if i == error_at:
+            row = {k: row[k] for k in ("id", "source_uri", "seed", "shard")} | {
+                "status": "error",
+                "error": "decode: x",
+            }
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=A.ENCODED_SCHEMA)
+
+
+def test_shard_layout_one_uncompressed_column_per_step_with_metadata(tmp_path):
+    table = A.encoded_to_shard(_encoded_rows(5, 3, error_at=2), 3, {"format_version": 1, "shard": "s"})
+    path = tmp_path / "s.parquet"
+    path.write_bytes(A.shard_to_parquet_bytes(table))
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    assert names[-3:] == ["chunk_001", "chunk_002", "chunk_003"]
+    for i, name in enumerate(names):
+        if name.startswith("chunk_") or name == "header":
+            assert meta.row_group(0).column(i).compression == "UNCOMPRESSED"
+    back = pq.read_table(path)
+    assert A.shard_metadata(str(path))["shard"] == "s"
+    assert back.column("chunk_002").to_pylist()[1] == bytes([1, 1]) * 2
+    assert back.column("status").to_pylist()[2] == "error" and back.column("chunk_001")[2].as_py() is None
+    assert back.column("cum_bits")[1].as_py() == [8 * 7, 8 * 11, 8 * 17]
+
+
+def test_prefix_read_fetches_about_the_bytes_it_needs(tmp_path):
+    n, steps = 300, 8
+    rows = []
+    for i in range(n):
+        header, chunks = b"h" * 20, [np.random.default_rng(i * 10 + k).bytes(200) for k in range(steps)]
+        rows.append(
+            dict(
+                id=f"i{i}",
+                source_uri="u",
+                seed=i,
+                status="ok",
+                header=header,
+                chunks=chunks,
+                shard=0,
+                height=8,
+                width=8,
+                channels=3,
+                cum_bits=A.cumulative_bits(header, chunks),
+                step_crc32=A.chunk_crcs(chunks),
+                checksum=A.row_checksum(header, chunks),
+            )
+        )
+    table = A.encoded_to_shard(
+        pa.Table.from_pylist(rows, schema=A.ENCODED_SCHEMA), steps, {"format_version": 1}
+    )
+    (tmp_path / "s.parquet").write_bytes(A.shard_to_parquet_bytes(table))
+    fs, p = open_fs(str(tmp_path / "s.parquet"), {})
+    got, nbytes = read_prefixes(fs, p, list(range(n)), 2)
+    needed = n * (20 + 2 * 200)
+    total = (tmp_path / "s.parquet").stat().st_size
+    assert got.column("chunk_002").to_pylist()[7] == rows[7]["chunks"][1]
+    assert needed <= nbytes < 1.3 * needed < total / 2
+    few, nbytes_few = read_prefixes(fs, p, [6, 5], 2)
+    assert few.column("id").to_pylist() == ["i6", "i5"]
+    assert nbytes_few < nbytes / 2  # one of three row groups
+
+
+def test_verify_prefix_flags_a_corrupted_chunk():
+    chunks = [b"abc", b"def"]
+    A.verify_prefix("x", b"h", chunks, A.chunk_crcs(chunks))
+    with pytest.raises(ArchiveError, match="step 2 fails its checksum"):
+        A.verify_prefix("x", b"h", [b"abc", b"deX"], A.chunk_crcs(chunks))
+
+
+def test_commit_marker_is_the_commit(tmp_path):
+    fs, root = open_fs(str(tmp_path / "arc"), {})
+    commit_shard(fs, root, "shard-000000", b"data0", {"rows": 1})
+    # a killed run: data file in place, marker never written, plus a temp file
+    fs.pipe_file(data_path(root, "shard-000001"), b"partial")
+    fs.pipe_file(data_path(root, "shard-000002") + ".tmp-abc", b"partial")
+    committed = committed_shards(fs, root)
+    assert list(committed) == ["shard-000000"]
+    assert committed["shard-000000"]["file_bytes"] == 5
+    assert discard_uncommitted(fs, root, set(committed)) == 2
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/shards")) == [
+        "shard-000000.parquet",
+        "shard-000000.stats.json",
+    ]
+    fs.pipe_file(marker_path(root, "shard-000003"), b"{broken")
+    with pytest.raises(ArchiveError, match="not valid JSON"):
+        committed_shards(fs, root)
+
+
+def _manifest(**kw) -> Manifest:
+    base = dict(
+        codec={"fingerprint": "f" * 64, "config": {"num_steps": 4}, "num_steps": 4, "logsnrs": []},
+        model={"name": "m", "sha256": "a" * 64},
+        source={"url": "/x", "kind": "images"},
+        seed=0,
+        shard_size=10,
+        num_images=3,
+    )
+    return Manifest(**(base | kw))
+
+
+def test_manifest_roundtrip_and_refusals(tmp_path):
+    fs, root = open_fs(str(tmp_path), {})
+    assert read_manifest(fs, root) is None
+    write_manifest(fs, root, _manifest())
+    m = read_manifest(fs, root)
+    assert m.model["sha256"] == "a" * 64 and m.num_steps == 4
+    with pytest.raises(ModelMismatchError, match="made with model m@aaaaaaaaaaaa"):
+        check_same_codec(m, m.codec, {"name": "n", "sha256": "b" * 64}, "X", "hint")
+    with pytest.raises(ModelMismatchError, match="other codec parameters"):
+        check_same_codec(m, {**m.codec, "fingerprint": "0" * 64}, m.model, "X", "hint")
+    with pytest.raises(ArchiveError, match="seed: archive has 0, this run 1"):
+        check_same_plan(m, m.source, 1, 10, "X")
+    d = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(d | {"format_version": 99}))
+    with pytest.raises(ArchiveError, match="format version 99"):
+        read_manifest(fs, root)
+
+
+def test_where_filters_and_rejects_code():
+    t = pa.table({"id": ["val_1", "val_12", "b"], "width": [1, 3, 5], "error": [None, "x", None]})
+    assert t.filter(parse_where("width >= 3 AND id LIKE 'val_1%'", t.column_names))["id"].to_pylist() == [
+        "val_12"
+    ]
+    assert t.filter(parse_where("id IN ('b', 'val_1') or error IS NOT NULL", t.column_names)).num_rows == 3
+    for bad in ["width >", "nope = 1", "__import__('os').system('x')", "width + 1 > 2"]:
+        with pytest.raises(FilterError):
+            parse_where(bad, t.column_names)
+
+
+def test_actor_sizing_leaves_cpus_for_read_tasks():
+    two = size_actors({"CPU": 2.0})
+    assert (two.actors, two.num_cpus, two.threads, two.num_gpus) == (1, 1.0, 2, None)
+    big = size_actors({"CPU": 16.0})
+    assert big.actors * big.num_cpus <= 14
+    gpu = size_actors({"CPU": 8.0, "GPU": 2.0})
+    assert (gpu.actors, gpu.num_gpus) == (2, 1.0)
