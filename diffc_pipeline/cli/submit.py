@@ -1,0 +1,205 @@
+"""``diffc submit``: run a diffc command on a Ray cluster as a Ray job, once per schedule tick."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shlex
+import sys
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import typer
+
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors
+
+# Typer keeps single newlines of help text, so each paragraph is one string.
+_HELP = "\n\n".join([
+    "Run a diffc command on a Ray cluster through the Ray Jobs API.",
+    "Options of `submit` go before the command; everything from the command on is the command's own:",
+    "  diffc submit --address http://HEAD:8265 --wait compress s3://in/ s3://archive/",
+    "  diffc submit --config jobs/nightly_archive.yaml --tick 2026-11-21 --wait",
+    "The submission id is derived from the command and --tick (default: today's UTC date), so submitting "
+    "the same tick twice finds the first job instead of starting another.",
+    "With --wait the exit code is the job's: 0 succeeded, 3 finished with failed records, 2 bad arguments, "
+    "1 failed.",
+])
+
+
+def _job_exit_code(details) -> int:
+    """Map a finished Ray job onto the CLI's exit codes; the driver's own code tells partial from failed."""
+    from ray.job_submission import JobStatus
+
+    if details.status == JobStatus.SUCCEEDED:
+        return EXIT_OK
+    if details.driver_exit_code in (EXIT_PARTIAL, EXIT_USAGE):
+        return details.driver_exit_code
+    return EXIT_FAILED
+
+
+def _build_spec(
+    command: list[str],
+    config: Path | None,
+    name: str | None,
+    python: str | None,
+    runtime_env_file: Path | None,
+    env: list[str],
+    num_cpus: float | None,
+    num_gpus: float | None,
+):
+    from ..cluster import submit as sub
+
+    if config is not None and command:
+        raise sub.SubmitError("give either --config or a command, not both")
+    if config is not None:
+        spec = sub.load_job_config(config)
+    elif command:
+        spec = sub.JobSpec(args=tuple(command))
+    else:
+        raise sub.SubmitError("nothing to submit: give a command (e.g. `compress SRC DST`) or --config FILE")
+    runtime_env = dict(spec.runtime_env)
+    if runtime_env_file is not None:
+        runtime_env = sub.merge_runtime_env(runtime_env, sub.load_mapping(runtime_env_file, "runtime env"))
+    if env:
+        runtime_env = sub.merge_runtime_env(runtime_env, {"env_vars": sub.forward_env(env)})
+    overrides = {
+        "name": name, "python": python, "entrypoint_num_cpus": num_cpus, "entrypoint_num_gpus": num_gpus
+    }
+    return dataclasses.replace(
+        spec, runtime_env=runtime_env, **{k: v for k, v in overrides.items() if v is not None}
+    )
+
+
+def check_command(args: Sequence[str], misplaced_options: Collection[str] = ()) -> list[str]:
+    """Parse ``args`` exactly as ``diffc`` would, without running the command; return the command path.
+
+    Raises :class:`SubmitError` naming the problem (unknown command or option, missing argument, bad
+    value). Eager options that end parsing (``--help``, ``--version``) count as valid; their output is
+    swallowed. Catching a typo here saves a nightly job that would fail on the cluster hours later. An
+    unknown option listed in ``misplaced_options`` gets a hint that it belongs before the command.
+    """
+    from typer.main import get_command
+
+    from ..cluster.submit import SubmitError, redact_args
+    from . import app
+
+    try:  # Typer >= 0.2x vendors click; its parser errors derive from this class
+        from typer._click.exceptions import UsageError
+    except ImportError:  # older Typer parses with click itself
+        from click.exceptions import UsageError
+
+    path = ["diffc"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ctx = get_command(app).make_context("diffc", list(args))
+            while hasattr(ctx.command, "resolve_command"):  # a group: descend into the named subcommand
+                # the group keeps the subcommand's name apart from its arguments, as its invoke() reads them
+                rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+                if not rest:
+                    raise UsageError("missing command", ctx=ctx)
+                name, cmd, sub_args = ctx.command.resolve_command(ctx, rest)
+                path.append(name)
+                ctx = cmd.make_context(name, sub_args, parent=ctx)
+    except typer.Exit:
+        return path
+    except UsageError as exc:
+        hint = ""
+        if getattr(exc, "option_name", None) in misplaced_options:
+            hint = f" ({exc.option_name} is an option of `diffc submit`: put it before the command)"
+        raise SubmitError(f"`{shlex.join(['diffc', *redact_args(args)])}`: {exc.format_message()}{hint}") from None
+    return path
+
+
+def _validate(ctx: typer.Context, args: tuple[str, ...]) -> None:
+    from ..cluster.submit import SubmitError
+
+    if args[0] == "submit":
+        raise SubmitError("a submitted job cannot itself be `diffc submit`")
+    own = {opt for param in ctx.command.params for opt in param.opts if opt.startswith("-")}
+    try:
+        check_command(args, misplaced_options=own)
+    except SubmitError as exc:
+        raise SubmitError(f"{exc}; pass --no-validate if the cluster runs another diffc version") from None
+
+
+@friendly_errors
+def submit(
+    ctx: typer.Context,
+    command: list[str] = typer.Argument(
+        None, metavar="COMMAND [ARGS]...", help="The diffc command to run on the cluster, with its arguments."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="A job file (jobs/*.yaml): the command, its runtime env and resources."
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray dashboard URL, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)."
+    ),
+    tick: str | None = typer.Option(
+        None, help="Schedule time this run belongs to; one job per command and tick (default: the UTC date)."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job's logs and exit with its status."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the submission (secrets masked) and exit."),
+    runtime_env: Path | None = typer.Option(
+        None, "--runtime-env", help="JSON/YAML runtime env merged over the config's (env_vars per variable)."
+    ),
+    env: list[str] = typer.Option(
+        [], "--env", metavar="NAME", help="Pass this local environment variable to the job (repeatable)."
+    ),
+    token_file: Path | None = typer.Option(
+        None, help="File holding the cluster's auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH)."
+    ),
+    name: str | None = typer.Option(None, help="Job name used in the submission id (default: the command)."),
+    python: str | None = typer.Option(None, help="Python on the cluster that runs diffc (default: python)."),
+    entrypoint_num_cpus: float | None = typer.Option(None, help="CPUs reserved for the job's driver."),
+    entrypoint_num_gpus: float | None = typer.Option(None, help="GPUs reserved for the job's driver."),
+    validate: bool = typer.Option(True, help="Check the command against this diffc's CLI before submitting."),
+) -> None:
+    from ..cluster import submit as sub
+
+    spec = _build_spec(
+        command or [], config, name, python, runtime_env, env, entrypoint_num_cpus, entrypoint_num_gpus
+    )
+    if validate:
+        _validate(ctx, spec.args)
+    submission = sub.plan(spec, tick)
+    if dry_run:
+        shown = sub.resolve_address(address) if address or os.environ.get(sub.ADDRESS_ENV) else "(not set)"
+        typer.echo(json.dumps(submission.describe(shown), indent=2))
+        return
+    addr = sub.resolve_address(address)
+    client = sub.connect(addr, sub.resolve_token(token_file))
+    details, created = sub.submit(client, submission)
+    sid = submission.submission_id
+    if created:
+        console.print(f"submitted [bold]{sid}[/bold] to {sub.redact_text(addr)}", highlight=False)
+    else:
+        console.print(
+            f"job [bold]{sid}[/bold] already exists for tick {submission.tick} "
+            f"(status {details.status.value}): nothing submitted; pass another --tick for a new run",
+            highlight=False,
+        )
+    typer.echo(sid)
+    if wait:
+        try:
+            sub.follow_logs(client, sid, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+            details = sub.wait_for_end(client, sid)
+        except KeyboardInterrupt:
+            console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})")
+            raise
+    elif not details.status.is_terminal():
+        return
+    code = _job_exit_code(details)
+    console.print(f"job {sid}: {details.status.value} (exit code {code})", highlight=False)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "submit",
+        help=_HELP,
+        short_help="Run a diffc command on a Ray cluster (Ray Jobs API), once per schedule tick.",
+        context_settings={"allow_interspersed_args": False},
+    )(submit)

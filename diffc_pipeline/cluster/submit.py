@@ -1,0 +1,369 @@
+"""Submit a ``diffc`` command to a Ray cluster as a Ray job, once per schedule tick.
+
+The job runs ``python -m diffc_pipeline <command> <args>`` on the cluster through the Ray Jobs API
+(:class:`ray.job_submission.JobSubmissionClient`, the dashboard address ``http://HEAD:8265``). Its
+submission id is derived from the command, its arguments and a *tick* (the schedule time, by default the
+UTC date): a scheduler that fires twice for one tick, or a retried CronJob pod, finds the job already
+there and follows it instead of starting a second run against the same archive.
+
+Secrets never leave this module in printable form: arguments that carry credentials (``--storage-option``
+values, options named like tokens or keys, passwords in URLs) are masked in everything printed and are
+left out of the submission id, and runtime-env variables are printed by name only. They do reach the
+cluster (the job needs them), where Ray shows entrypoints and runtime envs to anyone with dashboard
+access; credentials that live on the cluster (instance roles, Kubernetes secrets) avoid even that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import DiffcError
+
+REDACTED = "***"
+ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+
+# Option names whose value is a credential. Matching is on the name, so `--aws-secret-key x` is masked
+# whatever command defines it.
+_SECRET_NAME = re.compile(
+    r"secret|token|passw|credential|auth(?!or)|api[-_]?key|access[-_]?key|private[-_]?key|^--key$", re.I
+)
+# Options of the form KEY=VALUE where VALUE may be a credential: the key stays readable, the value not.
+# `-S` is the short form of diffc's own --storage-option.
+_KEY_VALUE_OPTIONS = frozenset({"--storage-option", "--storage-options", "-S"})
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&][^=&#]*(?:sig|signature|token|secret|key|credential|passw)[^=&#]*=)[^&#]*", re.I
+)
+_SLUG = re.compile(r"[^a-z0-9]+")
+_CONFIG_KEYS = frozenset(
+    {"name", "description", "command", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus", "python"}
+)
+
+
+class SubmitError(DiffcError):
+    """A submission cannot be made: bad config, unknown command, unreachable or refusing cluster."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run on the cluster: the ``diffc`` arguments and how to run them."""
+
+    args: tuple[str, ...]
+    name: str | None = None
+    runtime_env: Mapping[str, Any] = field(default_factory=dict)
+    entrypoint_num_cpus: float | None = None
+    entrypoint_num_gpus: float | None = None
+    python: str = "python"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One planned Ray job: the spec bound to a tick, with the id that makes it idempotent."""
+
+    spec: JobSpec
+    tick: str
+    submission_id: str
+    entrypoint: str
+    metadata: dict[str, str]
+
+    def describe(self, address: str) -> dict[str, Any]:
+        """A printable view: the same submission with every secret masked."""
+        return {
+            "address": redact_text(address),
+            "submission_id": self.submission_id,
+            "tick": self.tick,
+            "entrypoint": shlex.join(entrypoint_argv(self.spec, redact=True)),
+            "runtime_env": redact_runtime_env(self.spec.runtime_env),
+            "entrypoint_num_cpus": self.spec.entrypoint_num_cpus,
+            "entrypoint_num_gpus": self.spec.entrypoint_num_gpus,
+            "metadata": self.metadata,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- secrets
+
+
+def redact_text(text: str) -> str:
+    """Mask passwords in URLs (``s3://user:pw@host``) and signature/token query parameters."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+
+
+def _mask_key_value(item: str) -> str:
+    key, sep, _ = item.partition("=")
+    return f"{key}={REDACTED}" if sep else REDACTED
+
+
+def redact_args(args: Sequence[str]) -> list[str]:
+    """The arguments with credential values masked (see the module docstring for what counts).
+
+    A secret-named option takes the next argument as its value unless that one starts with ``-``; a
+    secret-named *flag* followed by a positional would mask the positional, an accepted over-masking.
+    """
+    out: list[str] = []
+    mask_next: Callable[[str], str] | None = None
+    for arg in args:
+        if mask_next is not None:
+            out.append(mask_next(arg))
+            mask_next = None
+            continue
+        if arg.startswith("-S") and len(arg) > 2:  # `-SKEY=VALUE`, the short option glued to its value
+            out.append(f"-S{_mask_key_value(arg[2:])}")
+            continue
+        if arg.startswith("-"):
+            name, sep, value = arg.partition("=")
+            if name in _KEY_VALUE_OPTIONS:
+                out.append(f"{name}={_mask_key_value(value)}" if sep else arg)
+                mask_next = None if sep else _mask_key_value
+                continue
+            if _SECRET_NAME.search(name):
+                out.append(f"{name}={REDACTED}" if sep else arg)
+                mask_next = None if sep else (lambda v: v if v.startswith("-") else REDACTED)
+                continue
+        out.append(redact_text(arg))
+    return out
+
+
+def redact_runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
+    """The runtime env with every environment-variable value masked (names stay, values may be keys)."""
+    out = {k: v for k, v in runtime_env.items() if k != "env_vars"}
+    if "env_vars" in runtime_env:
+        out["env_vars"] = dict.fromkeys(runtime_env["env_vars"], REDACTED)
+    return json.loads(redact_text(json.dumps(out)))
+
+
+# ------------------------------------------------------------------------------------- specs and configs
+
+
+def _as_arg(value: Any, where: str) -> str:
+    # YAML turns `256` into an int and `yes` into a bool; numbers are fine, a bool is almost surely a typo.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SubmitError(f"{where}: every command argument must be a string or number, got {value!r}")
+    return str(value)
+
+
+def load_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON or YAML mapping (YAML is a superset of JSON, so one safe loader reads both)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SubmitError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SubmitError(f"{what} {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SubmitError(f"{what} {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def load_job_config(path: Path) -> JobSpec:
+    """Read a ``jobs/*.yaml`` file: ``command`` (list or string), optional ``name``, ``runtime_env``, ..."""
+    data = load_mapping(path, "job config")
+    unknown = sorted(set(data) - _CONFIG_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(_CONFIG_KEYS))
+        raise SubmitError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+    command = data.get("command")
+    if isinstance(command, str):
+        args = tuple(shlex.split(command))
+    elif isinstance(command, list):
+        args = tuple(_as_arg(a, str(path)) for a in command)
+    else:
+        raise SubmitError(f"{path}: `command` must be a list of arguments or a string: [compress, SRC, DST]")
+    if not args:
+        raise SubmitError(f"{path}: `command` is empty")
+    runtime_env = data.get("runtime_env") or {}
+    if not isinstance(runtime_env, dict):
+        raise SubmitError(f"{path}: `runtime_env` must be a mapping")
+    return JobSpec(
+        args=args,
+        name=data.get("name"),
+        runtime_env=runtime_env,
+        entrypoint_num_cpus=data.get("entrypoint_num_cpus"),
+        entrypoint_num_gpus=data.get("entrypoint_num_gpus"),
+        python=str(data.get("python", "python")),
+    )
+
+
+def merge_runtime_env(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` wins key by key; ``env_vars`` are merged variable by variable."""
+    merged = {**base, **override}
+    if "env_vars" in base or "env_vars" in override:
+        merged["env_vars"] = {**base.get("env_vars", {}), **override.get("env_vars", {})}
+    return merged
+
+
+def forward_env(names: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Values of local environment variables to hand to the job (``--env NAME``), e.g. credentials."""
+    environ = os.environ if environ is None else environ
+    missing = [n for n in names if n not in environ]
+    if missing:
+        raise SubmitError(f"--env: not set in this environment: {', '.join(missing)}")
+    return {n: environ[n] for n in names}
+
+
+# ---------------------------------------------------------------------------------- ids and entrypoints
+
+
+def default_tick(now: datetime | None = None) -> str:
+    """The UTC date: one run per day unless a finer tick is given."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+
+
+def _slug(text: str, limit: int = 32) -> str:
+    return _SLUG.sub("-", text.lower()).strip("-")[:limit].strip("-") or "x"
+
+
+def submission_id(spec: JobSpec, tick: str) -> str:
+    """``diffc-<name or command>-<tick>-<hash>``: readable in ``ray job list``, unique per command and tick.
+
+    The hash covers the *redacted* arguments, so no secret can be guessed back from it, and a rotated
+    credential does not turn a finished tick into a new run.
+    """
+    key = json.dumps({"name": spec.name, "args": redact_args(spec.args), "tick": tick}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"diffc-{_slug(spec.name or spec.args[0])}-{_slug(tick)}-{digest}"
+
+
+def entrypoint_argv(spec: JobSpec, redact: bool = False) -> list[str]:
+    args = redact_args(spec.args) if redact else list(spec.args)
+    return [*shlex.split(spec.python), "-m", "diffc_pipeline", *args]
+
+
+def plan(spec: JobSpec, tick: str | None = None) -> Submission:
+    """Bind a spec to a tick; nothing is contacted."""
+    tick = tick or default_tick()
+    metadata = {"diffc.command": spec.args[0], "diffc.tick": tick}
+    if spec.name:
+        metadata["diffc.name"] = spec.name
+    return Submission(spec, tick, submission_id(spec, tick), shlex.join(entrypoint_argv(spec)), metadata)
+
+
+# -------------------------------------------------------------------------------------------- the cluster
+
+
+def resolve_address(address: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--address`` or ``$RAY_API_SERVER_ADDRESS``: the dashboard URL, never the GCS ``host:6379``."""
+    environ = os.environ if environ is None else environ
+    address = address or environ.get(ADDRESS_ENV)
+    if not address:
+        hint = ""
+        if environ.get("RAY_ADDRESS"):
+            hint = " (RAY_ADDRESS is set, but that is the GCS address for ray.init, not the Jobs API)"
+        raise SubmitError(f"no cluster address: pass --address http://HEAD:8265 or set {ADDRESS_ENV}{hint}")
+    if not address.startswith(("http://", "https://")):
+        raise SubmitError(
+            f"address {redact_text(address)!r} is not a dashboard URL; the Jobs API listens on http://HEAD:8265"
+        )
+    return address.rstrip("/")
+
+
+def resolve_token(token_file: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The cluster's auth token: ``--token-file``, else ``$RAY_AUTH_TOKEN``, else ``$RAY_AUTH_TOKEN_PATH``.
+
+    These are Ray's own variable names. With none of them set, Ray's client still sends
+    ``~/.ray/auth_token`` when ``RAY_AUTH_MODE=token`` is set locally.
+    """
+    environ = os.environ if environ is None else environ
+    path = token_file or (Path(environ[TOKEN_PATH_ENV]) if environ.get(TOKEN_PATH_ENV) else None)
+    if token_file is None and environ.get(TOKEN_ENV):
+        return environ[TOKEN_ENV].strip()
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise SubmitError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise SubmitError(f"the token file {path} is empty")
+    return token
+
+
+def connect(address: str, token: str | None = None):
+    """A :class:`JobSubmissionClient` for ``address`` (contacts the cluster to check its version)."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError:
+        raise SubmitError(
+            f"the cluster at {redact_text(address)} refused the request: it uses token authentication; "
+            f"pass --token-file or set {TOKEN_ENV} / {TOKEN_PATH_ENV}"
+        ) from None
+    except ConnectionError as exc:
+        raise SubmitError(f"cannot reach the Ray Jobs API at {redact_text(address)}: {exc}") from None
+
+
+def _job_or_none(client, submission_id: str):
+    """The job with this id, or None. The SDK reports a missing job as a RuntimeError with HTTP 404."""
+    try:
+        return client.get_job_info(submission_id)
+    except RuntimeError as exc:
+        if "404" in str(exc):
+            return None
+        raise
+
+
+def submit(client, submission: Submission) -> tuple[Any, bool]:
+    """Submit unless a job with this id exists; return ``(JobDetails, created)``.
+
+    The check-then-submit race (two schedulers at once) is closed by Ray itself, which rejects a
+    duplicate submission id: the loser then finds the winner's job and reports it.
+    """
+    existing = _job_or_none(client, submission.submission_id)
+    if existing is not None:
+        return existing, False
+    try:
+        client.submit_job(
+            entrypoint=submission.entrypoint,
+            submission_id=submission.submission_id,
+            runtime_env=dict(submission.spec.runtime_env) or None,
+            metadata=submission.metadata,
+            entrypoint_num_cpus=submission.spec.entrypoint_num_cpus,
+            entrypoint_num_gpus=submission.spec.entrypoint_num_gpus,
+        )
+    except RuntimeError as exc:
+        existing = _job_or_none(client, submission.submission_id)
+        if existing is not None:
+            return existing, False
+        sid = submission.submission_id
+        raise SubmitError(f"the cluster refused job {sid}: {redact_text(str(exc))}") from None
+    return client.get_job_info(submission.submission_id), True
+
+
+def follow_logs(client, submission_id: str, write: Callable[[str], None]) -> None:
+    """Stream the job's logs (from the start) to ``write`` until the job ends."""
+
+    async def _tail() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            write(chunk)
+
+    # A stream that breaks off (e.g. a head restart) is no failure: wait_for_end polls the status instead.
+    with contextlib.suppress(RuntimeError):
+        asyncio.run(_tail())
+
+
+def wait_for_end(client, submission_id: str, poll_s: float = 1.0):
+    """Poll until the job is in a terminal state; return its JobDetails."""
+    while True:
+        details = client.get_job_info(submission_id)
+        if details.status.is_terminal():
+            return details
+        time.sleep(poll_s)
