@@ -247,15 +247,13 @@ def test_commit_marker_is_the_commit(tmp_path):
     commit_shard(fs, root, "shard-000000", b"data0", {"rows": 1})
     # a killed run: data file in place, marker never written, plus a temp file
     fs.pipe_file(data_path(root, "shard-000001"), b"partial")
-    fs.pipe_file(data_path(root, "shard-000002") + ".tmp-abc", b"partial")
+    fs.pipe_file(f"{root}/shards/.tmp-abc-shard-000002.parquet", b"partial")
     committed = committed_shards(fs, root)
     assert list(committed) == ["shard-000000"]
     assert committed["shard-000000"]["file_bytes"] == 5
     assert discard_uncommitted(fs, root, set(committed)) == 2
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/shards")) == [
-        "shard-000000.parquet",
-        "shard-000000.stats.json",
-    ]
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/shards")] == ["shard-000000.parquet"]
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/commits")] == ["shard-000000.stats.json"]
     fs.pipe_file(marker_path(root, "shard-000003"), b"{broken")
     with pytest.raises(ArchiveError, match="not valid JSON"):
         committed_shards(fs, root)

@@ -1,7 +1,9 @@
 """Shard commit protocol: data under a temporary name, then its final name, then a stats marker LAST.
 
-A shard counts as committed only when its marker ``shards/<name>.stats.json`` exists; the marker is written
-after the data file has its final name, so a committed shard is always complete. On object stores a
+A shard counts as committed only when its marker ``commits/<name>.stats.json`` exists; the marker is written
+after the data file has its final name, so a committed shard is always complete. Markers live outside
+``shards/`` and temporary files start with a dot, so ``shards/`` read as a Parquet dataset by any reader
+(which skip dot- and underscore-files) holds nothing but complete shards. On object stores a
 rename is a copy plus a delete, never atomic across the two keys - the marker, a single PUT, is what makes
 the commit atomic there. A data file without a marker (a run killed in between) is simply rewritten by
 the next run under the same name, so records are never duplicated.
@@ -17,8 +19,9 @@ import fsspec
 from ..errors import ArchiveError
 
 SHARDS_DIR = "shards"
+MARKERS_DIR = "commits"
 MARKER_SUFFIX = ".stats.json"
-TMP_INFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"
 
 
 def data_path(root: str, name: str) -> str:
@@ -26,14 +29,15 @@ def data_path(root: str, name: str) -> str:
 
 
 def marker_path(root: str, name: str) -> str:
-    return f"{root}/{SHARDS_DIR}/{name}{MARKER_SUFFIX}"
+    return f"{root}/{MARKERS_DIR}/{name}{MARKER_SUFFIX}"
 
 
 def commit_shard(fs: fsspec.AbstractFileSystem, root: str, name: str, data: bytes, stats: dict) -> dict:
     """Write one shard and commit it; returns the marker's contents (``stats`` plus file facts)."""
     final = data_path(root, name)
-    tmp = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
+    tmp = f"{root}/{SHARDS_DIR}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}.parquet"
     fs.makedirs(f"{root}/{SHARDS_DIR}", exist_ok=True)
+    fs.makedirs(f"{root}/{MARKERS_DIR}", exist_ok=True)
     fs.pipe_file(tmp, data)
     fs.mv(tmp, final)
     marker = {**stats, "shard": name, "file": f"{SHARDS_DIR}/{name}.parquet", "file_bytes": len(data)}
@@ -45,7 +49,7 @@ def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict
     """``{shard name: marker}`` for every committed shard (markers are the source of truth)."""
     fs.invalidate_cache(root)
     try:
-        paths = fs.glob(f"{root}/{SHARDS_DIR}/*{MARKER_SUFFIX}")
+        paths = fs.glob(f"{root}/{MARKERS_DIR}/*{MARKER_SUFFIX}")
     except FileNotFoundError:
         return {}
     out = {}
@@ -60,25 +64,26 @@ def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict
 
 def discard_uncommitted(fs: fsspec.AbstractFileSystem, root: str, committed: set[str]) -> int:
     """Remove leftovers of killed runs: temporary files and data files that never got their marker."""
-    try:
-        paths = fs.glob(f"{root}/{SHARDS_DIR}/*.parquet*")
-    except FileNotFoundError:
-        return 0
     removed = 0
-    for p in paths:
+    for p in _list(fs, f"{root}/{SHARDS_DIR}"):
         base = p.rsplit("/", 1)[-1]
-        name = base.split(".parquet", 1)[0]
-        if TMP_INFIX in base or name not in committed:
+        if base.startswith(TMP_PREFIX) or base.removesuffix(".parquet") not in committed:
             fs.rm_file(p)
             removed += 1
     return removed
 
 
 def remove_shards(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    """``--overwrite``: drop all shards and markers (markers first: no half-removed shard looks committed)."""
+    """``--overwrite``: drop all markers, then all shards (no half-removed shard ever looks committed)."""
+    for folder in (MARKERS_DIR, SHARDS_DIR):
+        for p in _list(fs, f"{root}/{folder}"):
+            fs.rm_file(p)
+
+
+def _list(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
+    """Files directly in ``folder`` (dot-files included), none if it does not exist."""
+    fs.invalidate_cache(folder)
     try:
-        paths = fs.glob(f"{root}/{SHARDS_DIR}/*")
+        return [e["name"] for e in fs.ls(folder, detail=True) if e["type"] == "file"]
     except FileNotFoundError:
-        return
-    for p in sorted(paths, key=lambda p: not p.endswith(MARKER_SUFFIX)):
-        fs.rm_file(p)
+        return []

@@ -286,7 +286,7 @@ def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, s
         Decoder,
         batch_size=opts.batch_size,
         batch_format="pyarrow",
-        concurrency=sizing.actors,
+        compute=ray.data.ActorPoolStrategy(size=sizing.actors),
         num_cpus=sizing.num_cpus,
         num_gpus=sizing.num_gpus,
         fn_constructor_kwargs=dict(

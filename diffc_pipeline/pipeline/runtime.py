@@ -54,17 +54,13 @@ def ray_session(address: str | None) -> Iterator[dict[str, float]]:
 
     started = False
     if not ray.is_initialized():
-        kwargs: dict = dict(
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=True,
-            logging_level=logging.WARNING,
-        )
+        quiet = dict(log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
         started = True
+    _quiet_ray_data()
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own rich bar reports progress
     ctx.enable_operator_progress_bars = False
@@ -75,3 +71,18 @@ def ray_session(address: str | None) -> Iterator[dict[str, float]]:
     finally:
         if started:
             ray.shutdown()
+
+
+class _DropProgressNotice(logging.Filter):
+    """Ray Data warns once that its bars are off - on purpose here, so the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
+def _quiet_ray_data() -> None:
+    """Keep Ray Data's INFO lines (per-dataset timings) in its log file, off the user's terminal."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console" or type(handler).__name__ == "PlainRayHandler":
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(_DropProgressNotice())
