@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
+from diffc_pipeline.codec.config import CodecConfig
 from diffc_pipeline.models import LinearSchedule, ModelIdentity, load_model, save_unet_model
 from diffc_pipeline.models.unet import UNetConfig
 from diffc_pipeline.models.unet_model import UNetDiffusionModel
@@ -167,9 +168,8 @@ class OffsetOracle:
 def test_evaluation_matches_the_exact_bound_of_a_known_model() -> None:
     gray = _png(np.full((16, 16, 3), 128, np.uint8))
     c, span = 0.01, LinearSchedule().gamma_max - LinearSchedule().gamma_min
-    result = evaluate(
-        OffsetOracle(128 / 127.5 - 1, c), [gray] * 5, EvalConfig(t_samples=3, steps=(4, 10), grid=9)
-    )
+    config = EvalConfig(t_samples=3, steps=(4, 10), grid=9, codec=((-5.0, 5.0, 16),))
+    result = evaluate(OffsetOracle(128 / 127.5 - 1, c), [gray] * 5, config)
     per_dim = 0.5 * c * c / math.log(2)
     assert result.images == 5 and result.dims == 768
     assert math.isclose(result.continuous.diffusion_bpd, per_dim * span, rel_tol=1e-2)
@@ -181,6 +181,11 @@ def test_evaluation_matches_the_exact_bound_of_a_known_model() -> None:
     assert math.isclose(result.quadrature_bpd, cont.bpd, rel_tol=1e-2)
     rates = [row["bpd_from_1"] for row in result.by_t]
     assert rates == sorted(rates, reverse=True) and math.isclose(rates[-1], cont.prior_bpd)
+    # codec-style: 16 steps of 10/16 in log-SNR each, no prior (the start is shared noise)
+    (codec,) = result.codec
+    assert math.isclose(codec["bpd"], per_dim * 16 * math.expm1(10 / 16), rel_tol=1e-2)
+    assert math.isclose(codec["bpp"], 3 * codec["bpd"])
+    assert math.isclose(codec["mse_x_end"], c * c * math.exp(-5.0), rel_tol=1e-2)
 
 
 def test_model_eval_cli_writes_every_figure(tmp_path: Path) -> None:
@@ -207,6 +212,13 @@ def test_model_eval_cli_writes_every_figure(tmp_path: Path) -> None:
     assert [row["t"] for row in report["by_t"]] == [0.0, 0.5, 1.0]
     assert set(report["by_t"][0]) == {"t", "gamma", "mse_x", "psnr_db", "bpd_per_gamma", "bpd_from_1"}
     assert "continuous" in result.output and "8 steps" in result.output
+    # by default the codec's own schedule is evaluated too
+    codec_config = CodecConfig()
+    (codec,) = report["codec"]
+    assert (codec["logsnr_start"], codec["logsnr_end"], codec["steps"]) == (
+        codec_config.logsnr_start, codec_config.logsnr_end, codec_config.num_steps
+    )
+    assert codec["bpd"] > 0 and codec["psnr_denoised_db"] > 0
 
 
 def test_eval_is_reproducible_from_its_seed(tiny_set: list[bytes]) -> None:

@@ -62,6 +62,9 @@ def eval_(
     ),
     t_samples: int = typer.Option(8, help="Noise levels per image for each Monte-Carlo estimate."),
     grid: int = typer.Option(17, help="Points of the bits/dim-versus-t curve (0: skip it)."),
+    codec_schedule: list[str] = typer.Option(
+        [], help="Codec-style schedule START:END:K (K steps uniform in log-SNR); repeatable. Default: the codec's."
+    ),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     seed: int = typer.Option(0, help="Seed of every noise draw: same seed, same figures."),
     json_path: Path | None = typer.Option(None, "--json", help="Write every figure to this JSON file."),
@@ -80,7 +83,14 @@ def eval_(
     _set_threads(threads)
     net = load_model(model, device=device, allow_pickle=allow_pickle)
     images = load_encoded_images(data, image_column=image_column, limit=limit or None)
-    config = EvalConfig(t_samples=t_samples, steps=tuple(steps), grid=grid, batch_size=batch_size, seed=seed)
+    config = EvalConfig(
+        t_samples=t_samples,
+        steps=tuple(steps),
+        grid=grid,
+        codec=tuple(_parse_codec_schedule(c) for c in codec_schedule or [_default_codec_schedule()]),
+        batch_size=batch_size,
+        seed=seed,
+    )
     console.print(f"evaluating {net.identity.short} on {len(images)} images from {data}")
     with Progress(
         TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -94,6 +104,24 @@ def eval_(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         console.print(f"wrote {json_path}")
+
+
+def _default_codec_schedule() -> str:
+    from ..codec.config import CodecConfig
+
+    c = CodecConfig()
+    return f"{c.logsnr_start}:{c.logsnr_end}:{c.num_steps}"
+
+
+def _parse_codec_schedule(text: str) -> tuple[float, float, int]:
+    try:
+        start, end, k = text.split(":")
+        parsed = float(start), float(end), int(k)
+    except ValueError:
+        raise DiffcError(f"--codec-schedule {text!r}: expected START:END:K, e.g. -5:5:16") from None
+    if parsed[1] <= parsed[0] or parsed[2] < 1:
+        raise DiffcError(f"--codec-schedule {text!r}: need END > START (log-SNR rises) and K >= 1")
+    return parsed
 
 
 def _print_result(result) -> None:
@@ -125,9 +153,17 @@ def _print_result(result) -> None:
                 psnr,
             )
         console.print(curve)
-        console.print(
-            f"continuous-time NELBO by quadrature over this grid: {result.quadrature_bpd:.4f} bits/dim"
-        )
+        console.print(f"continuous-time NELBO by quadrature over this grid: {result.quadrature_bpd:.4f} bits/dim")
+    if result.codec:
+        codec = Table(title="codec-style schedules: ideal rate of the steps, denoised x_hat at the end")
+        for col in ("log-SNR start:end:K", "bits/dim", "bpp", "± stderr (bpd)", "PSNR x_hat (dB)"):
+            codec.add_column(col, justify="right")
+        for row in result.codec:
+            err = f"{row['stderr_bpd']:.4f}" if row["stderr_bpd"] is not None else "-"
+            psnr = f"{row['psnr_denoised_db']:.2f}" if row["psnr_denoised_db"] is not None else "inf"
+            codec.add_row(f"{row['logsnr_start']:g}:{row['logsnr_end']:g}:{row['steps']}", f"{row['bpd']:.4f}",
+                          f"{row['bpp']:.4f}", err, psnr)
+        console.print(codec)
     console.print(f"{result.seconds:.1f} s")
 
 

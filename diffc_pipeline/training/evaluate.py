@@ -40,6 +40,8 @@ _RECON_CHUNK = 4
 class EvalConfig:
     t_samples: int = 8  # noise levels per image for each Monte-Carlo estimate
     steps: tuple[int, ...] = (16, 64, 256)  # discrete schedules to evaluate (uniform in t)
+    # codec-style schedules (logsnr_start, logsnr_end, K): K steps uniform in log-SNR, stopping at logsnr_end
+    codec: tuple[tuple[float, float, int], ...] = ()
     grid: int = 17  # points of the bits/dim-versus-t curve, t = 0 .. 1
     batch_size: int = 32
     seed: int = 0
@@ -66,6 +68,7 @@ class EvalResult:
     continuous: Bound
     discrete: list[Bound]
     by_t: list[dict]
+    codec: list[dict]  # rate of the steps of each codec-style schedule and the denoised quality at its end
     # continuous-time NELBO by the trapezoid rule over the by_t grid: a cross-check of the Monte-Carlo one
     quadrature_bpd: float | None
     seconds: float
@@ -132,28 +135,30 @@ def continuous_diffusion_nats(
     return 0.5 * (g1 - g0) / m * total
 
 
-def discrete_diffusion_nats(
-    model: DiffusionModel, x: torch.Tensor, steps: int, m: int, gen: torch.Generator
-) -> torch.Tensor:
-    """Per-image sum over ``i = 1..K`` of ``0.5 (SNR(s_i) - SNR(t_i)) |x - x_hat(z_{t_i})|^2``, ``t_i = i/K``.
+def uniform_t_gammas(model: DiffusionModel, steps: int) -> torch.Tensor:
+    """``g`` at ``t = 1, (K-1)/K, ..., 0``: ``K`` steps uniform in ``t``, noisiest first."""
+    return model.schedule.gamma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)).double()
 
-    With ``m >= K`` every term is evaluated; otherwise ``m`` stratified terms per image, weighted ``K/m``
-    (unbiased, as VDM trains its discrete-time loss).
+
+def steps_diffusion_nats(
+    model: DiffusionModel, x: torch.Tensor, gammas: torch.Tensor, m: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Per-image sum over steps ``g_{i-1} -> g_i`` of ``0.5 (SNR(g_i) - SNR(g_{i-1})) |x - x_hat(z_{g_{i-1}})|^2``.
+
+    ``gammas`` runs from the noisiest level down (``K + 1`` values, ``K`` steps). With ``m >= K`` every term
+    is evaluated; otherwise ``m`` stratified terms per image, weighted ``K/m`` (unbiased, as VDM trains its
+    discrete-time loss).
     """
-    b = x.shape[0]
+    b, steps = x.shape[0], len(gammas) - 1
     if m >= steps:
-        idx = torch.arange(1, steps + 1).expand(b, steps)
+        idx = torch.arange(steps).expand(b, steps)
     else:
-        idx = (_stratified(b, m, gen) * steps).floor().long().clamp(0, steps - 1) + 1
-    weight = steps / idx.shape[1]
-    sched = model.schedule
+        idx = (_stratified(b, m, gen) * steps).floor().long().clamp(0, steps - 1)
     total = torch.zeros(b, dtype=torch.float64)
     for j in range(idx.shape[1]):
-        t = idx[:, j].double() / steps
-        g_t = sched.gamma(t).double()
-        g_s = sched.gamma(t - 1.0 / steps).double()
+        g_t, g_s = gammas[idx[:, j]], gammas[idx[:, j] + 1]
         total += (torch.exp(-g_s) - torch.exp(-g_t)) * _sq_err(model, x, g_t, gen)
-    return 0.5 * weight * total
+    return 0.5 * steps / idx.shape[1] * total
 
 
 def grid_sq_err(
@@ -197,6 +202,22 @@ def _bound(
     return Bound(bpd(total), bpd(per_image_nats), bpd(prior), bpd(recon), stderr, steps)
 
 
+def _codec_row(schedule: tuple[float, float, int], nats: torch.Tensor, mse: float, dims: int, channels: int) -> dict:
+    """Ideal rate of a codec-style schedule's steps (the start is shared noise, so no prior term is paid)."""
+    n = len(nats)
+    bpd = nats / (dims * LN2)
+    return {
+        "logsnr_start": schedule[0],
+        "logsnr_end": schedule[1],
+        "steps": schedule[2],
+        "bpd": float(bpd.mean()),
+        "bpp": float(bpd.mean()) * channels,
+        "stderr_bpd": float(bpd.std(unbiased=True)) / math.sqrt(n) if n > 1 else None,
+        "mse_x_end": mse,
+        "psnr_denoised_db": 10 * math.log10(4.0 / mse) if mse > 0 else None,
+    }
+
+
 def evaluate(
     model: DiffusionModel,
     encoded: list[bytes],
@@ -212,6 +233,8 @@ def evaluate(
     ts = torch.linspace(0.0, 1.0, config.grid, dtype=torch.float64)
     cont, prior, recon = [], [], []
     disc: dict[int, list[torch.Tensor]] = {k: [] for k in config.steps}
+    codec_rate: list[list[torch.Tensor]] = [[] for _ in config.codec]
+    codec_err = [0.0] * len(config.codec)
     grid_sum = torch.zeros(config.grid, dtype=torch.float64)
     dims, n_images = None, 0
     for x in batches(encoded, model.pad_multiple, config.batch_size):
@@ -225,7 +248,11 @@ def evaluate(
         )
         cont.append(continuous_diffusion_nats(model, x, config.t_samples, gen))
         for k in config.steps:
-            disc[k].append(discrete_diffusion_nats(model, x, k, config.t_samples, gen))
+            disc[k].append(steps_diffusion_nats(model, x, uniform_t_gammas(model, k), config.t_samples, gen))
+        for i, (start_, end, k) in enumerate(config.codec):
+            gammas = -torch.linspace(start_, end, k + 1, dtype=torch.float64)
+            codec_rate[i].append(steps_diffusion_nats(model, x, gammas, config.t_samples, gen))
+            codec_err[i] += float(_sq_err(model, x, gammas[-1].expand(x.shape[0]), gen).sum())
         if config.grid:
             grid_sum += grid_sq_err(model, x, ts, gen)
         n_images += x.shape[0]
@@ -243,10 +270,14 @@ def evaluate(
         model=model_info or {"name": model.identity.name, "sha256": model.identity.sha256},
         images=n_images,
         dims=dims,
-        config=asdict(config) | {"steps": list(config.steps)},
+        config=asdict(config) | {"steps": list(config.steps), "codec": [list(c) for c in config.codec]},
         continuous=continuous,
         discrete=discrete,
         by_t=curve,
+        codec=[
+            _codec_row(sched, torch.cat(rate), err / (n_images * dims), dims, model.channels)
+            for sched, rate, err in zip(config.codec, codec_rate, codec_err, strict=True)
+        ],
         quadrature_bpd=curve[0]["bpd_from_1"] + continuous.reconstruction_bpd if curve else None,
         seconds=round(time.monotonic() - start, 2),
         notes=notes,
