@@ -1,0 +1,98 @@
+"""Compress a Parquet dataset on S3 into an archive on S3 and decode it back to S3, through Ray workers.
+
+A real moto server listens on 127.0.0.1; the Ray workers (other processes) reach it over HTTP with the
+endpoint and credentials given as storage options - which must never land in the archive.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pipeline_data.make import write_parquet
+
+from diffc_pipeline.pipeline.compress_job import CompressOptions, run_compress
+from diffc_pipeline.pipeline.decode_job import DecodeOptions, run_decode
+from diffc_pipeline.pipeline.inspect_archive import inspect_archive
+from diffc_pipeline.pipeline.progress import JobProgress
+
+SECRET = "s3cr3t-VALUE-never-stored"
+QUIET = JobProgress("test", enabled=False)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    s3fs = pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "key": "testing-key-id",
+        "secret": SECRET,
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"},
+    }
+    boto3 = pytest.importorskip("boto3")
+    boto3.client(
+        "s3",
+        endpoint_url=options["client_kwargs"]["endpoint_url"],
+        region_name="us-east-1",
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=SECRET,
+    ).create_bucket(Bucket="bucket")
+    fs = s3fs.S3FileSystem(**options)
+    yield fs, options
+    server.stop()
+
+
+def test_s3_parquet_input_to_s3_archive_and_back(ray_cluster, s3, tmp_path):
+    fs, options = s3
+    ids = write_parquet(tmp_path / "part-0.parquet", 4, row_group_size=3)
+    fs.put(str(tmp_path / "part-0.parquet"), "bucket/data/part-0.parquet")
+    opts = CompressOptions(
+        input="s3://bucket/data",
+        output="s3://bucket/arc",
+        storage_options=options,
+        model="gaussian",
+        codec_config={"num_steps": 2},
+        shard_size=3,
+        batch_size=4,
+    )
+    summary = run_compress(opts, QUIET)
+    assert (summary.images, summary.failures, summary.shards_written) == (4, 0, 2)
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("bucket/arc/commits", refresh=True)) == [
+        "shard-000000.stats.json",
+        "shard-000001.stats.json",
+    ]
+    with fs.open("bucket/arc/shards/shard-000000.parquet") as f:
+        rows = pq.read_table(f).to_pylist()
+    assert [r["id"] for r in rows] == ids[:3]
+    assert rows[0]["source_uri"] == "s3://bucket/data/part-0.parquet#row=0" and rows[0]["source_etag"]
+    for path in fs.find("bucket/arc"):
+        assert SECRET.encode() not in fs.cat_file(path), path
+    assert json.loads(fs.cat_file("bucket/arc/manifest.json"))["source"]["url"] == "s3://bucket/data"
+
+    again = run_compress(opts, QUIET)
+    assert (again.images, again.shards_skipped) == (0, 2)
+    assert inspect_archive("s3://bucket/arc", options)["ok"] == 4
+
+    decoded = run_decode(
+        DecodeOptions(
+            "s3://bucket/arc",
+            "s3://bucket/out",
+            step=1,
+            model="gaussian",
+            storage_options=options,
+            ids=[ids[0], ids[3]],
+        ),
+        QUIET,
+    )
+    assert (decoded.images, decoded.failures) == (2, 0)
+    assert decoded.bytes_needed < decoded.bytes_read
+    for image_id in (ids[0], ids[3]):
+        img = Image.open(io.BytesIO(fs.cat_file(f"bucket/out/{image_id}.png")))
+        assert img.size == (16, 16)
