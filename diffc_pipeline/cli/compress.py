@@ -13,9 +13,7 @@ from ..errors import DiffcError
 from ..images import DEFAULT_MAX_PIXELS
 from ._common import EXIT_PARTIAL, console, friendly_errors
 
-STORAGE_HELP = (
-    "fsspec storage option KEY=VALUE for INPUT and OUTPUT (repeatable; a.b=c nests). Never printed."
-)
+STORAGE_HELP = "fsspec storage option KEY=VALUE for INPUT and OUTPUT (repeatable; a.b=c nests). Never printed."
 
 
 def codec_overrides(pairs: list[str], steps: int | None) -> dict:
@@ -41,19 +39,13 @@ def codec_overrides(pairs: list[str], steps: int | None) -> dict:
 @friendly_errors
 def compress(
     input: str = typer.Argument(..., help="fsspec URL: image folder/glob (recursive) or Parquet dataset."),
-    output: str = typer.Argument(
-        ..., help="fsspec URL of the archive folder (created; resumed if it exists)."
-    ),
+    output: str = typer.Argument(..., help="fsspec URL of the archive folder (created; resumed if it exists)."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet input."),
     id_column: str = typer.Option("id", help="Id column of a Parquet input (default ids: FILE:ROW)."),
     storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
-    shard_size: int = typer.Option(
-        1000, min=1, help="Images per shard (part of the plan: keep it to resume)."
-    ),
+    shard_size: int = typer.Option(1000, min=1, help="Images per shard (part of the plan: keep it to resume)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (inputs, shards, done) and exit."),
-    resume: bool = typer.Option(
-        True, "--resume/--overwrite", help="Skip committed shards, or redo everything."
-    ),
+    resume: bool = typer.Option(True, "--resume/--overwrite", help="Skip committed shards, or redo everything."),
     model: str = typer.Option("builtin", help="'builtin', 'gaussian' or a model directory."),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     seed: int = typer.Option(0, help="Dataset seed; each image's seed derives from it and the image id."),
@@ -63,6 +55,7 @@ def compress(
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
     actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),
+    limit: int = typer.Option(0, min=0, help="Only the first N images in plan order (0: all)."),
 ) -> None:
     """Compress a dataset into Parquet shards plus a manifest; rerun to resume."""
     from ..pipeline.compress_job import CompressOptions, build_codec, prepare, run_compress
@@ -85,6 +78,7 @@ def compress(
         batch_size=batch_size,
         threads=threads,
         actors=actors,
+        limit=limit,
     )
     built = build_codec(opts.model, opts.codec_config)
     if dry_run:
@@ -99,9 +93,7 @@ def compress(
         table.add_row(key.replace("_", " "), format_value(value))
     console.print(table)
     if summary.failures:
-        console.print(
-            f"[yellow]{summary.failures} image(s) failed; see the error column (diffc inspect)[/yellow]"
-        )
+        console.print(f"[yellow]{summary.failures} image(s) failed; see the error column (diffc inspect)[/yellow]")
         raise typer.Exit(EXIT_PARTIAL)
 
 

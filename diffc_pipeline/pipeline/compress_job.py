@@ -45,6 +45,7 @@ class CompressOptions:
     batch_size: int = 16
     threads: int = 0  # torch threads per model actor (0: sized to the machine)
     actors: int = 0  # model actors (0: sized to the cluster)
+    limit: int = 0  # only the first N inputs in plan order (0: all)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def build_codec(model_spec: str, overrides: dict, device: str = "cpu"):
 
 def prepare(opts: CompressOptions, codec) -> PreparedJob:
     """List the input, cut shards, and check OUTPUT: refuse anything that would mix or lose records."""
-    source = list_source(opts.input, opts.storage_options, opts.image_column, opts.id_column)
+    source = list_source(opts.input, opts.storage_options, opts.image_column, opts.id_column, opts.limit)
     plan = make_plan(source, opts.shard_size, opts.seed)
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")

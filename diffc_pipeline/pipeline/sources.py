@@ -51,12 +51,15 @@ class Source:
     id_column: str
     items: pa.Table  # ITEM_SCHEMA, sorted in the order shards are cut
     skipped: int  # files found that are neither images nor Parquet
+    limit: int = 0  # only the first ``limit`` inputs were kept (0: all)
 
     def describe(self) -> dict:
         """What the manifest records about the input (nothing secret: storage options stay out)."""
         d: dict = {"url": self.url, "kind": self.kind}
         if self.kind == "parquet":
             d.update(image_column=self.image_column, id_column=self.id_column)
+        if self.limit:
+            d["limit"] = self.limit
         return d
 
 
@@ -108,8 +111,12 @@ def list_source(
     storage_options: Mapping[str, object],
     image_column: str = "image",
     id_column: str = "id",
+    limit: int = 0,
 ) -> Source:
-    """List every image under ``url`` (a folder, a glob, an image file, or Parquet file(s))."""
+    """List every image under ``url`` (a folder, a glob, an image file, or Parquet file(s)).
+
+    ``limit`` keeps the first N in sorted order (a sample of a dataset, e.g. for benchmarks).
+    """
     fs, path = open_fs(url, storage_options)
     files, skipped = _find_files(fs, path, url)
     parquet = sorted(p for p in files if p.lower().endswith(".parquet"))
@@ -131,8 +138,10 @@ def list_source(
             f"no images found in {public_url(url)} (looked for {', '.join(IMAGE_EXTENSIONS)} files "
             "and Parquet datasets)"
         )
+    if limit:
+        items = items.slice(0, limit)
     _check_unique_ids(items)
-    return Source(public_url(url), kind, image_column, id_column, items, skipped)
+    return Source(public_url(url), kind, image_column, id_column, items, skipped, limit)
 
 
 def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dict[str, dict], int]:

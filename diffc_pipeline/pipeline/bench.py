@@ -1,0 +1,211 @@
+"""``diffc bench pipeline``: the Ray pipeline against a bare in-process loop over the same codec.
+
+Reports, for each N: images/s of both (the pipeline's in steady state, after its first batch, and
+overall, with actor start-up), their ratio, the peak RSS of the Ray worker processes (flat in N when the
+pipeline streams), and for the largest archive the bytes a low-bitrate decode reads against the bytes
+of the chunks it needs. Ray's own start-up is measured apart.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..images import decode_image
+from .compress_job import CompressOptions, build_codec, run_compress
+from .decode_job import DecodeOptions, run_decode
+from .plan import image_seed
+from .progress import JobProgress
+from .runtime import ray_session
+from .sources import list_source, read_bytes
+
+
+class _FirstBatchClock(JobProgress):
+    """A silent progress that notes when the first encoded batch arrives (the end of start-up)."""
+
+    def __init__(self) -> None:
+        super().__init__("bench", enabled=False)
+        self.first_at: float | None = None
+        self.first_images = 0
+
+    def add(self, images: int, failures: int, bpp_sum: float) -> None:
+        if self.first_at is None:
+            self.first_at, self.first_images = time.perf_counter(), images
+        super().add(images, failures, bpp_sum)
+
+
+def ray_worker_rss() -> tuple[int, int]:
+    """``(total, largest)`` resident bytes of this machine's Ray worker processes (named ``ray::...``).
+
+    Read from /proc (Linux) rather than psutil, to keep a benchmark-only dependency out of the package.
+    """
+    total = largest = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read(5).startswith(b"ray::"):
+                    continue
+            with open(f"/proc/{pid}/status") as f:
+                rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+        total += rss
+        largest = max(largest, rss)
+    return total, largest
+
+
+@contextmanager
+def peak_rss(interval_s: float = 0.25) -> Iterator[dict]:
+    """Sample worker RSS in a thread while the block runs; yields a dict filled with the peaks."""
+    peaks = {"total": 0, "largest": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            total, largest = ray_worker_rss()
+            peaks["total"], peaks["largest"] = max(peaks["total"], total), max(peaks["largest"], largest)
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join()
+
+
+def bare_loop(
+    data: str, n: int, model: str, codec_config: dict, batch_size: int, seed: int, storage_options: Mapping[str, object]
+) -> dict:
+    """Read, decode and compress the first ``n`` images in this process, batch by batch (model loaded first)."""
+    codec = build_codec(model, codec_config)
+    source = list_source(data, storage_options, limit=n)
+    items = source.items
+    t0 = time.perf_counter()
+    done = 0
+    for start in range(0, items.num_rows, batch_size):
+        part = items.slice(start, batch_size)
+        pixels = [decode_image(b) for b in read_bytes(part, storage_options, "image")]
+        x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+        codec.compress(x, [image_seed(seed, i) for i in part.column("id").to_pylist()])
+        done += part.num_rows
+    wall = time.perf_counter() - t0
+    return {"images": done, "wall_s": wall, "images_per_s": done / wall}
+
+
+def pipeline_run(
+    data: str,
+    n: int,
+    out: str,
+    model: str,
+    codec_config: dict,
+    batch_size: int,
+    shard_size: int,
+    seed: int,
+    storage_options: Mapping[str, object],
+) -> dict:
+    clock = _FirstBatchClock()
+    opts = CompressOptions(
+        input=data,
+        output=out,
+        storage_options=dict(storage_options),
+        model=model,
+        codec_config=codec_config,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        seed=seed,
+        limit=n,
+    )
+    with peak_rss() as peaks:
+        t0 = time.perf_counter()
+        summary = run_compress(opts, clock)
+        t1 = time.perf_counter()
+    steady = (
+        (summary.images - clock.first_images) / (t1 - clock.first_at) if clock.first_at and t1 > clock.first_at else 0.0
+    )
+    return {
+        "images": summary.images,
+        "failures": summary.failures,
+        "wall_s": t1 - t0,
+        "images_per_s": summary.images / (t1 - t0),
+        "startup_s": (clock.first_at or t1) - t0,
+        "steady_images_per_s": steady,
+        "mean_bpp": summary.mean_bpp,
+        "peak_worker_rss_mb": peaks["total"] / 2**20,
+        "peak_largest_worker_rss_mb": peaks["largest"] / 2**20,
+        "actors": summary.actors,
+    }
+
+
+def decode_bytes(archive: str, out: str, model: str, step: int, storage_options: Mapping[str, object]) -> dict:
+    s = run_decode(
+        DecodeOptions(archive, out, step=step, model=model, format="parquet", storage_options=dict(storage_options)),
+        JobProgress("bench", enabled=False),
+    )
+    return {
+        "step": step,
+        "images": s.images,
+        "bytes_read": s.bytes_read,
+        "bytes_needed": s.bytes_needed,
+        "read_over_needed": s.bytes_read / max(1, s.bytes_needed),
+        "mean_bpp": s.mean_bpp,
+    }
+
+
+def bench_pipeline(
+    data: str,
+    sizes: list[int],
+    model: str,
+    codec_config: dict,
+    batch_size: int = 16,
+    shard_size: int = 1000,
+    seed: int = 0,
+    address: str | None = None,
+    storage_options: Mapping[str, object] | None = None,
+    work_dir: str | None = None,
+    on_result=lambda key, value: None,
+) -> dict:
+    """Run the whole benchmark; ``on_result(key, value)`` is called as each part finishes."""
+    storage_options = storage_options or {}
+    work = Path(work_dir or tempfile.mkdtemp(prefix="diffc-bench-"))
+    result: dict = {
+        "data": data,
+        "model": model,
+        "codec": codec_config,
+        "batch_size": batch_size,
+        "cpus": os.cpu_count(),
+    }
+    result["bare"] = bare_loop(data, min(sizes), model, codec_config, batch_size, seed, storage_options)
+    on_result("bare", result["bare"])
+    t0 = time.perf_counter()
+    with ray_session(address):
+        result["ray_start_s"] = time.perf_counter() - t0
+        result["pipeline"] = []
+        for n in sizes:
+            run = pipeline_run(
+                data, n, str(work / f"arc-{n}"), model, codec_config, batch_size, shard_size, seed, storage_options
+            )
+            run["ratio_steady"] = run["steady_images_per_s"] / result["bare"]["images_per_s"]
+            run["ratio_overall"] = run["images_per_s"] / result["bare"]["images_per_s"]
+            result["pipeline"].append({"n": n, **run})
+            on_result(f"pipeline n={n}", run)
+        largest = str(work / f"arc-{max(sizes)}")
+        steps = int(codec_config.get("num_steps", 0)) or build_codec(model, codec_config).num_steps
+        result["decode"] = []
+        for step in sorted({1, max(1, steps // 2)}):
+            d = decode_bytes(largest, str(work / f"dec-{step}"), model, step, storage_options)
+            result["decode"].append(d)
+            on_result(f"decode step={step}", d)
+    result["work_dir"] = str(work)
+    return result
