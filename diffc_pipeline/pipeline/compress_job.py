@@ -220,6 +220,7 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
         fn_constructor_kwargs=dict(
             model_spec=opts.model,
             codec_config=job.manifest.codec["config"],
+            fingerprint=job.manifest.codec["fingerprint"],
             threads=sizing.threads,
             device="cuda" if sizing.num_gpus else "cpu",
         ),

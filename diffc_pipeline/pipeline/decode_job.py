@@ -26,7 +26,7 @@ from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, ray_session, size_actors
 from .sources import open_fs
-from .stages import error_text
+from .stages import error_text, load_codec
 from .where import parse_where
 
 METHODS = ("flow", "ancestral", "denoise")
@@ -179,17 +179,11 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
 class Decoder:
     """Ray actor: loads the model once; decodes prefixes grouped by image size (one size per codec call)."""
 
-    def __init__(self, model_spec: str, codec_config: dict, method: str, threads: int, device: str) -> None:
-        import torch
-
-        from ..codec import CodecConfig, DiffcCodec
-        from ..models import load_model
-
-        torch.set_num_threads(threads)
+    def __init__(
+        self, model_spec: str, codec_config: dict, fingerprint: str, method: str, threads: int, device: str
+    ) -> None:
         self.method = method
-        self.codec = DiffcCodec(
-            load_model(model_spec, device=device), CodecConfig.from_dict(codec_config), channel="rcc"
-        )
+        self.codec = load_codec(model_spec, codec_config, fingerprint, threads, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ..codec import EncodedImage
@@ -292,6 +286,7 @@ def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, s
         fn_constructor_kwargs=dict(
             model_spec=opts.model,
             codec_config=archive.manifest.codec["config"],
+            fingerprint=archive.manifest.codec["fingerprint"],
             method=opts.method,
             threads=sizing.threads,
             device="cuda" if sizing.num_gpus else "cpu",

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from ..errors import ModelMismatchError
 from ..images import decode_image
 from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, cumulative_bits, row_checksum
 from .sources import read_bytes
@@ -86,20 +87,34 @@ def read_and_decode(
         yield pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
+def load_codec(model_spec: str, codec_config: dict, fingerprint: str, threads: int, device: str):
+    """The codec of a model actor, checked against the archive's fingerprint.
+
+    Each actor loads the model itself; if the weights at ``model_spec`` changed since the driver read
+    them (a model being retrained in place), the actor must refuse rather than write streams that the
+    manifest attributes to another model.
+    """
+    import torch
+
+    from ..codec import CodecConfig, DiffcCodec
+    from ..models import load_model
+
+    torch.set_num_threads(threads)
+    codec = DiffcCodec(load_model(model_spec, device=device), CodecConfig.from_dict(codec_config), channel="rcc")
+    if codec.fingerprint != fingerprint:
+        raise ModelMismatchError(
+            f"model {model_spec!r} as loaded on a worker ({codec.model.identity.short}) is not the model of "
+            f"the archive (codec fingerprint {fingerprint[:12]}); did its weights change during the run?"
+        )
+    return codec
+
+
 class Encoder:
     """Ray actor: loads the model once, then compresses batches grouped by image size."""
 
-    def __init__(self, model_spec: str, codec_config: dict, threads: int, device: str) -> None:
-        import torch
-
-        from ..codec import CodecConfig, DiffcCodec
-        from ..models import load_model
-
-        torch.set_num_threads(threads)
+    def __init__(self, model_spec: str, codec_config: dict, fingerprint: str, threads: int, device: str) -> None:
         self.device = device
-        self.codec = DiffcCodec(
-            load_model(model_spec, device=device), CodecConfig.from_dict(codec_config), channel="rcc"
-        )
+        self.codec = load_codec(model_spec, codec_config, fingerprint, threads, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
