@@ -15,7 +15,11 @@ from .compress import STORAGE_HELP, format_value
 def decode(
     archive: str = typer.Argument(..., help="fsspec URL of a diffc archive."),
     output: str = typer.Argument(..., help="fsspec URL of the output folder."),
-    bpp: float = typer.Option(None, help="Per image, the longest prefix within this many bits per pixel."),
+    bpp: float = typer.Option(
+        None,
+        help="Per image, the longest prefix within this many bits per pixel (header included; 0 steps, "
+        "a sample of the model from the image's seed, if even one step is over).",
+    ),
     step: int = typer.Option(None, help="Decode the first STEP coding steps of every image."),
     ids: list[str] = typer.Option([], "--ids", help="Only these image ids (repeatable)."),
     where: str = typer.Option(None, help="Filter, e.g. \"width >= 64 AND id LIKE 'val_1%'\"."),

@@ -228,20 +228,23 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
 
 
 def _drain(dataset, job: PreparedJob, progress: JobProgress) -> int:
-    """Consume the encoder's rows; commit each shard from a writer thread once all its rows are in."""
+    """Consume the encoder's rows; commit each shard from a writer thread once all its rows are in.
+
+    A row whose image was already seen (a batch replayed after a worker died) is dropped, so a shard
+    commits each image exactly once.
+    """
     shards = {s.index: s for s in job.pending}
     buffers: dict[int, list[pa.Table]] = defaultdict(list)
-    counts: dict[int, int] = defaultdict(int)
+    seen: dict[int, set[str]] = defaultdict(set)
     written = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as pool:
         futures: set[Future] = set()
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            batch = _new_rows(batch, seen)
             progress.add(batch.num_rows, *_batch_stats(batch))
             for index in pc.unique(batch.column("shard")).to_pylist():
-                rows = batch.filter(pc.equal(batch.column("shard"), index))
-                buffers[index].append(rows)
-                counts[index] += rows.num_rows
-                if counts[index] == shards[index].size:
+                buffers[index].append(batch.filter(pc.equal(batch.column("shard"), index)))
+                if len(seen[index]) == shards[index].size:
                     futures.add(pool.submit(_commit, job, shards[index], buffers.pop(index)))
             done = {f for f in futures if f.done()}
             futures -= done
@@ -253,6 +256,15 @@ def _drain(dataset, job: PreparedJob, progress: JobProgress) -> int:
         missing = ", ".join(shards[i].name for i in sorted(buffers))
         raise ArchiveError(f"the pipeline ended before shards {missing} were complete; rerun to finish them")
     return written
+
+
+def _new_rows(batch: pa.Table, seen: dict[int, set[str]]) -> pa.Table:
+    """The rows of ``batch`` whose (shard, id) was not seen before; records them as seen."""
+    keep = []
+    for shard, image_id in zip(batch.column("shard").to_pylist(), batch.column("id").to_pylist(), strict=True):
+        keep.append(image_id not in seen[shard])
+        seen[shard].add(image_id)
+    return batch if all(keep) else batch.filter(pa.array(keep))
 
 
 def _batch_stats(batch: pa.Table) -> tuple[int, float]:
