@@ -307,3 +307,16 @@ def test_actor_sizing_leaves_cpus_for_read_tasks():
     assert big.actors * big.num_cpus <= 14
     gpu = size_actors({"CPU": 8.0, "GPU": 2.0})
     assert (gpu.actors, gpu.num_gpus) == (2, 1.0)
+
+
+def test_replayed_rows_are_dropped_once_seen():
+    from collections import defaultdict
+
+    from diffc_pipeline.pipeline.compress_job import _new_rows
+
+    seen: dict[int, set[str]] = defaultdict(set)
+    first = pa.table({"shard": pa.array([0, 0, 1], pa.int32()), "id": ["a", "b", "c"]})
+    assert _new_rows(first, seen).num_rows == 3
+    replay = pa.table({"shard": pa.array([0, 1, 1], pa.int32()), "id": ["b", "c", "d"]})
+    assert _new_rows(replay, seen).column("id").to_pylist() == ["d"]
+    assert seen == {0: {"a", "b"}, 1: {"c", "d"}}

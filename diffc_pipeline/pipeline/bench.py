@@ -43,25 +43,32 @@ class _FirstBatchClock(JobProgress):
 
 
 def ray_worker_rss() -> tuple[int, int]:
-    """``(total, largest)`` resident bytes of this machine's Ray worker processes (named ``ray::...``).
+    """``(total, largest)`` resident bytes of the Ray worker processes (``ray::...``) this process started.
 
-    Read from /proc (Linux) rather than psutil, to keep a benchmark-only dependency out of the package.
+    Read from /proc (Linux) rather than psutil, to keep a benchmark-only dependency out of the package;
+    only descendants of this process count, so other Ray clusters on the machine are left out.
     """
-    total = largest = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    parent, name, rss = {}, {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if not f.read(5).startswith(b"ray::"):
-                    continue
             with open(f"/proc/{pid}/status") as f:
-                rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                name[int(pid)] = f.read(5)
+        except OSError:
             continue
-        total += rss
-        largest = max(largest, rss)
-    return total, largest
+        parent[int(pid)] = int(fields["PPid"])
+        rss[int(pid)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    workers = [rss[p] for p in rss if name.get(p, b"").startswith(b"ray::") and ours(p)]
+    return sum(workers), max(workers, default=0)
 
 
 @contextmanager

@@ -113,7 +113,6 @@ class Encoder:
     """Ray actor: loads the model once, then compresses batches grouped by image size."""
 
     def __init__(self, model_spec: str, codec_config: dict, fingerprint: str, threads: int, device: str) -> None:
-        self.device = device
         self.codec = load_codec(model_spec, codec_config, fingerprint, threads, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -152,4 +151,4 @@ class Encoder:
         import torch
 
         arr = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(h, w, 3) for r in group])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(self.device)
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # CPU: the model moves batches to its device
