@@ -44,11 +44,12 @@ class LocalHead:
     """
 
     def __init__(
-        self, num_cpus: int = 1, object_store_bytes: int = 150 * 1024**2, auth_mode: str = "disabled"
+        self, num_cpus: int = 1, object_store_bytes: int = 150 * 1024**2, auth_token: str | None = None
     ) -> None:
+        """``auth_token``: run with Ray's token authentication and this token (default: no authentication)."""
         self.num_cpus = num_cpus
         self.object_store_bytes = object_store_bytes
-        self.auth_mode = auth_mode
+        self.auth_token = auth_token
         self.address = ""
         self.start_seconds = 0.0
         self._proc: subprocess.Popen | None = None
@@ -70,8 +71,11 @@ class LocalHead:
             f"--num-cpus={self.num_cpus}", "--num-gpus=0", f"--object-store-memory={self.object_store_bytes}",
             f"--temp-dir={self._temp_dir}", "--disable-usage-stats",
         ]
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-        env["RAY_AUTH_MODE"] = self.auth_mode
+        dropped = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
+        env["RAY_AUTH_MODE"] = "token" if self.auth_token else "disabled"
+        if self.auth_token:
+            env["RAY_AUTH_TOKEN"] = self.auth_token
         # Jobs run `python -m diffc_pipeline`: put this interpreter's bin directory first on their PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self._log = open(self._temp_dir / "ray-start.log", "wb")  # noqa: SIM115 (closed in stop())
@@ -92,8 +96,11 @@ class LocalHead:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise LocalHeadError(f"ray start exited with {self._proc.returncode}:\n{self.log_tail()}")
+            request = urllib.request.Request(f"{self.address}/api/version")
+            if self.auth_token:
+                request.add_header("Authorization", f"Bearer {self.auth_token}")
             try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as resp:
+                with urllib.request.urlopen(request, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -107,7 +114,7 @@ class LocalHead:
             return ""
         return (self._temp_dir / "ray-start.log").read_bytes()[-n_bytes:].decode(errors="replace")
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         """Stop this head only: SIGTERM to its ``ray start``, then SIGKILL to whatever of its tree is left."""
         if self._proc is not None:
             # Workers put themselves in process groups of their own, so the tree is noted before it is cut.

@@ -303,9 +303,10 @@ def connect(address: str, token: str | None = None):
     try:
         return JobSubmissionClient(address, headers=headers)
     except AuthenticationError:
+        problem = "rejected the token given" if token else "requires a token (Ray's token authentication)"
         raise SubmitError(
-            f"the cluster at {redact_text(address)} refused the request: it uses token authentication; "
-            f"pass --token-file or set {TOKEN_ENV} / {TOKEN_PATH_ENV}"
+            f"the cluster at {redact_text(address)} {problem}; pass --token-file or set {TOKEN_ENV} or "
+            f"{TOKEN_PATH_ENV} (on KubeRay: the auth_token key of the cluster's token Secret)"
         ) from None
     except ConnectionError as exc:
         raise SubmitError(f"cannot reach the Ray Jobs API at {redact_text(address)}: {exc}") from None

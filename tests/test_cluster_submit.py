@@ -1,0 +1,334 @@
+"""``diffc submit``: secrets, submission ids, job configs, and real jobs on a real Ray head.
+
+The head is a real ``ray start --head`` with the Jobs API (LocalHead), started once for this module in
+its own temp dir and process group, and stopped by its own pid: never ``ray stop``, which would also kill
+other programs' clusters. It has nothing to do with the in-process ``ray_cluster`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffc_pipeline.cli import app
+from diffc_pipeline.cli.submit import check_command
+from diffc_pipeline.cluster import submit as sub
+from diffc_pipeline.cluster.local_head import LocalHead
+
+SECRETS = ("AKIAEXAMPLEKEY", "wJalrXUtnFEMI-secret", "tok-123456", "hunter2", "sig0123abcd")
+
+
+def _leaks(text: str) -> list[str]:
+    return [s for s in SECRETS if s in text]
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+
+
+def test_redact_args_masks_credentials_and_keeps_the_rest():
+    args = [
+        "compress", "s3://user:hunter2@bucket/in/", "s3://bucket/out/",
+        "-S", "key=AKIAEXAMPLEKEY", "--storage-option", "secret=wJalrXUtnFEMI-secret",
+        "--storage-option=token=tok-123456", "-Sclient_kwargs.endpoint_url=http://127.0.0.1:9000",
+        "--api-key", "tok-123456", "--password=hunter2",
+        "https://h/x.png?X-Amz-Signature=sig0123abcd&size=3",
+        "--shard-size", "1000", "--sigma", "2", "--author", "me",
+    ]
+    red = sub.redact_args(args)
+    assert not _leaks(" ".join(red))
+    assert red[0:3] == ["compress", "s3://***@bucket/in/", "s3://bucket/out/"]
+    assert red[3:8] == ["-S", "key=***", "--storage-option", "secret=***", "--storage-option=token=***"]
+    assert red[8] == "-Sclient_kwargs.endpoint_url=***"  # values of storage options are masked, keys kept
+    assert red[9:12] == ["--api-key", "***", "--password=***"]
+    assert red[12] == "https://h/x.png?X-Amz-Signature=***&size=3"
+    assert red[13:] == ["--shard-size", "1000", "--sigma", "2", "--author", "me"]
+
+
+def test_a_secret_flag_before_an_option_masks_nothing_else():
+    assert sub.redact_args(["--auth-anon", "--limit", "3"]) == ["--auth-anon", "--limit", "3"]
+
+
+def test_runtime_env_values_are_never_printed():
+    env = {"env_vars": {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret", "X": "1"}, "pip": ["a"]}
+    red = sub.redact_runtime_env(env)
+    assert red == {"env_vars": {"AWS_SECRET_ACCESS_KEY": "***", "X": "***"}, "pip": ["a"]}
+    assert env["env_vars"]["X"] == "1"  # the original is untouched: the job still gets the values
+
+
+# ------------------------------------------------------------------------------------ ids and planning
+
+
+def _spec(*args: str, **kw) -> sub.JobSpec:
+    return sub.JobSpec(args=tuple(args), **kw)
+
+
+def test_submission_id_is_deterministic_per_command_and_tick():
+    a = sub.submission_id(_spec("compress", "s3://a", "s3://b"), "2026-11-21")
+    assert a == sub.submission_id(_spec("compress", "s3://a", "s3://b"), "2026-11-21")
+    assert a.startswith("diffc-compress-2026-11-21-")
+    assert a != sub.submission_id(_spec("compress", "s3://a", "s3://b"), "2026-11-22")
+    assert a != sub.submission_id(_spec("compress", "s3://a", "s3://c"), "2026-11-21")
+    assert a != sub.submission_id(_spec("compress", "s3://a", "s3://b", name="nightly"), "2026-11-21")
+
+
+def test_submission_id_holds_no_secret_and_ignores_its_value():
+    one = sub.submission_id(_spec("compress", "a", "b", "-S", "key=AKIAEXAMPLEKEY"), "t")
+    other = sub.submission_id(_spec("compress", "a", "b", "-S", "key=rotated"), "t")
+    assert one == other and not _leaks(one)
+
+
+def test_submission_id_is_a_safe_name_whatever_the_tick():
+    sid = sub.submission_id(_spec("compress", "a", "b"), "2026-11-21T02:00:00+00:00 / ../../etc")
+    assert sid.replace("-", "").isalnum() and sid.islower() and len(sid) < 100
+
+
+def test_default_tick_is_the_utc_date():
+    from datetime import UTC, datetime
+
+    assert sub.default_tick(datetime(2026, 11, 21, 23, 59, tzinfo=UTC)) == "2026-11-21"
+    assert sub.plan(_spec("compress", "a", "b")).tick == sub.default_tick()
+
+
+def test_describe_masks_everything_secret():
+    spec = _spec(
+        "compress", "s3://u:hunter2@b/in", "s3://b/out", "-S", "secret=wJalrXUtnFEMI-secret",
+        runtime_env={"env_vars": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY"}},
+    )
+    submission = sub.plan(spec, "t")
+    shown = json.dumps(submission.describe("http://admin:tok-123456@head:8265"))
+    assert not _leaks(shown)
+    assert "hunter2" in submission.entrypoint  # the job itself gets the real arguments
+
+
+# ---------------------------------------------------------------------------------------- job configs
+
+
+def test_job_config_list_or_string_command(tmp_path):
+    listed = tmp_path / "a.yaml"
+    listed.write_text("name: n\ncommand: [compress, in, out, --shard-size, 10]\nentrypoint_num_cpus: 1\n")
+    spec = sub.load_job_config(listed)
+    assert spec.args == ("compress", "in", "out", "--shard-size", "10")
+    assert (spec.name, spec.entrypoint_num_cpus, spec.python) == ("n", 1, "python")
+    string = tmp_path / "b.yaml"
+    string.write_text("command: compress in out --where \"id LIKE 'a%'\"\n")
+    assert sub.load_job_config(string).args == ("compress", "in", "out", "--where", "id LIKE 'a%'")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("command: [compress, a, b]\nruntime-env: {}\n", "unknown key"),
+        ("command: [compress, a, b, --resume, yes]\n", "string or number"),
+        ("command: []\n", "empty"),
+        ("name: x\n", "`command` must be"),
+        ("- compress\n", "mapping"),
+        ("command: [compress\n", "not valid YAML"),
+        ("command: [compress, a, b]\nruntime_env: [1]\n", "runtime_env"),
+    ],
+)
+def test_job_config_errors_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(sub.SubmitError, match=message):
+        sub.load_job_config(path)
+
+
+def test_runtime_env_merge_is_per_variable():
+    merged = sub.merge_runtime_env(
+        {"env_vars": {"A": "1", "B": "1"}, "pip": ["x"]}, {"env_vars": {"B": "2"}, "working_dir": "."}
+    )
+    assert merged == {"env_vars": {"A": "1", "B": "2"}, "pip": ["x"], "working_dir": "."}
+
+
+def test_forward_env_requires_the_variables():
+    assert sub.forward_env(["K"], {"K": "v"}) == {"K": "v"}
+    with pytest.raises(sub.SubmitError, match="MISSING"):
+        sub.forward_env(["MISSING"], {})
+
+
+# ------------------------------------------------------------------------------------ address and auth
+
+
+def test_address_from_option_or_env_never_from_ray_address():
+    assert sub.resolve_address("http://h:8265/", {}) == "http://h:8265"
+    assert sub.resolve_address(None, {"RAY_API_SERVER_ADDRESS": "https://h"}) == "https://h"
+    with pytest.raises(sub.SubmitError, match="RAY_ADDRESS is set"):
+        sub.resolve_address(None, {"RAY_ADDRESS": "10.0.0.1:6379"})
+    with pytest.raises(sub.SubmitError, match="not a dashboard URL"):
+        sub.resolve_address("10.0.0.1:6379", {})
+
+
+def test_token_from_file_env_or_path(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123456\n")
+    assert sub.resolve_token(token_file, {"RAY_AUTH_TOKEN": "other"}) == "tok-123456"
+    assert sub.resolve_token(None, {"RAY_AUTH_TOKEN": "tok-env"}) == "tok-env"
+    assert sub.resolve_token(None, {"RAY_AUTH_TOKEN_PATH": str(token_file)}) == "tok-123456"
+    assert sub.resolve_token(None, {}) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(sub.SubmitError, match="empty"):
+        sub.resolve_token(tmp_path / "empty", {})
+    with pytest.raises(sub.SubmitError, match="cannot read"):
+        sub.resolve_token(tmp_path / "missing", {})
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _cli(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, ["submit", *args], env={"RAY_API_SERVER_ADDRESS": None, **(env or {})})
+
+
+def test_cli_dry_run_prints_the_masked_submission():
+    result = _cli("--dry-run", "--tick", "2026-11-21", "--name", "n", "--entrypoint-num-cpus", "1",
+                  "compress", "s3://u:hunter2@b/in", "s3://b/out", "-S", "key=AKIAEXAMPLEKEY")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["submission_id"].startswith("diffc-n-2026-11-21-")
+    assert shlex.split(shown["entrypoint"]) == [
+        "python", "-m", "diffc_pipeline", "compress", "s3://***@b/in", "s3://b/out", "-S", "key=***"
+    ]
+    assert shown["entrypoint_num_cpus"] == 1.0
+    assert not _leaks(result.output)
+
+
+def test_cli_runtime_env_file_and_forwarded_env(tmp_path):
+    env_file = tmp_path / "env.json"
+    env_file.write_text('{"env_vars": {"A": "1"}, "pip": ["x"]}')
+    result = _cli("--dry-run", "--runtime-env", str(env_file), "--env", "MY_SECRET",
+                  "--", "--version", env={"MY_SECRET": "hunter2"})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runtime_env"] == {"env_vars": {"A": "***", "MY_SECRET": "***"}, "pip": ["x"]}
+    assert not _leaks(result.output)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dry-run", "compress", "a", "b", "--wait"], "--wait is an option of `diffc submit`"),
+        (["--dry-run", "compres", "a", "b"], "No such command"),
+        (["--dry-run", "submit", "compress"], "cannot itself be"),
+        (["--dry-run"], "nothing to submit"),
+        (["--dry-run", "--config", "jobs/decode_subset.yaml", "compress", "a", "b"], "not both"),
+        (["compress", "a", "b"], "no cluster address"),
+    ],
+)
+def test_cli_refuses_with_a_message_and_exit_code_2(args, message):
+    result = _cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_no_validate_lets_a_newer_clusters_option_through():
+    result = _cli("--dry-run", "--no-validate", "compress", "a", "b", "--option-of-a-newer-diffc")
+    assert result.exit_code == 0, result.output
+
+
+def test_check_command_returns_the_command_path():
+    assert check_command(["compress", "a", "b", "--shard-size", "5"]) == ["diffc", "compress"]
+    assert check_command(["--version"]) == ["diffc"]
+    assert check_command(["decode", "--help"]) == ["diffc", "decode"]
+
+
+# --------------------------------------------------------------------------------- a real Ray head
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A real Ray head with the Jobs API, for this module only (about 10 s to start on 2 busy cores)."""
+    with LocalHead(num_cpus=2) as local:
+        print(f"\nLocalHead started in {local.start_seconds:.1f} s at {local.address}")
+        yield local
+
+
+def _pngs(folder: Path, n: int = 3) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+
+
+@pytest.mark.slow
+def test_compress_job_end_to_end_and_resubmit_is_a_no_op(head, tmp_path):
+    _pngs(tmp_path / "in")
+    archive = tmp_path / "archive"
+    # `--address auto`, as in jobs/*.yaml and infra/k8s: the driver attaches to the cluster it was submitted to
+    args = ("compress", str(tmp_path / "in"), str(archive), "--model", "gaussian", "--shard-size", "2",
+            "--address", "auto")
+    spec = sub.JobSpec(args=args, python=sys.executable)
+    submission = sub.plan(spec, tick="2026-11-21")
+    client = sub.connect(head.address)
+    started = time.monotonic()
+    details, created = sub.submit(client, submission)
+    assert created and details.submission_id == submission.submission_id
+    chunks: list[str] = []
+    sub.follow_logs(client, submission.submission_id, chunks.append)
+    details = sub.wait_for_end(client, submission.submission_id)
+    print(f"compress job: {time.monotonic() - started:.1f} s")
+    logs = "".join(chunks)
+    assert details.status.value == "SUCCEEDED", logs[-3000:]
+    assert details.metadata == {"diffc.command": "compress", "diffc.tick": "2026-11-21"}
+    assert "compress summary" in logs and "python -m diffc_pipeline compress" in logs
+    table = pq.read_table(archive / "shards")
+    assert sorted(table.column("status").to_pylist()) == ["ok"] * 3
+    assert len(set(table.column("id").to_pylist())) == 3
+
+    jobs_before = len(client.list_jobs())
+    again, created = sub.submit(client, submission)
+    assert not created and again.status.value == "SUCCEEDED"
+    assert len(client.list_jobs()) == jobs_before
+
+
+@pytest.mark.slow
+def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
+    """A job whose diffc exits 2 (missing input) makes `diffc submit --wait` exit 2; a rerun of the tick
+    reports the same job and code without submitting. (In-process CLI: a subprocess would add seconds of
+    imports per call.)"""
+    args = ("--wait", "--tick", "t1", "--python", sys.executable,
+            "compress", str(tmp_path / "missing"), str(tmp_path / "out"), "--model", "gaussian")
+    first = _cli(*args, env={"RAY_API_SERVER_ADDRESS": head.address})
+    assert first.exit_code == 2, first.output[-2000:]
+    sid = first.stdout.splitlines()[0]
+    assert sid.startswith("diffc-compress-t1-")
+    # the job's own error line, streamed from its log (rich wraps it at 80 columns)
+    assert f"error: input {tmp_path / 'missing'} does not exist" in " ".join(first.stdout.split())
+    assert "submitted" in first.stderr
+    second = _cli(*args, env={"RAY_API_SERVER_ADDRESS": head.address})
+    assert second.exit_code == 2 and second.stdout.splitlines()[0] == sid
+    assert "already exists" in " ".join(second.stderr.split())
+
+
+def test_unreachable_cluster_is_a_clear_error():
+    from diffc_pipeline.cluster.local_head import free_port
+
+    with pytest.raises(sub.SubmitError, match="cannot reach"):
+        sub.connect(f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.slow
+def test_token_authenticated_cluster(tmp_path):
+    """Ray 2.60 turns token authentication on by default: without the token, or with a wrong one, the
+    error says so; with --token-file the job is submitted, and the token is never printed."""
+    token = "tok-123456" + "0" * 22
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    with LocalHead(num_cpus=1, auth_token=token) as secured:
+        with pytest.raises(sub.SubmitError, match="requires a token"):
+            sub.connect(secured.address)
+        with pytest.raises(sub.SubmitError, match="rejected the token"):
+            sub.connect(secured.address, "wrong-" + token)
+        assert sub.connect(secured.address, sub.resolve_token(None, {"RAY_AUTH_TOKEN": token})).list_jobs() == []
+        result = _cli("--address", secured.address, "--token-file", str(token_file), "--tick", "t",
+                      "--python", sys.executable, "--", "--version")
+        assert result.exit_code == 0, result.output
+        assert "submitted" in result.stderr and result.stdout.startswith("diffc-version-t-")
+        assert token not in result.output
