@@ -53,8 +53,9 @@ def test_redact_args_masks_credentials_and_keeps_the_rest():
     assert red[13:] == ["--shard-size", "1000", "--sigma", "2", "--author", "me"]
 
 
-def test_a_secret_flag_before_an_option_masks_nothing_else():
+def test_a_secret_flag_before_an_option_leaves_that_option_its_own_masking():
     assert sub.redact_args(["--auth-anon", "--limit", "3"]) == ["--auth-anon", "--limit", "3"]
+    assert sub.redact_args(["--auth-anon", "-S", "key=AKIAEXAMPLEKEY"]) == ["--auth-anon", "-S", "key=***"]
 
 
 def test_runtime_env_values_are_never_printed():

@@ -183,17 +183,28 @@ def submit(
         )
     typer.echo(sid)
     if wait:
-        try:
-            sub.follow_logs(client, sid, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
-            details = sub.wait_for_end(client, sid)
-        except KeyboardInterrupt:
-            console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})")
-            raise
+        details = _follow(client, sid)
     elif not details.status.is_terminal():
         return
     code = _job_exit_code(details)
     console.print(f"job {sid}: {details.status.value} (exit code {code})", highlight=False)
     raise typer.Exit(code)
+
+
+def _follow(client, sid: str):
+    """Stream the job's logs to stdout until it ends; Ctrl-C stops following, not the job."""
+    from ..cluster import submit as sub
+
+    def write(chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    try:
+        sub.follow_logs(client, sid, write)
+        return sub.wait_for_end(client, sid)
+    except KeyboardInterrupt:
+        console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})")
+        raise
 
 
 def register(app: typer.Typer) -> None:

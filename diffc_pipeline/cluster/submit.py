@@ -117,26 +117,29 @@ def redact_args(args: Sequence[str]) -> list[str]:
     secret-named *flag* followed by a positional would mask the positional, an accepted over-masking.
     """
     out: list[str] = []
-    mask_next: Callable[[str], str] | None = None
-    for arg in args:
-        if mask_next is not None:
-            out.append(mask_next(arg))
-            mask_next = None
-            continue
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        following = args[i + 1] if i + 1 < len(args) else None
+        name, sep, value = arg.partition("=")
         if arg.startswith("-S") and len(arg) > 2:  # `-SKEY=VALUE`, the short option glued to its value
             out.append(f"-S{_mask_key_value(arg[2:])}")
-            continue
-        if arg.startswith("-"):
-            name, sep, value = arg.partition("=")
-            if name in _KEY_VALUE_OPTIONS:
-                out.append(f"{name}={_mask_key_value(value)}" if sep else arg)
-                mask_next = None if sep else _mask_key_value
-                continue
-            if _SECRET_NAME.search(name):
-                out.append(f"{name}={REDACTED}" if sep else arg)
-                mask_next = None if sep else (lambda v: v if v.startswith("-") else REDACTED)
-                continue
-        out.append(redact_text(arg))
+        elif name in _KEY_VALUE_OPTIONS:
+            if sep:
+                out.append(f"{name}={_mask_key_value(value)}")
+            else:
+                out.append(arg)
+                if following is not None:
+                    out.append(_mask_key_value(following))
+                    i += 1
+        elif arg.startswith("-") and _SECRET_NAME.search(name):
+            out.append(f"{name}={REDACTED}" if sep else arg)
+            if not sep and following is not None and not following.startswith("-"):
+                out.append(REDACTED)
+                i += 1
+        else:
+            out.append(redact_text(arg))
+        i += 1
     return out
 
 
