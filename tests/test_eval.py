@@ -203,29 +203,34 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     from diffc_pipeline.evaluation.runner import image_seed
     from diffc_pipeline.models import load_model
 
-    write_images(tmp_path / "imgs", 2, size=16)
+    write_images(tmp_path / "imgs", 3, size=16)
     out = tmp_path / "out"
     args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--model", "gaussian", "--codecs", "jpeg"]
-    result = CliRunner().invoke(app, [*args, "--steps", "1,4,16", "--seed", "7"])
+    result = CliRunner().invoke(app, [*args, "--steps", "1,4,16", "--seed", "7", "--diffc-limit", "2"])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     diffc = [r for r in doc["records"] if r["family"] == "diffc"]
+    on = doc["diffc"]["images"]
+    assert on == choose_subset(["im0", "im1", "im2"], 2) and {r["image"] for r in diffc} == set(on)
     assert len(diffc) == 2 * 2 * 3 * 3  # images x channels x methods x prefixes
     assert doc["diffc"]["prefixes"] == [1, 4, 16] and doc["diffc"]["model"]["name"] == "gaussian-rgb"
+    # BD-rates and curves compare all codecs on the DiffC images; the full classical curve is kept apart
+    assert doc["curves"]["jpeg"][0]["images"] == 2 and doc["curves_all_images"]["jpeg"][0]["images"] == 3
 
     # the rcc rate is the real stream: header plus the first k chunks of what compress() writes
     codec = DiffcCodec(load_model("gaussian"), CodecConfig(), channel="rcc")
-    pixels = np.array(Image.open(tmp_path / "imgs" / "im0.png"))
-    stream = codec.compress(torch.from_numpy(pixels).permute(2, 0, 1)[None], [image_seed("im0", 7)])[0]
+    first = on[0]
+    pixels = np.array(Image.open(tmp_path / "imgs" / f"{first}.png"))
+    stream = codec.compress(torch.from_numpy(pixels).permute(2, 0, 1)[None], [image_seed(first, 7)])[0]
     for k in (1, 4, 16):
-        rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == "im0" and r["steps"] == k)
+        rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == first and r["steps"] == k)
         real = len(stream.header) + sum(len(c) for c in stream.chunks[:k])
         assert rec["bytes"] == real and rec["header_bytes"] == len(stream.header)
         assert rec["bpp"] == pytest.approx(8 * real / 256)
         assert rec["kl_bits"] == pytest.approx(sum(stream.step_kl_bits[:k]))
     # the ideal rate is the KL of the prefix, no bytes
     ideal = sorted(
-        (r for r in diffc if r["variant"] == "diffc-ideal-denoise" and r["image"] == "im1"), key=lambda r: r["steps"]
+        (r for r in diffc if r["variant"] == "diffc-ideal-denoise" and r["image"] == on[1]), key=lambda r: r["steps"]
     )
     assert [r["bytes"] for r in ideal] == [None] * 3
     assert all(r["bpp"] == pytest.approx(r["kl_bits"] / 256) for r in ideal)

@@ -69,6 +69,9 @@ def eval_(
     codecs: str = typer.Option("jpeg,webp,avif", help="Classical codecs (comma-separated, 'none' to skip)."),
     channels: str = typer.Option("rcc,ideal", help="DiffC channels: rcc (real bitstream), ideal ('none' to skip)."),
     steps: str = typer.Option("auto", help="DiffC prefixes: 'auto' (~8 spread), 'all', or e.g. '1,2,4,8,16'."),
+    diffc_limit: int = typer.Option(
+        0, help="Run DiffC on a fixed subset of N of the images only (it is ~1000x slower than Pillow; 0: all)."
+    ),
     batch_size: int = typer.Option(16, help="Images per codec call (one image size per call)."),
     seed: int = typer.Option(0, help="Run seed; each image's stream seed derives from it and the image id."),
     downsample: int = typer.Option(1, help="Area-downsample by this integer factor first (e.g. lossless CBSD68)."),
@@ -81,7 +84,7 @@ def eval_(
     import torch
 
     from ..evaluation.classical import CODECS, codec
-    from ..evaluation.data import ImageSource, load_eval_images
+    from ..evaluation.data import ImageSource, choose_subset, load_eval_images
     from ..evaluation.report import write_outputs
     from ..evaluation.runner import CHANNELS, METHODS, EvalOutput, Showcase, run_classical, run_diffc
 
@@ -144,7 +147,12 @@ def eval_(
             "batch_size": batch_size,
         }
 
-    showcase = Showcase(eval_images[0])
+    diffc_images = eval_images
+    if diffc_codecs and diffc_limit and diffc_limit < len(eval_images):
+        chosen = set(choose_subset([im.id for im in eval_images], diffc_limit))
+        diffc_images = [im for im in eval_images if im.id in chosen]
+        meta["diffc"]["images"] = sorted(chosen)
+    showcase = Showcase(diffc_images[0])
     records, lowest = [], []
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -158,9 +166,9 @@ def eval_(
             recs, lowest = run_classical(eval_images, classical, showcase, lambda n: progress.advance(task, n))
             records += recs
         if diffc_codecs:
-            task = progress.add_task("diffc", total=len(eval_images) * len(diffc_codecs))
+            task = progress.add_task("diffc", total=len(diffc_images) * len(diffc_codecs))
             records += run_diffc(
-                eval_images,
+                diffc_images,
                 diffc_codecs,
                 prefixes,
                 chosen_methods,
@@ -172,7 +180,8 @@ def eval_(
     if not records:
         raise DiffcError("nothing to evaluate: no classical codecs and no DiffC channels chosen")
     title = f"{images} ({len(eval_images)} images)"
-    tables = write_outputs(out, meta, EvalOutput(records, lowest, showcase), title)
+    subset = [im.id for im in diffc_images] if diffc_images is not eval_images else None
+    tables = write_outputs(out, meta, EvalOutput(records, lowest, showcase, subset), title)
     stdout = Console() if sys.stdout.isatty() else Console(width=120)  # logs and pipes: no truncated names
     for table in tables:
         stdout.print(table)

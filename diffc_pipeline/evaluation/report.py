@@ -124,10 +124,13 @@ def flow_vs_ancestral(curve_map: dict[str, list[dict]]) -> dict[str, float]:
     return out
 
 
-def write_json(path: Path, meta: dict, output: EvalOutput, curve_map: dict, bd: list[dict], lowest: dict) -> None:
+def write_json(
+    path: Path, meta: dict, output: EvalOutput, curve_map: dict, bd: list[dict], lowest: dict, all_curves: dict
+) -> None:
     doc = {
         **meta,
         "curves": curve_map,
+        "curves_all_images": all_curves,
         "bd_rates": bd,
         "lowest_rate": lowest,
         "flow_minus_ancestral_psnr_db_at_full_rate": flow_vs_ancestral(curve_map),
@@ -257,12 +260,23 @@ def _percent(b: dict) -> str:
 
 
 def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -> list[Table]:
-    """results.json, rd_psnr.png, rd_msssim.png and index.html (with showcase/*.png) in ``directory``."""
+    """results.json, rd_psnr.png, rd_msssim.png and index.html (with showcase/*.png) in ``directory``.
+
+    When DiffC ran on a subset of the images (``--diffc-limit``), curves, BD-rates and plots compare every
+    codec on that subset only - BD-rates between different image sets would measure the images, not the
+    codecs - and the classical curves over all images are kept apart in ``curves_all_images``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    curve_map = curves(output.records)
+    all_curves = curves(output.records)
+    if output.diffc_images is not None:
+        subset = set(output.diffc_images)
+        curve_map = curves([r for r in output.records if r["image"] in subset])
+        title = f"{title}, all codecs on the {len(subset)} DiffC images"
+    else:
+        curve_map = all_curves
     bd = bd_rates(curve_map)
     lowest = lowest_rate_summary(output, curve_map)
-    write_json(directory / "results.json", meta, output, curve_map, bd, lowest)
+    write_json(directory / "results.json", meta, output, curve_map, bd, lowest, all_curves)
     plot(directory / "rd_psnr.png", curve_map, "psnr", "PSNR (dB, mean over images)", title)
     plot(directory / "rd_msssim.png", curve_map, "ms_ssim", "MS-SSIM (mean over images)", title)
     if output.showcase is not None:

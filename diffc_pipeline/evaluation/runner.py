@@ -39,6 +39,7 @@ class EvalOutput:
     records: list[dict]
     lowest_rates: list[dict]  # per image and classical codec: the smallest file at any quality
     showcase: Showcase | None
+    diffc_images: list[str] | None = None  # ids DiffC ran on, when only a subset of the classical images
 
 
 Progress = Callable[[int], None]
