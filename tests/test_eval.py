@@ -195,7 +195,7 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
     assert "showcase/original.png" in shown and len(shown) > 3
     for src in shown:
         assert (out / src).is_file()
-    assert "Rate-distortion summary" in result.output and "webp" in result.output
+    assert "Rate-distortion curves" in result.output and "webp" in result.output
 
 
 def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
