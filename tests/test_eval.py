@@ -188,6 +188,7 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
     assert len(doc["curves"]["jpeg"]) == len(CODECS["jpeg"].qualities)
     assert doc["params"]["channels"] == "none" and doc["params"]["out"] == str(out) and doc["command"]
     assert doc["date"] and doc["machine"]["cpus"] >= 1
+    assert "| jpeg | quality 1 |" in (out / "summary.md").read_text()
     for png in ("rd_psnr.png", "rd_msssim.png"):
         assert Image.open(out / png).size[0] > 100
     page = (out / "index.html").read_text()

@@ -259,8 +259,52 @@ def _percent(b: dict) -> str:
     return "no overlap" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%"
 
 
+def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dict, title: str) -> str:
+    """The same numbers as Markdown, ready to paste into a benchmark page."""
+    lines = [
+        f"### {title}",
+        "",
+        "Curves (mean over images; setting = JPEG/WebP/AVIF quality or DiffC prefix steps):",
+        "",
+    ]
+    lines += [
+        "| variant | setting | bpp | PSNR (dB) | MS-SSIM | enc s/img | dec s/img |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, points in curve_map.items():
+        for p in points:
+            lines.append(
+                f"| {variant} | {p['setting_name']} {p['setting']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+                f"{p['ms_ssim']:.4f} | {p['encode_s']:.4f} | {p['decode_s']:.4f} |"
+            )
+    if lowest:
+        lines += ["", "Lowest rate each classical codec reaches at all (smallest file over every quality):", ""]
+        lines += ["| codec | mean bpp | min bpp | max bpp |", "|---|---|---|---|"]
+        for name, s in lowest.items():
+            lines.append(
+                f"| {name} | {s['mean_lowest_bpp']:.3f} | {s['min_lowest_bpp']:.3f} | {s['max_lowest_bpp']:.3f} |"
+            )
+    if bd:
+        lines += ["", "BD-rate (negative: the test needs fewer bits than the anchor at equal quality):", ""]
+        lines += ["| test | anchor | BD-rate PSNR | PSNR overlap (dB) | BD-rate MS-SSIM |", "|---|---|---|---|---|"]
+        pairs = dict.fromkeys((b["test"], b["anchor"]) for b in bd)
+        for test, anchor in pairs:
+            by_metric = {b["metric"]: b for b in bd if (b["test"], b["anchor"]) == (test, anchor)}
+            p, m = by_metric["psnr"], by_metric["ms_ssim_db"]
+            over = "" if p["overlap"] is None else f"{p['overlap'][0]:.1f}-{p['overlap'][1]:.1f}"
+            lines.append(f"| {test} | {anchor} | {_percent(p)} | {over} | {_percent(m)} |")
+    gaps = flow_vs_ancestral(curve_map)
+    if gaps:
+        lines += [
+            "",
+            "DiffC-F minus DiffC-A in PSNR at the longest prefix: "
+            + ", ".join(f"{ch} {g:+.2f} dB" for ch, g in gaps.items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -> list[Table]:
-    """results.json, rd_psnr.png, rd_msssim.png and index.html (with showcase/*.png) in ``directory``.
+    """results.json, summary.md, rd_psnr.png, rd_msssim.png, index.html (+ showcase/*.png) in ``directory``.
 
     When DiffC ran on a subset of the images (``--diffc-limit``), curves, BD-rates and plots compare every
     codec on that subset only - BD-rates between different image sets would measure the images, not the
@@ -277,6 +321,7 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
     bd = bd_rates(curve_map)
     lowest = lowest_rate_summary(output, curve_map)
     write_json(directory / "results.json", meta, output, curve_map, bd, lowest, all_curves)
+    (directory / "summary.md").write_text(markdown_summary(curve_map, bd, lowest, title))
     plot(directory / "rd_psnr.png", curve_map, "psnr", "PSNR (dB, mean over images)", title)
     plot(directory / "rd_msssim.png", curve_map, "ms_ssim", "MS-SSIM (mean over images)", title)
     if output.showcase is not None:
