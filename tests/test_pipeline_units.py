@@ -169,7 +169,7 @@ def _encoded_rows(n: int, steps: int, error_at: int | None = None) -> pa.Table:
             chunks=chunks,
             shard=0,
             cum_bits=A.cumulative_bits(header, chunks),
-            step_crc32=A.chunk_crcs(chunks),
+            crcs=A.chunk_crcs(chunks),
             checksum=A.row_checksum(header, chunks),
         )
         if i == error_at:
@@ -187,9 +187,9 @@ def test_shard_layout_one_uncompressed_column_per_step_with_metadata(tmp_path):
     path.write_bytes(A.shard_to_parquet_bytes(table))
     meta = pq.ParquetFile(path).metadata
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    assert names[-3:] == ["chunk_001", "chunk_002", "chunk_003"]
+    assert names[-7:] == ["header", "chunk_001", "crc_001", "chunk_002", "crc_002", "chunk_003", "crc_003"]
     for i, name in enumerate(names):
-        if name.startswith("chunk_") or name == "header":
+        if name.startswith(("chunk_", "crc_", "header")):
             assert meta.row_group(0).column(i).compression == "UNCOMPRESSED"
     back = pq.read_table(path)
     assert A.shard_metadata(str(path))["shard"] == "s"
@@ -216,13 +216,11 @@ def test_prefix_read_fetches_about_the_bytes_it_needs(tmp_path):
                 width=8,
                 channels=3,
                 cum_bits=A.cumulative_bits(header, chunks),
-                step_crc32=A.chunk_crcs(chunks),
+                crcs=A.chunk_crcs(chunks),
                 checksum=A.row_checksum(header, chunks),
             )
         )
-    table = A.encoded_to_shard(
-        pa.Table.from_pylist(rows, schema=A.ENCODED_SCHEMA), steps, {"format_version": 1}
-    )
+    table = A.encoded_to_shard(pa.Table.from_pylist(rows, schema=A.ENCODED_SCHEMA), steps, {"format_version": 1})
     (tmp_path / "s.parquet").write_bytes(A.shard_to_parquet_bytes(table))
     fs, p = open_fs(str(tmp_path / "s.parquet"), {})
     got, nbytes = read_prefixes(fs, p, list(range(n)), 2)
@@ -231,7 +229,8 @@ def test_prefix_read_fetches_about_the_bytes_it_needs(tmp_path):
     assert got.column("chunk_002").to_pylist()[7] == rows[7]["chunks"][1]
     assert needed <= nbytes < 1.3 * needed < total / 2
     few, nbytes_few = read_prefixes(fs, p, [6, 5], 2)
-    assert few.column("id").to_pylist() == ["i6", "i5"]
+    assert few.column("chunk_001").to_pylist() == [rows[6]["chunks"][0], rows[5]["chunks"][0]]
+    assert few.column("crc_002").to_pylist() == [rows[6]["crcs"][1], rows[5]["crcs"][1]]
     assert nbytes_few < nbytes / 2  # one of three row groups
 
 
@@ -291,9 +290,7 @@ def test_manifest_roundtrip_and_refusals(tmp_path):
 
 def test_where_filters_and_rejects_code():
     t = pa.table({"id": ["val_1", "val_12", "b"], "width": [1, 3, 5], "error": [None, "x", None]})
-    assert t.filter(parse_where("width >= 3 AND id LIKE 'val_1%'", t.column_names))["id"].to_pylist() == [
-        "val_12"
-    ]
+    assert t.filter(parse_where("width >= 3 AND id LIKE 'val_1%'", t.column_names))["id"].to_pylist() == ["val_12"]
     assert t.filter(parse_where("id IN ('b', 'val_1') or error IS NOT NULL", t.column_names)).num_rows == 3
     for bad in ["width >", "nope = 1", "__import__('os').system('x')", "width + 1 > 2"]:
         with pytest.raises(FilterError):
@@ -302,9 +299,11 @@ def test_where_filters_and_rejects_code():
 
 def test_actor_sizing_leaves_cpus_for_read_tasks():
     two = size_actors({"CPU": 2.0})
-    assert (two.actors, two.num_cpus, two.threads, two.num_gpus) == (1, 1.0, 2, None)
+    assert (two.actors, two.num_cpus, two.threads, two.num_gpus) == (2, 0.75, 1, None)
     big = size_actors({"CPU": 16.0})
-    assert big.actors * big.num_cpus <= 14
+    assert big.actors == 14 and big.actors * big.num_cpus == 14
+    four_threads = size_actors({"CPU": 16.0}, threads=4)
+    assert four_threads.actors == 4 and four_threads.num_cpus == 3.5
     gpu = size_actors({"CPU": 8.0, "GPU": 2.0})
     assert (gpu.actors, gpu.num_gpus) == (2, 1.0)
 

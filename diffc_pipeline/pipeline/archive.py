@@ -25,7 +25,8 @@ ROW_GROUP_SIZE = 128  # small row groups: selecting a few images reads a few row
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
-# Per-image fields in the order they appear in a shard (chunk columns follow).
+# Per-image fields in the order they appear in a shard; ``header`` then, per step, ``chunk_k`` and ``crc_k``
+# follow, so the bytes of a prefix (header + first k steps) are one contiguous range of each row group.
 RECORD_FIELDS = [
     pa.field("id", pa.string(), nullable=False),
     pa.field("source_uri", pa.string(), nullable=False),
@@ -38,27 +39,21 @@ RECORD_FIELDS = [
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
-    pa.field("header", pa.binary()),
     pa.field("cum_bits", pa.list_(pa.int64())),
-    pa.field("step_crc32", pa.list_(pa.uint32())),
     pa.field("checksum", pa.string()),
+    pa.field("header", pa.binary()),
 ]
-SCALAR_COLUMNS = [
-    "id",
-    "source_uri",
-    "source_size",
-    "source_mtime",
-    "source_etag",
-    "height",
-    "width",
-    "channels",
-    "seed",
-    "status",
-    "error",
-]
+SCALAR_COLUMNS = [f.name for f in RECORD_FIELDS if f.name not in ("cum_bits", "checksum", "header")]
 
-# What the encoder stage hands the writer: the record fields, the shard index, and the chunks as one list.
-ENCODED_SCHEMA = pa.schema([*RECORD_FIELDS, pa.field("shard", pa.int32()), pa.field("chunks", pa.list_(pa.binary()))])
+# What the encoder stage hands the writer: the record fields, the shard index, chunks and CRCs as lists.
+ENCODED_SCHEMA = pa.schema(
+    [
+        *RECORD_FIELDS,
+        pa.field("shard", pa.int32()),
+        pa.field("chunks", pa.list_(pa.binary())),
+        pa.field("crcs", pa.list_(pa.uint32())),
+    ]
+)
 
 
 def chunk_column(step: int) -> str:
@@ -66,13 +61,23 @@ def chunk_column(step: int) -> str:
     return f"chunk_{step:03d}"
 
 
-def chunk_columns(num_steps: int) -> list[str]:
-    return [chunk_column(k) for k in range(1, num_steps + 1)]
+def crc_column(step: int) -> str:
+    """Name of the column holding the CRC-32 of the chunk of step ``step``."""
+    return f"crc_{step:03d}"
+
+
+def payload_columns(steps: int) -> list[str]:
+    """``header`` and the chunk and CRC columns of the first ``steps`` steps, in file order."""
+    return ["header", *(c for k in range(1, steps + 1) for c in (chunk_column(k), crc_column(k)))]
 
 
 def shard_schema(num_steps: int, metadata: dict) -> pa.Schema:
-    fields = [*RECORD_FIELDS, *(pa.field(c, pa.binary()) for c in chunk_columns(num_steps))]
-    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    steps = [
+        f
+        for k in range(1, num_steps + 1)
+        for f in (pa.field(chunk_column(k), pa.binary()), pa.field(crc_column(k), pa.uint32()))
+    ]
+    return pa.schema([*RECORD_FIELDS, *steps], metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
 
 
 def cumulative_bits(header: bytes, chunks: list[bytes]) -> list[int]:
@@ -102,19 +107,22 @@ def row_checksum(header: bytes, chunks: list[bytes]) -> str:
 
 
 def encoded_to_shard(rows: pa.Table, num_steps: int, metadata: dict) -> pa.Table:
-    """Spread the ``chunks`` list of the encoder's rows into one column per step, in record order."""
-    schema = shard_schema(num_steps, metadata)
-    chunks = rows.column("chunks").to_pylist()
+    """Spread the encoder's ``chunks``/``crcs`` lists into one column per step, in record order."""
+    chunks, crcs = rows.column("chunks").to_pylist(), rows.column("crcs").to_pylist()
+
+    def step(lists: list, k: int, kind: pa.DataType) -> pa.Array:
+        return pa.array([v[k] if v is not None and k < len(v) else None for v in lists], kind)
+
     columns = [rows.column(f.name).cast(f.type) for f in RECORD_FIELDS]
     for k in range(num_steps):
-        columns.append(pa.array([c[k] if c is not None and k < len(c) else None for c in chunks], pa.binary()))
-    return pa.Table.from_arrays(columns, schema=schema)
+        columns += [step(chunks, k, pa.binary()), step(crcs, k, pa.uint32())]
+    return pa.Table.from_arrays(columns, schema=shard_schema(num_steps, metadata))
 
 
 def shard_to_parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    payload = ["header", *(n for n in table.column_names if n.startswith("chunk_"))]
-    compression = {name: ("none" if name in payload else "zstd") for name in table.column_names}
+    scalar = set(SCALAR_COLUMNS) | {"cum_bits", "checksum"}
+    compression = {name: ("zstd" if name in scalar else "none") for name in table.column_names}
     pq.write_table(
         table,
         sink,

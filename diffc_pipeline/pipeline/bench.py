@@ -28,18 +28,23 @@ from .runtime import ray_session
 from .sources import list_source, read_bytes
 
 
-class _FirstBatchClock(JobProgress):
-    """A silent progress that notes when the first encoded batch arrives (the end of start-up)."""
+class _BatchClock(JobProgress):
+    """A silent progress that notes when each encoded batch arrives (the first one ends start-up)."""
 
     def __init__(self) -> None:
         super().__init__("bench", enabled=False)
-        self.first_at: float | None = None
-        self.first_images = 0
+        self.arrivals: list[tuple[float, int]] = []
 
     def add(self, images: int, failures: int, bpp_sum: float) -> None:
-        if self.first_at is None:
-            self.first_at, self.first_images = time.perf_counter(), images
+        self.arrivals.append((time.perf_counter(), images))
         super().add(images, failures, bpp_sum)
+
+    def steady_rate(self) -> float | None:
+        """Images/s from the first batch to the last (None if everything arrived in one batch)."""
+        if len(self.arrivals) < 2:
+            return None
+        (t_first, _), (t_last, _) = self.arrivals[0], self.arrivals[-1]
+        return sum(n for _, n in self.arrivals[1:]) / (t_last - t_first)
 
 
 def ray_worker_rss() -> tuple[int, int]:
@@ -93,22 +98,40 @@ def peak_rss(interval_s: float = 0.25) -> Iterator[dict]:
 
 
 def bare_loop(
-    data: str, n: int, model: str, codec_config: dict, batch_size: int, seed: int, storage_options: Mapping[str, object]
+    threads: int,
+    data: str,
+    n: int,
+    model: str,
+    codec_config: dict,
+    batch_size: int,
+    seed: int,
+    storage_options: Mapping[str, object],
 ) -> dict:
-    """Read, decode and compress the first ``n`` images in this process, batch by batch (model loaded first)."""
-    codec = build_codec(model, codec_config)
-    source = list_source(data, storage_options, limit=n)
-    items = source.items
-    t0 = time.perf_counter()
-    done = 0
-    for start in range(0, items.num_rows, batch_size):
-        part = items.slice(start, batch_size)
-        pixels = [decode_image(b) for b in read_bytes(part, storage_options, "image")]
-        x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-        codec.compress(x, [image_seed(seed, i) for i in part.column("id").to_pylist()])
-        done += part.num_rows
-    wall = time.perf_counter() - t0
-    return {"images": done, "wall_s": wall, "images_per_s": done / wall}
+    """Read, decode and compress the first ``n`` images in this process (model loaded before the clock).
+
+    ``threads``: torch threads (0: torch's default, which is what a plain script gets).
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        codec = build_codec(model, codec_config)
+        items = list_source(data, storage_options, limit=n).items
+        t0 = time.perf_counter()
+        for start in range(0, items.num_rows, batch_size):
+            part = items.slice(start, batch_size)
+            pixels = [decode_image(b) for b in read_bytes(part, storage_options, "image")]
+            x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+            codec.compress(x, [image_seed(seed, i) for i in part.column("id").to_pylist()])
+        wall = time.perf_counter() - t0
+        return {
+            "threads": torch.get_num_threads(),
+            "images": items.num_rows,
+            "wall_s": wall,
+            "images_per_s": items.num_rows / wall,
+        }
+    finally:
+        torch.set_num_threads(previous)
 
 
 def pipeline_run(
@@ -122,7 +145,7 @@ def pipeline_run(
     seed: int,
     storage_options: Mapping[str, object],
 ) -> dict:
-    clock = _FirstBatchClock()
+    clock = _BatchClock()
     opts = CompressOptions(
         input=data,
         output=out,
@@ -138,16 +161,14 @@ def pipeline_run(
         t0 = time.perf_counter()
         summary = run_compress(opts, clock)
         t1 = time.perf_counter()
-    steady = (
-        (summary.images - clock.first_images) / (t1 - clock.first_at) if clock.first_at and t1 > clock.first_at else 0.0
-    )
     return {
         "images": summary.images,
         "failures": summary.failures,
         "wall_s": t1 - t0,
         "images_per_s": summary.images / (t1 - t0),
-        "startup_s": (clock.first_at or t1) - t0,
-        "steady_images_per_s": steady,
+        "startup_s": clock.arrivals[0][0] - t0 if clock.arrivals else None,
+        "batches": len(clock.arrivals),
+        "steady_images_per_s": clock.steady_rate(),
         "mean_bpp": summary.mean_bpp,
         "peak_worker_rss_mb": peaks["total"] / 2**20,
         "peak_largest_worker_rss_mb": peaks["largest"] / 2**20,
@@ -183,7 +204,11 @@ def bench_pipeline(
     work_dir: str | None = None,
     on_result=lambda key, value: None,
 ) -> dict:
-    """Run the whole benchmark; ``on_result(key, value)`` is called as each part finishes."""
+    """Run the whole benchmark; ``on_result(key, value)`` is called as each part finishes.
+
+    The bare loop runs twice, with torch's default threads and with one thread, over the first
+    ``min(sizes)`` images; pipeline ratios are against the faster of the two.
+    """
     storage_options = storage_options or {}
     work = Path(work_dir or tempfile.mkdtemp(prefix="diffc-bench-"))
     result: dict = {
@@ -192,9 +217,13 @@ def bench_pipeline(
         "codec": codec_config,
         "batch_size": batch_size,
         "cpus": os.cpu_count(),
+        "bare": [],
     }
-    result["bare"] = bare_loop(data, min(sizes), model, codec_config, batch_size, seed, storage_options)
-    on_result("bare", result["bare"])
+    for threads in (0, 1):
+        run = bare_loop(threads, data, min(sizes), model, codec_config, batch_size, seed, storage_options)
+        result["bare"].append(run)
+        on_result(f"bare threads={run['threads']}", run)
+    best = max(r["images_per_s"] for r in result["bare"])
     t0 = time.perf_counter()
     with ray_session(address):
         result["ray_start_s"] = time.perf_counter() - t0
@@ -203,12 +232,12 @@ def bench_pipeline(
             run = pipeline_run(
                 data, n, str(work / f"arc-{n}"), model, codec_config, batch_size, shard_size, seed, storage_options
             )
-            run["ratio_steady"] = run["steady_images_per_s"] / result["bare"]["images_per_s"]
-            run["ratio_overall"] = run["images_per_s"] / result["bare"]["images_per_s"]
+            run["ratio_overall"] = run["images_per_s"] / best
+            run["ratio_steady"] = run["steady_images_per_s"] / best if run["steady_images_per_s"] else None
             result["pipeline"].append({"n": n, **run})
             on_result(f"pipeline n={n}", run)
         largest = str(work / f"arc-{max(sizes)}")
-        steps = int(codec_config.get("num_steps", 0)) or build_codec(model, codec_config).num_steps
+        steps = build_codec(model, codec_config).num_steps
         result["decode"] = []
         for step in sorted({1, max(1, steps // 2)}):
             d = decode_bytes(largest, str(work / f"dec-{step}"), model, step, storage_options)

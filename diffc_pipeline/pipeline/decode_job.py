@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..errors import DiffcError
-from .archive import STATUS_ERROR, STATUS_OK, chunk_column, verify_prefix
+from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .compress_job import build_codec, codec_description
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -142,10 +142,14 @@ def output_name(image_id: str) -> str:
 
 
 def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
-    """Per shard, runs of up to ROWS_PER_READ selected rows (row, step, bits): what one read task fetches."""
+    """Per shard, runs of up to ROWS_PER_READ selected rows: what one read task fetches.
+
+    Ids, sizes and bit counts come from the index, so read tasks fetch nothing but payload columns.
+    """
     units = []
     for shard in sorted(set(selection.column("shard").to_pylist())):
-        rows = selection.filter(pc.equal(selection.column("shard"), shard)).select(["row", "step", "bits"])
+        rows = selection.filter(pc.equal(selection.column("shard"), shard))
+        rows = rows.select(["row", "id", "height", "width", "step", "bits"])
         path = archive.fs.unstrip_protocol(archive.shard_path(shard))
         for i in range(0, rows.num_rows, ROWS_PER_READ):
             part = rows.slice(i, ROWS_PER_READ)
@@ -155,21 +159,22 @@ def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
 
 def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.Table:
     """Ray task: fetch the prefixes of one unit's rows (only their row groups and steps)."""
-    steps, bits = unit.column("step").to_pylist(), unit.column("bits").to_pylist()
     fs, p = open_fs(unit.column("path")[0].as_py(), storage_options)
-    table, nbytes = read_prefixes(fs, p, unit.column("row").to_pylist(), max(steps))
+    steps = unit.column("step").to_pylist()
+    payload, nbytes = read_prefixes(fs, p, unit.column("row").to_pylist(), max(steps))
     out = []
-    for i, (row, k, b) in enumerate(zip(table.to_pylist(), steps, bits, strict=True)):
+    for i, (meta, row) in enumerate(zip(unit.to_pylist(), payload.to_pylist(), strict=True)):
+        k = meta["step"]
         out.append(
             {
-                "id": row["id"],
-                "height": row["height"],
-                "width": row["width"],
+                "id": meta["id"],
+                "height": meta["height"],
+                "width": meta["width"],
                 "step": k,
-                "bits": b if k else 8 * len(row["header"] or b""),
+                "bits": meta["bits"] if k else 8 * len(row["header"] or b""),
                 "header": row["header"],
                 "chunks": [row[chunk_column(j)] for j in range(1, k + 1)],
-                "crcs": (row["step_crc32"] or [])[:k],
+                "crcs": [row[crc_column(j)] for j in range(1, k + 1)],
                 "read_bytes": nbytes if i == 0 else 0,
             }
         )

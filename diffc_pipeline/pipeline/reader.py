@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ArchiveError
-from .archive import FORMAT_VERSION, chunk_columns, shard_metadata
+from .archive import FORMAT_VERSION, payload_columns, shard_metadata
 from .commit import committed_shards, data_path
 from .manifest import Manifest, read_manifest
 from .sources import open_fs, public_url
@@ -128,12 +128,12 @@ def read_footer(f) -> pq.FileMetaData:
 
 
 def read_prefixes(fs: fsspec.AbstractFileSystem, path: str, rows: list[int], steps: int) -> tuple[pa.Table, int]:
-    """Rows ``rows`` of one shard with columns header .. chunk_<steps>; returns the table and bytes read.
+    """Rows ``rows`` of one shard: header, chunks and CRCs of the first ``steps`` steps; and bytes read.
 
-    Only the footer, the row groups holding ``rows`` and in them the first ``steps`` chunk columns (plus
-    ids and per-chunk CRCs) are fetched.
+    Only the footer and, in the row groups holding ``rows``, those columns (one contiguous range) are
+    fetched.
     """
-    columns = ["id", "height", "width", "header", "step_crc32", *chunk_columns(steps)]
+    columns = payload_columns(steps)
     with fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
         pf = pq.ParquetFile(f, metadata=read_footer(f))
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]

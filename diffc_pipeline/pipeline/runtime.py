@@ -1,14 +1,17 @@
 """Connect to Ray and size the model actor pool so that read and write tasks always keep a CPU.
 
 Ray's ``num_cpus`` is a scheduling budget, not a thread cap: an actor that asks for every CPU starves the
-read tasks and the dataset hangs (ray#44687). So each CPU actor *asks* for its share minus a reserve kept
-for the light read/decode tasks, while its torch uses ``threads`` threads - on 2 cores one actor asks for
-1 CPU and computes with 2, which is what a bare in-process loop would use too.
+read tasks and the dataset hangs (ray#44687). So the actors together ask for all CPUs but a reserve kept
+for the light read/decode/write tasks. On CPUs the default is one torch thread per actor and as many
+actors as CPUs: the codec's reverse-channel coding is single-threaded numpy (about 70% of encode time),
+so processes scale where threads do not, and torch threads spinning on a core that another process
+holds were measured here to slow a 2-core encode several-fold.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,16 +33,15 @@ class ActorSizing:
 
 
 def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0) -> ActorSizing:
-    """One actor per GPU; without GPUs, actors of ``threads`` torch threads (default: up to 4) on the CPUs."""
-    cpus = int(resources.get("CPU", 1))
+    """One actor per GPU; without GPUs, actors of ``threads`` torch threads (default 1) filling the CPUs."""
+    cpus = float(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0))
     if gpus:
-        return ActorSizing(actors or gpus, 1.0, 1.0, threads or max(1, cpus // gpus - 1))
-    reserve = max(1, cpus // 8)
-    threads = threads or max(1, min(4, cpus))
-    actors = actors or max(1, cpus // threads)
-    per_actor = max(0.5, min(float(threads), (cpus - reserve) / actors))
-    return ActorSizing(actors, per_actor, None, threads)
+        return ActorSizing(actors or gpus, 1.0, 1.0, threads or max(1, int(cpus) // gpus - 1))
+    threads = threads or 1
+    usable = max(0.5, cpus - max(READ_TASK_CPUS, cpus / 8))
+    actors = actors or max(1, math.ceil(usable / threads))
+    return ActorSizing(actors, usable / actors, None, threads)
 
 
 @contextmanager

@@ -143,7 +143,7 @@ class Encoder:
                 header=stream.header,
                 chunks=list(stream.chunks),
                 cum_bits=cumulative_bits(stream.header, stream.chunks),
-                step_crc32=chunk_crcs(stream.chunks),
+                crcs=chunk_crcs(stream.chunks),
                 checksum=row_checksum(stream.header, stream.chunks),
             )
 
