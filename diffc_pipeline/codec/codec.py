@@ -57,6 +57,7 @@ class DiffcCodec:
         self.fingerprint = hashlib.sha256(
             f"{self.config.fingerprint()}|{model.identity.sha256}|tables{TABLES_VERSION}".encode()
         ).hexdigest()
+        self.timings: dict[str, float] = {"network_s": 0.0, "channel_s": 0.0}  # of the last encode
 
     @property
     def num_steps(self) -> int:
@@ -80,17 +81,22 @@ class DiffcCodec:
         self, x: torch.Tensor, seeds: Sequence[int], capture: Sequence[int]
     ) -> tuple[list[EncodedImage], dict[int, torch.Tensor]]:
         _check_batch(x, seeds, self.model.channels)
+        self.timings = {"network_s": 0.0, "channel_s": 0.0}
         b, _, h, w = x.shape
         xp = self._pad(x.float())
         z = self._start(seeds, xp.shape[1:])
         writers = [StepWriter() for _ in range(b)]
         ends: list[list[int]] = [[] for _ in range(b)]
         kl_bits: list[list[float]] = [[] for _ in range(b)]
+        counts = [0] * b  # previous step's chunk count per image
         latents: dict[int, torch.Tensor] = {0: z.clone()} if 0 in capture else {}
         for k in range(1, self.num_steps + 1):
             lam_t = self._logsnrs[k - 1].expand(b)
             lam_s = self._logsnrs[k].expand(b)
+            t_net = time.perf_counter()
             x_hat = denoise(self.model, z, lam_t)
+            t_rcc = time.perf_counter()
+            self.timings["network_s"] += t_rcc - t_net
             c = step_coefficients(lam_t, lam_s)
             d = (c.c_x * (xp - x_hat) / c.std).numpy()
             u = np.empty_like(d)
@@ -100,11 +106,13 @@ class DiffcCodec:
                     u[i] = ideal_sample(d[i], seed, k).reshape(d[i].shape)
                     continue
                 count, indices, sample = rcc_encode(d[i], seed, k, self.config)
-                writers[i].write_count(count)
+                writers[i].write_count(count, counts[i])
+                counts[i] = count
                 writers[i].write_indices(indices, self.config.chunk_bits, self.config.candidate_log2)
                 ends[i].append((writers[i].bit_length() + 7) // 8)
                 u[i] = sample.reshape(d[i].shape)
             z = c.c_z * z + c.c_x * x_hat + c.std * torch.from_numpy(u)
+            self.timings["channel_s"] += time.perf_counter() - t_rcc
             if k in capture:
                 latents[k] = z.clone()
         streams = []
@@ -128,6 +136,16 @@ class DiffcCodec:
         flow_steps: int | None = None,
     ) -> torch.Tensor:
         """Decode each stream from its first ``steps`` chunks (all present by default) to ``uint8`` images."""
+        return float_to_uint8(self.decompress_float(streams, steps, method, flow_steps))
+
+    def decompress_float(
+        self,
+        streams: Sequence[EncodedImage],
+        steps: int | Sequence[int] | None = None,
+        method: str = "flow",
+        flow_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Like :meth:`decompress`, in the data scale (floats, unquantised)."""
         if method not in METHODS:
             raise InvalidInputError(f"unknown reconstruction method {method!r}; choose one of {', '.join(METHODS)}")
         counts = self._prefix_lengths(streams, steps)
@@ -135,7 +153,7 @@ class DiffcCodec:
         lam = self._logsnrs[torch.tensor(counts)]
         x = reconstruct(self.model, z, lam, method, flow_steps or self.config.flow_steps,
                         [s.seed for s in streams], self.logsnr_final)
-        return float_to_uint8(x[:, :, : streams[0].height, : streams[0].width])
+        return x[:, :, : streams[0].height, : streams[0].width]
 
     def _prefix_lengths(self, streams: Sequence[EncodedImage], steps: int | Sequence[int] | None) -> list[int]:
         if not streams:
@@ -178,6 +196,7 @@ class DiffcCodec:
         seeds = [s.seed for s in streams]
         z = self._start(seeds, shape)
         readers = [StepReader(b"".join(s.chunks[:k])) for s, k in zip(streams, counts, strict=True)]
+        previous = [0] * len(streams)
         latents: dict[int, torch.Tensor] = {0: z.clone()} if 0 in capture else {}
         for k in range(1, max(counts, default=0) + 1):
             active = [i for i, n in enumerate(counts) if n >= k]
@@ -188,7 +207,7 @@ class DiffcCodec:
             c = step_coefficients(lam_t, lam_s)
             u = np.empty((len(active), *shape), dtype=np.float32)
             for j, i in enumerate(active):
-                count = readers[i].read_count()
+                count = previous[i] = readers[i].read_count(previous[i])
                 indices = readers[i].read_indices(count, self.config.chunk_bits, self.config.candidate_log2)
                 readers[i].check_within(f"step {k}")
                 u[j] = rcc_decode(count, indices, u[j].size, seeds[i], k, self.config).reshape(shape)

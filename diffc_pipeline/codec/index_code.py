@@ -70,11 +70,18 @@ def _uniform_trees(bits: int):
 
 @cache
 def _count_trees():
-    # chunk counts: Elias-gamma-like, buckets 1..31 with a mild preference for small counts
-    p = np.array([0.0 + 1.0] + [2.0 ** (-0.15 * b) for b in range(1, MAX_COUNT_BUCKET + 1)])
-    p[0] = 1e-9  # bucket 0 (count 0) never occurs: every step has at least one chunk
+    # zig-zagged count changes: small changes are the rule
+    p = np.array([2.0 ** (-0.5 * b) for b in range(MAX_COUNT_BUCKET + 1)])
     enc = huffman.EncoderHuffmanTree(p)
     return enc, huffman.DecoderHuffmanTree(p), _codeword_lengths(enc, len(p))
+
+
+def _zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _unzigzag(v: int) -> int:
+    return v // 2 if v % 2 == 0 else -(v + 1) // 2
 
 
 class StepWriter:
@@ -89,10 +96,12 @@ class StepWriter:
         if b > 1:
             self._enc.encode_symbol(int(value) - (1 << (b - 1)), _uniform_trees(b - 1)[0])
 
-    def write_count(self, count: int) -> None:
-        if not 1 <= count < (1 << MAX_COUNT_BUCKET):
+    def write_count(self, count: int, previous: int) -> None:
+        """Code a step's chunk count as its change from the previous step's (zig-zag): counts drift slowly
+        along the schedule, so the change costs ~5 bits where the count itself would cost ~11."""
+        if not 1 <= count < (1 << (MAX_COUNT_BUCKET - 1)):
             raise ValueError(f"chunk count {count} out of range")
-        self._write_split(count, _count_trees()[0])
+        self._write_split(_zigzag(count - previous), _count_trees()[0])
 
     def write_indices(self, indices: np.ndarray, chunk_bits: int, candidate_log2: int) -> None:
         tree = _bucket_trees(chunk_bits, candidate_log2)[0]
@@ -116,14 +125,20 @@ class StepReader:
         self._consumed = 0
         self._dec = constriction.symbol.QueueDecoder(np.frombuffer(padded, dtype="<u4").copy())
 
+    def _symbol(self, tree) -> int:
+        try:
+            return int(self._dec.decode_symbol(tree))
+        except ValueError:  # constriction ran past the end of the data
+            raise StreamError(f"stream truncated: ran out of bits after {self._limit_bits} bits") from None
+
     def _read_split(self, trees, max_bucket: int) -> int:
-        b = int(self._dec.decode_symbol(trees[1]))
+        b = self._symbol(trees[1])
         if b > max_bucket:
             raise StreamError(f"corrupt stream: bucket {b} exceeds {max_bucket}")
         self._consumed += int(trees[2][b]) + max(0, b - 1)
         if b <= 1:
             return b
-        return (1 << (b - 1)) + int(self._dec.decode_symbol(_uniform_trees(b - 1)[1]))
+        return (1 << (b - 1)) + self._symbol(_uniform_trees(b - 1)[1])
 
     def check_within(self, what: str) -> None:
         """Raise if decoding ran past the bytes given: the stream was cut inside ``what``."""
@@ -136,8 +151,8 @@ class StepReader:
     def consumed_bits(self) -> int:
         return self._consumed
 
-    def read_count(self) -> int:
-        count = self._read_split(_count_trees(), MAX_COUNT_BUCKET)
+    def read_count(self, previous: int) -> int:
+        count = previous + _unzigzag(self._read_split(_count_trees(), MAX_COUNT_BUCKET))
         if count < 1:
             raise StreamError("corrupt stream: a step with no chunks")
         return count

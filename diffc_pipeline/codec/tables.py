@@ -1,6 +1,6 @@
 """Build the shipped bucket tables of the index code (see :mod:`.index_code`).
 
-The distribution of the PFR index depends on the chunk's KL only through the projection of the candidates
+The distribution of the chosen index (ordered random coding, see :mod:`.channel`) depends on the chunk's KL only through the projection of the candidates
 on the target direction, so a 1-D simulation reproduces it exactly. Chunk KLs are drawn around the budget
 (``ceil`` of the step KL over the budget gives chunks a little under it, and a random partition spreads
 them). The counts are stored as integers: both sides must build identical Huffman codes.
@@ -31,7 +31,8 @@ def simulate_indices(chunk_bits: int, candidate_log2: int, trials: int, seed: in
         k = min(block, trials - start)
         r = np.sqrt(2.0 * kl_nats[start : start + k])[:, None]
         u = rng.standard_normal((k, n))
-        log_t = np.log(np.cumsum(rng.exponential(size=(k, n)), axis=1))
+        spacings = rng.exponential(size=(k, n)) / np.arange(n, 0, -1)
+        log_t = np.log(np.cumsum(spacings, axis=1))  # sorted exponentials (ordered random coding), no sort
         out[start : start + k] = np.argmax(r * u - log_t, axis=1)
     return out
 

@@ -1,0 +1,226 @@
+"""The DiffC codec: round trips, progressive prefixes, stream errors, and the Gaussian theory of the paper."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from diffc_pipeline.codec import CodecConfig, DiffcCodec, EncodedImage, float_to_uint8
+from diffc_pipeline.codec.reconstruct import denoise, reconstruct
+from diffc_pipeline.errors import InvalidInputError, ModelMismatchError, StreamError
+from diffc_pipeline.models.gaussian import GaussianModel
+from diffc_pipeline.models.storage import load_unet_model, save_unet_model
+from diffc_pipeline.models.unet import UNet, UNetConfig
+
+SMALL = CodecConfig(num_steps=6, logsnr_start=-5.0, logsnr_end=3.0, flow_steps=4)
+
+
+def _images(b: int = 3, h: int = 12, w: int = 20, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # smooth-ish images: a random low-resolution field upsampled, plus a little noise
+    low = torch.rand(b, 3, 3, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    x = x + 0.05 * torch.randn(b, 3, h, w, generator=g)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def codec() -> DiffcCodec:
+    return DiffcCodec(GaussianModel.default(), SMALL)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_dir(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(widths=(16, 16), blocks_per_level=1, emb_dim=32, groups=8))
+    for p in net.parameters():  # an untrained but non-trivial network: its outputs depend on z and log-SNR
+        torch.nn.init.normal_(p, std=0.05)
+    directory = tmp_path_factory.mktemp("tiny-unet")
+    save_unet_model(directory, net, {"kind": "linear", "gamma_min": -13.3, "gamma_max": 5.0}, name="tiny")
+    return str(directory)
+
+
+def test_latents_bit_identical_at_every_step(codec: DiffcCodec) -> None:
+    x = _images()
+    seeds = [1, 2, 3]
+    steps = list(range(codec.num_steps + 1))
+    streams, enc = codec._encode(x.float() / 127.5 - 1, seeds, capture=steps)
+    _, dec = codec._decode_latents(streams, [codec.num_steps] * 3, capture=steps)
+    for k in steps:
+        assert torch.equal(enc[k], dec[k]), f"latent differs at step {k}"
+
+
+def test_progressive_prefixes_decode(codec: DiffcCodec) -> None:
+    x = _images()
+    seeds = [7, 8, 9]
+    streams, enc = codec._encode(x.float() / 127.5 - 1, seeds, capture=range(codec.num_steps + 1))
+    sizes = [s.prefix_bytes(k) for s in streams[:1] for k in range(codec.num_steps + 1)]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
+    for k in (0, 2, codec.num_steps):
+        truncated = [EncodedImage(header=s.header, chunks=s.chunks[:k]) for s in streams]
+        got = codec.decompress(truncated, method="denoise")
+        lam = codec._logsnrs[k].expand(3)
+        want = float_to_uint8(denoise(codec.model, enc[k], lam))[:, :, :12, :20]
+        assert torch.equal(got, want)
+    # more bits, better reconstruction
+    errors = [((codec.decompress(streams, steps=k, method="denoise").float() - x.float()) ** 2).mean()
+              for k in (1, 3, codec.num_steps)]
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_per_image_prefix_lengths(codec: DiffcCodec) -> None:
+    x = _images()
+    streams = codec.compress(x, [4, 5, 6])
+    mixed = codec.decompress(streams, steps=[1, 3, 6], method="flow")
+    for i, k in enumerate([1, 3, 6]):
+        alone = codec.decompress([streams[i]], steps=k, method="flow")
+        assert (mixed[i].int() - alone[0].int()).abs().max() <= 1
+
+
+def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path) -> None:
+    model = load_unet_model(tiny_unet_dir)
+    codec = DiffcCodec(model, SMALL)
+    x = _images(b=4, h=16, w=16, seed=3)
+    streams = codec.compress(x, [11, 12, 13, 14])
+    here = codec.decompress(streams, method="flow")
+    for i, s in enumerate(streams):
+        (tmp_path / f"{i}.dfc").write_bytes(s.to_bytes())
+    script = textwrap.dedent(f"""
+        import torch, sys
+        from diffc_pipeline.codec import DiffcCodec, CodecConfig, EncodedImage
+        from diffc_pipeline.models.storage import load_unet_model
+        codec = DiffcCodec(load_unet_model({tiny_unet_dir!r}), CodecConfig.from_dict({SMALL.to_dict()!r}))
+        out = [codec.decompress([EncodedImage.from_bytes(open(f"{tmp_path}/{{i}}.dfc", "rb").read())], method="flow")
+               for i in range(4)]
+        torch.save(torch.cat(out), "{tmp_path}/out.pt")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    there = torch.load(tmp_path / "out.pt", weights_only=True)
+
+    def psnr(a: torch.Tensor) -> float:
+        return 10 * math.log10(255**2 / float(((a.float() - x.float()) ** 2).mean()))
+
+    assert abs(psnr(here) - psnr(there)) < 0.05
+
+
+def test_real_bits_track_kl(codec: DiffcCodec) -> None:
+    streams = codec.compress(_images(b=2, h=32, w=32), [1, 2])
+    kl = sum(sum(s.step_kl_bits) for s in streams)
+    bits = 8 * sum(sum(len(c) for c in s.chunks) for s in streams)
+    assert kl > 500
+    assert 0.9 * kl < bits < 1.6 * kl
+
+
+def test_ideal_channel_charges_kl_and_cannot_be_decoded() -> None:
+    ideal = DiffcCodec(GaussianModel.default(), SMALL, channel="ideal")
+    streams = ideal.compress(_images(b=1), [5])
+    assert all(c == b"" for c in streams[0].chunks) and sum(streams[0].step_kl_bits) > 0
+    with pytest.raises(StreamError, match="ideal"):
+        ideal.decompress(streams)
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("images", "seeds", "message"),
+    [
+        (torch.zeros(1, 3, 8, 8), [1], "uint8"),
+        (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), [1], "shape"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), [1], "shape"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [1], "seeds"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), [-1], "64-bit"),
+    ],
+)
+def test_bad_images_rejected(codec: DiffcCodec, images, seeds, message) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        codec.compress(images, seeds)
+
+
+def test_nan_rejected(codec: DiffcCodec) -> None:
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="NaN"):
+        codec.compress_float(x, [1])
+
+
+def test_truncated_stream(codec: DiffcCodec) -> None:
+    s = codec.compress(_images(b=1, h=32, w=32), [3])[0]
+    cut = EncodedImage(header=s.header, chunks=[*s.chunks[:-1], s.chunks[-1][: len(s.chunks[-1]) // 2]])
+    with pytest.raises(StreamError, match="truncated"):
+        codec.decompress([cut])
+    with pytest.raises(StreamError, match="container"):
+        EncodedImage.from_bytes(s.to_bytes()[:-3])
+
+
+def test_corrupted_header_and_container(codec: DiffcCodec) -> None:
+    s = codec.compress(_images(b=1), [3])[0]
+    bad = bytearray(s.header)
+    bad[10] ^= 0xFF
+    with pytest.raises(StreamError, match="checksum"):
+        EncodedImage(header=bytes(bad), chunks=s.chunks)
+    blob = bytearray(s.to_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    with pytest.raises(StreamError, match="checksum"):
+        EncodedImage.from_bytes(bytes(blob))
+    with pytest.raises(StreamError, match="magic"):
+        EncodedImage.from_bytes(b"garbage" * 10)
+
+
+def test_other_model_or_config_refused(codec: DiffcCodec) -> None:
+    s = codec.compress(_images(b=1), [3])
+    other_model = DiffcCodec(GaussianModel.unit(), SMALL)
+    with pytest.raises(ModelMismatchError, match="model"):
+        other_model.decompress(s)
+    other_config = DiffcCodec(codec.model, CodecConfig(num_steps=7, logsnr_end=3.0))
+    with pytest.raises(ModelMismatchError, match="configuration"):
+        other_config.decompress(s)
+    with pytest.raises(StreamError, match="cannot decode 9 steps"):
+        codec.decompress(s, steps=9)
+    with pytest.raises(InvalidInputError, match="method"):
+        codec.decompress(s, method="magic")
+
+
+# ---- Gaussian theory (Theis et al. 2022) with the real channel ---------------------------------------------
+THEORY = CodecConfig(num_steps=48, logsnr_start=-5.0, logsnr_end=4.0, chunk_bits=8, candidate_log2=16)
+
+
+@pytest.fixture(scope="module")
+def gaussian_chain():
+    """Unit-variance Gaussian data sent to log-SNR 4 through the real channel."""
+    model = GaussianModel.unit()
+    codec = DiffcCodec(model, THEORY)
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    streams = codec.compress_float(x, [21, 22])
+    return model, codec, x, streams
+
+
+def test_gaussian_theory_distortions_with_real_channel(gaussian_chain) -> None:
+    model, codec, x, streams = gaussian_chain
+    s2 = 1.0 / (1.0 + math.exp(THEORY.logsnr_end))  # noise variance at the last step
+    d_a = float(((codec.decompress_float(streams, method="ancestral", flow_steps=100) - x) ** 2).mean())
+    d_f = float(((codec.decompress_float(streams, method="flow", flow_steps=60) - x) ** 2).mean())
+    assert d_a == pytest.approx(2 * s2, rel=0.05)
+    assert d_f == pytest.approx(2 * (1 - math.sqrt(1 - s2)), rel=0.05)
+    assert 10 * math.log10(d_a / d_f) >= 2.5  # DiffC-F gains ~3 dB over DiffC-A at high rate
+
+
+def test_gaussian_rate_close_to_kl(gaussian_chain) -> None:
+    _, codec, x, streams = gaussian_chain
+    kl = sum(sum(s.step_kl_bits) for s in streams)
+    bits = 8 * sum(sum(len(c) for c in s.chunks) for s in streams)
+    # discrete-time chain rate of exact sampling, sum_k 0.5 dSNR mmse_k, for unit-variance Gaussian data
+    lams = torch.tensor(THEORY.logsnrs())
+    snr = lams.exp()
+    exact = float((0.5 * (snr[1:] - snr[:-1]) / (1 + snr[:-1])).sum()) * x.numel() / math.log(2)
+    assert kl == pytest.approx(exact, rel=0.15)
+    assert bits < 1.5 * exact
+
+
+def test_reconstruct_rejects_bad_method(codec: DiffcCodec) -> None:
+    z = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(InvalidInputError):
+        reconstruct(codec.model, z, torch.zeros(1), "magic", 3, [1], 13.3)
