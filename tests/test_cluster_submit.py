@@ -243,10 +243,14 @@ def test_check_command_returns_the_command_path():
 # --------------------------------------------------------------------------------- a real Ray head
 
 
+TOKEN = "tok-123456" + "0" * 22
+
+
 @pytest.fixture(scope="module")
 def head():
-    """A real Ray head with the Jobs API, for this module only (about 10 s to start on 2 busy cores)."""
-    with LocalHead(num_cpus=2) as local:
+    """A real Ray head with the Jobs API and token authentication (Ray 2.60's default), for this module
+    only (about 10 s to start on 2 busy cores)."""
+    with LocalHead(num_cpus=2, auth_token=TOKEN) as local:
         print(f"\nLocalHead started in {local.start_seconds:.1f} s at {local.address}")
         yield local
 
@@ -267,7 +271,7 @@ def test_compress_job_end_to_end_and_resubmit_is_a_no_op(head, tmp_path):
             "--address", "auto")
     spec = sub.JobSpec(args=args, python=sys.executable)
     submission = sub.plan(spec, tick="2026-11-21")
-    client = sub.connect(head.address)
+    client = sub.connect(head.address, TOKEN)
     started = time.monotonic()
     details, created = sub.submit(client, submission)
     assert created and details.submission_id == submission.submission_id
@@ -296,16 +300,18 @@ def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
     imports per call.)"""
     args = ("--wait", "--tick", "t1", "--python", sys.executable,
             "compress", str(tmp_path / "missing"), str(tmp_path / "out"), "--model", "gaussian")
-    first = _cli(*args, env={"RAY_API_SERVER_ADDRESS": head.address})
+    env = {"RAY_API_SERVER_ADDRESS": head.address, "RAY_AUTH_TOKEN": TOKEN}
+    first = _cli(*args, env=env)
     assert first.exit_code == 2, first.output[-2000:]
     sid = first.stdout.splitlines()[0]
     assert sid.startswith("diffc-compress-t1-")
     # the job's own error line, streamed from its log (rich wraps it at 80 columns)
     assert f"error: input {tmp_path / 'missing'} does not exist" in " ".join(first.stdout.split())
     assert "submitted" in first.stderr
-    second = _cli(*args, env={"RAY_API_SERVER_ADDRESS": head.address})
+    second = _cli(*args, env=env)
     assert second.exit_code == 2 and second.stdout.splitlines()[0] == sid
     assert "already exists" in " ".join(second.stderr.split())
+    assert not _leaks(first.output + second.output)
 
 
 def test_unreachable_cluster_is_a_clear_error():
@@ -316,20 +322,17 @@ def test_unreachable_cluster_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_token_authenticated_cluster(tmp_path):
-    """Ray 2.60 turns token authentication on by default: without the token, or with a wrong one, the
-    error says so; with --token-file the job is submitted, and the token is never printed."""
-    token = "tok-123456" + "0" * 22
+def test_token_authentication(head, tmp_path):
+    """Without the token, or with a wrong one, the error says so; with --token-file the job is submitted,
+    and the token is never printed."""
     token_file = tmp_path / "token"
-    token_file.write_text(token + "\n")
-    with LocalHead(num_cpus=1, auth_token=token) as secured:
-        with pytest.raises(sub.SubmitError, match="requires a token"):
-            sub.connect(secured.address)
-        with pytest.raises(sub.SubmitError, match="rejected the token"):
-            sub.connect(secured.address, "wrong-" + token)
-        assert sub.connect(secured.address, sub.resolve_token(None, {"RAY_AUTH_TOKEN": token})).list_jobs() == []
-        result = _cli("--address", secured.address, "--token-file", str(token_file), "--tick", "t",
-                      "--python", sys.executable, "--", "--version")
-        assert result.exit_code == 0, result.output
-        assert "submitted" in result.stderr and result.stdout.startswith("diffc-version-t-")
-        assert token not in result.output
+    token_file.write_text(TOKEN + "\n")
+    with pytest.raises(sub.SubmitError, match="requires a token"):
+        sub.connect(head.address)
+    with pytest.raises(sub.SubmitError, match="rejected the token"):
+        sub.connect(head.address, "wrong-" + TOKEN)
+    result = _cli("--address", head.address, "--token-file", str(token_file), "--tick", "t",
+                  "--python", sys.executable, "--", "--version")
+    assert result.exit_code == 0, result.output
+    assert "submitted" in result.stderr and result.stdout.startswith("diffc-version-t-")
+    assert TOKEN not in result.output

@@ -114,7 +114,7 @@ class LocalHead:
             return ""
         return (self._temp_dir / "ray-start.log").read_bytes()[-n_bytes:].decode(errors="replace")
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         """Stop this head only: SIGTERM to its ``ray start``, then SIGKILL to whatever of its tree is left."""
         if self._proc is not None:
             # Workers put themselves in process groups of their own, so the tree is noted before it is cut.
