@@ -203,7 +203,8 @@ def write_html(directory: Path, showcase: Showcase, title: str) -> None:
             if not 1 / SHOWCASE_MAX_RATIO <= ratio <= SHOWCASE_MAX_RATIO:
                 lowest = min(e[0]["bpp"] for e in entries)
                 highest = max(e[0]["bpp"] for e in entries)
-                cells.append(f"<td class=na>not reached<br>(range {lowest:.2f}-{highest:.2f} bpp)</td>")
+                what = "below its lowest rate" if target < lowest else "no setting near this rate"
+                cells.append(f"<td class=na>{what}<br>(range {lowest:.2f}-{highest:.2f} bpp)</td>")
                 continue
             name = f"{variant}_{setting_of(rec)}.png"
             Image.fromarray(pixels).save(img_dir / name)
