@@ -62,7 +62,7 @@ def measure_channel(config: CodecConfig, repeats: int = 2) -> dict:
                 raise AssertionError("decoder regenerated a different sample")
             writer = StepWriter()
             writer.write_count(count, 0)
-            writer.write_indices(indices, config.chunk_bits, config.candidate_log2)
+            writer.write_indices(indices, config.chunk_bits, config.candidate_log2, config.target_gain)
             stats.coded_bits += writer.bit_length()
             stats.kl_bits += 0.5 * float(d.astype(np.float64) @ d) / LN2
             stats.steps += 1

@@ -17,6 +17,13 @@ A whole step carries hundreds to thousands of bits, far beyond any one-shot samp
    flip preserve the distribution), so each chunk's sample keeps PFR's guarantees, and scoring all chunks is
    one matrix product ``P @ [sign_g * d_g]`` plus a gather.
 
+4. **Target gain.** With finitely many candidates the selection undershoots: the chosen sample's projection
+   on ``d`` averages ~0.93 ``|d|`` (8-bit chunks, 2**14 candidates). The lag compounds along the chain, and the
+   last ``z`` carries ~18% excess noise, which the flow reconstruction turns into ~18% excess distortion. The
+   sender therefore scores candidates against ``target_gain * d``. The chunk count still comes from the true KL,
+   so the stream format is unchanged. Measured on Gaussian data, 48 steps to log-SNR 4: gain 1.15 brings
+   DiffC-A and DiffC-F within 2% of theory, where gain 1.0 gives +5% and +19%, for +0.5% of bits.
+
 The ``ideal`` channel draws ``u = d + e`` exactly and charges the KL; both channels share everything else.
 """
 
@@ -96,7 +103,8 @@ def rcc_encode(d: np.ndarray, seed: int, step: int, config: CodecConfig) -> tupl
     layout = step_layout(d.size, num_chunks_for(kl_bits, config), seed, step, config)
     pool = _pool(seed, step, config, layout.pool_width)
     n = pool.shape[0]
-    targets = np.where(layout.seg_mask, d[layout.seg_dims], 0.0).astype(np.float32) * layout.seg_sign
+    targets = np.where(layout.seg_mask, d[layout.seg_dims] * config.target_gain, 0.0) * layout.seg_sign
+    targets = targets.astype(np.float32)
     scores = torch.from_numpy(-np.log(ordered_arrivals(seed, step, layout.num_chunks, n)).astype(np.float32))
     pool_t = torch.from_numpy(pool).T.contiguous()  # (w, N)
     cand = torch.arange(n, dtype=torch.int64)

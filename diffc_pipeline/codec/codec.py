@@ -52,6 +52,7 @@ class DiffcCodec:
         self.config = config or CodecConfig()
         self.channel = channel
         self._logsnrs = torch.from_numpy(self.config.logsnrs())
+        self._code = (self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
         self._model_id = bytes.fromhex(model.identity.sha256[:6])
         self._config_id = bytes.fromhex(self.config.fingerprint()[:6])
         self.fingerprint = hashlib.sha256(
@@ -108,7 +109,7 @@ class DiffcCodec:
                 count, indices, sample = rcc_encode(d[i], seed, k, self.config)
                 writers[i].write_count(count, counts[i])
                 counts[i] = count
-                writers[i].write_indices(indices, self.config.chunk_bits, self.config.candidate_log2)
+                writers[i].write_indices(indices, *self._code)
                 ends[i].append((writers[i].bit_length() + 7) // 8)
                 u[i] = sample.reshape(d[i].shape)
             z = c.c_z * z + c.c_x * x_hat + c.std * torch.from_numpy(u)
@@ -208,7 +209,7 @@ class DiffcCodec:
             u = np.empty((len(active), *shape), dtype=np.float32)
             for j, i in enumerate(active):
                 count = previous[i] = readers[i].read_count(previous[i])
-                indices = readers[i].read_indices(count, self.config.chunk_bits, self.config.candidate_log2)
+                indices = readers[i].read_indices(count, *self._code)
                 readers[i].check_within(f"step {k}")
                 u[j] = rcc_decode(count, indices, u[j].size, seeds[i], k, self.config).reshape(shape)
             z[idx] = c.c_z * z[idx] + c.c_x * x_hat + c.std * torch.from_numpy(u)

@@ -23,16 +23,18 @@ class CodecConfig:
     """``num_steps`` coding steps, uniform in log-SNR from ``logsnr_start`` (pure noise) to ``logsnr_end``.
 
     ``chunk_bits``: KL budget per chunk; each step's dimensions are split into ``ceil(KL / chunk_bits)``
-    chunks, each simulated with ``2**candidate_log2`` PFR candidates. ``pool_width``: width of the shared
+    chunks, each simulated with ``2**candidate_log2`` candidates scored against ``target_gain * d`` (see
+    :mod:`.channel`). ``pool_width``: width of the shared
     candidate pool rows (see :mod:`.channel`). ``flow_steps``: ODE steps of DiffC-F / ancestral steps of
     DiffC-A reconstruction.
     """
 
-    num_steps: int = 16
+    num_steps: int = 40
     logsnr_start: float = -5.0
-    logsnr_end: float = 5.0
+    logsnr_end: float = 6.0
     chunk_bits: int = 8
-    candidate_log2: int = 12
+    candidate_log2: int = 14
+    target_gain: float = 1.15
     pool_width: int = 64
     flow_steps: int = 24
     spacing: str = "linear"
@@ -44,6 +46,8 @@ class CodecConfig:
             raise InvalidInputError("logsnr_end must be larger than logsnr_start (less noise at the end)")
         if not 1 <= self.chunk_bits <= self.candidate_log2 <= 24:
             raise InvalidInputError("need 1 <= chunk_bits <= candidate_log2 <= 24")
+        if not 1.0 <= self.target_gain <= 2.0:
+            raise InvalidInputError(f"target_gain must be in [1, 2], got {self.target_gain}")
         if self.spacing not in ("linear",):
             raise InvalidInputError(f"unknown step spacing {self.spacing!r}")
 

@@ -18,6 +18,7 @@ import constriction
 import numpy as np
 
 from ..errors import StreamError
+from .tables import table_key
 
 huffman = constriction.symbol.huffman
 MAX_COUNT_BUCKET = 31  # chunk counts up to 2**31 - 1
@@ -30,17 +31,13 @@ def _tables() -> dict[str, list[int]]:
     return json.loads(text)["tables"]
 
 
-def table_key(chunk_bits: int, candidate_log2: int) -> str:
-    return f"{chunk_bits},{candidate_log2}"
-
-
-def bucket_counts(chunk_bits: int, candidate_log2: int) -> np.ndarray:
-    key = table_key(chunk_bits, candidate_log2)
+def bucket_counts(chunk_bits: int, candidate_log2: int, gain: float) -> np.ndarray:
+    key = table_key(chunk_bits, candidate_log2, gain)
     table = _tables().get(key)
     if table is None:
         raise StreamError(
-            f"no index table for chunk_bits={chunk_bits}, candidate_log2={candidate_log2}; "
-            f"build it with `python -m diffc_pipeline.codec.tables {chunk_bits} {candidate_log2}`"
+            f"no index table for chunk_bits={chunk_bits}, candidate_log2={candidate_log2}, target_gain={gain}; "
+            f"build it with `python -m diffc_pipeline.codec.tables {chunk_bits} {candidate_log2} {gain}`"
         )
     return np.asarray(table, dtype=np.float64)
 
@@ -56,8 +53,8 @@ def _codeword_lengths(tree, n: int) -> np.ndarray:
 
 
 @cache
-def _bucket_trees(chunk_bits: int, candidate_log2: int):
-    p = bucket_counts(chunk_bits, candidate_log2)
+def _bucket_trees(chunk_bits: int, candidate_log2: int, gain: float):
+    p = bucket_counts(chunk_bits, candidate_log2, gain)
     enc = huffman.EncoderHuffmanTree(p)
     return enc, huffman.DecoderHuffmanTree(p), _codeword_lengths(enc, len(p))
 
@@ -103,8 +100,8 @@ class StepWriter:
             raise ValueError(f"chunk count {count} out of range")
         self._write_split(_zigzag(count - previous), _count_trees()[0])
 
-    def write_indices(self, indices: np.ndarray, chunk_bits: int, candidate_log2: int) -> None:
-        tree = _bucket_trees(chunk_bits, candidate_log2)[0]
+    def write_indices(self, indices: np.ndarray, chunk_bits: int, candidate_log2: int, gain: float) -> None:
+        tree = _bucket_trees(chunk_bits, candidate_log2, gain)[0]
         for n in indices.tolist():
             self._write_split(n, tree)
 
@@ -157,6 +154,6 @@ class StepReader:
             raise StreamError("corrupt stream: a step with no chunks")
         return count
 
-    def read_indices(self, n: int, chunk_bits: int, candidate_log2: int) -> np.ndarray:
-        trees = _bucket_trees(chunk_bits, candidate_log2)
+    def read_indices(self, n: int, chunk_bits: int, candidate_log2: int, gain: float) -> np.ndarray:
+        trees = _bucket_trees(chunk_bits, candidate_log2, gain)
         return np.array([self._read_split(trees, candidate_log2) for _ in range(n)], dtype=np.int64)

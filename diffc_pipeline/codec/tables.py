@@ -1,11 +1,13 @@
 """Build the shipped bucket tables of the index code (see :mod:`.index_code`).
 
-The distribution of the chosen index (ordered random coding, see :mod:`.channel`) depends on the chunk's KL only through the projection of the candidates
-on the target direction, so a 1-D simulation reproduces it exactly. Chunk KLs are drawn around the budget
-(``ceil`` of the step KL over the budget gives chunks a little under it, and a random partition spreads
-them). The counts are stored as integers: both sides must build identical Huffman codes.
+The distribution of the chosen index (ordered random coding, see :mod:`.channel`) depends on the chunk's KL
+only through the projection of the candidates on the target direction, so a 1-D simulation reproduces it
+exactly. Chunk KLs are drawn around the budget (``ceil`` of the step KL over the budget gives chunks a little
+under it, and a random partition spreads them), scaled by ``target_gain**2`` as the sender sees them.
+The counts are stored as integers: both sides must build identical Huffman codes.
 
-Run ``python -m diffc_pipeline.codec.tables C L [C L ...]`` to add tables; they change the stream format, so
+Run ``python -m diffc_pipeline.codec.tables C L GAIN [C L GAIN ...]`` to add tables; they change the stream
+format, so
 ``TABLES_VERSION`` (hashed into every stream) must be bumped when an existing table changes.
 """
 
@@ -21,10 +23,11 @@ TABLES_VERSION = 1
 OUT = Path(__file__).with_name("tables") / "index_buckets.json"
 
 
-def simulate_indices(chunk_bits: int, candidate_log2: int, trials: int, seed: int = 0) -> np.ndarray:
+def simulate_indices(chunk_bits: int, candidate_log2: int, gain: float, trials: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = 1 << candidate_log2
     kl_nats = chunk_bits * np.log(2.0) * np.clip(rng.lognormal(np.log(0.9), 0.3, trials), 0.05, 3.0)
+    kl_nats = kl_nats * gain**2  # the sender scores against gain * d
     out = np.empty(trials, dtype=np.int64)
     block = max(1, (1 << 22) // n)
     for start in range(0, trials, block):
@@ -37,8 +40,12 @@ def simulate_indices(chunk_bits: int, candidate_log2: int, trials: int, seed: in
     return out
 
 
-def bucket_table(chunk_bits: int, candidate_log2: int, trials: int = 20_000) -> list[int]:
-    idx = simulate_indices(chunk_bits, candidate_log2, trials)
+def table_key(chunk_bits: int, candidate_log2: int, gain: float) -> str:
+    return f"{chunk_bits},{candidate_log2},{gain:.2f}"
+
+
+def bucket_table(chunk_bits: int, candidate_log2: int, gain: float, trials: int = 20_000) -> list[int]:
+    idx = simulate_indices(chunk_bits, candidate_log2, gain, trials)
     buckets = np.array([int(i).bit_length() for i in idx])
     counts = np.bincount(buckets, minlength=candidate_log2 + 1)
     return (counts + 1).astype(int).tolist()  # add-one: every bucket stays codable
@@ -46,12 +53,11 @@ def bucket_table(chunk_bits: int, candidate_log2: int, trials: int = 20_000) -> 
 
 def main(argv: list[str]) -> None:
     data = json.loads(OUT.read_text()) if OUT.exists() else {"version": TABLES_VERSION, "tables": {}}
-    pairs = list(zip(argv[::2], argv[1::2], strict=True))
-    for c, log2n in pairs:
-        data["tables"][f"{int(c)},{int(log2n)}"] = bucket_table(int(c), int(log2n))
-        print(f"table {c},{log2n}: {data['tables'][f'{int(c)},{int(log2n)}']}")
-    data["version"] = TABLES_VERSION
-    OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    for c, log2n, gain in zip(argv[::3], argv[1::3], argv[2::3], strict=True):
+        key = table_key(int(c), int(log2n), float(gain))
+        data["tables"][key] = bucket_table(int(c), int(log2n), float(gain))
+        print(f"table {key}: {data['tables'][key]}", flush=True)
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
