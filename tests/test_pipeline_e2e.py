@@ -46,6 +46,18 @@ def _opts(inp: Path | str, out: Path | str, **kw) -> CompressOptions:
     return CompressOptions(input=str(inp), output=str(out), **(base | kw))
 
 
+class CountingProgress(JobProgress):
+    """Counts the batches the driver receives: the pipeline must stream them, not deliver one block."""
+
+    def __init__(self) -> None:
+        super().__init__("test", enabled=False)
+        self.batches = 0
+
+    def add(self, images: int, failures: int, bpp_sum: float) -> None:
+        self.batches += 1
+        super().add(images, failures, bpp_sum)
+
+
 @pytest.fixture(scope="module")
 def archive(ray_cluster, tmp_path_factory) -> dict:
     """5 good 16x16 images, one 24x16 image, 3 bad files -> an archive of 3 shards (9 rows)."""
@@ -53,14 +65,23 @@ def archive(ray_cluster, tmp_path_factory) -> dict:
     good = write_images(root / "in", 5)
     Image.fromarray(rgb(50, 24, 16)).save(root / "in" / "tall.png")
     bad = bad_files(root / "in")
-    summary = run_compress(_opts(root / "in", root / "arc"), QUIET)
-    return {"root": root, "arc": root / "arc", "good": [*good, "tall.png"], "bad": bad, "summary": summary}
+    progress = CountingProgress()
+    summary = run_compress(_opts(root / "in", root / "arc"), progress)
+    return {
+        "root": root,
+        "arc": root / "arc",
+        "good": [*good, "tall.png"],
+        "bad": bad,
+        "summary": summary,
+        "batches": progress.batches,
+    }
 
 
 def test_compress_writes_committed_shards_with_error_rows(archive):
     s = archive["summary"]
     assert (s.images, s.failures, s.shards_written, s.shards_skipped) == (9, 3, 3, 0)
     assert s.mean_bpp > 0 and s.bytes_written > 0
+    assert archive["batches"] >= 3  # 9 images in codec batches of 4 arrive as they are coded
     manifest = json.loads((archive["arc"] / MANIFEST_NAME).read_text())
     assert [m["shard"] for m in manifest["shards"]] == ["shard-000000", "shard-000001", "shard-000002"]
     assert manifest["model"]["name"] == "gaussian-rgb" and manifest["codec"]["num_steps"] == 2

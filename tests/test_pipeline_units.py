@@ -299,11 +299,12 @@ def test_where_filters_and_rejects_code():
 
 def test_actor_sizing_leaves_cpus_for_read_tasks():
     two = size_actors({"CPU": 2.0})
-    assert (two.actors, two.num_cpus, two.threads, two.num_gpus) == (2, 0.75, 1, None)
+    assert (two.actors, two.num_cpus, two.threads, two.num_gpus) == (2, 0.5, 1, None)
     big = size_actors({"CPU": 16.0})
-    assert big.actors == 14 and big.actors * big.num_cpus == 14
+    assert big.actors == 16 and big.actors * big.num_cpus == 14
     four_threads = size_actors({"CPU": 16.0}, threads=4)
     assert four_threads.actors == 4 and four_threads.num_cpus == 3.5
+    assert size_actors({"CPU": 1.0}).num_cpus == 0.0
     gpu = size_actors({"CPU": 8.0, "GPU": 2.0})
     assert (gpu.actors, gpu.num_gpus) == (2, 1.0)
 

@@ -171,15 +171,15 @@ def run_compress(opts: CompressOptions, progress: JobProgress, codec=None) -> Co
     discard_uncommitted(fs, root, set(job.committed))
     _sync_manifest(job)
     skipped = len(job.committed)
-    progress.start(sum(s.size for s in job.pending))
     if not job.pending:
-        progress.stop()
         return CompressSummary(0, 0, 0, float("nan"), 0.0, 0.0, 0, skipped, "none")
-    with ray_session(opts.address) as resources:
-        sizing = size_actors(resources, opts.threads, opts.actors)
-        dataset = _build_dataset(job, opts, sizing)
-        written = _drain(dataset, job, progress)
-    progress.stop()
+    progress.start(sum(s.size for s in job.pending))
+    try:
+        with ray_session(opts.address) as resources:
+            sizing = size_actors(resources, opts.threads, opts.actors)
+            written = _drain(_build_dataset(job, opts, sizing), job, progress)
+    finally:
+        progress.stop()
     t = progress.tally
     return CompressSummary(
         t.images,
@@ -210,6 +210,9 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
             batch_size=opts.batch_size,
         ),
     )
+    # One block per codec batch: Ray Data would otherwise merge a read task's output into one block (up to
+    # 128 MiB), hand it to a single actor and emit its results only at the end - no parallelism, no progress.
+    ds = ds.repartition(target_num_rows_per_block=opts.batch_size)
     return ds.map_batches(
         Encoder,
         batch_size=opts.batch_size,

@@ -260,12 +260,12 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     if selection.num_rows == 0:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     progress.start(selection.num_rows)
-    needed = pc.sum(selection.column("bits")).as_py() // 8
-    with ray_session(opts.address) as resources:
-        sizing = size_actors(resources, opts.threads, opts.actors)
-        ds = _build_dataset(archive, selection, opts, sizing)
-        bytes_read = _drain(ds, opts, progress)
-    progress.stop()
+    try:
+        with ray_session(opts.address) as resources:
+            sizing = size_actors(resources, opts.threads, opts.actors)
+            bytes_read, needed = _drain(_build_dataset(archive, selection, opts, sizing), opts, progress)
+    finally:
+        progress.stop()
     t = progress.tally
     return DecodeSummary(t.images, t.failures, skipped, t.mean_bpp, bytes_read, needed, t.wall_s, t.images_per_s)
 
@@ -281,6 +281,7 @@ def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, s
         num_cpus=READ_TASK_CPUS,
         fn_kwargs=dict(storage_options=opts.storage_options),
     )
+    ds = ds.repartition(target_num_rows_per_block=opts.batch_size)  # one block per decoder batch (see compress)
     ds = ds.map_batches(
         Decoder,
         batch_size=opts.batch_size,
@@ -308,13 +309,16 @@ def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, s
     return ds
 
 
-def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> int:
-    """Consume decoded rows: count progress, write Parquet parts when asked; returns payload bytes read."""
+def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int]:
+    """Consume decoded rows: count progress, write Parquet parts when asked.
+
+    Returns the bytes the read tasks fetched and the bytes of the prefixes decoded (header + chunks).
+    """
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     pending: list[pa.Table] = []
     part = 0
-    bytes_read = 0
+    bytes_read = bits = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         ok = pc.equal(batch.column("status"), STATUS_OK)
         progress.add(
@@ -323,6 +327,7 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> int:
             pc.sum(pc.if_else(ok, batch.column("bpp"), 0.0)).as_py() or 0.0,
         )
         bytes_read += pc.sum(batch.column("read_bytes")).as_py() or 0
+        bits += pc.sum(batch.column("bits")).as_py() or 0
         if opts.format == "parquet":
             pending.append(batch.drop_columns(["read_bytes"]))
             if sum(t.num_rows for t in pending) >= ROWS_PER_PART:
@@ -330,7 +335,7 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> int:
                 part, pending = part + 1, []
     if opts.format == "parquet" and pending:
         _write_part(fs, root, part, pending)
-    return bytes_read
+    return bytes_read, bits // 8
 
 
 def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:

@@ -1,9 +1,9 @@
 """Connect to Ray and size the model actor pool so that read and write tasks always keep a CPU.
 
 Ray's ``num_cpus`` is a scheduling budget, not a thread cap: an actor that asks for every CPU starves the
-read tasks and the dataset hangs (ray#44687). So the actors together ask for all CPUs but a reserve kept
-for the light read/decode/write tasks. On CPUs the default is one torch thread per actor and as many
-actors as CPUs: the codec's reverse-channel coding is single-threaded numpy (about 70% of encode time),
+read tasks and the dataset hangs (ray#44687). So the actors together ask for all CPUs but a reserve of at
+least one kept for the light read/decode/write tasks. On CPUs the default is one torch thread per actor
+and as many actors as CPUs: the codec's reverse-channel coding is single-threaded numpy (about 70% of encode time),
 so processes scale where threads do not, and torch threads spinning on a core that another process
 holds were measured here to slow a 2-core encode several-fold.
 """
@@ -11,7 +11,6 @@ holds were measured here to slow a 2-core encode several-fold.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,9 +38,11 @@ def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0) 
     if gpus:
         return ActorSizing(actors or gpus, 1.0, 1.0, threads or max(1, int(cpus) // gpus - 1))
     threads = threads or 1
-    usable = max(0.5, cpus - max(READ_TASK_CPUS, cpus / 8))
-    actors = actors or max(1, math.ceil(usable / threads))
-    return ActorSizing(actors, usable / actors, None, threads)
+    actors = actors or max(1, round(cpus / threads))
+    # Keep at least one whole CPU unclaimed: read/write tasks and Ray Data's own 1-CPU tasks (the
+    # block-size repartition) must always be schedulable, whatever the actors do.
+    reserve = max(1.0, cpus / 8)
+    return ActorSizing(actors, max(0.0, cpus - reserve) / actors, None, threads)
 
 
 @contextmanager
