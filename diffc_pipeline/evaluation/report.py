@@ -49,9 +49,12 @@ def curves(records: Sequence[dict]) -> dict[str, list[dict]]:
             **{k: float(np.mean([r[k] for r in rs])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")},
         }
         point["ms_ssim_db"] = float(np.mean([ms_ssim_db(r["ms_ssim"]) for r in rs]))
+        if rs[0].get("kl_bits") is not None:  # the KL of this stream's own trajectory: rate overhead vs KL
+            point["kl_bpp"] = float(np.mean([r["kl_bits"] / (r["height"] * r["width"]) for r in rs]))
         if rs[0].get("header_bytes") is not None:
             point["header_bytes"] = float(np.mean([r["header_bytes"] for r in rs]))
             point["header_bpp"] = float(np.mean([8 * r["header_bytes"] / (r["height"] * r["width"]) for r in rs]))
+            point["payload_over_kl"] = (point["bpp"] - point["header_bpp"]) / point["kl_bpp"]
         out[variant].append(point)
     return {v: sorted(ps, key=lambda p: p["bpp"]) for v, ps in sorted(out.items())}
 
@@ -269,13 +272,14 @@ def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: d
         "",
     ]
     lines += [
-        "| variant | setting | bpp | PSNR (dB) | MS-SSIM | enc s/img | dec s/img |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | setting | bpp | KL bpp | PSNR (dB) | MS-SSIM | enc s/img | dec s/img |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, points in curve_map.items():
         for p in points:
+            kl = f"{p['kl_bpp']:.3f}" if "kl_bpp" in p else ""
             lines.append(
-                f"| {variant} | {p['setting_name']} {p['setting']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+                f"| {variant} | {p['setting_name']} {p['setting']} | {p['bpp']:.3f} | {kl} | {p['psnr']:.2f} | "
                 f"{p['ms_ssim']:.4f} | {p['encode_s']:.4f} | {p['decode_s']:.4f} |"
             )
     if lowest:
