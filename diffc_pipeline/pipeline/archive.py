@@ -21,7 +21,7 @@ from ..errors import ArchiveError
 FORMAT_NAME = "diffc-archive"
 FORMAT_VERSION = 1
 METADATA_KEY = b"diffc.archive"
-ROW_GROUP_SIZE = 128  # small row groups: selecting a few images reads a few row groups, not whole shards
+ROW_GROUP_SIZE = 256  # selecting a few images reads a few row groups; more groups would grow the footer
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -121,8 +121,12 @@ def encoded_to_shard(rows: pa.Table, num_steps: int, metadata: dict) -> pa.Table
 
 def shard_to_parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    scalar = set(SCALAR_COLUMNS) | {"cum_bits", "checksum"}
-    compression = {name: ("zstd" if name in scalar else "none") for name in table.column_names}
+    scalar = {*SCALAR_COLUMNS, "cum_bits", "checksum"}
+    # Per-column options name Parquet leaf columns: a list column's leaf is "<name>.list.element".
+    compression = {
+        f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name: "zstd" if f.name in scalar else "none"
+        for f in table.schema
+    }
     pq.write_table(
         table,
         sink,

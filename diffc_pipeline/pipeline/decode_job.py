@@ -91,17 +91,19 @@ class DecodeSummary:
     failures: int
     skipped_error_rows: int
     mean_bpp: float
+    index_bytes_read: int  # bytes read on the driver to choose images and prefixes
     bytes_read: int  # payload bytes the read tasks fetched from shards
     bytes_needed: int  # header + chunk bytes of the chosen prefixes
     wall_s: float
     images_per_s: float
 
 
-def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int]:
-    """The index rows to decode, with a ``step`` column; and how many selected rows are error rows."""
+def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
+    """The index rows to decode with a ``step`` column, how many selected rows are error rows, and the bytes
+    read for the choice (``cum_bits`` only when choosing by bitrate)."""
     if (opts.bpp is None) == (opts.step is None):
         raise DecodeTargetError("give exactly one of --bpp and --step")
-    index = read_index(archive)
+    index, index_bytes = read_index(archive, with_bits=opts.bpp is not None)
     if opts.ids:
         index = index.filter(pc.is_in(index.column("id"), pa.array(opts.ids, pa.string())))
         missing = set(opts.ids) - set(index.column("id").to_pylist())
@@ -114,19 +116,16 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int]:
     ok = pc.equal(index.column("status"), STATUS_OK)
     errors = index.num_rows - pc.sum(ok).as_py() if index.num_rows else 0
     index = index.filter(ok)
-    k = archive.manifest.num_steps
     if opts.step is not None:
         if opts.step < 0:
             raise DecodeTargetError("--step must be >= 0")
-        steps = [min(opts.step, k)] * index.num_rows
+        steps = [min(opts.step, archive.manifest.num_steps)] * index.num_rows
     else:
         steps = [
             _steps_within(bits, h * w, opts.bpp)
             for bits, h, w in zip(*(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True)
         ]
-    bits = [b[k - 1] if k else 0 for b, k in zip(index.column("cum_bits").to_pylist(), steps, strict=True)]
-    index = index.append_column("step", pa.array(steps, pa.int32()))
-    return index.append_column("bits", pa.array(bits, pa.int64())), errors
+    return index.append_column("step", pa.array(steps, pa.int32())), errors, index_bytes
 
 
 def _steps_within(cum_bits: list[int], pixels: int, bpp: float) -> int:
@@ -149,7 +148,7 @@ def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
     units = []
     for shard in sorted(set(selection.column("shard").to_pylist())):
         rows = selection.filter(pc.equal(selection.column("shard"), shard))
-        rows = rows.select(["row", "id", "height", "width", "step", "bits"])
+        rows = rows.select(["row", "id", "height", "width", "step"])
         path = archive.fs.unstrip_protocol(archive.shard_path(shard))
         for i in range(0, rows.num_rows, ROWS_PER_READ):
             part = rows.slice(i, ROWS_PER_READ)
@@ -171,7 +170,8 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
                 "height": meta["height"],
                 "width": meta["width"],
                 "step": k,
-                "bits": meta["bits"] if k else 8 * len(row["header"] or b""),
+                "bits": 8
+                * (len(row["header"] or b"") + sum(len(row[chunk_column(j)] or b"") for j in range(1, k + 1))),
                 "header": row["header"],
                 "chunks": [row[chunk_column(j)] for j in range(1, k + 1)],
                 "crcs": [row[crc_column(j)] for j in range(1, k + 1)],
@@ -256,7 +256,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         archive.url,
         "decode it with --model naming the model it was made with",
     )
-    selection, skipped = select(archive, opts)
+    selection, skipped, index_bytes = select(archive, opts)
     if selection.num_rows == 0:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     progress.start(selection.num_rows)
@@ -267,7 +267,9 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     finally:
         progress.stop()
     t = progress.tally
-    return DecodeSummary(t.images, t.failures, skipped, t.mean_bpp, bytes_read, needed, t.wall_s, t.images_per_s)
+    return DecodeSummary(
+        t.images, t.failures, skipped, t.mean_bpp, index_bytes, bytes_read, needed, t.wall_s, t.images_per_s
+    )
 
 
 def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing):

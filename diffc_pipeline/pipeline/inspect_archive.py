@@ -18,7 +18,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     """A JSON-able summary: counts, bytes, bpp per step (mean and quantiles), model, schedule, errors."""
     archive = open_archive(url, storage_options)
     m = archive.manifest
-    index = read_index(archive)
+    index, _ = read_index(archive)
     ok = index.filter(pc.equal(index.column("status"), STATUS_OK))
     failed = index.filter(pc.not_equal(index.column("status"), STATUS_OK))
     per_step = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,23 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ArchiveError
-from .archive import FORMAT_VERSION, payload_columns, shard_metadata
+from .archive import FORMAT_VERSION, METADATA_KEY, payload_columns
 from .commit import committed_shards, data_path
 from .manifest import Manifest, read_manifest
 from .sources import open_fs, public_url
 
-INDEX_COLUMNS = [
-    "id",
-    "source_uri",
-    "source_size",
-    "height",
-    "width",
-    "channels",
-    "seed",
-    "status",
-    "error",
-    "cum_bits",
-]
+INDEX_COLUMNS = ["id", "source_uri", "source_size", "height", "width", "channels", "seed", "status", "error"]
 
 
 @dataclass
@@ -88,28 +78,33 @@ class CountingFile(io.RawIOBase):
         super().close()
 
 
-def read_index(archive: Archive, extra_columns: list[str] = ()) -> pa.Table:
-    """The index of every committed shard, plus ``shard`` (name) and ``row`` (row in the shard) columns."""
-    columns = list(dict.fromkeys([*INDEX_COLUMNS, *extra_columns]))
-    tables = []
+def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]:
+    """The index of every committed shard, plus ``shard`` (name) and ``row`` (row in the shard) columns.
+
+    ``with_bits`` adds ``cum_bits`` (needed to choose a prefix by bitrate, not for a fixed step). Returns
+    the table and the bytes read for it.
+    """
+    columns = [*INDEX_COLUMNS, "cum_bits"] if with_bits else INDEX_COLUMNS
+    tables, nbytes = [], 0
     for name in sorted(archive.shards):
-        with archive.fs.open(archive.shard_path(name), "rb") as f:
-            _check_shard(archive, name, f)
-            t = pq.read_table(f, columns=columns)
+        with archive.fs.open(archive.shard_path(name), "rb", cache_type="none") as raw, CountingFile(raw) as f:
+            metadata = read_footer(f)
+            _check_shard(archive, name, metadata)
+            t = pq.ParquetFile(f, metadata=metadata).read(columns=columns)
+            nbytes += f.bytes_read
         t = t.append_column("shard", pa.array([name] * t.num_rows, pa.string()))
         tables.append(t.append_column("row", pa.array(range(t.num_rows), pa.int64())))
     if not tables:
-        return pa.table({c: [] for c in [*columns, "shard", "row"]})
-    return pa.concat_tables(tables, promote_options="default")
+        return pa.table({c: [] for c in [*columns, "shard", "row"]}), nbytes
+    return pa.concat_tables(tables), nbytes
 
 
-def _check_shard(archive: Archive, name: str, f) -> None:
-    meta = shard_metadata(f)
+def _check_shard(archive: Archive, name: str, metadata: pq.FileMetaData) -> None:
+    meta = json.loads((metadata.metadata or {}).get(METADATA_KEY, b"{}"))
     if meta.get("format_version") != FORMAT_VERSION or meta.get("codec_fingerprint") != archive.manifest.codec.get(
         "fingerprint"
     ):
         raise ArchiveError(f"shard {name} of {archive.url} was written by another format or codec than its manifest")
-    f.seek(0)
 
 
 def read_footer(f) -> pq.FileMetaData:
