@@ -26,9 +26,7 @@ def inspect(
         typer.echo(json.dumps(info, indent=1))
         return
     model = info["model"]
-    console.print(
-        f"[bold]{info['archive']}[/bold]  format v{info['format_version']}, tool {info['tool_version']}"
-    )
+    console.print(f"[bold]{info['archive']}[/bold]  format v{info['format_version']}, tool {info['tool_version']}")
     console.print(
         f"model {model['name']}@{model['sha256'][:12]}  codec {info['codec']['fingerprint'][:12]}  "
         f"{info['codec']['config']}",
