@@ -47,7 +47,7 @@ def commit_shard(fs: fsspec.AbstractFileSystem, root: str, name: str, data: byte
 
 def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
     """``{shard name: marker}`` for every committed shard (markers are the source of truth)."""
-    fs.invalidate_cache(root)
+    fs.invalidate_cache(f"{root}/{MARKERS_DIR}")  # other processes may have committed since we listed
     try:
         paths = fs.glob(f"{root}/{MARKERS_DIR}/*{MARKER_SUFFIX}")
     except FileNotFoundError:
