@@ -40,8 +40,8 @@ class _BatchClock(JobProgress):
         super().add(images, failures, bpp_sum)
 
     def steady_rate(self) -> float | None:
-        """Images/s from the first batch to the last (None if everything arrived in one batch)."""
-        if len(self.arrivals) < 2:
+        """Images/s from the first batch to the last (None with under 4 batches: too few to tell)."""
+        if len(self.arrivals) < 4:
             return None
         (t_first, _), (t_last, _) = self.arrivals[0], self.arrivals[-1]
         return sum(n for _, n in self.arrivals[1:]) / (t_last - t_first)
