@@ -184,6 +184,7 @@ def decode_bytes(archive: str, out: str, model: str, step: int, storage_options:
     return {
         "step": step,
         "images": s.images,
+        "index_bytes_read": s.index_bytes_read,
         "bytes_read": s.bytes_read,
         "bytes_needed": s.bytes_needed,
         "read_over_needed": s.bytes_read / max(1, s.bytes_needed),
