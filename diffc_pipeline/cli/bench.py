@@ -31,7 +31,10 @@ def run_info() -> dict:
 @friendly_errors
 def rcc(
     model: str = typer.Option("builtin", help="Model for the speed part: builtin, gaussian or PATH."),
-    configs: str = typer.Option("8:12", help="Comma-separated chunk_bits:candidate_log2 pairs to compare."),
+    configs: str = typer.Option(
+        "8:14:1.15,8:14:1.0,8:12:1.25,8:12:1.0",
+        help="Comma-separated chunk_bits:candidate_log2:target_gain channel settings to compare (first = default).",
+    ),
     repeats: int = typer.Option(2, help="Seeds per profile step."),
     images: int = typer.Option(8, help="64x64 images in the speed measurement (one batch)."),
     data: str = typer.Option("", help="Parquet/image URL for the speed images (default: bundled samples)."),
@@ -43,13 +46,13 @@ def rcc(
     from ..models import load_model
     from ..samples import load_images
 
-    pairs = [tuple(int(v) for v in p.split(":")) for p in configs.split(",") if p]
     default = CodecConfig()
     curve = []
-    for c, log2n in pairs:
-        cfg = dataclasses.replace(default, chunk_bits=c, candidate_log2=log2n)
-        console.print(f"channel: chunk_bits={c} candidate_log2={log2n}")
-        curve.append(measure_channel(cfg, repeats))
+    for spec in filter(None, configs.split(",")):
+        c, log2n, gain = spec.split(":")
+        cfg = dataclasses.replace(default, chunk_bits=int(c), candidate_log2=int(log2n), target_gain=float(gain))
+        console.print(f"channel: chunk_bits={c} candidate_log2={log2n} target_gain={gain}")
+        curve.append({"target_gain": float(gain), **measure_channel(cfg, repeats)})
     m = load_model(model)
     x = load_images(data, images, size=64)
     speed = measure_codec_speed(m, default, x)

@@ -31,10 +31,10 @@ class CodecConfig:
 
     num_steps: int = 40
     logsnr_start: float = -5.0
-    logsnr_end: float = 6.0
+    logsnr_end: float = 4.5
     chunk_bits: int = 8
-    candidate_log2: int = 14
-    target_gain: float = 1.15
+    candidate_log2: int = 12
+    target_gain: float = 1.25
     pool_width: int = 64
     flow_steps: int = 24
     spacing: str = "linear"
