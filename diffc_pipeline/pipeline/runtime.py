@@ -56,6 +56,8 @@ def ray_session(address: str | None) -> Iterator[dict[str, float]]:
     from ray.data import DataContext
 
     started = False
+    # inside a Ray job the driver is told its cluster through RAY_ADDRESS; passing num_cpus there is refused
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         quiet = dict(log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         if address:
