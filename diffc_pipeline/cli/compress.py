@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ..errors import DiffcError
 from ..images import DEFAULT_MAX_PIXELS
-from ._common import EXIT_PARTIAL, console, friendly_errors
+from ._common import EXIT_FAILED, EXIT_PARTIAL, console, friendly_errors
 
+INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "deleted_examples")
 STORAGE_HELP = "fsspec storage option KEY=VALUE for INPUT and OUTPUT (repeatable; a.b=c nests). Never printed."
 
 
@@ -56,9 +57,24 @@ def compress(
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
     actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),
     limit: int = typer.Option(0, min=0, help="Only the first N images in plan order (0: all)."),
+    incremental: bool = typer.Option(
+        False,
+        "--incremental",
+        help="Compress only new or changed sources into new shards (a changed one gets a new version); "
+        "deletions are reported; the run is recorded in the manifest. Takes the archive lock.",
+    ),
+    wait_lock: float = typer.Option(0.0, min=0, help="--incremental: wait up to SECONDS for another run's lock."),
+    lock_timeout: float = typer.Option(
+        6 * 3600.0, min=0, help="--incremental: break a lock older than SECONDS (a run that died holding it)."
+    ),
 ) -> None:
-    """Compress a dataset into Parquet shards plus a manifest; rerun to resume."""
+    """Compress a dataset into Parquet shards plus a manifest; rerun to resume.
+
+    Exit codes: 0 ok, 3 some images failed (error rows), 1 the run failed (e.g. the archive is locked),
+    2 bad arguments or input.
+    """
     from ..pipeline.compress_job import CompressOptions, build_codec, prepare, run_compress
+    from ..pipeline.lock import ArchiveLockedError
     from ..pipeline.progress import JobProgress
     from ..pipeline.sources import parse_storage_options
 
@@ -79,6 +95,9 @@ def compress(
         threads=threads,
         actors=actors,
         limit=limit,
+        incremental=incremental,
+        wait_lock=wait_lock,
+        lock_timeout=lock_timeout,
     )
     built = build_codec(opts.model, opts.codec_config)
     if dry_run:
@@ -87,14 +106,32 @@ def compress(
         report["to_do"] = todo[:10] + ([f"... {len(todo) - 10} more"] if len(todo) > 10 else [])
         typer.echo(json.dumps(report, indent=1))
         return
-    summary = run_compress(opts, JobProgress("compress", console), codec=built)
+    try:
+        summary = run_compress(opts, JobProgress("compress", console), codec=built, say=_warn)
+    except ArchiveLockedError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    fields = dataclasses.asdict(summary)
+    if not incremental:
+        for key in INCREMENTAL_FIELDS:
+            fields.pop(key)
     table = Table(title="compress summary", show_header=False)
-    for key, value in dataclasses.asdict(summary).items():
+    for key, value in fields.items():
         table.add_row(key.replace("_", " "), format_value(value))
     console.print(table)
+    if summary.deleted:
+        console.print(
+            f"[yellow]{summary.deleted} archived source(s) are no longer listed (kept in the archive), e.g. "
+            f"{', '.join(summary.deleted_examples)}[/yellow]",
+            highlight=False,
+        )
     if summary.failures:
         console.print(f"[yellow]{summary.failures} image(s) failed; see the error column (diffc inspect)[/yellow]")
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]{message}[/yellow]", highlight=False)
 
 
 def format_value(value: object) -> str:

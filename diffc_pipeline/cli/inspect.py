@@ -33,7 +33,8 @@ def inspect(
         highlight=False,
     )
     console.print(
-        f"images {info['images']} of {info['planned_images']} planned, ok {info['ok']}, failures "
+        f"images {info['images']} ({info['rows']} rows with older versions, of {info['planned_images']} planned), "
+        f"ok {info['ok']}, failures "
         f"{info['failures']}; shards {info['shards']['committed']}/{info['shards']['planned']}; "
         f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"
     )
@@ -45,6 +46,15 @@ def inspect(
             *(f"{row[k]:.4f}" for k in ("mean_bpp", "p10", "p50", "p90")),
         )
     console.print(table)
+    if info["runs"]:
+        console.print("[bold]incremental runs[/bold] (oldest first)")
+    for r in info["runs"]:
+        counts = ", ".join(f"{k} {r.get(k)}" for k in ("new", "changed", "unchanged", "deleted", "failed"))
+        console.print(
+            f"run {r['run_id']} {r['started_at']} -> {r.get('finished_at') or '?'} {r['status']}: {counts}; "
+            f"tool {r.get('tool_version')}, model {r.get('model')}",
+            highlight=False,
+        )
     for message, count in info["top_errors"]:
         console.print(f"[yellow]{count} x[/yellow] {message}", highlight=False)
 

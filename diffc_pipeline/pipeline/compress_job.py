@@ -9,17 +9,21 @@ or an error row - so a shard is complete when its planned count of rows has arri
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import __version__
 from ..errors import ArchiveError
 from ..images import DEFAULT_MAX_PIXELS
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
 from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
+from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
+from .lock import LOCK_NAME, archive_lock
 from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
@@ -46,6 +50,9 @@ class CompressOptions:
     threads: int = 0  # torch threads per model actor (0: sized to the machine)
     actors: int = 0  # model actors (0: sized to the cluster)
     limit: int = 0  # only the first N inputs in plan order (0: all)
+    incremental: bool = False  # compress only new/changed sources into new shards, under the archive lock
+    wait_lock: float = 0.0  # seconds to wait for another run's lock
+    lock_timeout: float = 6 * 3600.0  # a lock older than this is stale and broken
 
 
 @dataclass
@@ -59,6 +66,8 @@ class PreparedJob:
     replaces_archive: bool  # --overwrite over an existing archive
     fs: fsspec.AbstractFileSystem
     root: str
+    delta: Delta | None = None  # incremental runs: how the listing compares with the archive
+    run: dict | None = None  # incremental runs: this run's record in the manifest's ``runs``
 
     def describe(self) -> dict:
         """The dry-run report."""
@@ -79,7 +88,18 @@ class PreparedJob:
             "codec_fingerprint": self.manifest.codec["fingerprint"][:12],
             "num_steps": self.manifest.num_steps,
             "overwrite": self.replaces_archive,
+            **(_delta_counts(self.delta) if self.delta else {}),
         }
+
+
+def _delta_counts(delta: Delta) -> dict:
+    return {
+        "new": delta.new,
+        "changed": delta.changed,
+        "unchanged": delta.unchanged,
+        "deleted": len(delta.deleted),
+        "deleted_examples": delta.deleted[:EXAMPLES],
+    }
 
 
 @dataclass
@@ -93,6 +113,12 @@ class CompressSummary:
     shards_written: int
     shards_skipped: int
     actors: str
+    run_id: str = ""  # incremental runs only, like the counts below
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    deleted_examples: list[str] = field(default_factory=list)
 
 
 def codec_description(codec) -> dict:
@@ -113,10 +139,9 @@ def build_codec(model_spec: str, overrides: dict, device: str = "cpu"):
     return DiffcCodec(model, CodecConfig.from_dict({**CodecConfig().to_dict(), **overrides}), channel="rcc")
 
 
-def prepare(opts: CompressOptions, codec) -> PreparedJob:
+def prepare(opts: CompressOptions, codec, run_id: str = "") -> PreparedJob:
     """List the input, cut shards, and check OUTPUT: refuse anything that would mix or lose records."""
     source = list_source(opts.input, opts.storage_options, opts.image_column, opts.id_column, opts.limit)
-    plan = make_plan(source, opts.shard_size, opts.seed)
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     where = public_url(opts.output)
@@ -130,14 +155,16 @@ def prepare(opts: CompressOptions, codec) -> PreparedJob:
         num_images=source.items.num_rows,
     )
     existing = read_manifest(fs, root)
+    if opts.incremental:
+        return _prepare_incremental(opts, source, manifest, existing, fs, root, run_id)
+    plan = make_plan(source, opts.shard_size, opts.seed)
     if existing is None:
-        if fs.exists(root) and fs.ls(root):
-            raise ArchiveError(
-                f"{where} is not empty and holds no diffc archive (no manifest.json); choose an empty or new OUTPUT"
-            )
+        _check_empty(fs, root, where)
         return PreparedJob(plan, manifest, {}, list(plan.shards), False, fs, root)
     if opts.overwrite:
         return PreparedJob(plan, manifest, committed_shards(fs, root), list(plan.shards), True, fs, root)
+    if existing.runs:
+        raise ArchiveError(f"{where} was written by incremental runs; add --incremental (or use --overwrite)")
     check_same_codec(
         existing,
         manifest.codec,
@@ -160,10 +187,97 @@ def prepare(opts: CompressOptions, codec) -> PreparedJob:
     return PreparedJob(plan, manifest, committed, pending, False, fs, root)
 
 
-def run_compress(opts: CompressOptions, progress: JobProgress, codec=None) -> CompressSummary:
-    """Run the whole job (or the part not committed yet); ``codec`` is built from ``opts`` when not given."""
+def _check_empty(fs: fsspec.AbstractFileSystem, root: str, where: str) -> None:
+    """A new archive goes into a new or empty folder (the lock of an incremental run aside)."""
+    if fs.exists(root) and [p for p in fs.ls(root, detail=False) if p.rstrip("/").rsplit("/", 1)[-1] != LOCK_NAME]:
+        raise ArchiveError(
+            f"{where} is not empty and holds no diffc archive (no manifest.json); choose an empty or new OUTPUT"
+        )
+
+
+def _prepare_incremental(
+    opts: CompressOptions,
+    source,
+    manifest: Manifest,
+    existing: Manifest | None,
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    run_id: str,
+) -> PreparedJob:
+    """Plan only the new and changed sources, into shards numbered after every committed one.
+
+    Committed shards are never rewritten: a changed source gets a new row in a new shard, which is its
+    latest version because shard names sort in commit order. The plan's input (URL, kind, columns) and
+    seed must match the archive's; the shard size may differ between runs.
+    """
+    where = public_url(opts.output)
+    if opts.overwrite:
+        raise ArchiveError("--incremental never rewrites committed shards; it cannot be combined with --overwrite")
+    committed: dict[str, dict] = {}
+    if existing is None:
+        _check_empty(fs, root, where)
+    else:
+        check_same_codec(existing, manifest.codec, manifest.model, where, "use the same --model and codec options")
+        theirs = {"input": existing.source, "seed": existing.seed}
+        mine = {"input": manifest.source, "seed": opts.seed}
+        if theirs != mine:
+            raise ArchiveError(f"{where} was made from {theirs}, this run is {mine}; use another OUTPUT")
+        manifest.created_at = existing.created_at
+        manifest.runs = existing.runs
+        for r in manifest.runs:  # we hold the lock: a run still marked running was killed
+            if r.get("status") == "running":
+                r["status"] = "interrupted"
+        committed = committed_shards(fs, root)
+    delta = compare(source.items, held_sources(fs, root, list(committed)))
+    first = 1 + max((int(name.rsplit("-", 1)[-1]) for name in committed), default=-1)
+    plan = make_plan(replace(source, items=delta.todo), opts.shard_size, opts.seed, first)
+    manifest.num_images = sum(m["rows"] for m in committed.values()) + delta.todo.num_rows
+    run = {
+        "run_id": run_id,
+        "started_at": now(),
+        "finished_at": None,
+        "status": "running",
+        **_delta_counts(delta),
+        "failed": 0,
+        "shards": [s.name for s in plan.shards],
+        "tool_version": __version__,
+        "model": f"{manifest.model['name']}@{manifest.model['sha256'][:12]}",
+        "codec_fingerprint": manifest.codec["fingerprint"][:12],
+    }
+    return PreparedJob(plan, manifest, committed, list(plan.shards), False, fs, root, delta, run)
+
+
+def run_compress(
+    opts: CompressOptions, progress: JobProgress, codec=None, say: Callable[[str], None] = print
+) -> CompressSummary:
+    """Run the whole job (or the part not committed yet); ``codec`` is built from ``opts`` when not given.
+
+    An incremental run holds the archive lock from before it compares the listing with the archive until
+    its run record is final, so two runs never plan the same shard names or interleave manifest writes.
+    """
     codec = codec or build_codec(opts.model, opts.codec_config)
-    job = prepare(opts, codec)
+    if not opts.incremental:
+        return _run(prepare(opts, codec), opts, progress)
+    fs, root = open_fs(opts.output, opts.storage_options)
+    run_id = new_run_id()
+    with archive_lock(fs, root.rstrip("/"), run_id, opts.wait_lock, opts.lock_timeout, say):
+        job = prepare(opts, codec, run_id)
+        job.manifest.runs.append(job.run)
+        try:
+            summary = _run(job, opts, progress)
+        except BaseException:
+            _finish_run(job, "failed", progress.tally.failures)
+            raise
+        _finish_run(job, "partial" if summary.failures else "ok", summary.failures)
+    return replace(summary, run_id=run_id, **_delta_counts(job.delta))
+
+
+def _finish_run(job: PreparedJob, status: str, failures: int) -> None:
+    job.run.update(status=status, failed=failures, finished_at=now())
+    _sync_manifest(job)
+
+
+def _run(job: PreparedJob, opts: CompressOptions, progress: JobProgress) -> CompressSummary:
     fs, root = job.fs, job.root
     if job.replaces_archive:
         remove_shards(fs, root)

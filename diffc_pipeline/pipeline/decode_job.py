@@ -21,6 +21,7 @@ from PIL import Image
 from ..errors import DiffcError
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .compress_job import build_codec, codec_description
+from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
@@ -104,6 +105,7 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     if (opts.bpp is None) == (opts.step is None):
         raise DecodeTargetError("give exactly one of --bpp and --step")
     index, index_bytes = read_index(archive, with_bits=opts.bpp is not None)
+    index = latest_rows(index)  # incremental archives hold older versions of changed sources
     if opts.ids:
         index = index.filter(pc.is_in(index.column("id"), pa.array(opts.ids, pa.string())))
         missing = set(opts.ids) - set(index.column("id").to_pylist())

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .archive import STATUS_OK
+from .incremental import latest_rows
 from .reader import open_archive, read_index
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -19,6 +20,8 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     archive = open_archive(url, storage_options)
     m = archive.manifest
     index, _ = read_index(archive)
+    rows = index.num_rows
+    index = latest_rows(index)  # counts and bpp describe the latest version of each image
     ok = index.filter(pc.equal(index.column("status"), STATUS_OK))
     failed = index.filter(pc.not_equal(index.column("status"), STATUS_OK))
     per_step = []
@@ -49,8 +52,10 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "codec": {"fingerprint": m.codec["fingerprint"], "config": m.codec["config"]},
         "schedule_logsnrs": m.codec["logsnrs"],
         "planned_images": m.num_images,
-        "shards": {"committed": len(archive.shards), "planned": -(-m.num_images // m.shard_size)},
+        "shards": {"committed": len(archive.shards), "planned": _planned_shards(m, archive.shards)},
         "images": index.num_rows,
+        "rows": rows,  # older versions included
+        "runs": m.runs,
         "ok": ok.num_rows,
         "failures": failed.num_rows,
         "file_bytes": sum(s.get("file_bytes", 0) for s in archive.shards.values()),
@@ -58,3 +63,10 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "bpp_per_step": per_step,
         "top_errors": errors.most_common(5),
     }
+
+
+def _planned_shards(m, committed: Mapping[str, dict]) -> int:
+    """Incremental archives plan shards run by run: the committed ones plus what the last run has left to do."""
+    if m.runs:
+        return len(committed) + sum(1 for name in m.runs[-1].get("shards", []) if name not in committed)
+    return -(-m.num_images // m.shard_size)

@@ -35,6 +35,7 @@ class Manifest:
     shard_size: int
     num_images: int
     shards: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)  # incremental runs, oldest first (see docs/format.md)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     tool_version: str = __version__

@@ -77,19 +77,26 @@ class Plan:
         return units
 
 
-def make_plan(source: Source, shard_size: int, seed: int) -> Plan:
+def make_plan(source: Source, shard_size: int, seed: int, first_index: int = 0) -> Plan:
+    """``first_index``: the index of the first shard (an incremental run continues after committed ones)."""
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
     items = source.items
     n = items.num_rows
     ids = items.column("id").to_pylist()
-    shard_of = [i // shard_size for i in range(n)]
+    shard_of = [first_index + i // shard_size for i in range(n)]
     items = items.append_column(pa.field("shard", pa.int32(), nullable=False), pa.array(shard_of, pa.int32()))
     items = items.append_column(
         pa.field("seed", pa.int64(), nullable=False), pa.array([image_seed(seed, i) for i in ids], pa.int64())
     )
     shards = [
-        ShardPlan(k, shard_name(k), start, min(start + shard_size, n), ids_digest(ids[start : start + shard_size]))
+        ShardPlan(
+            first_index + k,
+            shard_name(first_index + k),
+            start,
+            min(start + shard_size, n),
+            ids_digest(ids[start : start + shard_size]),
+        )
         for k, start in enumerate(range(0, n, shard_size))
     ]
     return Plan(source, shard_size, seed, items, shards)

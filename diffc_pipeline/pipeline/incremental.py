@@ -1,0 +1,78 @@
+"""Incremental runs: which listed images the archive already holds, unchanged, and which are new or changed.
+
+An archive grows by runs; each run only appends shards (never rewrites a committed one), with indices after
+the highest committed one. So shard names sort in commit order and the *latest version* of an image id is
+its row in the highest-named shard that holds it - no extra column is needed, and a plain Parquet reader can
+apply the same rule (see docs/format.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .commit import data_path
+
+SIGNATURE = ["source_uri", "source_size", "source_mtime", "source_etag"]  # "same source" = all equal
+EXAMPLES = 5  # names of deleted sources reported
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across hosts (random suffix)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def latest_rows(index: pa.Table) -> pa.Table:
+    """Keep, per id, the row of the highest-named shard (``index`` has ``id`` and ``shard`` columns)."""
+    if index.num_rows == 0:
+        return index
+    order = pc.sort_indices(index, sort_keys=[("id", "ascending"), ("shard", "descending")])
+    ids = index.column("id").take(order).to_pylist()
+    keep = [order[i].as_py() for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
+    return index.take(pa.array(sorted(keep)))
+
+
+def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) -> pa.Table:
+    """The latest version of each id held by the committed ``shards``: id, shard and the source signature."""
+    tables = []
+    for name in sorted(shards):
+        with fs.open(data_path(root, name), "rb") as f:
+            t = pq.read_table(f, columns=["id", *SIGNATURE])
+        tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
+    if not tables:
+        return pa.table({"id": pa.array([], pa.string()), "shard": pa.array([], pa.string())})
+    return latest_rows(pa.concat_tables(tables))
+
+
+@dataclass
+class Delta:
+    """How the listing compares with the archive."""
+
+    todo: pa.Table  # the listed items to compress (new or changed), in listing order
+    new: int
+    changed: int
+    unchanged: int
+    deleted: list[str]  # ids held whose source is no longer listed
+
+
+def compare(items: pa.Table, held: pa.Table) -> Delta:
+    """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed."""
+    known = {row["id"]: row for row in held.select(["id", *SIGNATURE]).to_pylist()} if held.num_rows else {}
+    keep, new, changed = [], 0, 0
+    for row in items.select(["id", *SIGNATURE]).to_pylist():
+        old = known.get(row["id"])
+        if old is None:
+            new += 1
+        elif any(old[k] != row[k] for k in SIGNATURE):
+            changed += 1
+        keep.append(old is None or any(old[k] != row[k] for k in SIGNATURE))
+    listed = set(items.column("id").to_pylist())
+    deleted = sorted(set(known) - listed)
+    todo = items.filter(pa.array(keep, pa.bool_())) if items.num_rows else items
+    return Delta(todo, new, changed, items.num_rows - new - changed, deleted)

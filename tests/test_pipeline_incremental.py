@@ -1,0 +1,150 @@
+"""Incremental archive runs through the CLI: only new/changed sources are coded, versions, runs, the lock.
+
+Like test_pipeline_e2e: the analytic Gaussian model, 2 coding steps, 16x16 images, the session Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pipeline_data.make import png_bytes, rgb, write_images
+from typer.testing import CliRunner
+
+from diffc_pipeline.cli import app
+from diffc_pipeline.pipeline.decode_job import DecodeOptions, select
+from diffc_pipeline.pipeline.inspect_archive import inspect_archive
+from diffc_pipeline.pipeline.lock import LOCK_NAME, archive_lock
+from diffc_pipeline.pipeline.reader import open_archive
+from diffc_pipeline.pipeline.sources import open_fs
+
+FAST = ["--model", "gaussian", "--steps", "2", "--shard-size", "3", "--batch-size", "4"]
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _compress(inp: Path, arc: Path, *extra: str):
+    return CliRunner().invoke(app, ["compress", str(inp), str(arc), "--incremental", *FAST, *extra])
+
+
+def _state(arc: Path) -> dict[str, bytes]:
+    """Every file of the archive with its bytes: what 'unchanged' means."""
+    return {str(p.relative_to(arc)): p.read_bytes() for p in sorted(arc.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster, tmp_path_factory) -> dict:
+    """Run 1 over 4 images; then modify one, add two plus a bad file, delete one; run 2; run 3 (no change)."""
+    root = tmp_path_factory.mktemp("incr")
+    inp, arc = root / "in", root / "arc"
+    write_images(inp, 4)
+    first = _compress(inp, arc)
+    (inp / "img001.png").write_bytes(png_bytes(rgb(101)))
+    future = time.time() + 60
+    os.utime(inp / "img001.png", (future, future))
+    (inp / "new0.png").write_bytes(png_bytes(rgb(200)))
+    (inp / "new1.png").write_bytes(png_bytes(rgb(201)))
+    (inp / "bad.png").write_bytes(b"not an image")
+    (inp / "img003.png").unlink()
+    second = _compress(inp, arc)
+    third = _compress(inp, arc)
+    return {"inp": inp, "arc": arc, "results": [first, second, third]}
+
+
+def test_runs_code_only_new_and_changed_sources(runs):
+    first, second, third = runs["results"]
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 3, second.output  # bad.png: an error row, a partial failure
+    assert third.exit_code == 0, third.output
+    manifest = json.loads((runs["arc"] / "manifest.json").read_text())
+    counts = [
+        {k: r[k] for k in ("new", "changed", "unchanged", "deleted", "failed", "status")} for r in manifest["runs"]
+    ]
+    assert counts == [
+        {"new": 4, "changed": 0, "unchanged": 0, "deleted": 0, "failed": 0, "status": "ok"},
+        {"new": 3, "changed": 1, "unchanged": 2, "deleted": 1, "failed": 1, "status": "partial"},
+        {"new": 0, "changed": 0, "unchanged": 6, "deleted": 1, "failed": 0, "status": "ok"},  # still gone
+    ]
+    assert [r["shards"] for r in manifest["runs"]] == [
+        ["shard-000000", "shard-000001"],
+        ["shard-000002", "shard-000003"],
+        [],
+    ]
+    assert all(r["finished_at"] and r["tool_version"] and r["model"].startswith("gaussian") for r in manifest["runs"])
+    assert len({r["run_id"] for r in manifest["runs"]}) == 3
+    assert not (runs["arc"] / LOCK_NAME).exists()  # released after each run
+
+
+def test_changed_source_gets_a_new_version_and_old_rows_stay(runs):
+    table = pq.read_table(runs["arc"] / "shards")
+    ids = table.column("id").to_pylist()
+    assert len(ids) == 4 + 4  # run 1: 4 rows; run 2: 3 new + 1 changed; run 3: none
+    assert ids.count("img001.png") == 2 and ids.count("img000.png") == 1
+    assert "img003.png" in ids  # a deletion at the source is reported, not propagated
+    mtimes = [r["source_mtime"] for r in table.select(["id", "source_mtime"]).to_pylist() if r["id"] == "img001.png"]
+    assert mtimes[0] < mtimes[1]  # shards in commit order: the older version first
+
+
+def test_decode_and_inspect_see_the_latest_version(runs):
+    archive = open_archive(str(runs["arc"]), {})
+    picked, _, _ = select(archive, DecodeOptions(archive=str(runs["arc"]), output="unused", step=2, ids=["img001.png"]))
+    assert picked.column("shard").to_pylist() == ["shard-000002"]  # the run-2 row, not shard-000000's
+    everything, errors, _ = select(archive, DecodeOptions(archive=str(runs["arc"]), output="unused", step=1))
+    assert sorted(everything.column("id").to_pylist()) == [
+        "img000.png",
+        "img001.png",
+        "img002.png",
+        "img003.png",
+        "new0.png",
+        "new1.png",
+    ]
+    assert errors == 1
+    info = inspect_archive(str(runs["arc"]), {})
+    assert (info["images"], info["rows"], info["failures"]) == (7, 8, 1)
+    assert info["shards"] == {"committed": 4, "planned": 4}
+    out = CliRunner().invoke(app, ["inspect", str(runs["arc"])])
+    assert out.exit_code == 0 and "incremental runs" in out.output
+    assert info["runs"][1]["run_id"][:10] in _flat(out.output)
+
+
+def test_deletion_is_reported(runs):
+    assert "img003.png" in _flat(runs["results"][1].output) and "no longer listed" in _flat(runs["results"][1].output)
+
+
+def test_plain_rerun_of_an_incremental_archive_is_refused(runs):
+    result = CliRunner().invoke(app, ["compress", str(runs["inp"]), str(runs["arc"]), *FAST])
+    assert result.exit_code == 2 and "--incremental" in _flat(result.output)
+
+
+def test_held_lock_fails_the_second_run_and_leaves_the_archive_alone(runs):
+    (runs["inp"] / "new2.png").write_bytes(png_bytes(rgb(202)))
+    before = _state(runs["arc"])
+    fs, root = open_fs(str(runs["arc"]), {})
+    with archive_lock(fs, root, "run-holding-it"):
+        result = _compress(runs["inp"], runs["arc"], "--wait-lock", "1")
+        held = _state(runs["arc"])
+    assert result.exit_code == 1, result.output
+    text = _flat(result.output)
+    assert "run-holding-it" in text and socket.gethostname() in text
+    assert {k: v for k, v in held.items() if k != LOCK_NAME} == before
+    assert _state(runs["arc"]) == before  # released by its holder
+    (runs["inp"] / "new2.png").unlink()
+
+
+def test_stale_lock_is_broken(runs):
+    stale = {"run_id": "crashed-run", "host": "gone", "time": time.time() - 3600}
+    (runs["arc"] / LOCK_NAME).write_text(json.dumps(stale))
+    refused = _compress(runs["inp"], runs["arc"])  # 1 h old is not stale under the 6 h default
+    assert refused.exit_code == 1 and "crashed-run" in _flat(refused.output)
+    result = _compress(runs["inp"], runs["arc"], "--lock-timeout", "60")
+    assert result.exit_code == 0, result.output
+    assert "stale lock" in _flat(result.output) and "crashed-run" in _flat(result.output)
+    assert not (runs["arc"] / LOCK_NAME).exists()
+    assert json.loads((runs["arc"] / "manifest.json").read_text())["runs"][-1]["unchanged"] == 6
