@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 from diffc_pipeline.cli import app
 from diffc_pipeline.pipeline.decode_job import DecodeOptions, select
 from diffc_pipeline.pipeline.inspect_archive import inspect_archive
-from diffc_pipeline.pipeline.lock import LOCK_NAME, archive_lock
+from diffc_pipeline.pipeline.lock import LOCK_NAME, ArchiveLockedError, archive_lock
 from diffc_pipeline.pipeline.reader import open_archive
 from diffc_pipeline.pipeline.sources import open_fs
 
@@ -148,3 +149,76 @@ def test_stale_lock_is_broken(runs):
     assert "stale lock" in _flat(result.output) and "crashed-run" in _flat(result.output)
     assert not (runs["arc"] / LOCK_NAME).exists()
     assert json.loads((runs["arc"] / "manifest.json").read_text())["runs"][-1]["unchanged"] == 6
+
+
+def test_a_killed_run_is_marked_interrupted(runs):
+    path = runs["arc"] / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["runs"][-1]["status"] = "running"  # as a run killed before its end leaves it
+    path.write_text(json.dumps(manifest))
+    assert _compress(runs["inp"], runs["arc"]).exit_code == 0
+    statuses = [r["status"] for r in json.loads(path.read_text())["runs"]]
+    assert statuses[-2:] == ["interrupted", "ok"]
+
+
+def test_dry_run_reports_the_delta_without_writing(runs):
+    (runs["inp"] / "new3.png").write_bytes(png_bytes(rgb(203)))
+    before = _state(runs["arc"])
+    result = CliRunner().invoke(
+        app, ["compress", str(runs["inp"]), str(runs["arc"]), "--incremental", "--dry-run", *FAST]
+    )
+    (runs["inp"] / "new3.png").unlink()
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["new"], report["changed"], report["unchanged"], report["deleted"]) == (1, 0, 6, 1)
+    assert report["to_do"] == ["shard-000004"] and report["deleted_examples"] == ["img003.png"]
+    assert _state(runs["arc"]) == before
+
+
+@pytest.fixture(scope="module")
+def s3_fs():
+    """A moto S3 server on 127.0.0.1 (as in test_pipeline_s3): exclusive create must hold there too."""
+    s3fs = pytest.importorskip("s3fs")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    creds = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **creds).create_bucket(Bucket="bucket")
+    yield s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+    server.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_lock_excludes_concurrent_holders(where, tmp_path, request):
+    """Threads racing for one archive's lock: never two holders at once, every one gets it in turn."""
+    if where == "s3":
+        fs, root = request.getfixturevalue("s3_fs"), f"bucket/{tmp_path.name}"
+    else:
+        fs, root = open_fs(str(tmp_path / "arc"), {})
+    inside, turns, overlaps = [], [], []
+
+    def worker(name: str) -> None:
+        for i in range(2):
+            with archive_lock(fs, root, f"{name}-{i}", wait_s=60):
+                inside.append(name)
+                if len(inside) > 1:
+                    overlaps.append(list(inside))
+                time.sleep(0.05)
+                turns.append(name)
+                inside.remove(name)
+
+    threads = [threading.Thread(target=worker, args=(f"t{k}",)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps and sorted(turns) == ["t0", "t0", "t1", "t1", "t2", "t2"]
+    with archive_lock(fs, root, "holder", wait_s=60):
+        second = archive_lock(fs, root, "second")
+        with pytest.raises(ArchiveLockedError, match="run holder on host"):
+            second.__enter__()
+    assert not fs.exists(f"{root}/{LOCK_NAME}")
