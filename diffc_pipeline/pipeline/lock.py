@@ -3,7 +3,8 @@
 Exclusive create (``open(path, "xb")``) is put-if-absent on local disk and on S3 (s3fs sends
 ``If-None-Match``; see the field notes), so two runs cannot both hold it. A scheduler without an overlap
 policy (RayCronJob) can therefore start runs freely: the second fails with the holder's name, or waits.
-The name starts with an underscore so Parquet readers of the archive skip it.
+The name starts with an underscore so Parquet readers of the archive skip it. There is no heartbeat: a
+run longer than the stale timeout would have its lock broken, so the timeout must exceed the longest run.
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def archive_lock(
             continue
         age = time.time() - float(theirs.get("time", 0))
         if age > stale_s:
-            say(f"breaking a stale lock of {_describe(theirs)} ({age / 3600:.1f} h old, over --lock-timeout)")
-            fs.rm_file(path)
+            # Not atomic (no conditional delete): re-reading first narrows the window in which two runs
+            # breaking the same stale lock could remove each other's new one. Rare: only after stale_s.
+            if _read(fs, path) == theirs:
+                say(f"breaking a stale lock of {_describe(theirs)} ({age / 3600:.1f} h old, over --lock-timeout)")
+                fs.rm_file(path)
             continue
         if time.monotonic() >= deadline:
             raise ArchiveLockedError(
-                f"{path} is held by {_describe(theirs)} since {age:.0f} s; another run is writing this archive "
+                f"{path} is held by {_describe(theirs)} for {age:.0f} s; another run is writing this archive "
                 "(wait with --wait-lock SECONDS; a lock older than --lock-timeout is broken)"
             )
         time.sleep(POLL_S)
