@@ -32,7 +32,15 @@ def ray_cluster():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for attempt in range(3):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception:
+            # Ray gives its raylet a fixed 30 s to register; on a busy 2-core machine that can run out
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
