@@ -1,2 +1,3 @@
 """DiffC: lossy compression with Gaussian diffusion, at dataset scale."""
+
 __version__ = "0.1.0"

@@ -35,8 +35,9 @@ def demo(
         CompressOptions(input=str(SAMPLES_DIR), output=str(archive), model=model, shard_size=4, batch_size=4),
         JobProgress("compress", console),
     )
-    console.print(f"{summary.images} images, {summary.failures} failed, mean {summary.mean_bpp:.3f} bpp, "
-                  f"{summary.wall_s:.1f} s")
+    console.print(
+        f"{summary.images} images, {summary.failures} failed, mean {summary.mean_bpp:.3f} bpp, {summary.wall_s:.1f} s"
+    )
     k = CodecConfig().num_steps
     prefixes = [int(s) for s in steps.split(",")] if steps else [max(1, k // 4), k]
     rows = pq.read_table(str(archive / "shards"), columns=["id", "status", "height", "width", "cum_bits"])
@@ -48,11 +49,18 @@ def demo(
     results: dict[int, dict[str, float]] = {}
     for p in prefixes:
         target = out / f"decoded-step{p:02d}"
-        run_decode(DecodeOptions(archive=str(archive), output=str(target), step=p, model=model),
-                   JobProgress(f"decode step {p}", console))
-        results[p] = {row["id"]: _psnr(decode_image((SAMPLES_DIR / row["id"]).read_bytes()),
-                                       decode_image((target / output_name(row["id"])).read_bytes()))
-                      for row in rows.to_pylist() if row["status"] == "ok"}
+        run_decode(
+            DecodeOptions(archive=str(archive), output=str(target), step=p, model=model),
+            JobProgress(f"decode step {p}", console),
+        )
+        results[p] = {
+            row["id"]: _psnr(
+                decode_image((SAMPLES_DIR / row["id"]).read_bytes()),
+                decode_image((target / output_name(row["id"])).read_bytes()),
+            )
+            for row in rows.to_pylist()
+            if row["status"] == "ok"
+        }
     for row in rows.to_pylist():
         if row["status"] != "ok":
             table.add_row(row["id"], *["error"] * (2 * len(prefixes)))

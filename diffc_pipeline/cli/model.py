@@ -40,9 +40,7 @@ def _model_info(model, spec: str) -> dict:
         "params": count_parameters(model),
         "channels": model.channels,
         "pad_multiple": model.pad_multiple,
-        "schedule": to_dict()
-        if to_dict
-        else {"gamma_min": schedule.gamma_min, "gamma_max": schedule.gamma_max},
+        "schedule": to_dict() if to_dict else {"gamma_min": schedule.gamma_min, "gamma_max": schedule.gamma_max},
     }
     if hasattr(model, "prediction_type"):
         info["prediction_type"] = model.prediction_type
@@ -52,14 +50,10 @@ def _model_info(model, spec: str) -> dict:
 @model_app.command("eval")
 @friendly_errors
 def eval_(
-    data: str = typer.Option(
-        ..., help="fsspec URL of held-out images: a Parquet dataset or an image folder."
-    ),
+    data: str = typer.Option(..., help="fsspec URL of held-out images: a Parquet dataset or an image folder."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     limit: int = typer.Option(1000, help="Evaluate the first N images (0: all)."),
-    steps: list[int] = typer.Option(
-        [16, 64, 256], help="Discrete schedule(s) of K uniform steps; repeatable."
-    ),
+    steps: list[int] = typer.Option([16, 64, 256], help="Discrete schedule(s) of K uniform steps; repeatable."),
     t_samples: int = typer.Option(8, help="Noise levels per image for each Monte-Carlo estimate."),
     grid: int = typer.Option(17, help="Points of the bits/dim-versus-t curve (0: skip it)."),
     codec_schedule: list[str] = typer.Option(
@@ -96,9 +90,7 @@ def eval_(
         TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         task = progress.add_task("eval", total=len(images))
-        result = evaluate(
-            net, images, config, _model_info(net, model), on_batch=lambda n: progress.advance(task, n)
-        )
+        result = evaluate(net, images, config, _model_info(net, model), on_batch=lambda n: progress.advance(task, n))
     _print_result(result)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +153,13 @@ def _print_result(result) -> None:
         for row in result.codec:
             err = f"{row['stderr_bpd']:.4f}" if row["stderr_bpd"] is not None else "-"
             psnr = f"{row['psnr_denoised_db']:.2f}" if row["psnr_denoised_db"] is not None else "inf"
-            codec.add_row(f"{row['logsnr_start']:g}:{row['logsnr_end']:g}:{row['steps']}", f"{row['bpd']:.4f}",
-                          f"{row['bpp']:.4f}", err, psnr)
+            codec.add_row(
+                f"{row['logsnr_start']:g}:{row['logsnr_end']:g}:{row['steps']}",
+                f"{row['bpd']:.4f}",
+                f"{row['bpp']:.4f}",
+                err,
+                psnr,
+            )
         console.print(codec)
     console.print(f"{result.seconds:.1f} s")
 

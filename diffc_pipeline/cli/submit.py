@@ -17,16 +17,18 @@ import typer
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors
 
 # Typer keeps single newlines of help text, so each paragraph is one string.
-_HELP = "\n\n".join([
-    "Run a diffc command on a Ray cluster through the Ray Jobs API.",
-    "Options of `submit` go before the command; everything from the command on is the command's own:",
-    "  diffc submit --address http://HEAD:8265 --wait compress s3://in/ s3://archive/",
-    "  diffc submit --config jobs/nightly_archive.yaml --tick 2026-11-21 --wait",
-    "The submission id is derived from the command and --tick (default: today's UTC date), so submitting "
-    "the same tick twice finds the first job instead of starting another.",
-    "With --wait the exit code is the job's: 0 succeeded, 3 finished with failed records, 2 bad arguments, "
-    "1 failed.",
-])
+_HELP = "\n\n".join(
+    [
+        "Run a diffc command on a Ray cluster through the Ray Jobs API.",
+        "Options of `submit` go before the command; everything from the command on is the command's own:",
+        "  diffc submit --address http://HEAD:8265 --wait compress s3://in/ s3://archive/",
+        "  diffc submit --config jobs/nightly_archive.yaml --tick 2026-11-21 --wait",
+        "The submission id is derived from the command and --tick (default: today's UTC date), so submitting "
+        "the same tick twice finds the first job instead of starting another.",
+        "With --wait the exit code is the job's: 0 succeeded, 3 finished with failed records, 2 bad arguments, "
+        "1 failed.",
+    ]
+)
 
 
 def _job_exit_code(details) -> int:
@@ -65,12 +67,8 @@ def _build_spec(
         runtime_env = sub.merge_runtime_env(runtime_env, sub.load_mapping(runtime_env_file, "runtime env"))
     if env:
         runtime_env = sub.merge_runtime_env(runtime_env, {"env_vars": sub.forward_env(env)})
-    overrides = {
-        "name": name, "python": python, "entrypoint_num_cpus": num_cpus, "entrypoint_num_gpus": num_gpus
-    }
-    return dataclasses.replace(
-        spec, runtime_env=runtime_env, **{k: v for k, v in overrides.items() if v is not None}
-    )
+    overrides = {"name": name, "python": python, "entrypoint_num_cpus": num_cpus, "entrypoint_num_gpus": num_gpus}
+    return dataclasses.replace(spec, runtime_env=runtime_env, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def check_command(args: Sequence[str], misplaced_options: Collection[str] = ()) -> list[str]:
@@ -159,9 +157,7 @@ def submit(
 ) -> None:
     from ..cluster import submit as sub
 
-    spec = _build_spec(
-        command or [], config, name, python, runtime_env, env, entrypoint_num_cpus, entrypoint_num_gpus
-    )
+    spec = _build_spec(command or [], config, name, python, runtime_env, env, entrypoint_num_cpus, entrypoint_num_gpus)
     if validate:
         _validate(ctx, spec.args)
     submission = sub.plan(spec, tick)

@@ -44,9 +44,14 @@ def train(
     n_params = sum(p.numel() for p in trainer.net.parameters())
     console.print(f"U-Net with {n_params / 1e6:.2f}M parameters")
     with Progress(
-        TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.fields[step]}"),
-        TextColumn("loss {task.fields[loss]:.4f} bpd"), TextColumn("{task.fields[ips]:.1f} img/s"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.fields[step]}"),
+        TextColumn("loss {task.fields[loss]:.4f} bpd"),
+        TextColumn("{task.fields[ips]:.1f} img/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         task = progress.add_task("train", total=minutes * 60, step=trainer.state.step, loss=float("nan"), ips=0.0)
 

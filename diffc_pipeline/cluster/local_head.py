@@ -64,12 +64,21 @@ class LocalHead:
         self.address = f"http://127.0.0.1:{dashboard_port}"
         ray_exe = Path(sys.executable).with_name("ray")
         cmd = [
-            str(ray_exe) if ray_exe.exists() else "ray", "start", "--head", "--block",
-            "--port=0", "--node-ip-address=127.0.0.1",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+            str(ray_exe) if ray_exe.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            "--port=0",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}",
-            f"--num-cpus={self.num_cpus}", "--num-gpus=0", f"--object-store-memory={self.object_store_bytes}",
-            f"--temp-dir={self._temp_dir}", "--disable-usage-stats",
+            f"--num-cpus={self.num_cpus}",
+            "--num-gpus=0",
+            f"--object-store-memory={self.object_store_bytes}",
+            f"--temp-dir={self._temp_dir}",
+            "--disable-usage-stats",
         ]
         dropped = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
         env = {k: v for k, v in os.environ.items() if k not in dropped}
@@ -80,9 +89,7 @@ class LocalHead:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self._log = open(self._temp_dir / "ray-start.log", "wb")  # noqa: SIM115 (closed in stop())
         started = time.monotonic()
-        self._proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             self._wait_ready(started + timeout_s)
         except BaseException:

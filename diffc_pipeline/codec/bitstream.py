@@ -39,8 +39,16 @@ class Header:
     def pack(self) -> bytes:
         if not (0 < self.height < 65536 and 0 < self.width < 65536):
             raise StreamError(f"image size {self.height}x{self.width} does not fit the stream header")
-        body = _HEADER.pack(MAGIC, STREAM_VERSION, FLAG_IDEAL if self.ideal else 0, self.model_id,
-                            self.config_id, self.height, self.width, self.seed & (2**64 - 1))
+        body = _HEADER.pack(
+            MAGIC,
+            STREAM_VERSION,
+            FLAG_IDEAL if self.ideal else 0,
+            self.model_id,
+            self.config_id,
+            self.height,
+            self.width,
+            self.seed & (2**64 - 1),
+        )
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod

@@ -152,8 +152,15 @@ class DiffcCodec:
         counts = self._prefix_lengths(streams, steps)
         z = self._decode_latents(streams, counts, capture=())[0]
         lam = self._logsnrs[torch.tensor(counts)]
-        x = reconstruct(self.model, z, lam, method, flow_steps or self.config.flow_steps,
-                        [s.seed for s in streams], self.logsnr_final)
+        x = reconstruct(
+            self.model,
+            z,
+            lam,
+            method,
+            flow_steps or self.config.flow_steps,
+            [s.seed for s in streams],
+            self.logsnr_final,
+        )
         return x[:, :, : streams[0].height, : streams[0].width]
 
     def _prefix_lengths(self, streams: Sequence[EncodedImage], steps: int | Sequence[int] | None) -> list[int]:
@@ -186,8 +193,10 @@ class DiffcCodec:
             raise InvalidInputError(f"{len(counts)} step counts for {len(streams)} streams")
         for s, k in zip(streams, counts, strict=True):
             if not 0 <= k <= len(s.chunks) or k > self.num_steps:
-                raise StreamError(f"cannot decode {k} steps from a stream holding {len(s.chunks)} chunks "
-                                  f"(codec has {self.num_steps} steps)")
+                raise StreamError(
+                    f"cannot decode {k} steps from a stream holding {len(s.chunks)} chunks "
+                    f"(codec has {self.num_steps} steps)"
+                )
         return counts
 
     def _decode_latents(
@@ -245,8 +254,15 @@ class DiffcCodec:
             result.recon[method] = {}
             for k in prefixes:
                 lam = self._logsnrs[k].expand(len(streams))
-                xr = reconstruct(self.model, latents[k], lam, method, flow_steps or self.config.flow_steps,
-                                 list(seeds), self.logsnr_final)
+                xr = reconstruct(
+                    self.model,
+                    latents[k],
+                    lam,
+                    method,
+                    flow_steps or self.config.flow_steps,
+                    list(seeds),
+                    self.logsnr_final,
+                )
                 result.recon[method][k] = float_to_uint8(xr[:, :, : x.shape[2], : x.shape[3]])
         result.decode_s = time.perf_counter() - t1
         return result
@@ -269,8 +285,9 @@ class DiffcCodec:
 
 def _check_batch(x: torch.Tensor, seeds: Sequence[int], channels: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise InvalidInputError(f"expected a (B, C, H, W) tensor, got {type(x).__name__} "
-                                f"of shape {tuple(getattr(x, 'shape', ()))}")
+        raise InvalidInputError(
+            f"expected a (B, C, H, W) tensor, got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}"
+        )
     if x.shape[1] != channels:
         raise InvalidInputError(f"expected {channels} channels, got {x.shape[1]}")
     if x.shape[0] != len(seeds):

@@ -140,9 +140,7 @@ class StepReader:
     def check_within(self, what: str) -> None:
         """Raise if decoding ran past the bytes given: the stream was cut inside ``what``."""
         if self._consumed > self._limit_bits:
-            raise StreamError(
-                f"stream truncated in {what}: needs {self._consumed} bits, has {self._limit_bits}"
-            )
+            raise StreamError(f"stream truncated in {what}: needs {self._consumed} bits, has {self._limit_bits}")
 
     @property
     def consumed_bits(self) -> int:

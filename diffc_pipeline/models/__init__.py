@@ -58,9 +58,7 @@ def load_model(spec: str, device: str = "cpu", allow_pickle: bool = False) -> Di
         return _load_gaussian()
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ModelLoadError(
-            f"model {spec!r}: no such file or directory (expected 'builtin', 'gaussian' or a PATH)"
-        )
+        raise ModelLoadError(f"model {spec!r}: no such file or directory (expected 'builtin', 'gaussian' or a PATH)")
     if path.is_file():
         return _load_weight_file(path, device, allow_pickle)
     if _is_diffc_dir(path):
@@ -115,7 +113,5 @@ def _load_weight_file(path: Path, device: str, allow_pickle: bool) -> DiffusionM
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise refuse_pickle(path)
     if not _is_diffc_dir(path.parent):
-        raise ModelLoadError(
-            f"{path}: a weight file needs a diffc {CONFIG_NAME} beside it; pass the model directory"
-        )
+        raise ModelLoadError(f"{path}: a weight file needs a diffc {CONFIG_NAME} beside it; pass the model directory")
     return load_unet_model(path.parent, device, allow_pickle=allow_pickle, weights=path)

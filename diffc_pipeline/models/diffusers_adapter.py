@@ -77,8 +77,12 @@ class DiscreteSchedule:
         return _interp(-logsnr.double(), self.gammas, steps)
 
     def to_dict(self) -> dict:
-        return {"kind": "discrete", "num_timesteps": self.num_timesteps, "gamma_min": self.gamma_min,
-                "gamma_max": self.gamma_max}
+        return {
+            "kind": "discrete",
+            "num_timesteps": self.num_timesteps,
+            "gamma_min": self.gamma_min,
+            "gamma_max": self.gamma_max,
+        }
 
 
 def _find_layout(directory: Path) -> tuple[Path, Path]:
@@ -86,12 +90,17 @@ def _find_layout(directory: Path) -> tuple[Path, Path]:
     unet_dir = directory / "unet" if (directory / "unet" / UNET_CONFIG).is_file() else directory
     if not (unet_dir / UNET_CONFIG).is_file():
         raise ModelLoadError(f"{directory}: no diffusers {UNET_CONFIG} (in unet/ or the folder itself)")
-    for candidate in (directory / "scheduler" / SCHEDULER_CONFIG, directory / SCHEDULER_CONFIG,
-                      unet_dir / SCHEDULER_CONFIG):
+    for candidate in (
+        directory / "scheduler" / SCHEDULER_CONFIG,
+        directory / SCHEDULER_CONFIG,
+        unet_dir / SCHEDULER_CONFIG,
+    ):
         if candidate.is_file():
             return unet_dir, candidate
-    raise ModelLoadError(f"{directory}: no {SCHEDULER_CONFIG} (in scheduler/ or the folder itself); "
-                         "the noise schedule the U-Net was trained with is needed")
+    raise ModelLoadError(
+        f"{directory}: no {SCHEDULER_CONFIG} (in scheduler/ or the folder itself); "
+        "the noise schedule the U-Net was trained with is needed"
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -151,8 +160,14 @@ def _identity(name: str, files: list[Path], root: Path) -> ModelIdentity:
 class DiffusersModel:
     """A diffusers ``UNet2DModel`` + its training noise schedule as a :class:`DiffusionModel`."""
 
-    def __init__(self, unet, schedule: DiscreteSchedule, prediction_type: str, identity: ModelIdentity,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        unet,
+        schedule: DiscreteSchedule,
+        prediction_type: str,
+        identity: ModelIdentity,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ModelLoadError(f"prediction_type {prediction_type!r} is not one of {PREDICTION_TYPES}")
         self.net = unet.to(device).eval().float()
@@ -178,8 +193,9 @@ class DiffusersModel:
         return ((zd - a * out) / s).to(z.device)  # sample: x_hat  =>  eps = (z - a x_hat) / s
 
 
-def load_diffusers_model(directory: str | Path, device: str = "cpu", allow_pickle: bool = False,
-                         name: str | None = None) -> DiffusersModel:
+def load_diffusers_model(
+    directory: str | Path, device: str = "cpu", allow_pickle: bool = False, name: str | None = None
+) -> DiffusersModel:
     """Load a local diffusers folder: ``unet/`` + ``scheduler/`` (a pipeline) or both configs side by side."""
     directory = Path(directory)
     unet_dir, scheduler_path = _find_layout(directory)
@@ -188,18 +204,23 @@ def load_diffusers_model(directory: str | Path, device: str = "cpu", allow_pickl
         kind = unet_config.get("_class_name")
         raise ModelLoadError(f"{unet_dir}: a {kind!r}; only UNet2DModel is supported")
     if unet_config.get("num_class_embeds") or unet_config.get("class_embed_type"):
-        raise ModelLoadError(f"{unet_dir}: class-conditional U-Nets are not supported (DiffC needs an "
-                             "unconditional model)")
+        raise ModelLoadError(
+            f"{unet_dir}: class-conditional U-Nets are not supported (DiffC needs an unconditional model)"
+        )
     if unet_config.get("time_embedding_type", "positional") != "positional":
-        raise ModelLoadError(f"{unet_dir}: time_embedding_type {unet_config['time_embedding_type']!r} is not "
-                             "supported (only 'positional' takes fractional timesteps)")
+        raise ModelLoadError(
+            f"{unet_dir}: time_embedding_type {unet_config['time_embedding_type']!r} is not "
+            "supported (only 'positional' takes fractional timesteps)"
+        )
     scheduler_config = _read_json(scheduler_path)
     weights, safe = _weight_files(unet_dir, allow_pickle)
     try:
         from diffusers import DDPMScheduler, UNet2DModel
     except ImportError as exc:
-        raise ModelLoadError(f"{directory}: loading diffusers models needs the optional extra: "
-                             f"pip install 'diffc-pipeline[diffusers]' ({exc})") from None
+        raise ModelLoadError(
+            f"{directory}: loading diffusers models needs the optional extra: "
+            f"pip install 'diffc-pipeline[diffusers]' ({exc})"
+        ) from None
     try:
         # DDPMScheduler computes alphas_cumprod from beta_schedule/betas exactly as every discrete diffusers
         # scheduler does; the other fields (sampling settings) do not matter here
@@ -210,7 +231,8 @@ def load_diffusers_model(directory: str | Path, device: str = "cpu", allow_pickl
     except (OSError, ValueError, KeyError, TypeError, NotImplementedError, RuntimeError) as exc:
         raise ModelLoadError(f"{directory}: diffusers could not load the model: {exc}") from None
     schedule = DiscreteSchedule(scheduler.alphas_cumprod)
-    identity = _identity(name or f"diffusers:{directory.resolve().name}",
-                         [unet_dir / UNET_CONFIG, scheduler_path, *weights], directory)
+    identity = _identity(
+        name or f"diffusers:{directory.resolve().name}", [unet_dir / UNET_CONFIG, scheduler_path, *weights], directory
+    )
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     return DiffusersModel(unet, schedule, prediction_type, identity, device)

@@ -36,8 +36,12 @@ class GaussianModel:
         self.channels = len(mean)
         self.clip_denoised = clip_denoised
         self.schedule = schedule or LinearSchedule()
-        params = {"mean": list(map(float, mean)), "var": list(map(float, var)), "clip": clip_denoised,
-                  "schedule": self.schedule.to_dict()}
+        params = {
+            "mean": list(map(float, mean)),
+            "var": list(map(float, var)),
+            "clip": clip_denoised,
+            "schedule": self.schedule.to_dict(),
+        }
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         self.identity = ModelIdentity(name=name, sha256=digest)
 

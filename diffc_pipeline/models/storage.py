@@ -64,9 +64,7 @@ def save_unet_model(
 def read_config(directory: Path) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise ModelLoadError(
-            f"{directory}: no {CONFIG_NAME} (a model directory holds {CONFIG_NAME} + {WEIGHTS_NAME})"
-        )
+        raise ModelLoadError(f"{directory}: no {CONFIG_NAME} (a model directory holds {CONFIG_NAME} + {WEIGHTS_NAME})")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

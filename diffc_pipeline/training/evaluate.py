@@ -83,9 +83,7 @@ def crop_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
     the likelihood should not count."""
     h, w = img.shape[0] // multiple * multiple, img.shape[1] // multiple * multiple
     if h == 0 or w == 0:
-        raise DiffcError(
-            f"image of {img.shape[1]}x{img.shape[0]} is smaller than the model's multiple {multiple}"
-        )
+        raise DiffcError(f"image of {img.shape[1]}x{img.shape[0]} is smaller than the model's multiple {multiple}")
     top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
     return img[top : top + h, left : left + w]
 
@@ -107,9 +105,7 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _sq_err(
-    model: DiffusionModel, x: torch.Tensor, gamma: torch.Tensor, gen: torch.Generator
-) -> torch.Tensor:
+def _sq_err(model: DiffusionModel, x: torch.Tensor, gamma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Per-image ``|x - x_hat(z_g)|^2`` (float64) for per-image noise levels ``gamma``."""
     gamma = gamma.float()
     a, s = torch.sigmoid(-gamma).sqrt().view(-1, 1, 1, 1), torch.sigmoid(gamma).sqrt().view(-1, 1, 1, 1)
@@ -123,9 +119,7 @@ def _stratified(b: int, m: int, gen: torch.Generator) -> torch.Tensor:
     return (torch.rand((b, 1), generator=gen, dtype=torch.float64) + torch.arange(m, dtype=torch.float64)) / m
 
 
-def continuous_diffusion_nats(
-    model: DiffusionModel, x: torch.Tensor, m: int, gen: torch.Generator
-) -> torch.Tensor:
+def continuous_diffusion_nats(model: DiffusionModel, x: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
     """Unbiased per-image estimate of ``0.5 int_{g_min}^{g_max} e^-g |x - x_hat(z_g)|^2 dg``."""
     g0, g1 = model.schedule.gamma_min, model.schedule.gamma_max
     gammas = g0 + (g1 - g0) * _stratified(x.shape[0], m, gen)
@@ -161,9 +155,7 @@ def steps_diffusion_nats(
     return 0.5 * steps / idx.shape[1] * total
 
 
-def grid_sq_err(
-    model: DiffusionModel, x: torch.Tensor, ts: torch.Tensor, gen: torch.Generator
-) -> torch.Tensor:
+def grid_sq_err(model: DiffusionModel, x: torch.Tensor, ts: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """``(len(ts),)`` sums over the batch of ``|x - x_hat(z_t)|^2`` at each grid point."""
     gammas = model.schedule.gamma(ts.double()).double()
     return torch.stack([_sq_err(model, x, g.expand(x.shape[0]), gen).sum() for g in gammas])
@@ -243,9 +235,7 @@ def evaluate(
         elif x[0].numel() != dims:
             raise DiffcError("bits/dim needs images of one pixel count; these differ (crop or resize them)")
         prior.append(prior_loss(x, model.schedule).double())
-        recon.append(
-            torch.cat([reconstruction_loss(c, model.schedule, gen) for c in x.split(_RECON_CHUNK)]).double()
-        )
+        recon.append(torch.cat([reconstruction_loss(c, model.schedule, gen) for c in x.split(_RECON_CHUNK)]).double())
         cont.append(continuous_diffusion_nats(model, x, config.t_samples, gen))
         for k in config.steps:
             disc[k].append(steps_diffusion_nats(model, x, uniform_t_gammas(model, k), config.t_samples, gen))

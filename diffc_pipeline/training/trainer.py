@@ -114,9 +114,18 @@ class Trainer:
         self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
 
     def export(self, directory: Path, name: str = "diffc-unet", fp16: bool = False) -> None:
-        save_unet_model(directory, self.ema, self.config.schedule, name=name, fp16=fp16,
-                        extra={"trained_steps": self.state.step, "train_batch": self.config.batch_size,
-                               "train_crop": self.config.crop})
+        save_unet_model(
+            directory,
+            self.ema,
+            self.config.schedule,
+            name=name,
+            fp16=fp16,
+            extra={
+                "trained_steps": self.state.step,
+                "train_batch": self.config.batch_size,
+                "train_crop": self.config.crop,
+            },
+        )
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -163,8 +172,13 @@ def run_training(
         if on_step:
             on_step(trainer.state.step, ema_loss, ips)
         if trainer.state.step % 50 == 0:
-            trainer.state.curve.append({"step": trainer.state.step, "elapsed_s": round(trainer.state.elapsed_s, 1),
-                                        "loss_bpd": round(ema_loss, 4)})
+            trainer.state.curve.append(
+                {
+                    "step": trainer.state.step,
+                    "elapsed_s": round(trainer.state.elapsed_s, 1),
+                    "loss_bpd": round(ema_loss, 4),
+                }
+            )
             window_start, window_steps = time.monotonic(), 0
         if time.monotonic() - last_ckpt >= checkpoint_minutes * 60:
             trainer.save(out / "checkpoint")
