@@ -171,8 +171,11 @@ def export(
     out: Path = typer.Argument(..., help="Model directory to write (config.json + model.safetensors)."),
     fp16: bool = typer.Option(False, help="Store the weights as float16 (half the size; loaded as float32)."),
     name: str = typer.Option("diffc-unet", help="Model name recorded in its identity."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Export the raw weights instead of the EMA (better early in a run, when the EMA lags)."
+    ),
 ) -> None:
-    """Write the EMA weights of a training checkpoint as a model directory (what --model PATH loads)."""
+    """Write the EMA (or raw) weights of a training checkpoint as a model directory (what --model PATH loads)."""
     from ..models import load_unet_model
     from ..training.trainer import STATE, TrainConfig, Trainer
 
@@ -183,7 +186,7 @@ def export(
     known = {f.name for f in fields(TrainConfig)}
     trainer = Trainer(TrainConfig(**{k: v for k, v in saved.items() if k in known}), images=[])
     trainer.load(checkpoint)
-    trainer.export(out, name=name, fp16=fp16)
+    trainer.export(out, name=name, fp16=fp16, raw=raw)
     model = load_unet_model(out)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     console.print(

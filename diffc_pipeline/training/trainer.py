@@ -113,10 +113,12 @@ class Trainer:
         _load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
         self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
 
-    def export(self, directory: Path, name: str = "diffc-unet", fp16: bool = False) -> None:
+    def export(self, directory: Path, name: str = "diffc-unet", fp16: bool = False, raw: bool = False) -> None:
+        """Write a model directory from the EMA weights (or the raw ones: early in a run the EMA still holds
+        much of the initialisation - 0.999**2500 = 8% - and measured 5.41 vs 4.40 bits/dim at step 2763)."""
         save_unet_model(
             directory,
-            self.ema,
+            self.net if raw else self.ema,
             self.config.schedule,
             name=name,
             fp16=fp16,
@@ -124,6 +126,7 @@ class Trainer:
                 "trained_steps": self.state.step,
                 "train_batch": self.config.batch_size,
                 "train_crop": self.config.crop,
+                "weights": "raw" if raw else "ema",
             },
         )
 
