@@ -27,7 +27,7 @@ from .lock import LOCK_NAME, archive_lock
 from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
-from .runtime import READ_TASK_CPUS, ActorSizing, ray_session, size_actors
+from .runtime import READ_TASK_CPUS, ActorSizing, model_stage, ray_session, size_actors
 from .sources import list_source, open_fs, public_url
 from .stages import Encoder, read_and_decode
 
@@ -324,23 +324,14 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
             batch_size=opts.batch_size,
         ),
     )
-    # One block per codec batch: Ray Data would otherwise merge a read task's output into one block (up to
-    # 128 MiB), hand it to a single actor and emit its results only at the end - no parallelism, no progress.
-    ds = ds.repartition(target_num_rows_per_block=opts.batch_size)
-    return ds.map_batches(
+    return model_stage(
+        ds,
         Encoder,
-        batch_size=opts.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=sizing.actors),
-        num_cpus=sizing.num_cpus,
-        num_gpus=sizing.num_gpus,
-        fn_constructor_kwargs=dict(
-            model_spec=opts.model,
-            codec_config=job.manifest.codec["config"],
-            fingerprint=job.manifest.codec["fingerprint"],
-            threads=sizing.threads,
-            device="cuda" if sizing.num_gpus else "cpu",
-        ),
+        opts.batch_size,
+        sizing,
+        model_spec=opts.model,
+        codec_config=job.manifest.codec["config"],
+        fingerprint=job.manifest.codec["fingerprint"],
     )
 
 

@@ -25,7 +25,7 @@ from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
-from .runtime import READ_TASK_CPUS, ActorSizing, ray_session, size_actors
+from .runtime import READ_TASK_CPUS, ActorSizing, model_stage, ray_session, size_actors
 from .sources import open_fs
 from .stages import error_text, load_codec
 from .where import parse_where
@@ -285,22 +285,15 @@ def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, s
         num_cpus=READ_TASK_CPUS,
         fn_kwargs=dict(storage_options=opts.storage_options),
     )
-    ds = ds.repartition(target_num_rows_per_block=opts.batch_size)  # one block per decoder batch (see compress)
-    ds = ds.map_batches(
+    ds = model_stage(
+        ds,
         Decoder,
-        batch_size=opts.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=sizing.actors),
-        num_cpus=sizing.num_cpus,
-        num_gpus=sizing.num_gpus,
-        fn_constructor_kwargs=dict(
-            model_spec=opts.model,
-            codec_config=archive.manifest.codec["config"],
-            fingerprint=archive.manifest.codec["fingerprint"],
-            method=opts.method,
-            threads=sizing.threads,
-            device="cuda" if sizing.num_gpus else "cpu",
-        ),
+        opts.batch_size,
+        sizing,
+        model_spec=opts.model,
+        codec_config=archive.manifest.codec["config"],
+        fingerprint=archive.manifest.codec["fingerprint"],
+        method=opts.method,
     )
     if opts.format == "png":
         ds = ds.map_batches(

@@ -91,3 +91,25 @@ def _quiet_ray_data() -> None:
         if handler.get_name() == "console" or type(handler).__name__ == "PlainRayHandler":
             handler.setLevel(logging.WARNING)
             handler.addFilter(_DropProgressNotice())
+
+
+def model_stage(dataset, actor_class, batch_size: int, sizing: ActorSizing, **constructor_kwargs):
+    """``map_batches`` over a pool of model actors (each loads the model once), one block per batch.
+
+    Without the repartition Ray Data merges a read task's output into one block (up to 128 MiB), hands it to a
+    single actor and emits its results only at the end: no parallelism, no progress.
+    """
+    import ray.data
+
+    dataset = dataset.repartition(target_num_rows_per_block=batch_size)
+    return dataset.map_batches(
+        actor_class,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=sizing.actors),
+        num_cpus=sizing.num_cpus,
+        num_gpus=sizing.num_gpus,
+        fn_constructor_kwargs=dict(
+            threads=sizing.threads, device="cuda" if sizing.num_gpus else "cpu", **constructor_kwargs
+        ),
+    )
