@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from ..models.base import DiffusionModel
+from ..models.base import DiffusionModel, predict_x
 from . import prng
 from .steps import alpha_sigma_of_logsnr, step_coefficients
 
@@ -24,13 +24,8 @@ METHODS: tuple[str, ...] = ("flow", "ancestral", "denoise")
 
 
 def denoise(model: DiffusionModel, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
-    """``x_hat = (z - s eps_hat) / a``, clipped to the data range unless the model says otherwise."""
-    a, s = alpha_sigma_of_logsnr(logsnr.double())
-    eps = model.predict_eps(z, logsnr.float())
-    x = (z.double() - s.view(-1, 1, 1, 1) * eps.double()) / a.view(-1, 1, 1, 1)
-    if getattr(model, "clip_denoised", True):
-        x = x.clamp(-1.0, 1.0)
-    return x.float()
+    """The posterior mean ``x_hat(z)``: :func:`~diffc_pipeline.models.base.predict_x`."""
+    return predict_x(model, z, logsnr)
 
 
 def reconstruct(

@@ -19,7 +19,6 @@ from .base import (
     ModelIdentity,
     NoiseSchedule,
     alpha_sigma,
-    bits_per_dim,
     predict_x,
 )
 from .storage import (
@@ -41,7 +40,6 @@ __all__ = [
     "ModelIdentity",
     "NoiseSchedule",
     "alpha_sigma",
-    "bits_per_dim",
     "count_parameters",
     "load_model",
     "load_unet_model",

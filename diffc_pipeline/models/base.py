@@ -9,7 +9,6 @@ adapter all implement it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -88,12 +87,15 @@ class DiffusionModel(Protocol):
 
 
 def predict_x(model: DiffusionModel, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
-    """``x_hat(z_t) = (z_t - s_t eps_hat) / a_t``, clipped to the data range ``[-1, 1]``."""
-    a, s = alpha_sigma(-logsnr)
-    eps = model.predict_eps(z, logsnr)
-    x = (z - s.view(-1, 1, 1, 1) * eps) / a.view(-1, 1, 1, 1)
-    return x.clamp(-1.0, 1.0)
+    """``x_hat(z_t) = (z_t - s_t eps_hat) / a_t`` in float64, clipped to the data range ``[-1, 1]`` unless the
+    model says its data are unbounded (``clip_denoised = False``, e.g. the analytic Gaussian model).
 
-
-def bits_per_dim(nats: float, dims: int) -> float:
-    return nats / (dims * math.log(2.0))
+    The one definition of the denoiser: the codec's chain, its reconstructions and the NELBO evaluation all
+    call it, so they agree on what the receiver computes.
+    """
+    a, s = alpha_sigma(-logsnr.double())
+    eps = model.predict_eps(z, logsnr.float())
+    x = (z.double() - s.view(-1, 1, 1, 1) * eps.double()) / a.view(-1, 1, 1, 1)
+    if getattr(model, "clip_denoised", True):
+        x = x.clamp(-1.0, 1.0)
+    return x.float()
