@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
 from diffc_pipeline.codec.config import CodecConfig
+from diffc_pipeline.errors import DiffcError
 from diffc_pipeline.models import LinearSchedule, ModelIdentity, load_model, save_unet_model
 from diffc_pipeline.models.unet import UNetConfig
 from diffc_pipeline.models.unet_model import UNetDiffusionModel
@@ -116,6 +117,32 @@ def test_resume_is_exact(tiny_set: list[bytes], tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different
+
+
+def test_resume_refuses_a_config_that_changes_the_weights_meaning(tiny_set: list[bytes], tmp_path: Path) -> None:
+    trainer = Trainer(CONFIG, tiny_set)
+    trainer.train_step()
+    trainer.save(tmp_path / "ckpt")
+    with pytest.raises(DiffcError, match=r"crop \(checkpoint 16, requested 8\)"):
+        Trainer(replace(CONFIG, crop=8), tiny_set).load(tmp_path / "ckpt")
+    cooled = Trainer(replace(CONFIG, lr=1e-3, decay_start=1, decay_end=3), tiny_set)
+    cooled.load(tmp_path / "ckpt")  # the learning rate is the optimiser's business: allowed
+    assert [cooled.lr_at(s) for s in (0, 1, 2, 3, 9)] == pytest.approx([1e-3, 1e-3, 5e-4, 0.0, 0.0])
+
+
+def test_train_cli_resumes_with_the_checkpoint_settings(tmp_path: Path) -> None:
+    samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
+    args = ["train", "--data", str(samples), "--out", str(tmp_path), "--threads", "1"]
+    first = CliRunner().invoke(app, [*args, "--max-steps", "1", "--batch-size", "4", "--crop", "16", "--seed", "3"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, [*args, "--max-steps", "2", "--decay-start", "1", "--decay-end", "5"])
+    assert again.exit_code == 0, again.output
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert saved["step"] == 2
+    assert (saved["config"]["batch_size"], saved["config"]["crop"], saved["config"]["seed"]) == (4, 16, 3)
+    assert (saved["config"]["decay_start"], saved["config"]["decay_end"]) == (1, 5)
+    refused = CliRunner().invoke(app, [*args, "--max-steps", "3", "--crop", "8"])
+    assert refused.exit_code == 2 and "cannot resume with a different crop" in " ".join(refused.output.split())
 
 
 def test_export_cli_writes_the_ema_weights(tiny_set: list[bytes], tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -177,14 +176,9 @@ def export(
 ) -> None:
     """Write the EMA (or raw) weights of a training checkpoint as a model directory (what --model PATH loads)."""
     from ..models import load_unet_model
-    from ..training.trainer import STATE, TrainConfig, Trainer
+    from ..training.trainer import Trainer, checkpoint_config
 
-    state = checkpoint / STATE
-    if not state.is_file():
-        raise DiffcError(f"{checkpoint}: not a training checkpoint (no {STATE})")
-    saved = json.loads(state.read_text())["config"]
-    known = {f.name for f in fields(TrainConfig)}
-    trainer = Trainer(TrainConfig(**{k: v for k, v in saved.items() if k in known}), images=[])
+    trainer = Trainer(checkpoint_config(checkpoint), images=[])
     trainer.load(checkpoint)
     trainer.export(out, name=name, fp16=fp16, raw=raw)
     model = load_unet_model(out)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..errors import DiffcError
 from ._common import console, friendly_errors
 
 
@@ -18,27 +20,44 @@ def train(
     minutes: float = typer.Option(60.0, help="Stop after this many minutes (a checkpoint is written at the end)."),
     max_steps: int = typer.Option(0, help="Stop at this total step count (0: no limit)."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint if it exists."),
-    batch_size: int = typer.Option(64, help="Images per step."),
-    crop: int = typer.Option(32, help="Random square crop size in pixels."),
-    lr: float = typer.Option(5e-4, help="Peak learning rate (AdamW)."),
-    seed: int = typer.Option(0, help="Seed of every random draw; with it a run is reproducible."),
+    batch_size: int | None = typer.Option(None, help="Images per step [default: 64, or the checkpoint's]."),
+    crop: int | None = typer.Option(None, help="Random square crop size in pixels [default: 32, or the checkpoint's]."),
+    lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 5e-4, or the checkpoint's]."),
+    decay_start: int | None = typer.Option(
+        None, help="Step at which a linear cool-down of the learning rate to zero begins (see --decay-end)."
+    ),
+    decay_end: int | None = typer.Option(None, help="Step at which the cool-down reaches zero (0: no cool-down)."),
+    seed: int | None = typer.Option(
+        None, help="Seed of every random draw; with it a run is reproducible [default: 0, or the checkpoint's]."
+    ),
     checkpoint_minutes: float = typer.Option(5.0, help="Minutes between checkpoints."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
     limit: int = typer.Option(0, help="Use only the first N images (0: all)."),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
 ) -> None:
-    """Train the built-in U-Net with the VDM objective (the DiffC rate), resumably."""
+    """Train the built-in U-Net with the VDM objective (the DiffC rate), resumably.
+
+    A resumed run takes its settings from the checkpoint; options given on the command line override them
+    where that is safe (learning rate and its cool-down) and are refused where the weights depend on them.
+    """
     from ..training.data import load_encoded_images
-    from ..training.trainer import TrainConfig, Trainer, run_training
+    from ..training.trainer import TrainConfig, Trainer, checkpoint_config, run_training
 
     if threads:
         torch.set_num_threads(threads)
+    ckpt = out / "checkpoint"
+    resuming = resume and (ckpt / "state.json").exists()
+    given = {"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed}
+    given |= {"decay_start": decay_start, "decay_end": decay_end}
+    config = replace(
+        checkpoint_config(ckpt) if resuming else TrainConfig(), **{k: v for k, v in given.items() if v is not None}
+    )
+    if config.decay_end and config.decay_end <= config.decay_start:
+        raise DiffcError(f"--decay-end ({config.decay_end}) must be after --decay-start ({config.decay_start})")
     images = load_encoded_images(data, image_column=image_column, limit=limit or None)
     console.print(f"{len(images)} training images from {data}")
-    config = TrainConfig(batch_size=batch_size, crop=crop, lr=lr, seed=seed)
     trainer = Trainer(config, images)
-    ckpt = out / "checkpoint"
-    if resume and (ckpt / "state.json").exists():
+    if resuming:
         trainer.load(ckpt)
         console.print(f"resumed from {ckpt} at step {trainer.state.step}")
     n_params = sum(p.numel() for p in trainer.net.parameters())
@@ -57,6 +76,9 @@ def train(
 
         def on_step(step: int, loss: float, ips: float) -> None:
             progress.update(task, completed=trainer.state.elapsed_s, step=step, loss=loss, ips=ips)
+            if not console.is_terminal and step % 50 == 0:  # a log file gets a line, not a live bar
+                lr = trainer.lr_at(step)
+                console.print(f"step {step} loss {loss:.4f} bpd lr {lr:.2e} {ips:.1f} img/s")
 
         state = run_training(trainer, out, minutes, max_steps or None, checkpoint_minutes, on_step)
     console.print(f"stopped at step {state.step}; checkpoint in {ckpt}, EMA model in {out / 'model'}")

@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -39,8 +39,21 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
+    # Linear cool-down of the learning rate to zero between these steps (0, 0: constant after warm-up).
+    # A cool-down at the end of a run lowers the loss well below the constant-rate plateau (the
+    # "warmup-stable-decay" recipe); keeping it in steps, not minutes, keeps a resumed run exact.
+    decay_start: int = 0
+    decay_end: int = 0
     unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
     schedule: dict = field(default_factory=lambda: LinearSchedule().to_dict())
+
+
+# Fields a resumed run may change: they steer the optimiser from here on. Every other field (data,
+# batch, crops, seed, architecture, noise schedule) defines what the checkpoint's weights are, so a
+# mismatch is refused instead of silently training a different model.
+ADJUSTABLE_ON_RESUME = frozenset(
+    {"lr", "warmup_steps", "weight_decay", "ema_decay", "grad_clip", "decay_start", "decay_end"}
+)
 
 
 @dataclass
@@ -48,6 +61,16 @@ class TrainState:
     step: int = 0
     elapsed_s: float = 0.0
     curve: list[dict] = field(default_factory=list)
+
+
+def checkpoint_config(directory: Path) -> TrainConfig:
+    """The training config a checkpoint was written with (keys this version does not know are dropped)."""
+    state = directory / STATE
+    if not state.is_file():
+        raise DiffcError(f"{directory}: not a training checkpoint (no {STATE})")
+    saved = json.loads(state.read_text())["config"]
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
 
 class Trainer:
@@ -64,7 +87,12 @@ class Trainer:
         self.state = TrainState()
 
     def lr_at(self, step: int) -> float:
-        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+        """Warm-up, constant, then (if configured) a linear cool-down to zero."""
+        c = self.config
+        lr = c.lr * min(1.0, (step + 1) / max(1, c.warmup_steps))
+        if c.decay_end > c.decay_start and step >= c.decay_start:
+            lr *= max(0.0, 1.0 - (step - c.decay_start) / (c.decay_end - c.decay_start))
+        return lr
 
     def train_step(self) -> float:
         """One optimisation step; returns the batch's loss in bits/dim (diffusion + prior)."""
@@ -106,8 +134,14 @@ class Trainer:
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
-        if meta["config"]["unet"] != self.config.unet:
-            raise DiffcError(f"{directory}: checkpoint's architecture differs from the requested one")
+        fixed = sorted(
+            k for k, v in asdict(self.config).items() if k not in ADJUSTABLE_ON_RESUME and meta["config"].get(k) != v
+        )
+        if fixed:
+            diffs = ", ".join(
+                f"{k} (checkpoint {meta['config'].get(k)!r}, requested {getattr(self.config, k)!r})" for k in fixed
+            )
+            raise DiffcError(f"{directory}: cannot resume with a different {diffs}")
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
         _load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
