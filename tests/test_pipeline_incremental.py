@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,6 +151,20 @@ def test_stale_lock_is_broken(runs):
     assert "stale lock" in _flat(result.output) and "crashed-run" in _flat(result.output)
     assert not (runs["arc"] / LOCK_NAME).exists()
     assert json.loads((runs["arc"] / "manifest.json").read_text())["runs"][-1]["unchanged"] == 6
+
+
+def test_lock_of_a_dead_process_on_this_host_is_broken_at_once(runs):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"run_id": "killed-run", "host": socket.gethostname(), "pid": int(dead.stdout), "time": time.time()}
+    (runs["arc"] / LOCK_NAME).write_text(json.dumps(holder))
+    result = _compress(runs["inp"], runs["arc"])  # seconds old, far under --lock-timeout
+    assert result.exit_code == 0, result.output
+    assert "its process is gone" in _flat(result.output) and "killed-run" in _flat(result.output)
+    alive = {**holder, "run_id": "live-run", "pid": os.getpid()}  # this very process: alive
+    (runs["arc"] / LOCK_NAME).write_text(json.dumps(alive))
+    refused = _compress(runs["inp"], runs["arc"])
+    assert refused.exit_code == 1 and "live-run" in _flat(refused.output)
+    (runs["arc"] / LOCK_NAME).unlink()
 
 
 def test_a_killed_run_is_marked_interrupted(runs):

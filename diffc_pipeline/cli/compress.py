@@ -61,11 +61,13 @@ def compress(
         False,
         "--incremental",
         help="Compress only new or changed sources into new shards (a changed one gets a new version); "
-        "deletions are reported; the run is recorded in the manifest. Takes the archive lock.",
+        "deletions are reported; the run is recorded in the manifest.",
     ),
-    wait_lock: float = typer.Option(0.0, min=0, help="--incremental: wait up to SECONDS for another run's lock."),
+    wait_lock: float = typer.Option(
+        0.0, min=0, help="Wait up to SECONDS for another run's archive lock (every run holds one while it writes)."
+    ),
     lock_timeout: float = typer.Option(
-        6 * 3600.0, min=0, help="--incremental: break a lock older than SECONDS (a run that died holding it)."
+        6 * 3600.0, min=0, help="Break an archive lock older than SECONDS (a run that died holding it)."
     ),
 ) -> None:
     """Compress a dataset into Parquet shards plus a manifest; rerun to resume.

@@ -50,8 +50,8 @@ class CompressOptions:
     threads: int = 0  # torch threads per model actor (0: sized to the machine)
     actors: int = 0  # model actors (0: sized to the cluster)
     limit: int = 0  # only the first N inputs in plan order (0: all)
-    incremental: bool = False  # compress only new/changed sources into new shards, under the archive lock
-    wait_lock: float = 0.0  # seconds to wait for another run's lock
+    incremental: bool = False  # compress only new/changed sources into new shards
+    wait_lock: float = 0.0  # seconds to wait for another run's lock (every run holds the archive lock)
     lock_timeout: float = 6 * 3600.0  # a lock older than this is stale and broken
 
 
@@ -252,15 +252,16 @@ def run_compress(
 ) -> CompressSummary:
     """Run the whole job (or the part not committed yet); ``codec`` is built from ``opts`` when not given.
 
-    An incremental run holds the archive lock from before it compares the listing with the archive until
-    its run record is final, so two runs never plan the same shard names or interleave manifest writes.
+    Every run holds the archive lock from before it reads the archive until it is done: a second run
+    would otherwise clear the first one's not-yet-committed shard files as leftovers, or (incremental)
+    plan the same shard names and interleave manifest writes.
     """
     codec = codec or build_codec(opts.model, opts.codec_config)
-    if not opts.incremental:
-        return _run(prepare(opts, codec), opts, progress)
     fs, root = open_fs(opts.output, opts.storage_options)
     run_id = new_run_id()
     with archive_lock(fs, root.rstrip("/"), run_id, opts.wait_lock, opts.lock_timeout, say):
+        if not opts.incremental:
+            return _run(prepare(opts, codec), opts, progress)
         job = prepare(opts, codec, run_id)
         job.manifest.runs.append(job.run)
         try:
