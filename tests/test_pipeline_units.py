@@ -305,6 +305,10 @@ def test_actor_sizing_leaves_cpus_for_read_tasks():
     four_threads = size_actors({"CPU": 16.0}, threads=4)
     assert four_threads.actors == 4 and four_threads.num_cpus == 3.5
     assert size_actors({"CPU": 1.0}).num_cpus == 0.0
+    # three 1-CPU nodes: whole-CPU actors, so one node stays free for reads (not 0.33 CPU on each)
+    spread = size_actors({"CPU": 3.0}, nodes=3)
+    assert (spread.actors, spread.num_cpus) == (2, 1.0)
+    assert size_actors({"CPU": 64.0}, threads=2, nodes=8).actors == 28  # 8 CPUs kept: 64 / 8
     gpu = size_actors({"CPU": 8.0, "GPU": 2.0})
     assert (gpu.actors, gpu.num_gpus) == (2, 1.0)
 

@@ -71,5 +71,42 @@ def rcc(
         json_path.write_text(text + "\n")
 
 
+@bench_app.command("speed")
+@friendly_errors
+def speed(
+    model: str = typer.Option("builtin", help="Diffusion model: builtin, gaussian or PATH."),
+    data: str = typer.Option("", help="Parquet/image URL of the 64x64 images (default: bundled samples)."),
+    images: int = typer.Option(16, min=1, help="64x64 images to encode and decode."),
+    batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
+    large: str = typer.Option("", help="Image folder/Parquet URL of full-size photos (e.g. CBSD68, 481x321)."),
+    large_count: int = typer.Option(1, min=0, help="Full-size photos to measure (one per codec call)."),
+    threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """Encode/decode images per second at 64x64 and full size, and the network vs channel-coder share."""
+    from ..benchmarks.speed import measure_speed
+    from ..codec import CodecConfig
+    from ..images import decode_image
+    from ..models import load_model
+    from ..samples import load_images
+    from ..training.data import load_encoded_images
+
+    if threads:
+        torch.set_num_threads(threads)
+    m = load_model(model)
+    config = CodecConfig()
+    runs = [measure_speed(m, config, load_images(data, images, size=64), batch_size)]
+    console.print(runs[-1])
+    for blob in load_encoded_images(large, limit=large_count) if large and large_count else []:
+        photo = torch.from_numpy(decode_image(blob)).permute(2, 0, 1)[None].contiguous()
+        runs.append(measure_speed(m, config, photo, 1))
+        console.print(runs[-1])
+    result = {**run_info(), "model": m.identity.short, "codec": config.to_dict(), "threads": torch.get_num_threads()}
+    text = json.dumps({**result, "runs": runs}, indent=1)
+    print(text)
+    if json_path:
+        json_path.write_text(text + "\n")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -27,7 +27,7 @@ from .lock import LOCK_NAME, archive_lock
 from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
-from .runtime import READ_TASK_CPUS, ActorSizing, model_stage, ray_session, size_actors
+from .runtime import READ_TASK_CPUS, ActorSizing, cpu_node_count, model_stage, ray_session, size_actors
 from .sources import list_source, open_fs, public_url
 from .stages import Encoder, read_and_decode
 
@@ -291,7 +291,7 @@ def _run(job: PreparedJob, opts: CompressOptions, progress: JobProgress) -> Comp
     progress.start(sum(s.size for s in job.pending))
     try:
         with ray_session(opts.address) as resources:
-            sizing = size_actors(resources, opts.threads, opts.actors)
+            sizing = size_actors(resources, opts.threads, opts.actors, nodes=cpu_node_count())
             written = _drain(_build_dataset(job, opts, sizing), job, progress)
     finally:
         progress.stop()

@@ -31,18 +31,33 @@ class ActorSizing:
         return f"{self.actors} model actor(s), {device} each"
 
 
-def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0) -> ActorSizing:
-    """One actor per GPU; without GPUs, actors of ``threads`` torch threads (default 1) filling the CPUs."""
+def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0, nodes: int = 1) -> ActorSizing:
+    """One actor per GPU; without GPUs, actors of ``threads`` torch threads (default 1) filling the CPUs.
+
+    Keep at least one whole CPU unclaimed: read/write tasks and Ray Data's own 1-CPU tasks (the block-size
+    repartition) must always be schedulable, whatever the actors do. On one node fractional actors do
+    that (two 0.5-CPU actors on a 2-core laptop use both cores for coding). Across ``nodes`` the free
+    CPU must also be in one place: fractional actors would leave a fragment on every node and none whole
+    (three 1-CPU nodes, three 0.67-CPU actors: the reads never start), so there actors take whole CPUs.
+    """
     cpus = float(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0))
     if gpus:
         return ActorSizing(actors or gpus, 1.0, 1.0, threads or max(1, int(cpus) // gpus - 1))
     threads = threads or 1
-    actors = actors or max(1, round(cpus / threads))
-    # Keep at least one whole CPU unclaimed: read/write tasks and Ray Data's own 1-CPU tasks (the
-    # block-size repartition) must always be schedulable, whatever the actors do.
     reserve = max(1.0, cpus / 8)
+    if nodes > 1:
+        actors = actors or max(1, int((cpus - reserve) // threads))
+        return ActorSizing(actors, float(threads), None, threads)
+    actors = actors or max(1, round(cpus / threads))
     return ActorSizing(actors, max(0.0, cpus - reserve) / actors, None, threads)
+
+
+def cpu_node_count() -> int:
+    """Alive nodes of the connected cluster that offer CPUs."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0) or 1
 
 
 @contextmanager
