@@ -6,6 +6,7 @@ fault, so the timing is observed, not assumed. The figures these tests reach are
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -32,15 +33,16 @@ DEADLINE_S = 600  # a busy 2-core machine can take minutes to start actors
 class Job(threading.Thread):
     """``run_compress`` in a thread; keeps its summary or exception for the test to check."""
 
-    def __init__(self, inp: Path, arc: Path, n_steps: int = 2) -> None:
+    def __init__(self, inp: Path, arc: Path, incremental: bool = False) -> None:
         super().__init__(daemon=True)
         self.opts = CompressOptions(
             input=str(inp),
             output=str(arc),
             model="gaussian",
-            codec_config={"num_steps": n_steps},
+            codec_config={"num_steps": 2},
             shard_size=1,
             batch_size=1,
+            incremental=incremental,
         )
         self.summary = None
         self.error: BaseException | None = None
@@ -109,13 +111,14 @@ def test_killed_encoder_actors_are_replaced_and_nothing_is_lost_or_doubled(ray_c
     _check_archive(arc, ids)
 
 
-def test_an_overlapping_run_fails_or_waits_and_leaves_the_first_intact(ray_cluster, tmp_path):
+def test_an_overlapping_nightly_run_fails_or_waits_and_leaves_the_first_intact(ray_cluster, tmp_path):
     ids = write_images(tmp_path / "in", 8)
     arc = tmp_path / "arc"
-    job = Job(tmp_path / "in", arc)
+    job = Job(tmp_path / "in", arc, incremental=True)
     job.start()
     assert _wait_for(lambda: _commits(arc) >= 1, job), "the first run ended before the second could overlap it"
-    args = ["compress", str(tmp_path / "in"), str(arc), "--model", "gaussian", "--steps", "2", "--shard-size", "1"]
+    args = ["compress", str(tmp_path / "in"), str(arc), "--incremental", "--model", "gaussian", "--steps", "2"]
+    args += ["--shard-size", "1"]
     # a second driver process, as a scheduler would start it, while the first still writes
     second = subprocess.run(
         [sys.executable, "-m", "diffc_pipeline", *args],
@@ -132,5 +135,7 @@ def test_an_overlapping_run_fails_or_waits_and_leaves_the_first_intact(ray_clust
     assert "another run is writing this archive" in " ".join((second.stdout + second.stderr).split())
     assert job.error is None and job.summary.images == len(ids)
     assert third.exit_code == 0, third.output
-    assert re.search(r"shards skipped\W+8\b", third.output), third.output
+    assert re.search(r"unchanged\W+8\b", third.output) and re.search(r"images\W+0\b", third.output), third.output
     _check_archive(arc, ids)
+    runs = json.loads((arc / "manifest.json").read_text())["runs"]  # the refused run left no record
+    assert [(r["status"], r["new"]) for r in runs] == [("ok", 8), ("ok", 0)]
