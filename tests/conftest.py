@@ -36,7 +36,9 @@ def ray_cluster():
         if ray.is_initialized():
             break
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(  # "local": a cluster of our own, even if another one runs on this machine
+                address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+            )
         except Exception:
             # Ray gives its raylet a fixed 30 s to register; on a busy 2-core machine that can run out
             ray.shutdown()

@@ -240,3 +240,20 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     assert ("diffc-rcc-flow", "diffc-ideal-flow") in pairs and ("diffc-ideal-flow", "jpeg") in pairs
     assert set(doc["flow_minus_ancestral_psnr_db_at_full_rate"]) == {"rcc", "ideal"}
     assert "diffc-rcc-flow" in (out / "index.html").read_text()
+
+
+def test_eval_on_ray_workers_gives_the_in_process_records(ray_cluster, tmp_path):
+    write_images(tmp_path / "imgs", 2, size=16)
+    args = ["eval", str(tmp_path / "imgs"), "--model", "gaussian", "--codecs", "none", "--channels", "rcc"]
+    args += ["--methods", "denoise", "--steps", "1,3", "--batch-size", "1"]
+    here = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "here")])
+    assert here.exit_code == 0, here.output
+    on_ray = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ray"), "--workers", "2", "--threads", "1"])
+    assert on_ray.exit_code == 0, on_ray.output
+
+    def records(name: str) -> list[dict]:
+        doc = json.loads((tmp_path / name / "results.json").read_text())
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in doc["records"]]
+
+    assert records("ray") == records("here") and len(records("here")) == 2 * 2  # images x prefixes
+    assert "diffc-rcc-denoise" in (tmp_path / "ray" / "index.html").read_text()

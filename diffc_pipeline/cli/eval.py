@@ -78,7 +78,11 @@ def eval_(
     tile: int = typer.Option(0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
     id_column: str = typer.Option("id", help="Id column of a Parquet dataset."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default; 1 per Ray worker)."),
+    workers: int = typer.Option(
+        0, min=0, help="Run DiffC on N Ray actors (one model each; 0: in this process, no Ray)."
+    ),
+    address: str = typer.Option(None, help="Ray cluster for --workers (default: RAY_ADDRESS or a local one)."),
 ) -> None:
     """Rate-distortion curves, BD-rates, plots and a side-by-side page for DiffC and classical codecs."""
     import torch
@@ -145,6 +149,7 @@ def eval_(
             "prefixes": prefixes,
             "seed": seed,
             "batch_size": batch_size,
+            "workers": workers,
         }
 
     diffc_images = eval_images
@@ -167,16 +172,16 @@ def eval_(
             records += recs
         if diffc_codecs:
             task = progress.add_task("diffc", total=len(diffc_images) * len(diffc_codecs))
-            records += run_diffc(
-                diffc_images,
-                diffc_codecs,
-                prefixes,
-                chosen_methods,
-                seed,
-                batch_size,
-                showcase,
-                lambda n: progress.advance(task, n),
-            )
+            args = (prefixes, chosen_methods, seed, batch_size, showcase, lambda n: progress.advance(task, n))
+            if workers:
+                from ..evaluation.on_ray import run_diffc_on_ray
+
+                fingerprint = meta["diffc"]["fingerprint"]
+                records += run_diffc_on_ray(
+                    diffc_images, model, fingerprint, chosen_channels, *args, workers, threads, address
+                )
+            else:
+                records += run_diffc(diffc_images, diffc_codecs, *args)
     if not records:
         raise DiffcError("nothing to evaluate: no classical codecs and no DiffC channels chosen")
     title = f"{images} ({len(eval_images)} images)"

@@ -78,7 +78,9 @@ def ray_session(address: str | None) -> Iterator[dict[str, float]]:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
+            # "local": always a new embedded cluster; without it Ray would join a cluster that another
+            # process started on this machine (and refuse num_cpus), which --address is for
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
         started = True
     _quiet_ray_data()
     ctx = DataContext.get_current()

@@ -1,0 +1,86 @@
+"""DiffC evaluation on Ray actors: each actor holds the model once, batches of images are spread over them.
+
+The in-process loop (``runner.run_diffc``) is the unit of work: an actor runs it on one batch and sends
+back the records, plus the reconstructions of the showcase image when the batch holds it. On a 2-core
+machine two 1-thread actors beat one 2-thread process, because the channel coder is single-threaded numpy;
+on a cluster the same code spreads over every node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .data import EvalImage
+from .runner import Progress, Showcase, batches_by_size, run_diffc
+
+
+class DiffcWorker:
+    """Ray actor: the codecs of every channel, built once from the model spec."""
+
+    def __init__(self, model_spec: str, channels: Sequence[str], threads: int) -> None:
+        import torch
+
+        from ..codec import CodecConfig, DiffcCodec
+        from ..models import load_model
+
+        torch.set_num_threads(threads)
+        net = load_model(model_spec)
+        self.codecs = {ch: DiffcCodec(net, CodecConfig(), channel=ch) for ch in channels}
+
+    def fingerprint(self) -> str:
+        return next(iter(self.codecs.values())).fingerprint
+
+    def run(
+        self,
+        batch: list[EvalImage],
+        prefixes: Sequence[int],
+        methods: Sequence[str],
+        seed: int,
+        showcase_id: str,
+    ) -> tuple[list[dict], list[tuple[dict, np.ndarray]]]:
+        showcase = next((Showcase(im) for im in batch if im.id == showcase_id), None)
+        records = run_diffc(batch, self.codecs, prefixes, methods, seed, len(batch), showcase, lambda _: None)
+        recon = [pair for pairs in showcase.recon.values() for pair in pairs] if showcase else []
+        return records, recon
+
+
+def run_diffc_on_ray(
+    images: Sequence[EvalImage],
+    model_spec: str,
+    fingerprint: str,
+    channels: Sequence[str],
+    prefixes: Sequence[int],
+    methods: Sequence[str],
+    seed: int,
+    batch_size: int,
+    showcase: Showcase,
+    advance: Progress,
+    workers: int,
+    threads: int,
+    address: str | None,
+) -> list[dict]:
+    """``run_diffc`` over Ray actors; records come back in batch order, as the in-process loop makes them."""
+    import ray
+    from ray.util import ActorPool
+
+    from ..errors import ModelMismatchError
+    from ..pipeline.runtime import cpu_node_count, ray_session, size_actors
+
+    with ray_session(address) as resources:
+        sizing = size_actors(resources, threads, workers, nodes=cpu_node_count())
+        actor = ray.remote(num_cpus=sizing.num_cpus, num_gpus=sizing.num_gpus)(DiffcWorker)
+        actors = [actor.remote(model_spec, list(channels), sizing.threads) for _ in range(sizing.actors)]
+        if set(ray.get([a.fingerprint.remote() for a in actors])) != {fingerprint}:
+            raise ModelMismatchError(f"model {model_spec!r} loads differently on the Ray workers than here")
+        records: list[dict] = []
+        pool = ActorPool(actors)
+        batches = batches_by_size(images, batch_size)
+        work = pool.map(lambda a, b: a.run.remote(b, list(prefixes), list(methods), seed, showcase.image.id), batches)
+        for batch, (recs, recon) in zip(batches, work, strict=True):
+            records += recs
+            for rec, pixels in recon:
+                showcase.add(rec, pixels)
+            advance(len(batch) * len(channels))
+        return records
