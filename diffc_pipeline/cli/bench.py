@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import typer
 
-from ._common import console, friendly_errors
+from ._common import EXIT_FAILED, console, friendly_errors
 
 bench_app = typer.Typer(help="Benchmarks (long measurements; results as JSON).", no_args_is_help=True)
 
@@ -25,6 +25,14 @@ def run_info() -> dict:
         "machine": f"{platform.machine()} {platform.processor() or ''} cores={torch.get_num_threads()}".strip(),
         "torch": torch.__version__,
     }
+
+
+def emit(result: dict, json_path: Path | None) -> None:
+    """Print a benchmark's JSON to stdout (for pipes) and write it to ``json_path`` when given."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if json_path:
+        json_path.write_text(text + "\n")
 
 
 @bench_app.command("rcc")
@@ -65,10 +73,7 @@ def rcc(
         "model": m.identity.short,
         **speed,
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if json_path:
-        json_path.write_text(text + "\n")
+    emit(result, json_path)
 
 
 @bench_app.command("speed")
@@ -102,10 +107,23 @@ def speed(
         runs.append(measure_speed(m, config, photo, 1))
         console.print(runs[-1])
     result = {**run_info(), "model": m.identity.short, "codec": config.to_dict(), "threads": torch.get_num_threads()}
-    text = json.dumps({**result, "runs": runs}, indent=1)
-    print(text)
-    if json_path:
-        json_path.write_text(text + "\n")
+    emit({**result, "runs": runs}, json_path)
+
+
+@bench_app.command("faults")
+@friendly_errors
+def faults(
+    trials: int = typer.Option(1, min=1, help="Trials of each fault kind (actor, node, driver)."),
+    images: int = typer.Option(16, min=4, max=128, help="Images per trial (16x16 tiles, one per shard)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """Kill encoder actors, a worker node and the driver mid-job on a local 3-node Ray cluster; check archives."""
+    from ..benchmarks.faults import run_faults
+
+    result = {**run_info(), **run_faults(trials, images, say=console.print)}
+    emit(result, json_path)
+    if any(s["consistent_trials"] < s["trials"] for s in result["summary"].values()):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def register(app: typer.Typer) -> None:

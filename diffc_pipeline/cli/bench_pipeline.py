@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from ._common import console, friendly_errors
-from .bench import bench_app, run_info
+from .bench import bench_app, emit, run_info
 from .compress import STORAGE_HELP, codec_overrides
 
 
@@ -43,10 +42,7 @@ def pipeline(
         work_dir=work_dir,
         on_result=lambda key, value: console.print(f"{key}: {value}", highlight=False),
     )
-    text = json.dumps({**run_info(), **result}, indent=1)
-    print(text)
-    if json_path:
-        json_path.write_text(text + "\n")
+    emit({**run_info(), **result}, json_path)
 
 
 def register(app: typer.Typer) -> None:

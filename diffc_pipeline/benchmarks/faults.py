@@ -1,6 +1,8 @@
-"""Fault injection on a real multi-node Ray cluster (one machine): how many kills a compress job survives.
+"""``diffc bench faults``: fault injection on a real multi-node Ray cluster (one machine).
 
-    python bench/fault_injection.py [--trials 3] [--images 24] [--out bench/faults.json]
+How many kills a compress job survives, with what left in the archive:
+
+    diffc bench faults [--trials 3] [--images 24] [--json bench/faults.json]
 
 A ``ray.cluster_utils.Cluster`` with a head and two worker nodes (separate raylets and worker processes)
 runs ``diffc compress`` jobs (Gaussian model, 2 steps, 16x16 tiles of the bundled samples, one image per
@@ -17,7 +19,6 @@ per shard file, no temporary file, no lock left. Results go to a JSON file for d
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -33,11 +34,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from diffc_pipeline.pipeline.commit import MARKER_SUFFIX, MARKERS_DIR, SHARDS_DIR, TMP_PREFIX
-from diffc_pipeline.pipeline.compress_job import CompressOptions, run_compress
-from diffc_pipeline.pipeline.lock import LOCK_NAME
-from diffc_pipeline.pipeline.progress import JobProgress
-from diffc_pipeline.samples import load_images
+from ..pipeline.commit import MARKER_SUFFIX, MARKERS_DIR, SHARDS_DIR, TMP_PREFIX
+from ..pipeline.compress_job import CompressOptions, run_compress
+from ..pipeline.lock import LOCK_NAME
+from ..pipeline.progress import JobProgress
+from ..samples import load_images
 
 ENCODER_TITLE = b"ray::MapWorker(MapBatches(Encoder))"
 STEPS = 2
@@ -105,11 +106,12 @@ def wait_until(condition, alive, what: str) -> bool:
     return True
 
 
-def in_thread(inp: Path, arc: Path, address: str) -> tuple[threading.Thread, dict]:
+def in_thread(inp: Path, arc: Path, address: str | None, incremental: bool = False) -> tuple[threading.Thread, dict]:
+    """Start a compress job in a thread of this driver; the dict gets its ``summary`` or ``error``."""
     out: dict = {}
     opts = CompressOptions(
         input=str(inp), output=str(arc), model="gaussian", codec_config={"num_steps": STEPS},
-        shard_size=1, batch_size=1, address=address,
+        shard_size=1, batch_size=1, address=address, incremental=incremental,
     )  # fmt: skip
 
     def run() -> None:
@@ -165,13 +167,8 @@ def driver_trial(root: Path, ids: list[str], address: str) -> dict:
     return {"kills": kills, "committed_before_rerun": done, "error": error, **check_archive(arc, ids)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=3, help="trials of each kind")
-    parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--out", default="bench/faults.json")
-    args = parser.parse_args()
-
+def run_faults(trials: int, images: int, say=print) -> dict:
+    """Run ``trials`` trials of each fault kind on a fresh 3-node local cluster; return the report."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -184,10 +181,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="diffc-faults-"))
     started = time.time()
     try:
-        for trial in range(args.trials):
+        for trial in range(trials):
             for kind in results:
                 root = work / f"{kind}-{trial}"
-                ids = write_tiles(root / "in", args.images)
+                ids = write_tiles(root / "in", images)
                 t = time.time()
                 if kind == "actor":
                     record = actor_trial(root, ids, cluster.address)
@@ -197,7 +194,7 @@ def main() -> None:
                     record = driver_trial(root, ids, cluster.address)
                 record["wall_s"] = round(time.time() - t, 1)
                 results[kind].append(record)
-                print(kind, trial, json.dumps(record), flush=True)
+                say(f"{kind} trial {trial}: {json.dumps(record)}")
                 shutil.rmtree(root)
     finally:
         ray.shutdown()
@@ -212,18 +209,10 @@ def main() -> None:
         }
         for kind, recs in results.items()
     }
-    report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python " + " ".join(sys.argv),
+    return {
         "cluster": "ray.cluster_utils.Cluster: head (1 CPU) + 2 worker nodes (1 CPU each), one machine",
-        "images_per_trial": args.images,
+        "images_per_trial": images,
         "wall_s": round(time.time() - started, 1),
         "summary": summary,
         "trials": results,
     }
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
-
-
-if __name__ == "__main__":
-    main()
