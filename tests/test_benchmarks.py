@@ -1,0 +1,35 @@
+"""The benchmark commands' own arithmetic, on cheap settings (the measurements themselves are in docs/)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffc_pipeline.benchmarks.speed import measure_speed
+from diffc_pipeline.cli import app
+from diffc_pipeline.codec import CodecConfig
+from diffc_pipeline.models import load_model
+
+
+def test_speed_accounts_for_encode_time_and_real_bytes():
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    result = measure_speed(load_model("gaussian"), CodecConfig(num_steps=3), images, batch_size=2)
+    assert (result["size"], result["images"], result["batch"]) == ("16x16", 3, 2)
+    network, channel = result["encode_network_share"], result["encode_channel_share"]
+    assert 0 < network < 1 and 0 < channel < 1 and network + channel <= 1.0
+    assert result["encode_s_per_image"] * result["encode_img_per_s"] == pytest.approx(1.0, rel=0.01)
+    assert set(result["decode_img_per_s"]) == {"flow", "denoise"}
+    assert result["bpp"] > 0
+
+
+def test_bench_speed_cli_writes_its_json(tmp_path):
+    out = tmp_path / "speed.json"
+    args = ["bench", "speed", "--images", "1", "--batch-size", "1", "--threads", "1", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["model"].startswith("diffc-unet-tin64@") and doc["runs"][0]["size"] == "64x64"
+    assert doc["command"].startswith("diffc ")
