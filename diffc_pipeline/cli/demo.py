@@ -3,10 +3,8 @@ bitrates, print (image, bpp, PSNR) and write PNGs. What ``make demo`` runs."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -23,6 +21,7 @@ def demo(
     import pyarrow.parquet as pq
 
     from ..codec import CodecConfig
+    from ..evaluation.metrics import psnr
     from ..images import decode_image
     from ..pipeline.compress_job import CompressOptions, run_compress
     from ..pipeline.decode_job import DecodeOptions, output_name, run_decode
@@ -54,7 +53,7 @@ def demo(
             JobProgress(f"decode step {p}", console),
         )
         results[p] = {
-            row["id"]: _psnr(
+            row["id"]: psnr(
                 decode_image((SAMPLES_DIR / row["id"]).read_bytes()),
                 decode_image((target / output_name(row["id"])).read_bytes()),
             )
@@ -71,11 +70,6 @@ def demo(
         table.add_row(row["id"], *cells)
     console.print(table)
     console.print(f"PNGs in {out}/decoded-step*/; inspect the archive with `diffc inspect {archive}`")
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def register(app: typer.Typer) -> None:

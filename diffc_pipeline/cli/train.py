@@ -41,12 +41,12 @@ def train(
     where that is safe (learning rate and its cool-down) and are refused where the weights depend on them.
     """
     from ..training.data import load_encoded_images
-    from ..training.trainer import TrainConfig, Trainer, checkpoint_config, run_training
+    from ..training.trainer import STATE, TrainConfig, Trainer, checkpoint_config, run_training
 
     if threads:
         torch.set_num_threads(threads)
     ckpt = out / "checkpoint"
-    resuming = resume and (ckpt / "state.json").exists()
+    resuming = resume and (ckpt / STATE).exists()
     given = {"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed}
     given |= {"decay_start": decay_start, "decay_end": decay_end}
     config = replace(

@@ -66,10 +66,10 @@ def run_diffc_on_ray(
     from ray.util import ActorPool
 
     from ..errors import ModelMismatchError
-    from ..pipeline.runtime import cpu_node_count, ray_session, size_actors
+    from ..pipeline.runtime import cluster_sizing, ray_session
 
-    with ray_session(address) as resources:
-        sizing = size_actors(resources, threads, workers, nodes=cpu_node_count())
+    with ray_session(address):
+        sizing = cluster_sizing(threads, workers)
         actor = ray.remote(num_cpus=sizing.num_cpus, num_gpus=sizing.num_gpus)(DiffcWorker)
         actors = [actor.remote(model_spec, list(channels), sizing.threads) for _ in range(sizing.actors)]
         if set(ray.get([a.fingerprint.remote() for a in actors])) != {fingerprint}:

@@ -27,7 +27,7 @@ from .lock import LOCK_NAME, archive_lock
 from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
-from .runtime import READ_TASK_CPUS, ActorSizing, cpu_node_count, model_stage, ray_session, size_actors
+from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
 from .sources import list_source, open_fs, public_url
 from .stages import Encoder, read_and_decode
 
@@ -188,7 +188,7 @@ def prepare(opts: CompressOptions, codec, run_id: str = "") -> PreparedJob:
 
 
 def _check_empty(fs: fsspec.AbstractFileSystem, root: str, where: str) -> None:
-    """A new archive goes into a new or empty folder (the lock of an incremental run aside)."""
+    """A new archive goes into a new or empty folder (the run's own lock file aside)."""
     if fs.exists(root) and [p for p in fs.ls(root, detail=False) if p.rstrip("/").rsplit("/", 1)[-1] != LOCK_NAME]:
         raise ArchiveError(
             f"{where} is not empty and holds no diffc archive (no manifest.json); choose an empty or new OUTPUT"
@@ -290,8 +290,8 @@ def _run(job: PreparedJob, opts: CompressOptions, progress: JobProgress) -> Comp
         return CompressSummary(0, 0, 0, float("nan"), 0.0, 0.0, 0, skipped, "none")
     progress.start(sum(s.size for s in job.pending))
     try:
-        with ray_session(opts.address) as resources:
-            sizing = size_actors(resources, opts.threads, opts.actors, nodes=cpu_node_count())
+        with ray_session(opts.address):
+            sizing = cluster_sizing(opts.threads, opts.actors)
             written = _drain(_build_dataset(job, opts, sizing), job, progress)
     finally:
         progress.stop()

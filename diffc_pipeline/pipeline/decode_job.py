@@ -25,7 +25,7 @@ from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
-from .runtime import READ_TASK_CPUS, ActorSizing, cpu_node_count, model_stage, ray_session, size_actors
+from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
 from .sources import open_fs
 from .stages import error_text, load_codec
 from .where import parse_where
@@ -263,8 +263,8 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     progress.start(selection.num_rows)
     try:
-        with ray_session(opts.address) as resources:
-            sizing = size_actors(resources, opts.threads, opts.actors, nodes=cpu_node_count())
+        with ray_session(opts.address):
+            sizing = cluster_sizing(opts.threads, opts.actors)
             bytes_read, needed = _drain(_build_dataset(archive, selection, opts, sizing), opts, progress)
     finally:
         progress.stop()

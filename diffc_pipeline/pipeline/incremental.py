@@ -67,11 +67,10 @@ def compare(items: pa.Table, held: pa.Table) -> Delta:
     keep, new, changed = [], 0, 0
     for row in items.select(["id", *SIGNATURE]).to_pylist():
         old = known.get(row["id"])
-        if old is None:
-            new += 1
-        elif any(old[k] != row[k] for k in SIGNATURE):
-            changed += 1
-        keep.append(old is None or any(old[k] != row[k] for k in SIGNATURE))
+        differs = old is not None and any(old[k] != row[k] for k in SIGNATURE)
+        new += old is None
+        changed += differs
+        keep.append(old is None or differs)
     listed = set(items.column("id").to_pylist())
     deleted = sorted(set(known) - listed)
     todo = items.filter(pa.array(keep, pa.bool_())) if items.num_rows else items

@@ -53,16 +53,17 @@ def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0, 
     return ActorSizing(actors, max(0.0, cpus - reserve) / actors, None, threads)
 
 
-def cpu_node_count() -> int:
-    """Alive nodes of the connected cluster that offer CPUs."""
+def cluster_sizing(threads: int = 0, actors: int = 0) -> ActorSizing:
+    """:func:`size_actors` for the connected cluster: its resources and how many alive nodes offer CPUs."""
     import ray
 
-    return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0) or 1
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+    return size_actors(ray.cluster_resources(), threads, actors, nodes=nodes or 1)
 
 
 @contextmanager
-def ray_session(address: str | None) -> Iterator[dict[str, float]]:
-    """Yield the cluster's resources: ``address``'s cluster, the running one, or an embedded local one.
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect for the block: to ``address``'s cluster, the running one, or an embedded local one.
 
     An embedded cluster is sized to this machine and shut down afterwards; a cluster this process did not
     start is left running.
@@ -89,7 +90,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, float]]:
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     try:
-        yield ray.cluster_resources()
+        yield
     finally:
         if started:
             ray.shutdown()
