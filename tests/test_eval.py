@@ -54,6 +54,19 @@ def test_bd_rate_integrates_over_the_overlap_only():
     assert res.percent == pytest.approx((math.exp(-0.5) - 1) * 100, abs=1e-9)
 
 
+def test_bd_rate_from_a_quality_floor_averages_above_it_only():
+    # the test costs 4x the anchor below 20 dB and the same from there; PCHIP's slope at a node depends on the
+    # intervals either side, so from 25 dB up the two interpolants are identical: BD-rate 0
+    q = np.array([10.0, 15.0, 20.0, 25.0, 30.0, 35.0])
+    r = np.exp(q / 5)
+    test = np.where(q < 20, 4 * r, r)
+    res = bd_rate(r, q, test, q, min_quality=25.0)
+    assert res is not None and (res.quality_lo, res.quality_hi) == (25.0, 35.0)
+    assert res.percent == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(r, q, test, q).percent > 20  # the whole range sees the low end
+    assert bd_rate(r, q, test, q, min_quality=36.0) is None
+
+
 def test_bd_rate_says_none_without_overlap():
     assert bd_rate([1, 2, 4], [20, 25, 30], [0.1, 0.2], [10, 15]) is None
     assert bd_rate([1], [20], [1, 2], [20, 25]) is None  # one point is no curve
@@ -201,7 +214,7 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
 
 def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     from diffc_pipeline.codec import CodecConfig, DiffcCodec
-    from diffc_pipeline.evaluation.runner import image_seed
+    from diffc_pipeline.evaluation.runner import PER_IMAGE_BYTES, image_seed
     from diffc_pipeline.models import load_model
 
     write_images(tmp_path / "imgs", 3, size=16)
@@ -218,15 +231,17 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     # BD-rates and curves compare all codecs on the DiffC images; the full classical curve is kept apart
     assert doc["curves"]["jpeg"][0]["images"] == 2 and doc["curves_all_images"]["jpeg"][0]["images"] == 3
 
-    # the rcc rate is the real stream: header plus the first k chunks of what compress() writes
+    # the rcc rate is the real stream: the first k chunks of what compress() writes plus the per-image shape;
+    # the standalone header is reported apart
     codec = DiffcCodec(load_model("gaussian"), CodecConfig(), channel="rcc")
     first = on[0]
     pixels = np.array(Image.open(tmp_path / "imgs" / f"{first}.png"))
     stream = codec.compress(torch.from_numpy(pixels).permute(2, 0, 1)[None], [image_seed(first, 7)])[0]
     for k in (1, 4, 16):
         rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == first and r["steps"] == k)
-        real = len(stream.header) + sum(len(c) for c in stream.chunks[:k])
-        assert rec["bytes"] == real and rec["header_bytes"] == len(stream.header)
+        real = PER_IMAGE_BYTES + sum(len(c) for c in stream.chunks[:k])
+        assert rec["bytes"] == real and rec["header_bytes"] == 4 == PER_IMAGE_BYTES
+        assert rec["stream_header_bytes"] == len(stream.header) == 26
         assert rec["bpp"] == pytest.approx(8 * real / 256)
         assert rec["kl_bits"] == pytest.approx(sum(stream.step_kl_bits[:k]))
     # the ideal rate is the KL of the prefix, no bytes
@@ -238,6 +253,8 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     assert ideal[0]["bpp"] < ideal[1]["bpp"] < ideal[2]["bpp"] and ideal[0]["psnr"] < ideal[2]["psnr"]
     pairs = {(b["test"], b["anchor"]) for b in doc["bd_rates"]}
     assert ("diffc-rcc-flow", "diffc-ideal-flow") in pairs and ("diffc-ideal-flow", "jpeg") in pairs
+    floors = {(b["test"], b["anchor"]) for b in doc["bd_rates"] if b["from"] == 20.0}
+    assert floors == {(f"diffc-rcc-{m}", f"diffc-ideal-{m}") for m in ("flow", "ancestral", "denoise")}
     assert set(doc["flow_minus_ancestral_psnr_db_at_full_rate"]) == {"rcc", "ideal"}
     assert "diffc-rcc-flow" in (out / "index.html").read_text()
 

@@ -134,17 +134,21 @@ class DiffcCodec:
         streams: Sequence[EncodedImage],
         steps: int | Sequence[int] | None = None,
         method: str = "flow",
-        flow_steps: int | None = None,
+        recon_steps: int | None = None,
     ) -> torch.Tensor:
-        """Decode each stream from its first ``steps`` chunks (all present by default) to ``uint8`` images."""
-        return float_to_uint8(self.decompress_float(streams, steps, method, flow_steps))
+        """Decode each stream from its first ``steps`` chunks (all present by default) to ``uint8`` images.
+
+        ``recon_steps``: ODE or sampling steps of the reconstruction (default: the configuration's
+        ``flow_steps`` for ``flow``, ``ancestral_steps`` for ``ancestral``).
+        """
+        return float_to_uint8(self.decompress_float(streams, steps, method, recon_steps))
 
     def decompress_float(
         self,
         streams: Sequence[EncodedImage],
         steps: int | Sequence[int] | None = None,
         method: str = "flow",
-        flow_steps: int | None = None,
+        recon_steps: int | None = None,
     ) -> torch.Tensor:
         """Like :meth:`decompress`, in the data scale (floats, unquantised)."""
         if method not in METHODS:
@@ -157,7 +161,7 @@ class DiffcCodec:
             z,
             lam,
             method,
-            flow_steps or self.config.flow_steps,
+            self._recon_steps(method, recon_steps),
             [s.seed for s in streams],
             self.logsnr_final,
         )
@@ -233,7 +237,7 @@ class DiffcCodec:
         seeds: Sequence[int],
         prefixes: Sequence[int],
         methods: Sequence[str] = METHODS,
-        flow_steps: int | None = None,
+        recon_steps: int | None = None,
     ) -> SweepResult:
         """Encode once, then reconstruct from each prefix with each method.
 
@@ -259,7 +263,7 @@ class DiffcCodec:
                     latents[k],
                     lam,
                     method,
-                    flow_steps or self.config.flow_steps,
+                    self._recon_steps(method, recon_steps),
                     list(seeds),
                     self.logsnr_final,
                 )
@@ -268,6 +272,11 @@ class DiffcCodec:
         return result
 
     # ---- helpers ---------------------------------------------------------------------------------------
+    def _recon_steps(self, method: str, override: int | None) -> int:
+        if override:
+            return override
+        return self.config.ancestral_steps if method == "ancestral" else self.config.flow_steps
+
     def _padded_shape(self, h: int, w: int) -> tuple[int, int, int]:
         m = self.model.pad_multiple
         return (self.model.channels, -(-h // m) * m, -(-w // m) * m)

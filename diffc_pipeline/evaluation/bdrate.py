@@ -43,16 +43,18 @@ def bd_rate(
     anchor_quality: Sequence[float],
     test_rates: Sequence[float],
     test_quality: Sequence[float],
+    min_quality: float | None = None,
 ) -> BdRate | None:
     """BD-rate of ``test`` against ``anchor``, or ``None`` when the curves' quality ranges do not overlap.
 
     Each curve needs at least two Pareto points with positive rate, otherwise there is no curve either.
+    ``min_quality`` starts the overlap no lower than this (e.g. only where images are usable).
     """
     ra, qa = pareto_front(anchor_rates, anchor_quality)
     rt, qt = pareto_front(test_rates, test_quality)
     if len(ra) < 2 or len(rt) < 2 or min(ra[0], rt[0]) <= 0:
         return None
-    lo, hi = max(qa[0], qt[0]), min(qa[-1], qt[-1])
+    lo, hi = max(qa[0], qt[0], -np.inf if min_quality is None else min_quality), min(qa[-1], qt[-1])
     if not hi > lo:
         return None
     int_a = PchipInterpolator(qa, np.log(ra)).integrate(lo, hi)
