@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InvalidInputError
 
 FORMAT_VERSION = 1
+RECONSTRUCTION_ONLY = ("flow_steps", "ancestral_steps")
 
 
 @dataclass(frozen=True)
@@ -69,4 +70,7 @@ class CodecConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Hash of what the stream depends on; the receiver's reconstruction step counts are left out, so
+        changing them neither breaks old streams nor splits an archive."""
+        stream = {k: v for k, v in self.to_dict().items() if k not in RECONSTRUCTION_ONLY}
+        return hashlib.sha256(json.dumps(stream, sort_keys=True).encode()).hexdigest()
