@@ -114,7 +114,9 @@ def test_real_bits_track_kl(codec: DiffcCodec) -> None:
     kl = sum(sum(s.step_kl_bits) for s in streams)
     bits = 8 * sum(sum(len(c) for c in s.chunks) for s in streams)
     assert kl > 500
-    assert 0.9 * kl < bits < 1.6 * kl
+    # with the default 2**12 candidates for 12-bit chunks an index carries at most 12 bits, so chunks above
+    # their budget are sent approximately and the bits can fall a little below the trajectory's KL
+    assert 0.8 * kl < bits < 1.6 * kl
 
 
 def test_ideal_channel_charges_kl_and_cannot_be_decoded() -> None:

@@ -35,8 +35,8 @@ class CodecConfig:
     num_steps: int = 40
     logsnr_start: float = -5.0
     logsnr_end: float = 4.5
-    chunk_bits: int = 16
-    candidate_log2: int = 16
+    chunk_bits: int = 12
+    candidate_log2: int = 12
     target_gain: float = 1.2
     pool_width: int = 64
     flow_steps: int = 24
