@@ -17,7 +17,11 @@ def demo(
     model: str = typer.Option("builtin", help="'builtin', 'gaussian' or a model directory."),
     steps: str = typer.Option("", help="Two coding-step prefixes to decode at, e.g. '10,40' (default: K/4, K)."),
 ) -> None:
-    """Compress the bundled sample images, decode them at two bitrates, print bpp and PSNR."""
+    """Compress the bundled sample images, decode them at two bitrates, print bpp and PSNR.
+
+    The demo's archive under ``OUT/archive`` is rebuilt on every run (an archive of the bundled samples only,
+    so nothing of the user's is replaced): after an upgrade ships new weights, ``make demo`` must show them.
+    """
     import pyarrow.parquet as pq
 
     from ..codec import CodecConfig
@@ -31,7 +35,9 @@ def demo(
     archive = out / "archive"
     console.print(f"compressing {len(sample_paths())} bundled images from {SAMPLES_DIR} -> {archive}")
     summary = run_compress(
-        CompressOptions(input=str(SAMPLES_DIR), output=str(archive), model=model, shard_size=4, batch_size=4),
+        CompressOptions(
+            input=str(SAMPLES_DIR), output=str(archive), model=model, shard_size=4, batch_size=4, overwrite=True
+        ),
         JobProgress("compress", console),
     )
     console.print(
@@ -40,7 +46,7 @@ def demo(
     k = CodecConfig().num_steps
     prefixes = [int(s) for s in steps.split(",")] if steps else [max(1, k // 4), k]
     rows = pq.read_table(str(archive / "shards"), columns=["id", "status", "height", "width", "cum_bits"])
-    table = Table(title="DiffC-F reconstructions (bpp includes the 26-byte per-image header)")
+    table = Table(title="DiffC-F reconstructions (bpp includes the 26-byte per-image stream header)")
     table.add_column("image")
     for p in prefixes:
         table.add_column(f"step {p}: bpp", justify="right")
