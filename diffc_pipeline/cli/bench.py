@@ -40,7 +40,7 @@ def emit(result: dict, json_path: Path | None) -> None:
 def rcc(
     model: str = typer.Option("builtin", help="Model for the speed part: builtin, gaussian or PATH."),
     configs: str = typer.Option(
-        "16:16:1.2,12:13:1.2,8:12:1.25,8:12:1.0",
+        "12:12:1.2,12:13:1.2,8:12:1.25,8:12:1.0",
         help="Comma-separated chunk_bits:candidate_log2:target_gain channel settings to compare (first: the default).",
     ),
     repeats: int = typer.Option(2, help="Seeds per profile step."),
