@@ -7,8 +7,8 @@ N Tiny ImageNet val images (rows 100.. of the first val file, 64x64), the built-
 ``python -m diffc_pipeline.codec.tables``) one real encode + decode at prefixes 4, 8, ..., 40 and the same
 images through the ideal channel. Prints per configuration the BD-rate (PSNR) of the real channel against the
 ideal one over the whole overlap and over the upper half of the schedule (prefixes k >= 24, about 21 dB and up;
-rate: chunk bytes + 4 bytes of image shape), the PSNR difference and the rate ratio at k=40, for DiffC-F and
-the denoiser.
+rate: as `diffc eval` charges it, chunk bytes + 4 bytes of image shape), the PSNR difference and the rate
+ratio at k=40, for DiffC-F and the denoiser.
 """
 
 import glob
@@ -25,6 +25,7 @@ from PIL import Image
 from diffc_pipeline.codec import CodecConfig, DiffcCodec
 from diffc_pipeline.evaluation.bdrate import bd_rate
 from diffc_pipeline.evaluation.metrics import psnr
+from diffc_pipeline.evaluation.runner import prefix_rate
 from diffc_pipeline.models import load_model
 
 PREFIXES = [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
@@ -47,10 +48,7 @@ def curves(codec: DiffcCodec, imgs: np.ndarray) -> tuple[dict, float]:
     for method in METHODS:
         rates, quality = [], []
         for k in PREFIXES:
-            if codec.channel == "ideal":
-                bits = np.mean([sum(s.step_kl_bits[:k]) for s in res.streams])
-            else:
-                bits = np.mean([8 * (sum(len(c) for c in s.chunks[:k]) + 4) for s in res.streams])
+            bits = np.mean([prefix_rate(s, k, codec.channel, sum(s.step_kl_bits[:k]))["bits"] for s in res.streams])
             rates.append(bits / (imgs.shape[1] * imgs.shape[2]))
             quality.append(
                 np.mean([psnr(im, res.recon[method][k][i].permute(1, 2, 0).numpy()) for i, im in enumerate(imgs)])

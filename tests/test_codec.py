@@ -193,7 +193,7 @@ def test_other_model_or_config_refused(codec: DiffcCodec) -> None:
 
 # ---- Gaussian theory (Theis et al. 2022) with the real channel ---------------------------------------------
 # A high-fidelity channel setting (8-bit chunks, 2**14 candidates, gain 1.15), cheap on these 3,456-dimension
-# images; the default (16-bit chunks, 2**16 candidates) trades fidelity for bits (docs/benchmarks.md).
+# images; the default (12-bit chunks, 2**12 candidates) trades fidelity for bits (docs/benchmarks.md).
 THEORY = CodecConfig(
     num_steps=48, logsnr_start=-5.0, logsnr_end=4.0, chunk_bits=8, candidate_log2=14, target_gain=1.15
 )

@@ -153,13 +153,18 @@ def rcc_encode(d: np.ndarray, seed: int, step: int, config: CodecConfig) -> tupl
 
 
 def _add_projections(
-    scores: torch.Tensor, targets: torch.Tensor, pool_t: torch.Tensor, layout: StepLayout, segs: range, c0: int,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    pool_t: torch.Tensor,
+    layout: StepLayout,
+    segs: range,
+    c0: int,
     per_block: int,
 ) -> None:
     """Add each segment's candidate projections ``<c_n segment, target segment>`` to its chunk's scores."""
     n = pool_t.shape[1]
     cand = torch.arange(n, dtype=torch.int64)
-    seg_chunk = torch.from_numpy(layout.seg_chunk - c0)
+    seg_chunk = torch.from_numpy(layout.seg_chunk[segs.start : segs.stop] - c0)  # chunk of each segment, in block
     for lo in range(segs.start, segs.stop, per_block):
         hi = min(lo + per_block, segs.stop)
         # (Gb, N): each segment target against every pool row, rows laid out contiguously per segment so the
@@ -167,7 +172,7 @@ def _add_projections(
         proj = targets[lo:hi] @ pool_t
         mult = torch.from_numpy(layout.seg_mult[lo:hi])[:, None]
         rows = (mult * cand[None, :] + torch.from_numpy(layout.seg_add[lo:hi])[:, None]) & (n - 1)
-        scores.index_add_(0, seg_chunk[lo:hi], torch.gather(proj, 1, rows))
+        scores.index_add_(0, seg_chunk[lo - segs.start : hi - segs.start], torch.gather(proj, 1, rows))
 
 
 def rcc_decode(

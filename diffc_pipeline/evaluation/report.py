@@ -254,10 +254,7 @@ def summary_tables(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dic
     bd_table = Table(title="BD-rate of DiffC (negative = fewer bits than the anchor at equal quality)")
     for col in ("test", "anchor", "PSNR", "PSNR overlap", "MS-SSIM"):
         bd_table.add_column(col, justify="left" if col in ("test", "anchor") else "right")
-    pairs = dict.fromkeys((b["test"], b["anchor"]) for b in bd)
-    for test, anchor in pairs:
-        by_metric = {b["metric"]: b for b in bd if (b["test"], b["anchor"]) == (test, anchor) and b["from"] is None}
-        p, m = by_metric["psnr"], by_metric["ms_ssim_db"]
+    for test, anchor, p, m in _full_range_pairs(bd):
         bd_table.add_row(
             test,
             anchor,
@@ -266,6 +263,13 @@ def summary_tables(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dic
             _percent(m),
         )
     return [curves_table, bd_table] if bd else [curves_table]
+
+
+def _full_range_pairs(bd: list[dict]) -> list[tuple[str, str, dict, dict]]:
+    """``(test, anchor, PSNR entry, MS-SSIM entry)`` per pair, over the whole overlap, in report order."""
+    full = {(b["test"], b["anchor"], b["metric"]): b for b in bd if b["from"] is None}
+    pairs = dict.fromkeys((b["test"], b["anchor"]) for b in bd)
+    return [(t, a, full[(t, a, "psnr")], full[(t, a, "ms_ssim_db")]) for t, a in pairs]
 
 
 def _percent(b: dict) -> str:
@@ -301,12 +305,7 @@ def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: d
     if bd:
         lines += ["", "BD-rate (negative: the test needs fewer bits than the anchor at equal quality):", ""]
         lines += ["| test | anchor | BD-rate PSNR | PSNR overlap (dB) | BD-rate MS-SSIM |", "|---|---|---|---|---|"]
-        pairs = dict.fromkeys((b["test"], b["anchor"]) for b in bd)
-        for test, anchor in pairs:
-            by_metric = {
-                b["metric"]: b for b in bd if (b["test"], b["anchor"]) == (test, anchor) and b["from"] is None
-            }
-            p, m = by_metric["psnr"], by_metric["ms_ssim_db"]
+        for test, anchor, p, m in _full_range_pairs(bd):
             over = "" if p["overlap"] is None else f"{p['overlap'][0]:.1f}-{p['overlap'][1]:.1f}"
             lines.append(f"| {test} | {anchor} | {_percent(p)} | {over} | {_percent(m)} |")
         usable = [b for b in bd if b["from"] is not None]

@@ -147,7 +147,7 @@ def run_diffc(
                 kl_cum = np.cumsum(stream.step_kl_bits)
                 pixels = image.pixels.shape[0] * image.pixels.shape[1]
                 for k in prefixes:
-                    rate = _prefix_rate(stream, k, channel, float(kl_cum[k - 1]))
+                    rate = prefix_rate(stream, k, channel, float(kl_cum[k - 1]))
                     for method in methods:
                         recon = result.recon[method][k][i].permute(1, 2, 0).numpy()
                         rec = {
@@ -169,7 +169,7 @@ def run_diffc(
     return records
 
 
-def _prefix_rate(stream, k: int, channel: str, kl_bits: float) -> dict:
+def prefix_rate(stream, k: int, channel: str, kl_bits: float) -> dict:
     """Bits charged for the first ``k`` steps, with the parts they are made of."""
     if channel == "ideal":
         return {"bits": kl_bits, "kl_bits": kl_bits, "bytes": None, "header_bytes": None}
