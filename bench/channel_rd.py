@@ -1,16 +1,17 @@
 """Real channel against the ideal one, end to end, for several channel configurations.
 
-    python bench/channel_rd.py N C:L:G [C:L:G ...]
+    python bench/channel_rd.py N C:L:G[:M:W] [C:L:G[:M:W] ...]
 
 N Tiny ImageNet val images (rows 100.. of the first val file, 64x64), the built-in model, 40 steps to log-SNR
-4.5; for each configuration (chunk bits C, 2**L candidates, target gain G; its index table must exist, see
-``python -m diffc_pipeline.codec.tables``) one real encode + decode at prefixes 4, 8, ..., 40 and the same
-images through the ideal channel. Prints per configuration the BD-rate (PSNR) of the real channel against the
-ideal one over the whole overlap and over the upper half of the schedule (prefixes k >= 24, about 21 dB and up;
-rate: as `diffc eval` charges it, chunk bytes + 4 bytes of image shape), the PSNR difference and the rate
-ratio at k=40, for DiffC-F and the denoiser.
+4.5; for each configuration (chunk bits C, 2**L candidates, target gain G, optionally a pool of 2**M rows of
+width W; its index table must exist, see ``python -m diffc_pipeline.codec.tables``) one real encode + decode
+at prefixes 4, 8, ..., 40 and the same images through the ideal channel. Prints per configuration the BD-rate
+(PSNR) of the real channel against the ideal one over the whole overlap and over the upper half of the
+schedule (prefixes k >= 24, about 21 dB and up; rate: as `diffc eval` charges it, chunk bytes + 4 bytes of
+image shape), the PSNR difference and the rate ratio at k=40, for DiffC-F and the denoiser.
 """
 
+import dataclasses
 import glob
 import io
 import json
@@ -67,8 +68,10 @@ def main(n: int, specs: list[str]) -> None:
     imgs, model = load(n), load_model("builtin")
     ideal, _ = curves(DiffcCodec(model, CodecConfig(), channel="ideal"), imgs)
     for spec in specs:
-        c, log2n, gain = spec.split(":")
+        c, log2n, gain, *pool = spec.split(":")
         config = CodecConfig(chunk_bits=int(c), candidate_log2=int(log2n), target_gain=float(gain))
+        if pool:
+            config = dataclasses.replace(config, pool_rows_log2=int(pool[0]), pool_width=int(pool[1]))
         real, seconds = curves(DiffcCodec(model, config), imgs)
         row = {"config": spec, "sweep_s": round(seconds, 1)}
         for m in METHODS:

@@ -18,6 +18,15 @@ A whole step carries hundreds to thousands of bits, far beyond any one-shot samp
    flip preserve the distribution), so each chunk's sample keeps PFR's guarantees, and scoring all chunks is
    one matrix product ``P @ [sign_g * d_g]`` plus a gather.
 
+   **Fewer rows than candidates** (``pool_rows_log2 < candidate_log2``): segment ``g`` of candidate ``n``
+   takes row ``((a_g n + b_g) mod N) >> shift`` of a pool of ``M = N >> shift`` rows, and every chunk spans
+   at least two segments, so candidates are distinct combinations of rows. Each candidate is still
+   marginally ``N(0, I)``; two candidates share a segment's row with probability ``1/M``, which couples their
+   scores only through that segment. The matrix product shrinks to ``M`` rows and candidates cost one gather
+   per segment: 2**16 candidates from a 2**12-row pool score ~3x faster than 2**16 rows. A 1-D simulation of
+   one 11-bit chunk (600 trials) gave the same selected-sample bias as i.i.d. candidates: -0.37 vs -0.34
+   noise standard deviations along ``d`` at 2**16 candidates, -0.15 vs -0.10 at 2**20 (-0.74 at 2**12).
+
 4. **Target gain.** With finitely many candidates the selection undershoots: the chosen sample's projection
    on ``d`` averages ~0.93 ``|d|`` (8-bit chunks, 2**14 candidates). The lag compounds along the chain, and the
    last ``z`` carries ~18% excess noise, which the flow reconstruction turns into ~18% excess distortion. The
@@ -66,13 +75,26 @@ class StepLayout:
     seg_mult: np.ndarray  # (G,) odd multipliers
     seg_add: np.ndarray  # (G,) offsets
     seg_sign: np.ndarray  # (G, w) float32 +-1
+    candidate_log2: int
+    row_shift: int  # candidate n takes pool row ((a_g n + b_g) mod N) >> row_shift in segment g
+
+    def seg_rows(self, candidates: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """``(hi - lo, len(candidates))`` pool rows of ``candidates`` in segments ``lo:hi``."""
+        mult = torch.from_numpy(self.seg_mult[lo:hi])[:, None]
+        add = torch.from_numpy(self.seg_add[lo:hi])[:, None]
+        return ((mult * candidates[None, :] + add) & ((1 << self.candidate_log2) - 1)) >> self.row_shift
+
+    def chosen_rows(self, indices: np.ndarray) -> np.ndarray:
+        """``(G,)`` pool row of each segment for its chunk's chosen candidate."""
+        n_mask = (1 << self.candidate_log2) - 1
+        return ((self.seg_mult * indices[self.seg_chunk] + self.seg_add) & n_mask) >> self.row_shift
 
 
 def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecConfig) -> StepLayout:
     perm = prng.rng(seed, step, prng.PERMUTE).permutation(dims)
     bounds = (np.arange(num_chunks + 1, dtype=np.int64) * dims) // num_chunks
     sizes = np.diff(bounds)
-    w = int(min(config.pool_width, sizes.max()))
+    w = _segment_width(sizes, config)
     per_chunk = -(-sizes // w)  # ceil
     seg_chunk = np.repeat(np.arange(num_chunks), per_chunk)
     first_seg = np.concatenate([[0], np.cumsum(per_chunk)[:-1]])
@@ -86,7 +108,19 @@ def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecC
     seg_mult = 2 * g.integers(0, max(1, n // 2), len(seg_chunk), dtype=np.int64) + 1
     seg_add = g.integers(0, n, len(seg_chunk), dtype=np.int64)
     seg_sign = np.where(g.random((len(seg_chunk), w), dtype=np.float32) < 0.5, -1.0, 1.0).astype(np.float32)
-    return StepLayout(num_chunks, w, seg_dims, seg_mask, seg_chunk, seg_mult, seg_add, seg_sign)
+    row_shift = config.candidate_log2 - (config.pool_rows.bit_length() - 1)
+    return StepLayout(
+        num_chunks, w, seg_dims, seg_mask, seg_chunk, seg_mult, seg_add, seg_sign, config.candidate_log2, row_shift
+    )
+
+
+def _segment_width(chunk_sizes: np.ndarray, config: CodecConfig) -> int:
+    """Segment width: the pool width, and with fewer pool rows than candidates at most half the smallest
+    chunk, so that every chunk combines rows of at least two segments (one segment would leave it only
+    ``pool_rows`` distinct candidates)."""
+    if config.pool_rows == 1 << config.candidate_log2:
+        return int(min(config.pool_width, chunk_sizes.max()))
+    return int(max(1, min(config.pool_width, chunk_sizes.min() // 2)))
 
 
 def num_chunks_for(kl_bits: float, config: CodecConfig) -> int:
@@ -119,13 +153,13 @@ def _pool(step: int, config: CodecConfig, width: int) -> tuple[np.ndarray, torch
     own seeded row maps and signs, which is all a chunk's sampler needs, and a batch then draws the pool
     once per step instead of once per image (drawing it was a fifth of the channel's time).
     """
-    pool, pool_t = _full_pool(step, config.candidate_log2, config.pool_width)
+    pool, pool_t = _full_pool(step, config.pool_rows, config.pool_width)
     return pool[:, :width], pool_t[:width]
 
 
 @lru_cache(maxsize=2)  # the step being coded (and the next): a batch is coded step by step
-def _full_pool(step: int, candidate_log2: int, width: int) -> tuple[np.ndarray, torch.Tensor]:
-    pool = prng.normals(0, step, prng.POOL, (1 << candidate_log2, width))
+def _full_pool(step: int, rows: int, width: int) -> tuple[np.ndarray, torch.Tensor]:
+    pool = prng.normals(0, step, prng.POOL, (rows, width))
     pool.flags.writeable = False
     return pool, torch.from_numpy(pool.T.copy())
 
@@ -135,8 +169,8 @@ def rcc_encode(d: np.ndarray, seed: int, step: int, config: CodecConfig) -> tupl
     d = np.asarray(d, dtype=np.float32).ravel()
     kl_bits = 0.5 * float(np.dot(d.astype(np.float64), d)) / LN2
     layout = step_layout(d.size, num_chunks_for(kl_bits, config), seed, step, config)
-    pool, pool_t = _pool(step, config, layout.pool_width)  # (N, w), (w, N)
-    n = pool.shape[0]
+    pool, pool_t = _pool(step, config, layout.pool_width)  # (rows, w), (w, rows)
+    n = 1 << config.candidate_log2
     targets = np.where(layout.seg_mask, d[layout.seg_dims] * config.target_gain, 0.0) * layout.seg_sign
     targets = torch.from_numpy(targets.astype(np.float32))
     arrivals = OrderedArrivals(seed, step, n)
@@ -162,16 +196,14 @@ def _add_projections(
     per_block: int,
 ) -> None:
     """Add each segment's candidate projections ``<c_n segment, target segment>`` to its chunk's scores."""
-    n = pool_t.shape[1]
-    cand = torch.arange(n, dtype=torch.int64)
+    cand = torch.arange(scores.shape[1], dtype=torch.int64)
     seg_chunk = torch.from_numpy(layout.seg_chunk[segs.start : segs.stop] - c0)  # chunk of each segment, in block
     for lo in range(segs.start, segs.stop, per_block):
         hi = min(lo + per_block, segs.stop)
-        # (Gb, N): each segment target against every pool row, rows laid out contiguously per segment so the
+        # (Gb, rows): each segment target against every pool row, laid out contiguously per segment so the
         # gather below stays in cache
         proj = targets[lo:hi] @ pool_t
-        mult = torch.from_numpy(layout.seg_mult[lo:hi])[:, None]
-        rows = (mult * cand[None, :] + torch.from_numpy(layout.seg_add[lo:hi])[:, None]) & (n - 1)
+        rows = layout.seg_rows(cand, lo, hi)
         scores.index_add_(0, seg_chunk[lo - segs.start : hi - segs.start], torch.gather(proj, 1, rows))
 
 
@@ -184,9 +216,7 @@ def rcc_decode(
 
 
 def _assemble(layout: StepLayout, pool: np.ndarray, indices: np.ndarray, dims: int) -> np.ndarray:
-    n = pool.shape[0]
-    rows = (layout.seg_mult * indices[layout.seg_chunk] + layout.seg_add) & (n - 1)
-    values = pool[rows] * layout.seg_sign
+    values = pool[layout.chosen_rows(indices)] * layout.seg_sign
     u = np.empty(dims, dtype=np.float32)
     u[layout.seg_dims[layout.seg_mask]] = values[layout.seg_mask]
     return u
