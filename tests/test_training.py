@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,6 +147,27 @@ def test_train_cli_resumes_with_the_checkpoint_settings(tmp_path: Path) -> None:
     assert (saved["config"]["decay_start"], saved["config"]["decay_end"]) == (1, 5)
     refused = CliRunner().invoke(app, [*args, "--max-steps", "3", "--crop", "8"])
     assert refused.exit_code == 2 and "cannot resume with a different crop" in " ".join(refused.output.split())
+
+
+def test_sigterm_stops_training_with_a_checkpoint(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM ends `diffc train` cleanly: exit 0 and a checkpoint at the step it reached."""
+    samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
+    cmd = [sys.executable, "-m", "diffc_pipeline", "train", "--data", str(samples), "--out", str(tmp_path)]
+    cmd += ["--threads", "1", "--batch-size", "2", "--crop", "16", "--minutes", "10", "--checkpoint-minutes", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # the loop has started once the model is built
+            if "parameters" in line:
+                break
+        time.sleep(3)
+        assert not (tmp_path / "checkpoint").exists()  # no periodic checkpoint yet: the final one is the signal's
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    step = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"]
+    assert step >= 1 and f"stopped by SIGTERM at step {step}" in " ".join(output.split())
 
 
 def test_export_cli_writes_the_ema_weights(tiny_set: list[bytes], tmp_path: Path) -> None:

@@ -80,8 +80,9 @@ def train(
                 lr = trainer.lr_at(step)
                 console.print(f"step {step} loss {loss:.4f} bpd lr {lr:.2e} {ips:.1f} img/s")
 
-        state = run_training(trainer, out, minutes, max_steps or None, checkpoint_minutes, on_step)
-    console.print(f"stopped at step {state.step}; checkpoint in {ckpt}, EMA model in {out / 'model'}")
+        state, stopped_by = run_training(trainer, out, minutes, max_steps or None, checkpoint_minutes, on_step)
+    why = f" by {stopped_by}" if stopped_by else ""
+    console.print(f"stopped{why} at step {state.step}; checkpoint in {ckpt}, EMA model in {out / 'model'}")
 
 
 def register(app: typer.Typer) -> None:

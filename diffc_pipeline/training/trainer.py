@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -190,37 +193,67 @@ def run_training(
     max_steps: int | None = None,
     checkpoint_minutes: float = 5.0,
     on_step: Callable[[int, float, float], None] | None = None,
-) -> TrainState:
-    """Train until ``minutes`` (or ``max_steps``) pass, checkpointing to ``out/checkpoint`` and ``out/model``."""
+) -> tuple[TrainState, str | None]:
+    """Train until ``minutes`` (or ``max_steps``) pass, checkpointing to ``out/checkpoint`` and ``out/model``.
+
+    SIGTERM or SIGINT (a scheduler's stop, ``kill``, Ctrl-C) ends the run after the current step with the same
+    final checkpoint, so a stopped run loses nothing. Returns the state and the name of the signal that
+    stopped the run (``None``: it ran its course).
+    """
     start = time.monotonic()
     last_ckpt = start
     base_elapsed = trainer.state.elapsed_s
     ema_loss = math.nan
     window_start, window_steps = time.monotonic(), 0
-    while True:
-        now = time.monotonic()
-        if (now - start) >= minutes * 60 or (max_steps is not None and trainer.state.step >= max_steps):
-            break
-        loss = trainer.train_step()
-        ema_loss = loss if math.isnan(ema_loss) else 0.98 * ema_loss + 0.02 * loss
-        window_steps += 1
-        trainer.state.elapsed_s = base_elapsed + (time.monotonic() - start)
-        ips = window_steps * trainer.config.batch_size / max(1e-9, time.monotonic() - window_start)
-        if on_step:
-            on_step(trainer.state.step, ema_loss, ips)
-        if trainer.state.step % 50 == 0:
-            trainer.state.curve.append(
-                {
-                    "step": trainer.state.step,
-                    "elapsed_s": round(trainer.state.elapsed_s, 1),
-                    "loss_bpd": round(ema_loss, 4),
-                }
-            )
-            window_start, window_steps = time.monotonic(), 0
-        if time.monotonic() - last_ckpt >= checkpoint_minutes * 60:
-            trainer.save(out / "checkpoint")
-            trainer.export(out / "model")
-            last_ckpt = time.monotonic()
-    trainer.save(out / "checkpoint")
-    trainer.export(out / "model")
-    return trainer.state
+    stop = _StopRequest()
+    with _stop_on_signals(stop):
+        while stop.signal is None:
+            now = time.monotonic()
+            if (now - start) >= minutes * 60 or (max_steps is not None and trainer.state.step >= max_steps):
+                break
+            loss = trainer.train_step()
+            ema_loss = loss if math.isnan(ema_loss) else 0.98 * ema_loss + 0.02 * loss
+            window_steps += 1
+            trainer.state.elapsed_s = base_elapsed + (time.monotonic() - start)
+            ips = window_steps * trainer.config.batch_size / max(1e-9, time.monotonic() - window_start)
+            if on_step:
+                on_step(trainer.state.step, ema_loss, ips)
+            if trainer.state.step % 50 == 0:
+                trainer.state.curve.append(
+                    {
+                        "step": trainer.state.step,
+                        "elapsed_s": round(trainer.state.elapsed_s, 1),
+                        "loss_bpd": round(ema_loss, 4),
+                    }
+                )
+                window_start, window_steps = time.monotonic(), 0
+            if time.monotonic() - last_ckpt >= checkpoint_minutes * 60:
+                trainer.save(out / "checkpoint")
+                trainer.export(out / "model")
+                last_ckpt = time.monotonic()
+        trainer.save(out / "checkpoint")  # inside: a second signal during the save is recorded, not fatal
+        trainer.export(out / "model")
+    return trainer.state, stop.signal
+
+
+@dataclass
+class _StopRequest:
+    signal: str | None = None
+
+
+@contextmanager
+def _stop_on_signals(stop: _StopRequest) -> Iterator[None]:
+    """Record SIGTERM and SIGINT in ``stop`` for the duration; only the main thread may install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.signal = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
