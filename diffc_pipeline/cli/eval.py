@@ -83,12 +83,19 @@ def eval_(
         0, min=0, help="Run DiffC on N Ray actors (one model each; 0: in this process, no Ray)."
     ),
     address: str = typer.Option(None, help="Ray cluster for --workers (default: RAY_ADDRESS or a local one)."),
+    lpips: str = typer.Option(
+        None, help="LPIPS network, a local torch.export file (.pt2): forward(x, y) in [-1, 1] -> distance per image."
+    ),
+    fid_features: str = typer.Option(
+        None, help="FID feature network, a local torch.export file (.pt2): forward(x) in [0, 1] -> (batch, features)."
+    ),
 ) -> None:
     """Rate-distortion curves, BD-rates, plots and a side-by-side page for DiffC and classical codecs."""
     import torch
 
     from ..evaluation.classical import CODECS, codec
     from ..evaluation.data import ImageSource, choose_subset, load_eval_images
+    from ..evaluation.perceptual import PerceptualMetrics, PerceptualSpec
     from ..evaluation.report import write_outputs
     from ..evaluation.runner import CHANNELS, METHODS, EvalOutput, Showcase, run_classical, run_diffc
 
@@ -103,6 +110,8 @@ def eval_(
         raise DiffcError("--methods is empty but DiffC channels were asked for")
     if batch_size < 1:
         raise DiffcError(f"--batch-size must be >= 1, got {batch_size}")
+    spec = PerceptualSpec(lpips, fid_features)
+    perceptual = PerceptualMetrics(spec) if spec else None  # a bad file fails before any work
     source = ImageSource(
         images,
         limit=limit or None,
@@ -127,6 +136,7 @@ def eval_(
             "images": len(eval_images),
             "ids": [im.id for im in eval_images],
         },
+        "perceptual": spec.describe(),
         "classical_codecs": {
             n: {"qualities": list(CODECS[n].qualities), "options": CODECS[n].options} for n in classical
         },
@@ -168,7 +178,8 @@ def eval_(
     ) as progress:
         if classical:
             task = progress.add_task("classical", total=len(eval_images) * len(classical))
-            recs, lowest = run_classical(eval_images, classical, showcase, lambda n: progress.advance(task, n))
+            advance = lambda n: progress.advance(task, n)  # noqa: E731
+            recs, lowest = run_classical(eval_images, classical, showcase, advance, perceptual)
             records += recs
         if diffc_codecs:
             task = progress.add_task("diffc", total=len(diffc_images) * len(diffc_codecs))
@@ -178,15 +189,16 @@ def eval_(
 
                 fingerprint = meta["diffc"]["fingerprint"]
                 records += run_diffc_on_ray(
-                    diffc_images, model, fingerprint, chosen_channels, *args, workers, threads, address
+                    diffc_images, model, fingerprint, chosen_channels, *args, workers, threads, address, spec
                 )
             else:
-                records += run_diffc(diffc_images, diffc_codecs, *args)
+                records += run_diffc(diffc_images, diffc_codecs, *args, perceptual)
     if not records:
         raise DiffcError("nothing to evaluate: no classical codecs and no DiffC channels chosen")
     title = f"{images} ({len(eval_images)} images)"
     subset = [im.id for im in diffc_images] if diffc_images is not eval_images else None
-    tables = write_outputs(out, meta, EvalOutput(records, lowest, showcase, subset), title)
+    reference = {im.id: perceptual.features(im.pixels) for im in eval_images} if spec.fid_features else None
+    tables = write_outputs(out, meta, EvalOutput(records, lowest, showcase, subset, reference), title)
     stdout = Console() if sys.stdout.isatty() else Console(width=120)  # logs and pipes: no truncated names
     for table in tables:
         stdout.print(table)

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import EvalImage
+from .perceptual import PerceptualMetrics, PerceptualSpec
 from .runner import Progress, Showcase, batches_by_size, run_diffc
 
 
 class DiffcWorker:
     """Ray actor: the codecs of every channel, built once from the model spec."""
 
-    def __init__(self, model_spec: str, channels: Sequence[str], threads: int) -> None:
+    def __init__(self, model_spec: str, channels: Sequence[str], threads: int, perceptual: PerceptualSpec) -> None:
         import torch
 
         from ..codec import CodecConfig, DiffcCodec
@@ -28,6 +29,7 @@ class DiffcWorker:
         torch.set_num_threads(threads)
         net = load_model(model_spec)
         self.codecs = {ch: DiffcCodec(net, CodecConfig(), channel=ch) for ch in channels}
+        self.perceptual = PerceptualMetrics(perceptual) if perceptual else None
 
     def fingerprint(self) -> str:
         return next(iter(self.codecs.values())).fingerprint
@@ -41,7 +43,9 @@ class DiffcWorker:
         showcase_id: str,
     ) -> tuple[list[dict], list[tuple[dict, np.ndarray]]]:
         showcase = next((Showcase(im) for im in batch if im.id == showcase_id), None)
-        records = run_diffc(batch, self.codecs, prefixes, methods, seed, len(batch), showcase, lambda _: None)
+        records = run_diffc(
+            batch, self.codecs, prefixes, methods, seed, len(batch), showcase, lambda _: None, self.perceptual
+        )
         recon = [pair for pairs in showcase.recon.values() for pair in pairs] if showcase else []
         return records, recon
 
@@ -60,6 +64,7 @@ def run_diffc_on_ray(
     workers: int,
     threads: int,
     address: str | None,
+    perceptual: PerceptualSpec,
 ) -> list[dict]:
     """``run_diffc`` over Ray actors; records come back in batch order, as the in-process loop makes them."""
     import ray
@@ -71,7 +76,7 @@ def run_diffc_on_ray(
     with ray_session(address):
         sizing = cluster_sizing(threads, workers)
         actor = ray.remote(num_cpus=sizing.num_cpus, num_gpus=sizing.num_gpus)(DiffcWorker)
-        actors = [actor.remote(model_spec, list(channels), sizing.threads) for _ in range(sizing.actors)]
+        actors = [actor.remote(model_spec, list(channels), sizing.threads, perceptual) for _ in range(sizing.actors)]
         if set(ray.get([a.fingerprint.remote() for a in actors])) != {fingerprint}:
             raise ModelMismatchError(f"model {model_spec!r} loads differently on the Ray workers than here")
         records: list[dict] = []

@@ -1,7 +1,8 @@
 """Turn records into what a user reads: curve summaries, BD-rates, results.json, RD plots, HTML, a table.
 
-Curves are per-setting means over images (mean bpp, mean PSNR, mean MS-SSIM), the usual convention for RD
-curves of an image set; per-image records stay in the JSON for anyone who wants another aggregation.
+Curves are per-setting means over images (mean bpp, mean PSNR, mean MS-SSIM, mean LPIPS), the usual
+convention for RD curves of an image set; per-image records stay in the JSON for anyone who wants another
+aggregation. FID is a set statistic: one value per curve point (see :mod:`.perceptual`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from PIL import Image
 from rich.table import Table
 
 from .bdrate import bd_rate
+from .perceptual import frechet_distance
 from .runner import EvalOutput, Showcase
 
 # BD-rate in MS-SSIM is taken on -10 log10(1 - MS-SSIM) (dB), which spreads out the values near 1 where
 # codecs differ.
 QUALITY_METRICS = ("psnr", "ms_ssim_db")
+PERCEPTUAL_METRICS = {"lpips": "LPIPS (lower: closer)", "fid": "FID (lower: more realistic)"}
 SHOWCASE_TARGET_BPP = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 SHOWCASE_MAX_RATIO = 1.5  # a reconstruction is shown for a target bpp only if its bpp is within this factor
 
@@ -35,8 +38,9 @@ def setting_of(record: dict) -> int:
     return record["quality"] if record["family"] == "classical" else record["steps"]
 
 
-def curves(records: Sequence[dict]) -> dict[str, list[dict]]:
-    """Per variant, one point per setting (quality or prefix length) with the means over images, by rate."""
+def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | None = None) -> dict[str, list[dict]]:
+    """Per variant, one point per setting (quality or prefix length) with the means over images, by rate;
+    with ``reference_features`` (the originals' FID features) also the FID of each point's reconstructions."""
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["variant"], setting_of(r))].append(r)
@@ -49,6 +53,12 @@ def curves(records: Sequence[dict]) -> dict[str, list[dict]]:
             **{k: float(np.mean([r[k] for r in rs])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")},
         }
         point["ms_ssim_db"] = float(np.mean([ms_ssim_db(r["ms_ssim"]) for r in rs]))
+        if "lpips" in rs[0]:
+            point["lpips"] = float(np.mean([r["lpips"] for r in rs]))
+        if reference_features is not None and "features" in rs[0] and len(rs) >= 2:
+            point["fid"] = frechet_distance(
+                np.stack([r["features"] for r in rs]), np.stack([reference_features[r["image"]] for r in rs])
+            )
         if rs[0].get("kl_bits") is not None:  # the KL of this stream's own trajectory: rate overhead vs KL
             point["kl_bpp"] = float(np.mean([r["kl_bits"] / (r["height"] * r["width"]) for r in rs]))
         if rs[0].get("header_bytes") is not None:
@@ -146,7 +156,7 @@ def write_json(
         "bd_rates": bd,
         "lowest_rate": lowest,
         "flow_minus_ancestral_psnr_db_at_full_rate": flow_vs_ancestral(curve_map),
-        "records": output.records,
+        "records": [{k: v for k, v in r.items() if k != "features"} for r in output.records],
         "lowest_rate_per_image": output.lowest_rates,
     }
     path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
@@ -181,6 +191,7 @@ def plot(path: Path, curve_map: dict[str, list[dict]], metric: str, ylabel: str,
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for variant, points in curve_map.items():
+        points = [p for p in points if metric in p]
         ax.plot([p["bpp"] for p in points], [p[metric] for p in points], label=variant, **_style(variant))
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (log scale)")
@@ -284,16 +295,20 @@ def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: d
         "Curves (mean over images; setting = JPEG/WebP/AVIF quality or DiffC prefix steps):",
         "",
     ]
+    extra = [m for m in PERCEPTUAL_METRICS if any(m in p for ps in curve_map.values() for p in ps)]
     lines += [
-        "| variant | setting | bpp | KL bpp | PSNR (dB) | MS-SSIM | enc s/img | dec s/img |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | setting | bpp | KL bpp | PSNR (dB) | MS-SSIM | "
+        + "".join(f"{PERCEPTUAL_METRICS[m]} | " for m in extra)
+        + "enc s/img | dec s/img |",
+        "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|",
     ]
     for variant, points in curve_map.items():
         for p in points:
             kl = f"{p['kl_bpp']:.3f}" if "kl_bpp" in p else ""
+            perceptual = "".join(f"{p[m]:.4f} | " if m in p else " | " for m in extra)
             lines.append(
                 f"| {variant} | {p['setting_name']} {p['setting']} | {p['bpp']:.3f} | {kl} | {p['psnr']:.2f} | "
-                f"{p['ms_ssim']:.4f} | {p['encode_s']:.4f} | {p['decode_s']:.4f} |"
+                f"{p['ms_ssim']:.4f} | {perceptual}{p['encode_s']:.4f} | {p['decode_s']:.4f} |"
             )
     if lowest:
         lines += ["", "Lowest rate each classical codec reaches at all (smallest file over every quality):", ""]
@@ -323,17 +338,18 @@ def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: d
 
 
 def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -> list[Table]:
-    """results.json, summary.md, rd_psnr.png, rd_msssim.png, index.html (+ showcase/*.png) in ``directory``.
+    """results.json, summary.md, rd_psnr.png, rd_msssim.png, index.html (+ showcase/*.png) in ``directory``;
+    rd_lpips.png and rd_fid.png when those metrics were measured.
 
     When DiffC ran on a subset of the images (``--diffc-limit``), curves, BD-rates and plots compare every
     codec on that subset only - BD-rates between different image sets would measure the images, not the
     codecs - and the classical curves over all images are kept apart in ``curves_all_images``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    all_curves = curves(output.records)
+    all_curves = curves(output.records, output.reference_features)
     if output.diffc_images is not None:
         subset = set(output.diffc_images)
-        curve_map = curves([r for r in output.records if r["image"] in subset])
+        curve_map = curves([r for r in output.records if r["image"] in subset], output.reference_features)
         title = f"{title}, all codecs on the {len(subset)} DiffC images"
     else:
         curve_map = all_curves
@@ -343,6 +359,9 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
     (directory / "summary.md").write_text(markdown_summary(curve_map, bd, lowest, title))
     plot(directory / "rd_psnr.png", curve_map, "psnr", "PSNR (dB, mean over images)", title)
     plot(directory / "rd_msssim.png", curve_map, "ms_ssim", "MS-SSIM (mean over images)", title)
+    for metric, label in PERCEPTUAL_METRICS.items():
+        if any(metric in p for ps in curve_map.values() for p in ps):
+            plot(directory / f"rd_{metric}.png", curve_map, metric, label, title)
     if output.showcase is not None:
         write_html(directory, output.showcase, title)
     return summary_tables(curve_map, bd, lowest)

@@ -17,6 +17,7 @@ import torch
 from .classical import CODECS, encode_decode, lowest_rate
 from .data import EvalImage
 from .metrics import ms_ssim, ms_ssim_scales, psnr
+from .perceptual import PerceptualMetrics
 
 METHODS = ("flow", "ancestral", "denoise")
 # What one image needs besides its chunks, as the issue's rate asks ("everything needed to decode the image
@@ -46,13 +47,14 @@ class EvalOutput:
     lowest_rates: list[dict]  # per image and classical codec: the smallest file at any quality
     showcase: Showcase | None
     diffc_images: list[str] | None = None  # ids DiffC ran on, when only a subset of the classical images
+    reference_features: dict[str, np.ndarray] | None = None  # FID features of the originals, by image id
 
 
 Progress = Callable[[int], None]
 
 
-def quality_record(image: EvalImage, recon: np.ndarray) -> dict:
-    """Distortion fields shared by all records."""
+def quality_record(image: EvalImage, recon: np.ndarray, perceptual: PerceptualMetrics | None = None) -> dict:
+    """Distortion fields shared by all records (plus LPIPS and FID features when the user gave networks)."""
     h, w, _ = image.pixels.shape
     return {
         "image": image.id,
@@ -61,11 +63,16 @@ def quality_record(image: EvalImage, recon: np.ndarray) -> dict:
         "psnr": psnr(image.pixels, recon),
         "ms_ssim": ms_ssim(image.pixels, recon),
         "ms_ssim_scales": ms_ssim_scales(h, w),
+        **(perceptual.record_fields(image.pixels, recon) if perceptual else {}),
     }
 
 
 def run_classical(
-    images: Sequence[EvalImage], codecs: Sequence[str], showcase: Showcase | None, advance: Progress
+    images: Sequence[EvalImage],
+    codecs: Sequence[str],
+    showcase: Showcase | None,
+    advance: Progress,
+    perceptual: PerceptualMetrics | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Sweep each codec's quality grid on each image; also search each codec's lowest rate per image."""
     records: list[dict] = []
@@ -77,7 +84,7 @@ def run_classical(
             for q in spec.qualities:
                 point = encode_decode(image.pixels, spec, q)
                 rec = {
-                    **quality_record(image, point.reconstruction),
+                    **quality_record(image, point.reconstruction, perceptual),
                     "variant": name,
                     "family": "classical",
                     "quality": q,
@@ -124,6 +131,7 @@ def run_diffc(
     batch_size: int,
     showcase: Showcase | None,
     advance: Progress,
+    perceptual: PerceptualMetrics | None = None,
 ) -> list[dict]:
     """One ``codec.sweep`` per batch and channel; a record per image, channel, method and prefix.
 
@@ -151,7 +159,7 @@ def run_diffc(
                     for method in methods:
                         recon = result.recon[method][k][i].permute(1, 2, 0).numpy()
                         rec = {
-                            **quality_record(image, recon),
+                            **quality_record(image, recon, perceptual),
                             "variant": f"diffc-{channel}-{method}",
                             "family": "diffc",
                             "channel": channel,
