@@ -7,7 +7,7 @@ import pytest
 
 from diffc_pipeline.codec import CodecConfig
 from diffc_pipeline.codec.channel import _assemble, _pool, rcc_decode, rcc_encode, step_layout
-from diffc_pipeline.errors import InvalidInputError
+from diffc_pipeline.errors import DiffcError, InvalidInputError, ModelMismatchError
 
 SPARSE = CodecConfig(chunk_bits=8, candidate_log2=12, target_gain=1.0, pool_rows_log2=8, pool_width=64)
 FULL = CodecConfig(chunk_bits=8, candidate_log2=12, target_gain=1.0)
@@ -66,3 +66,29 @@ def test_pool_rows_validated() -> None:
     with pytest.raises(InvalidInputError, match="pool_rows_log2"):
         CodecConfig(candidate_log2=12, pool_rows_log2=13)
     assert CodecConfig().pool_rows == 4096 and SPARSE.pool_rows == 256
+
+
+def test_codec_round_trip_with_fewer_pool_rows_and_the_cli_override() -> None:
+    """The dense opt-in channel end to end (standalone streams, Gaussian model), as `--codec` spells it."""
+    import torch
+
+    from diffc_pipeline.cli.compress import codec_overrides
+    from diffc_pipeline.codec import DiffcCodec
+    from diffc_pipeline.models.gaussian import GaussianModel
+
+    keys = ["chunk_bits=10", "candidate_log2=14", "pool_rows_log2=10", "pool_width=128", "target_gain=1.15"]
+    overrides = codec_overrides(keys, steps=5)
+    assert overrides == {
+        "chunk_bits": 10, "candidate_log2": 14, "pool_rows_log2": 10, "pool_width": 128, "target_gain": 1.15,
+        "num_steps": 5,
+    }
+    with pytest.raises(DiffcError, match="not a valid int"):
+        codec_overrides(["pool_rows_log2=many"], None)
+    config = CodecConfig(**{**overrides, "logsnr_end": 3.0, "flow_steps": 4})
+    codec = DiffcCodec(GaussianModel.default(), config)
+    x = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    streams = codec.compress(x, [1, 2])
+    again = DiffcCodec(GaussianModel.default(), config).decompress(streams, method="denoise")
+    assert torch.equal(again, codec.decompress(streams, method="denoise"))
+    with pytest.raises(ModelMismatchError):  # another pool is another stream format
+        DiffcCodec(GaussianModel.default(), CodecConfig(**{**overrides, "pool_rows_log2": 11})).decompress(streams)

@@ -80,9 +80,11 @@ class StepLayout:
 
     def seg_rows(self, candidates: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """``(hi - lo, len(candidates))`` pool rows of ``candidates`` in segments ``lo:hi``."""
-        mult = torch.from_numpy(self.seg_mult[lo:hi])[:, None]
-        add = torch.from_numpy(self.seg_add[lo:hi])[:, None]
-        return ((mult * candidates[None, :] + add) & ((1 << self.candidate_log2) - 1)) >> self.row_shift
+        rows = torch.from_numpy(self.seg_mult[lo:hi])[:, None] * candidates[None, :]
+        rows += torch.from_numpy(self.seg_add[lo:hi])[:, None]  # in place: this is the channel's hottest loop
+        rows &= (1 << self.candidate_log2) - 1
+        rows >>= self.row_shift
+        return rows
 
     def chosen_rows(self, indices: np.ndarray) -> np.ndarray:
         """``(G,)`` pool row of each segment for its chunk's chosen candidate."""
