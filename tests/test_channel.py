@@ -62,10 +62,14 @@ def test_fewer_rows_samples_like_iid_candidates() -> None:
         assert abs(got.mean() + 0.28) < 0.15 and 0.65 < got.std() < 1.0
 
 
-def test_pool_rows_validated() -> None:
+def test_pool_rows_validated_and_old_streams_keep_their_fingerprint() -> None:
     with pytest.raises(InvalidInputError, match="pool_rows_log2"):
         CodecConfig(candidate_log2=12, pool_rows_log2=13)
     assert CodecConfig().pool_rows == 4096 and SPARSE.pool_rows == 256
+    # the default configuration's fingerprint before pool_rows_log2 existed (commit 3bbd878): archives and
+    # streams written then still decode
+    assert CodecConfig().fingerprint() == "2b214d67a95b27b0f22587d0e64ace8d39d35885883fdde7e7b528b4e981e4bc"
+    assert CodecConfig(pool_rows_log2=12).fingerprint() != CodecConfig().fingerprint()
 
 
 def test_codec_round_trip_with_fewer_pool_rows_and_the_cli_override() -> None:

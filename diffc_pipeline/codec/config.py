@@ -82,6 +82,7 @@ class CodecConfig:
 
     def fingerprint(self) -> str:
         """Hash of what the stream depends on; the receiver's reconstruction step counts are left out, so
-        changing them neither breaks old streams nor splits an archive."""
-        stream = {k: v for k, v in self.to_dict().items() if k not in RECONSTRUCTION_ONLY}
+        changing them neither breaks old streams nor splits an archive, and so are fields left at ``None``
+        (added later, ``None`` meaning what streams did before they existed)."""
+        stream = {k: v for k, v in self.to_dict().items() if k not in RECONSTRUCTION_ONLY and v is not None}
         return hashlib.sha256(json.dumps(stream, sort_keys=True).encode()).hexdigest()
