@@ -262,7 +262,7 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
 def test_eval_on_ray_workers_gives_the_in_process_records(ray_cluster, tmp_path):
     write_images(tmp_path / "imgs", 2, size=16)
     args = ["eval", str(tmp_path / "imgs"), "--model", "gaussian", "--codecs", "none", "--channels", "rcc"]
-    args += ["--methods", "denoise", "--steps", "1,3", "--batch-size", "1"]
+    args += ["--methods", "denoise,ancestral", "--steps", "1,3", "--batch-size", "1", "--codec", "ancestral_steps=3"]
     here = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "here")])
     assert here.exit_code == 0, here.output
     on_ray = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ray"), "--workers", "2", "--threads", "1"])
@@ -272,5 +272,8 @@ def test_eval_on_ray_workers_gives_the_in_process_records(ray_cluster, tmp_path)
         doc = json.loads((tmp_path / name / "results.json").read_text())
         return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in doc["records"]]
 
-    assert records("ray") == records("here") and len(records("here")) == 2 * 2  # images x prefixes
+    assert records("ray") == records("here") and len(records("here")) == 2 * 2 * 2  # images x prefixes x methods
+    # the workers reconstruct with the --codec settings, not the defaults
+    doc = json.loads((tmp_path / "ray" / "results.json").read_text())
+    assert doc["diffc"]["codec_config"]["ancestral_steps"] == 3
     assert "diffc-rcc-denoise" in (tmp_path / "ray" / "index.html").read_text()

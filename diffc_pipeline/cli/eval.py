@@ -83,6 +83,9 @@ def eval_(
         0, min=0, help="Run DiffC on N Ray actors (one model each; 0: in this process, no Ray)."
     ),
     address: str = typer.Option(None, help="Ray cluster for --workers (default: RAY_ADDRESS or a local one)."),
+    codec: list[str] = typer.Option(
+        [], "--codec", help="Codec parameter KEY=VALUE, as for compress (repeatable; e.g. ancestral_steps=128)."
+    ),
     lpips: str = typer.Option(
         None, help="LPIPS network, a local torch.export file (.pt2): forward(x, y) in [-1, 1] -> distance per image."
     ),
@@ -93,7 +96,8 @@ def eval_(
     """Rate-distortion curves, BD-rates, plots and a side-by-side page for DiffC and classical codecs."""
     import torch
 
-    from ..evaluation.classical import CODECS, codec
+    from ..evaluation.classical import CODECS
+    from ..evaluation.classical import codec as classical_codec
     from ..evaluation.data import ImageSource, choose_subset, load_eval_images
     from ..evaluation.perceptual import PerceptualMetrics, PerceptualSpec
     from ..evaluation.report import write_outputs
@@ -103,7 +107,7 @@ def eval_(
         torch.set_num_threads(threads)
     classical = _split(codecs, tuple(CODECS), "codec")
     for name in classical:
-        codec(name)  # fails early if this Pillow cannot write it
+        classical_codec(name)  # fails early if this Pillow cannot write it
     chosen_channels = _split(channels, CHANNELS, "channel")
     chosen_methods = _split(methods, METHODS, "method")
     if chosen_channels and not chosen_methods:
@@ -145,9 +149,11 @@ def eval_(
     if chosen_channels:
         from ..codec import CodecConfig, DiffcCodec
         from ..models import load_model
+        from .compress import codec_overrides
 
+        config = CodecConfig.from_dict({**CodecConfig().to_dict(), **codec_overrides(codec, None)})
         net = load_model(model)
-        diffc_codecs = {ch: DiffcCodec(net, CodecConfig(), channel=ch) for ch in chosen_channels}
+        diffc_codecs = {ch: DiffcCodec(net, config, channel=ch) for ch in chosen_channels}
         first = next(iter(diffc_codecs.values()))
         prefixes = _prefixes(steps, first.num_steps)
         meta["diffc"] = {
@@ -189,7 +195,7 @@ def eval_(
 
                 fingerprint = meta["diffc"]["fingerprint"]
                 records += run_diffc_on_ray(
-                    diffc_images, model, fingerprint, chosen_channels, *args, workers, threads, address, spec
+                    diffc_images, model, config, fingerprint, chosen_channels, *args, workers, threads, address, spec
                 )
             else:
                 records += run_diffc(diffc_images, diffc_codecs, *args, perceptual)

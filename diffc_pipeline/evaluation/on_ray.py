@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..codec import CodecConfig
 from .data import EvalImage
 from .perceptual import PerceptualMetrics, PerceptualSpec
 from .runner import Progress, Showcase, batches_by_size, run_diffc
@@ -20,15 +21,17 @@ from .runner import Progress, Showcase, batches_by_size, run_diffc
 class DiffcWorker:
     """Ray actor: the codecs of every channel, built once from the model spec."""
 
-    def __init__(self, model_spec: str, channels: Sequence[str], threads: int, perceptual: PerceptualSpec) -> None:
+    def __init__(
+        self, model_spec: str, config: dict, channels: Sequence[str], threads: int, perceptual: PerceptualSpec
+    ) -> None:
         import torch
 
-        from ..codec import CodecConfig, DiffcCodec
+        from ..codec import DiffcCodec
         from ..models import load_model
 
         torch.set_num_threads(threads)
         net = load_model(model_spec)
-        self.codecs = {ch: DiffcCodec(net, CodecConfig(), channel=ch) for ch in channels}
+        self.codecs = {ch: DiffcCodec(net, CodecConfig.from_dict(config), channel=ch) for ch in channels}
         self.perceptual = PerceptualMetrics(perceptual) if perceptual else None
 
     def fingerprint(self) -> str:
@@ -53,6 +56,7 @@ class DiffcWorker:
 def run_diffc_on_ray(
     images: Sequence[EvalImage],
     model_spec: str,
+    config: CodecConfig,
     fingerprint: str,
     channels: Sequence[str],
     prefixes: Sequence[int],
@@ -76,7 +80,8 @@ def run_diffc_on_ray(
     with ray_session(address):
         sizing = cluster_sizing(threads, workers)
         actor = ray.remote(num_cpus=sizing.num_cpus, num_gpus=sizing.num_gpus)(DiffcWorker)
-        actors = [actor.remote(model_spec, list(channels), sizing.threads, perceptual) for _ in range(sizing.actors)]
+        spec = (model_spec, config.to_dict(), list(channels), sizing.threads, perceptual)
+        actors = [actor.remote(*spec) for _ in range(sizing.actors)]
         if set(ray.get([a.fingerprint.remote() for a in actors])) != {fingerprint}:
             raise ModelMismatchError(f"model {model_spec!r} loads differently on the Ray workers than here")
         records: list[dict] = []
