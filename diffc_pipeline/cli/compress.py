@@ -22,8 +22,9 @@ def codec_overrides(pairs: list[str], steps: int | None) -> dict:
     from ..codec import CodecConfig
 
     defaults = CodecConfig()
+    defaults_by_name = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(CodecConfig)}
     # a field whose default is None (pool_rows_log2) takes an int
-    types = {f.name: type(getattr(defaults, f.name) or 0) for f in dataclasses.fields(CodecConfig)}
+    types = {name: int if value is None else type(value) for name, value in defaults_by_name.items()}
     out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

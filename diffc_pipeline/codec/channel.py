@@ -110,9 +110,9 @@ def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecC
     seg_mult = 2 * g.integers(0, max(1, n // 2), len(seg_chunk), dtype=np.int64) + 1
     seg_add = g.integers(0, n, len(seg_chunk), dtype=np.int64)
     seg_sign = np.where(g.random((len(seg_chunk), w), dtype=np.float32) < 0.5, -1.0, 1.0).astype(np.float32)
-    row_shift = config.candidate_log2 - (config.pool_rows.bit_length() - 1)
     return StepLayout(
-        num_chunks, w, seg_dims, seg_mask, seg_chunk, seg_mult, seg_add, seg_sign, config.candidate_log2, row_shift
+        num_chunks, w, seg_dims, seg_mask, seg_chunk, seg_mult, seg_add, seg_sign, config.candidate_log2,
+        config.row_shift,
     )
 
 
@@ -120,7 +120,7 @@ def _segment_width(chunk_sizes: np.ndarray, config: CodecConfig) -> int:
     """Segment width: the pool width, and with fewer pool rows than candidates at most half the smallest
     chunk, so that every chunk combines rows of at least two segments (one segment would leave it only
     ``pool_rows`` distinct candidates)."""
-    if config.pool_rows == 1 << config.candidate_log2:
+    if config.row_shift == 0:
         return int(min(config.pool_width, chunk_sizes.max()))
     return int(max(1, min(config.pool_width, chunk_sizes.min() // 2)))
 

@@ -62,9 +62,14 @@ class CodecConfig:
             raise InvalidInputError(f"unknown step spacing {self.spacing!r}")
 
     @property
+    def row_shift(self) -> int:
+        """log2 of candidates per pool row: 0 when every candidate owns a row."""
+        return 0 if self.pool_rows_log2 is None else self.candidate_log2 - self.pool_rows_log2
+
+    @property
     def pool_rows(self) -> int:
         """Rows of the shared candidate pool."""
-        return 1 << (self.candidate_log2 if self.pool_rows_log2 is None else self.pool_rows_log2)
+        return 1 << (self.candidate_log2 - self.row_shift)
 
     def logsnrs(self) -> np.ndarray:
         """``num_steps + 1`` log-SNR values: ``[start, ..., end]``, increasing (noise decreasing)."""
