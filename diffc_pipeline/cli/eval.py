@@ -184,8 +184,9 @@ def eval_(
     ) as progress:
         if classical:
             task = progress.add_task("classical", total=len(eval_images) * len(classical))
-            advance = lambda n: progress.advance(task, n)  # noqa: E731
-            recs, lowest = run_classical(eval_images, classical, showcase, advance, perceptual)
+            recs, lowest = run_classical(
+                eval_images, classical, showcase, lambda n: progress.advance(task, n), perceptual
+            )
             records += recs
         if diffc_codecs:
             task = progress.add_task("diffc", total=len(diffc_images) * len(diffc_codecs))

@@ -67,7 +67,6 @@ class PerceptualMetrics:
     """The loaded networks of a :class:`PerceptualSpec`; computes the per-image fields of a record."""
 
     def __init__(self, spec: PerceptualSpec) -> None:
-        self.spec = spec
         self._lpips = load_exported(spec.lpips, "--lpips") if spec.lpips else None
         self._features = load_exported(spec.fid_features, "--fid-features") if spec.fid_features else None
         if self._lpips is not None:
@@ -89,7 +88,7 @@ class PerceptualMetrics:
     def features(self, pixels: np.ndarray) -> np.ndarray:
         try:
             with torch.no_grad():
-                f = self._features(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0)
+                f = self._features(_batch_of_one(pixels) / 255.0)
         except Exception as exc:  # wrong arity or input contract: say which option's file it is
             raise DiffcError(f"--fid-features: the module does not take a (1, 3, H, W) image: {exc}") from None
         if f.ndim != 2 or f.shape[0] != 1:
@@ -116,8 +115,13 @@ def _check_lpips(module: torch.nn.Module) -> None:
         )
 
 
+def _batch_of_one(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` -> float ``(1, 3, H, W)`` in [0, 255]."""
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
+
+
 def _signed(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return _batch_of_one(pixels) / 127.5 - 1.0
 
 
 def _one_value(t: torch.Tensor, what: str) -> float:

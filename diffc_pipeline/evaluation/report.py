@@ -283,6 +283,15 @@ def _full_range_pairs(bd: list[dict]) -> list[tuple[str, str, dict, dict]]:
     return [(t, a, full[(t, a, "psnr")], full[(t, a, "ms_ssim_db")]) for t, a in pairs]
 
 
+def _measured(curve_map: dict[str, list[dict]], metric: str) -> bool:
+    """Whether any curve point carries ``metric`` (LPIPS and FID exist only when the user gave networks)."""
+    return any(metric in p for points in curve_map.values() for p in points)
+
+
+def _diffc_curves(curve_map: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    return {v: points for v, points in curve_map.items() if v.startswith("diffc-")}
+
+
 def _percent(b: dict) -> str:
     return "no overlap" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%"
 
@@ -295,7 +304,7 @@ def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: d
         "Curves (mean over images; setting = JPEG/WebP/AVIF quality or DiffC prefix steps):",
         "",
     ]
-    extra = [m for m in PERCEPTUAL_METRICS if any(m in p for ps in curve_map.values() for p in ps)]
+    extra = [m for m in PERCEPTUAL_METRICS if _measured(curve_map, m)]
     lines += [
         "| variant | setting | bpp | KL bpp | PSNR (dB) | MS-SSIM | "
         + "".join(f"{PERCEPTUAL_METRICS[m]} | " for m in extra)
@@ -346,13 +355,17 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
     codecs - and the classical curves over all images are kept apart in ``curves_all_images``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    all_curves = curves(output.records, output.reference_features)
     if output.diffc_images is not None:
         subset = set(output.diffc_images)
         curve_map = curves([r for r in output.records if r["image"] in subset], output.reference_features)
+        # DiffC records exist on the subset only, so their curves over all images are the ones just made:
+        # only the classical ones are recomputed (FID per point is the costly part)
+        classical = [r for r in output.records if r["family"] == "classical"]
+        all_curves = {**curves(classical, output.reference_features), **_diffc_curves(curve_map)}
+        all_curves = dict(sorted(all_curves.items()))
         title = f"{title}, all codecs on the {len(subset)} DiffC images"
     else:
-        curve_map = all_curves
+        curve_map = all_curves = curves(output.records, output.reference_features)
     bd = bd_rates(curve_map)
     lowest = lowest_rate_summary(output, curve_map)
     write_json(directory / "results.json", meta, output, curve_map, bd, lowest, all_curves)
@@ -360,7 +373,7 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
     plot(directory / "rd_psnr.png", curve_map, "psnr", "PSNR (dB, mean over images)", title)
     plot(directory / "rd_msssim.png", curve_map, "ms_ssim", "MS-SSIM (mean over images)", title)
     for metric, label in PERCEPTUAL_METRICS.items():
-        if any(metric in p for ps in curve_map.values() for p in ps):
+        if _measured(curve_map, metric):
             plot(directory / f"rd_{metric}.png", curve_map, metric, label, title)
     if output.showcase is not None:
         write_html(directory, output.showcase, title)

@@ -228,12 +228,16 @@ def run_training(
                 )
                 window_start, window_steps = time.monotonic(), 0
             if time.monotonic() - last_ckpt >= checkpoint_minutes * 60:
-                trainer.save(out / "checkpoint")
-                trainer.export(out / "model")
+                _checkpoint(trainer, out)
                 last_ckpt = time.monotonic()
-        trainer.save(out / "checkpoint")  # inside: a second signal during the save is recorded, not fatal
-        trainer.export(out / "model")
+        _checkpoint(trainer, out)  # inside: a second signal during the save is recorded, not fatal
     return trainer.state, stop.signal
+
+
+def _checkpoint(trainer: Trainer, out: Path) -> None:
+    """The resumable checkpoint and the EMA model beside it."""
+    trainer.save(out / "checkpoint")
+    trainer.export(out / "model")
 
 
 @dataclass
