@@ -13,7 +13,7 @@ from test_eval import write_images
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
-from diffc_pipeline.evaluation.perceptual import frechet_distance
+from diffc_pipeline.evaluation.perceptual import GaussianFit, frechet_distance
 
 
 def test_frechet_distance_matches_the_closed_form_for_gaussians() -> None:
@@ -32,6 +32,18 @@ def test_frechet_distance_with_fewer_samples_than_features_is_finite() -> None:
     d = frechet_distance(a, b)
     assert np.isfinite(d) and d > 0
     assert frechet_distance(a, a.copy()) == pytest.approx(0.0, abs=1e-4)  # traces ~64 each
+
+
+def test_frechet_distance_is_symmetric_and_a_prepared_fit_gives_the_same_value() -> None:
+    """The originals' fit is made once per image set and reused for every curve point: same numbers."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((50, 16)) @ rng.standard_normal((16, 16))
+    b = rng.standard_normal((40, 16)) * 1.5 + 0.3
+    d = frechet_distance(a, b)
+    assert frechet_distance(b, a) == pytest.approx(d, rel=1e-9)
+    assert frechet_distance(a, GaussianFit.of(b)) == pytest.approx(d, rel=1e-12)
+    with pytest.raises(ValueError, match="feature set"):
+        GaussianFit.of(b[:1])
 
 
 class _Lpips(torch.nn.Module):

@@ -130,17 +130,35 @@ def _one_value(t: torch.Tensor, what: str) -> float:
     return float(t.reshape(()))
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussian fits of two feature sets ``(n, F)``: FID when the features are
-    Inception's. ``tr sqrt(Ca Cb)`` is taken as ``tr sqrt(Ca^1/2 Cb Ca^1/2)``, a symmetric PSD matrix, via
-    eigendecompositions: stable for the singular covariances of fewer images than features (scipy's sqrtm
-    returns complex noise there)."""
-    if a.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need two (n >= 2, F) feature sets, got {a.shape} and {b.shape}")
-    mu = a.mean(0) - b.mean(0)
-    ca, cb = np.cov(a, rowvar=False, ddof=1), np.cov(b, rowvar=False, ddof=1)
-    w, v = np.linalg.eigh(ca)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.linalg.eigvalsh(root_a @ cb @ root_a)
-    d = mu @ mu + np.trace(ca) + np.trace(cb) - 2.0 * np.sqrt(np.clip(cross, 0, None)).sum()
+@dataclass(frozen=True)
+class GaussianFit:
+    """Mean, covariance and covariance square root of one feature set ``(n, F)``. The originals' fit is the
+    same for every curve point over the same images, so it is made once and its square root (the costly
+    eigendecomposition with 2048-d features) reused."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    root: np.ndarray
+
+    @classmethod
+    def of(cls, features: np.ndarray) -> GaussianFit:
+        if features.ndim != 2 or len(features) < 2:
+            raise ValueError(f"need an (n >= 2, F) feature set, got {features.shape}")
+        cov = np.cov(features, rowvar=False, ddof=1)
+        w, v = np.linalg.eigh(cov)
+        return cls(features.mean(0), cov, (v * np.sqrt(np.clip(w, 0, None))) @ v.T)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray | GaussianFit) -> float:
+    """Frechet distance between Gaussian fits of two feature sets ``(n, F)`` (``b`` may be a prepared
+    :class:`GaussianFit`): FID when the features are Inception's. ``tr sqrt(Ca Cb)`` is taken as
+    ``tr sqrt(Cb^1/2 Ca Cb^1/2)``, a symmetric PSD matrix, via eigendecompositions: stable for the singular
+    covariances of fewer images than features (scipy's sqrtm returns complex noise there)."""
+    fb = b if isinstance(b, GaussianFit) else GaussianFit.of(b)
+    if a.ndim != 2 or a.shape[1] != fb.mean.shape[0] or len(a) < 2:
+        raise ValueError(f"need two (n >= 2, F) feature sets, got {a.shape} and {fb.mean.shape[0]} features")
+    mu = a.mean(0) - fb.mean
+    ca = np.cov(a, rowvar=False, ddof=1)
+    cross = np.linalg.eigvalsh(fb.root @ ca @ fb.root)
+    d = mu @ mu + np.trace(ca) + np.trace(fb.cov) - 2.0 * np.sqrt(np.clip(cross, 0, None)).sum()
     return max(0.0, float(d))  # equal sets come out at -1e-6-ish from rounding

@@ -19,7 +19,7 @@ from PIL import Image
 from rich.table import Table
 
 from .bdrate import bd_rate
-from .perceptual import frechet_distance
+from .perceptual import GaussianFit, frechet_distance
 from .runner import EvalOutput, Showcase
 
 # BD-rate in MS-SSIM is taken on -10 log10(1 - MS-SSIM) (dB), which spreads out the values near 1 where
@@ -45,6 +45,7 @@ def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | 
     for r in records:
         groups[(r["variant"], setting_of(r))].append(r)
     out: dict[str, list[dict]] = defaultdict(list)
+    reference_fits: dict[tuple, GaussianFit] = {}
     for (variant, setting), rs in groups.items():
         point = {
             "setting": setting,
@@ -56,9 +57,10 @@ def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | 
         if "lpips" in rs[0]:
             point["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         if reference_features is not None and "features" in rs[0] and len(rs) >= 2:
-            point["fid"] = frechet_distance(
-                np.stack([r["features"] for r in rs]), np.stack([reference_features[r["image"]] for r in rs])
-            )
+            images = tuple(sorted(r["image"] for r in rs))
+            if images not in reference_fits:  # most points share one image set: one fit of the originals
+                reference_fits[images] = GaussianFit.of(np.stack([reference_features[i] for i in images]))
+            point["fid"] = frechet_distance(np.stack([r["features"] for r in rs]), reference_fits[images])
         if rs[0].get("kl_bits") is not None:  # the KL of this stream's own trajectory: rate overhead vs KL
             point["kl_bpp"] = float(np.mean([r["kl_bits"] / (r["height"] * r["width"]) for r in rs]))
         if rs[0].get("header_bytes") is not None:
