@@ -31,18 +31,9 @@ def ray_cluster():
     """One embedded 2-CPU Ray cluster shared by every test that needs Ray (start-up costs seconds here)."""
     import ray
 
+    from diffc_pipeline.pipeline.runtime import start_local_ray
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    for attempt in range(3):
-        if ray.is_initialized():
-            break
-        try:
-            ray.init(  # "local": a cluster of our own, even if another one runs on this machine
-                address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
-            )
-        except Exception:
-            # Ray gives its raylet a fixed 30 s to register; on a busy 2-core machine that can run out
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    start_local_ray(2, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

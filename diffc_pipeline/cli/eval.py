@@ -182,12 +182,8 @@ def eval_(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        if classical:
-            task = progress.add_task("classical", total=len(eval_images) * len(classical))
-            recs, lowest = run_classical(
-                eval_images, classical, showcase, lambda n: progress.advance(task, n), perceptual
-            )
-            records += recs
+        # DiffC first: it is the long part and the one that can fail (Ray, a cluster), so a failure there
+        # does not throw away minutes of classical encodes
         if diffc_codecs:
             task = progress.add_task("diffc", total=len(diffc_images) * len(diffc_codecs))
             args = (prefixes, chosen_methods, seed, batch_size, showcase, lambda n: progress.advance(task, n))
@@ -200,6 +196,12 @@ def eval_(
                 )
             else:
                 records += run_diffc(diffc_images, diffc_codecs, *args, perceptual)
+        if classical:
+            task = progress.add_task("classical", total=len(eval_images) * len(classical))
+            recs, lowest = run_classical(
+                eval_images, classical, showcase, lambda n: progress.advance(task, n), perceptual
+            )
+            records += recs
     if not records:
         raise DiffcError("nothing to evaluate: no classical codecs and no DiffC channels chosen")
     title = f"{images} ({len(eval_images)} images)"

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..errors import DiffcError
+
 READ_TASK_CPUS = 0.5
 
 
@@ -79,9 +81,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         if address:
             ray.init(address=address, **quiet)
         else:
-            # "local": always a new embedded cluster; without it Ray would join a cluster that another
-            # process started on this machine (and refuse num_cpus), which --address is for
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
+            start_local_ray(os.cpu_count() or 1, **quiet)
         started = True
     _quiet_ray_data()
     ctx = DataContext.get_current()
@@ -94,6 +94,36 @@ def ray_session(address: str | None) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+# Ray gives a new raylet a fixed 30 s (not configurable) to register with its GCS; on a loaded 2-core machine
+# that runs out now and then, and the next attempt usually gets through.
+LOCAL_START_ATTEMPTS = 3
+
+
+def start_local_ray(num_cpus: int, attempts: int = LOCAL_START_ATTEMPTS, **init_kwargs) -> None:
+    """Start an embedded Ray cluster of ``num_cpus``, retrying Ray's start-up timeout; a clear error if it
+    never comes up.
+
+    ``address="local"``: always a new embedded cluster; without it Ray would join a cluster that another
+    process started on this machine (and refuse ``num_cpus``), which ``--address`` is for.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(exc):
+                raise
+            logging.getLogger(__name__).warning("Ray start-up timed out (attempt %d of %d)", attempt, attempts)
+    raise DiffcError(
+        f"the embedded Ray cluster did not start in {attempts} attempts: its raylet did not register within "
+        "Ray's 30 s start-up limit each time (is the machine overloaded?). Try again when it is less busy, or "
+        "start a cluster with `ray start --head` and pass its address with --address."
+    )
 
 
 class _DropProgressNotice(logging.Filter):
