@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_data.make import bad_files, bomb_png, odd_layouts, write_images, write_parquet
 
-from diffc_pipeline.errors import ArchiveError, ModelMismatchError
+from diffc_pipeline.errors import ArchiveError, DiffcError, ModelMismatchError
 from diffc_pipeline.pipeline import archive as A
 from diffc_pipeline.pipeline.commit import (
     commit_shard,
@@ -28,7 +31,7 @@ from diffc_pipeline.pipeline.manifest import (
 )
 from diffc_pipeline.pipeline.plan import image_seed, make_plan
 from diffc_pipeline.pipeline.reader import read_prefixes
-from diffc_pipeline.pipeline.runtime import size_actors
+from diffc_pipeline.pipeline.runtime import check_reachable, size_actors
 from diffc_pipeline.pipeline.sources import (
     SourceError,
     list_source,
@@ -311,6 +314,25 @@ def test_actor_sizing_leaves_cpus_for_read_tasks():
     assert size_actors({"CPU": 64.0}, threads=2, nodes=8).actors == 28  # 8 CPUs kept: 64 / 8
     gpu = size_actors({"CPU": 8.0, "GPU": 2.0})
     assert (gpu.actors, gpu.num_gpus) == (2, 1.0)
+
+
+def test_an_unreachable_cluster_address_is_a_clear_error_not_a_wait():
+    """ray.init would wait on a missing GCS for minutes (5+ measured); the probe answers at once."""
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(DiffcError, match=f"cannot reach the Ray cluster at {re.escape(address)}"):
+            check_reachable(address)
+    assert time.monotonic() - start < 5
+    with pytest.raises(DiffcError, match="not host:port"):
+        check_reachable("headnode")
+    with socket.socket() as server:  # something listening: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+    check_reachable("auto")  # left to Ray
 
 
 def test_replayed_rows_are_dropped_once_seen():

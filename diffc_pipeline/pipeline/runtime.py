@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     if not ray.is_initialized():
         quiet = dict(log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         if address:
+            check_reachable(address)
             ray.init(address=address, **quiet)
         else:
             start_local_ray(os.cpu_count() or 1, **quiet)
@@ -94,6 +96,28 @@ def ray_session(address: str | None) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast with a clear error when nothing listens at a cluster address (``host:port`` or
+    ``ray://host:port``): ``ray.init`` would otherwise wait on the missing GCS for many minutes. ``auto``
+    (Ray's own lookup of a cluster on this machine) is left to Ray."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DiffcError(f"cluster address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise DiffcError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is it running? `ray status` on "
+            "its head node shows its address)"
+        ) from None
 
 
 # Ray gives a new raylet a fixed 30 s (not configurable) to register with its GCS; on a loaded 2-core machine
