@@ -27,3 +27,7 @@ class ModelLoadError(DiffcError):
 
 class ArchiveError(DiffcError):
     """An archive is missing, corrupted, or of another format version."""
+
+
+class ClusterError(DiffcError):
+    """The Ray cluster cannot be reached or started: not the user's input, so a scheduler may retry."""

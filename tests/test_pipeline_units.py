@@ -6,13 +6,16 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pipeline_data.make import bad_files, bomb_png, odd_layouts, write_images, write_parquet
+from typer.testing import CliRunner
 
+from diffc_pipeline.cli import app
 from diffc_pipeline.errors import ArchiveError, DiffcError, ModelMismatchError
 from diffc_pipeline.pipeline import archive as A
 from diffc_pipeline.pipeline.commit import (
@@ -333,6 +336,18 @@ def test_an_unreachable_cluster_address_is_a_clear_error_not_a_wait():
         server.listen()
         check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
     check_reachable("auto")  # left to Ray
+
+
+def test_compress_against_an_unreachable_cluster_exits_1_with_the_address(tmp_path):
+    """Exit code 1 (the run failed, worth a retry), not 2 (bad input): a scheduler can tell them apart."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
+    args = ["compress", str(samples), str(tmp_path / "archive"), "--address", f"127.0.0.1:{port}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in " ".join(result.output.split())
 
 
 def test_replayed_rows_are_dropped_once_seen():

@@ -10,7 +10,7 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import DiffcError
+from ..errors import ClusterError, DiffcError
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
@@ -22,7 +22,8 @@ EXIT_USAGE = 2  # bad arguments or input (click's own code for usage errors)
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn :class:`DiffcError` into one red line and exit code 2 instead of a traceback."""
+    """Turn :class:`DiffcError` into one red line instead of a traceback: exit code 2 (bad input), or 1 for a
+    cluster that cannot be reached or started (worth a retry)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,7 +31,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except DiffcError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(EXIT_FAILED if isinstance(exc, ClusterError) else EXIT_USAGE) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]")
             sys.exit(130)

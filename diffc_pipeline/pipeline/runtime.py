@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..errors import DiffcError
+from ..errors import ClusterError, DiffcError
 
 READ_TASK_CPUS = 0.5
 
@@ -114,7 +114,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise DiffcError(
+        raise ClusterError(
             f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is it running? `ray status` on "
             "its head node shows its address)"
         ) from None
@@ -143,7 +143,7 @@ def start_local_ray(num_cpus: int, attempts: int = LOCAL_START_ATTEMPTS, **init_
             if "timed out during startup" not in str(exc):
                 raise
             logging.getLogger(__name__).warning("Ray start-up timed out (attempt %d of %d)", attempt, attempts)
-    raise DiffcError(
+    raise ClusterError(
         f"the embedded Ray cluster did not start in {attempts} attempts: its raylet did not register within "
         "Ray's 30 s start-up limit each time (is the machine overloaded?). Try again when it is less busy, or "
         "start a cluster with `ray start --head` and pass its address with --address."
