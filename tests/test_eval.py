@@ -12,14 +12,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
 from diffc_pipeline.evaluation.bdrate import bd_rate, pareto_front
 from diffc_pipeline.evaluation.classical import CODECS, encode_decode, lowest_rate
 from diffc_pipeline.evaluation.data import ImageSource, choose_subset, load_eval_images
-from diffc_pipeline.evaluation.metrics import PSNR_LOSSLESS_DB, ms_ssim, ms_ssim_scales, psnr
+from diffc_pipeline.evaluation.metrics import (
+    DETAIL_RATIO_MAX,
+    PSNR_LOSSLESS_DB,
+    detail_ratio,
+    ms_ssim,
+    ms_ssim_scales,
+    psnr,
+)
 
 
 def natural_image(seed: int, size: int = 32) -> np.ndarray:
@@ -85,6 +92,23 @@ def test_psnr_known_value():
     b = np.full((8, 8, 3), 110, np.uint8)  # MSE 100
     assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 100))  # 28.1308 dB
     assert psnr(a, a) == PSNR_LOSSLESS_DB
+
+
+def test_detail_ratio_is_one_for_the_original_below_one_blurred_above_one_noisy():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    assert detail_ratio(image, image) == 1.0
+    blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.5)))
+    assert detail_ratio(image, blurred) < 0.5
+    smooth = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(3))).copy()
+    noisy = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    assert detail_ratio(smooth, noisy) > 2
+    # scaled detail: 2x the high frequencies around a flat mid-grey is a ratio of 2
+    grey = 128 + (rng.integers(0, 2, (16, 16, 1)) * 20 - 10).repeat(3, axis=2)
+    doubled = 128 + (grey.astype(int) - 128) * 2
+    assert detail_ratio(grey.astype(np.uint8), doubled.astype(np.uint8)) == pytest.approx(2.0)
+    flat = np.full((8, 8, 3), 50, np.uint8)
+    assert detail_ratio(flat, flat) == 1.0 and detail_ratio(flat, image[:8, :8]) == DETAIL_RATIO_MAX
 
 
 def test_ms_ssim_matches_pytorch_msssim_where_it_applies():
@@ -190,7 +214,7 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
     assert {r["image"] for r in doc["records"]} == {"im0", "im1", "im2"}
     for r in doc["records"]:
         assert r["bpp"] == pytest.approx(8 * r["bytes"] / (32 * 32))
-        assert 0 < r["ms_ssim"] <= 1 and r["psnr"] > 10 and r["ms_ssim_scales"] == 2
+        assert 0 < r["ms_ssim"] <= 1 and r["psnr"] > 10 and r["ms_ssim_scales"] == 2 and 0 < r["detail"] < 5
     assert len(doc["lowest_rate_per_image"]) == 9
     for name, summary in doc["lowest_rate"].items():
         per_image = [r["bpp"] for r in doc["lowest_rate_per_image"] if r["variant"] == name]
@@ -202,7 +226,9 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
     assert doc["params"]["channels"] == "none" and doc["params"]["out"] == str(out) and doc["command"]
     assert doc["date"] and doc["machine"]["cpus"] >= 1
     assert "| jpeg | quality 1 |" in (out / "summary.md").read_text()
-    for png in ("rd_psnr.png", "rd_msssim.png"):
+    detail = [p["detail"] for p in doc["curves"]["jpeg"]]  # low qualities blur
+    assert detail[0] < detail[-1] and detail[-1] == pytest.approx(1.0, abs=0.15)
+    for png in ("rd_psnr.png", "rd_msssim.png", "rd_detail.png"):
         assert Image.open(out / png).size[0] > 100
     page = (out / "index.html").read_text()
     shown = [s.split("'")[0] for s in page.split("src='")[1:]]

@@ -25,7 +25,12 @@ from .runner import EvalOutput, Showcase
 # BD-rate in MS-SSIM is taken on -10 log10(1 - MS-SSIM) (dB), which spreads out the values near 1 where
 # codecs differ.
 QUALITY_METRICS = ("psnr", "ms_ssim_db")
-PERCEPTUAL_METRICS = {"lpips": "LPIPS (lower: closer)", "fid": "FID (lower: more realistic)"}
+# Beyond PSNR / MS-SSIM: the detail ratio is always measured, LPIPS and FID when the user gave networks
+PERCEPTUAL_METRICS = {
+    "detail": "detail ratio (1: as sharp as the original, < 1: blurred)",
+    "lpips": "LPIPS (lower: closer)",
+    "fid": "FID (lower: more realistic)",
+}
 SHOWCASE_TARGET_BPP = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 SHOWCASE_MAX_RATIO = 1.5  # a reconstruction is shown for a target bpp only if its bpp is within this factor
 
@@ -54,8 +59,9 @@ def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | 
             **{k: float(np.mean([r[k] for r in rs])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")},
         }
         point["ms_ssim_db"] = float(np.mean([ms_ssim_db(r["ms_ssim"]) for r in rs]))
-        if "lpips" in rs[0]:
-            point["lpips"] = float(np.mean([r["lpips"] for r in rs]))
+        for metric in ("detail", "lpips"):  # per-image values (records from before the detail ratio lack it)
+            if metric in rs[0]:
+                point[metric] = float(np.mean([r[metric] for r in rs]))
         if reference_features is not None and "features" in rs[0] and len(rs) >= 2:
             images = tuple(sorted(r["image"] for r in rs))
             if images not in reference_fits:  # most points share one image set: one fit of the originals

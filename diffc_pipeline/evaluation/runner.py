@@ -16,7 +16,7 @@ import torch
 
 from .classical import CODECS, encode_decode, lowest_rate
 from .data import EvalImage
-from .metrics import ms_ssim, ms_ssim_scales, psnr
+from .metrics import detail_ratio, ms_ssim, ms_ssim_scales, psnr
 from .perceptual import PerceptualMetrics
 
 METHODS = ("flow", "ancestral", "denoise")
@@ -54,7 +54,7 @@ Progress = Callable[[int], None]
 
 
 def quality_record(image: EvalImage, recon: np.ndarray, perceptual: PerceptualMetrics | None = None) -> dict:
-    """Distortion fields shared by all records (plus LPIPS and FID features when the user gave networks)."""
+    """Quality fields shared by all records (plus LPIPS and FID features when the user gave networks)."""
     h, w, _ = image.pixels.shape
     return {
         "image": image.id,
@@ -63,6 +63,7 @@ def quality_record(image: EvalImage, recon: np.ndarray, perceptual: PerceptualMe
         "psnr": psnr(image.pixels, recon),
         "ms_ssim": ms_ssim(image.pixels, recon),
         "ms_ssim_scales": ms_ssim_scales(h, w),
+        "detail": detail_ratio(image.pixels, recon),
         **(perceptual.record_fields(image.pixels, recon) if perceptual else {}),
     }
 
