@@ -123,6 +123,36 @@ def test_resume_is_exact(tiny_set: list[bytes], tmp_path: Path) -> None:
     assert not different, different
 
 
+def test_a_phase_of_other_crops_resumes_exactly_and_cannot_be_rewritten(tiny_set: list[bytes], tmp_path: Path) -> None:
+    """Whole images late in a run: a phase from step 2 on trains on 8x8 crops, batch 4; resuming across it
+    gives the run that had the phase from the start, bit for bit."""
+    phased = CONFIG.with_batch_shape(2, 4, 8)
+    assert phased.phases == [{"from_step": 2, "batch_size": 4, "crop": 8}]
+    assert [phased.batch_shape_at(s) for s in (0, 1, 2, 9)] == [(8, 16), (8, 16), (4, 8), (4, 8)]
+    assert phased.with_batch_shape(5, None, 8) is phased  # nothing new: no phase
+    straight = Trainer(phased, tiny_set)
+    losses_straight = [straight.train_step() for _ in range(4)]
+    assert straight._sampler_at(3).batch(3).shape == (4, 3, 8, 8)
+
+    first = Trainer(CONFIG, tiny_set)
+    losses = [first.train_step() for _ in range(2)]
+    first.save(tmp_path / "ckpt")
+    resumed = Trainer(CONFIG.with_batch_shape(2, 4, 8), tiny_set)
+    resumed.load(tmp_path / "ckpt")
+    losses += [resumed.train_step() for _ in range(2)]
+    assert losses == losses_straight
+    a, b = _all_tensors(straight), _all_tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    resumed.save(tmp_path / "ckpt")  # the checkpoint now holds the phase: dropping or moving it is refused
+    with pytest.raises(DiffcError, match="different phases"):
+        Trainer(CONFIG, tiny_set).load(tmp_path / "ckpt")
+    with pytest.raises(DiffcError, match="different phases"):
+        Trainer(CONFIG.with_batch_shape(3, 4, 8), tiny_set).load(tmp_path / "ckpt")
+    with pytest.raises(DiffcError, match="a phase already starts at or after step 2"):
+        phased.with_batch_shape(2, 2, 8)
+
+
 def test_resume_refuses_a_config_that_changes_the_weights_meaning(tiny_set: list[bytes], tmp_path: Path) -> None:
     trainer = Trainer(CONFIG, tiny_set)
     trainer.train_step()
@@ -145,8 +175,13 @@ def test_train_cli_resumes_with_the_checkpoint_settings(tmp_path: Path) -> None:
     assert saved["step"] == 2
     assert (saved["config"]["batch_size"], saved["config"]["crop"], saved["config"]["seed"]) == (4, 16, 3)
     assert (saved["config"]["decay_start"], saved["config"]["decay_end"]) == (1, 5)
-    refused = CliRunner().invoke(app, [*args, "--max-steps", "3", "--crop", "8"])
-    assert refused.exit_code == 2 and "cannot resume with a different crop" in " ".join(refused.output.split())
+    refused = CliRunner().invoke(app, [*args, "--max-steps", "3", "--seed", "4"])
+    assert refused.exit_code == 2 and "cannot resume with a different seed" in " ".join(refused.output.split())
+    phased = CliRunner().invoke(app, [*args, "--max-steps", "3", "--crop", "8"])  # a phase from step 2
+    assert phased.exit_code == 0 and "phase from step 2: batch 4, crop 8" in phased.output
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert saved["step"] == 3 and saved["config"]["phases"] == [{"from_step": 2, "batch_size": 4, "crop": 8}]
+    assert saved["config"]["crop"] == 16  # the base stays what steps 0-1 trained on
 
 
 def test_sigterm_stops_training_with_a_checkpoint(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ def train(
     max_steps: int = typer.Option(0, help="Stop at this total step count (0: no limit)."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint if it exists."),
     batch_size: int | None = typer.Option(None, help="Images per step [default: 64, or the checkpoint's]."),
-    crop: int | None = typer.Option(None, help="Random square crop size in pixels [default: 32, or the checkpoint's]."),
+    crop: int | None = typer.Option(
+        None, help="Random square crop size in pixels [default: 32, or the checkpoint's; another on resume: a phase]."
+    ),
     lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 5e-4, or the checkpoint's]."),
     decay_start: int | None = typer.Option(
         None, help="Step at which a linear cool-down of the learning rate to zero begins (see --decay-end)."
@@ -38,20 +40,26 @@ def train(
     """Train the built-in U-Net with the VDM objective (the DiffC rate), resumably.
 
     A resumed run takes its settings from the checkpoint; options given on the command line override them
-    where that is safe (learning rate and its cool-down) and are refused where the weights depend on them.
+    where that is safe (learning rate and its cool-down) and are refused where the weights depend on them
+    (seed). Another --crop or --batch-size on resume starts a phase from the checkpoint's step on (recorded
+    in it: the run stays exactly resumable).
     """
     from ..training.data import load_encoded_images
-    from ..training.trainer import STATE, TrainConfig, Trainer, checkpoint_config, run_training
+    from ..training.trainer import STATE, TrainConfig, Trainer, checkpoint_config, checkpoint_step, run_training
 
     if threads:
         torch.set_num_threads(threads)
     ckpt = out / "checkpoint"
     resuming = resume and (ckpt / STATE).exists()
-    given = {"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed}
-    given |= {"decay_start": decay_start, "decay_end": decay_end}
-    config = replace(
-        checkpoint_config(ckpt) if resuming else TrainConfig(), **{k: v for k, v in given.items() if v is not None}
-    )
+    given = {"lr": lr, "seed": seed, "decay_start": decay_start, "decay_end": decay_end}
+    if resuming:  # another crop or batch size starts a phase from the checkpoint's step
+        config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop)
+    else:
+        given |= {"batch_size": batch_size, "crop": crop}
+        config = TrainConfig()
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
+    for phase in config.phases:
+        console.print(f"phase from step {phase['from_step']}: batch {phase['batch_size']}, crop {phase['crop']}")
     if config.decay_end and config.decay_end <= config.decay_start:
         raise DiffcError(f"--decay-end ({config.decay_end}) must be after --decay-start ({config.decay_start})")
     images = load_encoded_images(data, image_column=image_column, limit=limit or None)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +49,30 @@ class TrainConfig:
     decay_end: int = 0
     unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
     schedule: dict = field(default_factory=lambda: LinearSchedule().to_dict())
+    # Later stretches of a run may train on other crops or batch sizes (say whole 64x64 images at the end,
+    # since the codec sees whole images): each phase ``{"from_step", "batch_size", "crop"}`` applies from its
+    # step on. Phases live in the checkpoint, so a run with phases is as exactly resumable as one without.
+    phases: list[dict] = field(default_factory=list)
+
+    def batch_shape_at(self, step: int) -> tuple[int, int]:
+        """``(batch_size, crop)`` in force at ``step``."""
+        shape = (self.batch_size, self.crop)
+        for phase in self.phases:
+            if step >= phase["from_step"]:
+                shape = (phase["batch_size"], phase["crop"])
+        return shape
+
+    def with_batch_shape(self, step: int, batch_size: int | None, crop: int | None) -> TrainConfig:
+        """This config, with a new phase from ``step`` on if ``batch_size`` or ``crop`` differ from those in
+        force there (``None``: keep)."""
+        current = self.batch_shape_at(step)
+        wanted = (batch_size or current[0], crop or current[1])
+        if wanted == current:
+            return self
+        if any(p["from_step"] >= step for p in self.phases):
+            raise DiffcError(f"a phase already starts at or after step {step}; resume past it first")
+        phase = {"from_step": step, "batch_size": wanted[0], "crop": wanted[1]}
+        return replace(self, phases=[*self.phases, phase])
 
 
 # Fields a resumed run may change: they steer the optimiser from here on. Every other field (data,
@@ -57,6 +81,8 @@ class TrainConfig:
 ADJUSTABLE_ON_RESUME = frozenset(
     {"lr", "warmup_steps", "weight_decay", "ema_decay", "grad_clip", "decay_start", "decay_end"}
 )
+# ... and phases may be added (never changed): the steps already trained keep their batches.
+PHASES = "phases"
 
 
 @dataclass
@@ -76,6 +102,11 @@ def checkpoint_config(directory: Path) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
 
+def checkpoint_step(directory: Path) -> int:
+    """The step a checkpoint was written at."""
+    return int(json.loads((directory / STATE).read_text())["step"])
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, images: list[bytes]) -> None:
         self.config = config
@@ -86,7 +117,8 @@ class Trainer:
         self.ema.requires_grad_(False)
         self.schedule = LinearSchedule(config.schedule["gamma_min"], config.schedule["gamma_max"])
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.sampler = BatchSampler(images, config.batch_size, config.crop, config.seed)
+        self._images = images
+        self._sampler = BatchSampler(images, config.batch_size, config.crop, config.seed)
         self.state = TrainState()
 
     def lr_at(self, step: int) -> float:
@@ -101,7 +133,7 @@ class Trainer:
         """One optimisation step; returns the batch's loss in bits/dim (diffusion + prior)."""
         step = self.state.step
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        x = self.sampler.batch(step)
+        x = self._sampler_at(step).batch(step)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
         self.net.train()
@@ -117,6 +149,13 @@ class Trainer:
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         self.state.step += 1
         return float(nats_to_bpd(nats.detach().mean(), x[0].numel()))
+
+    def _sampler_at(self, step: int) -> BatchSampler:
+        """The batch stream of the phase in force: a pure function of the step, like every batch."""
+        batch_size, crop = self.config.batch_shape_at(step)
+        if (self._sampler.batch_size, self._sampler.crop) != (batch_size, crop):
+            self._sampler = BatchSampler(self._images, batch_size, crop, self.config.seed)
+        return self._sampler
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -137,9 +176,15 @@ class Trainer:
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
+        saved = meta["config"]
         fixed = sorted(
-            k for k, v in asdict(self.config).items() if k not in ADJUSTABLE_ON_RESUME and meta["config"].get(k) != v
+            k
+            for k, v in asdict(self.config).items()
+            if k not in ADJUSTABLE_ON_RESUME and k != PHASES and saved.get(k) != v
         )
+        saved_phases = saved.get(PHASES, [])
+        if self.config.phases[: len(saved_phases)] != saved_phases:
+            fixed.append(PHASES)
         if fixed:
             diffs = ", ".join(
                 f"{k} (checkpoint {meta['config'].get(k)!r}, requested {getattr(self.config, k)!r})" for k in fixed
@@ -163,6 +208,7 @@ class Trainer:
                 "trained_steps": self.state.step,
                 "train_batch": self.config.batch_size,
                 "train_crop": self.config.crop,
+                **({"train_phases": self.config.phases} if self.config.phases else {}),
                 "weights": "raw" if raw else "ema",
             },
         )
