@@ -77,10 +77,11 @@ def ray_session(address: str | None) -> Iterator[None]:
     started = False
     # inside a Ray job the driver is told its cluster through RAY_ADDRESS; passing num_cpus there is refused
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:  # even when this process is already connected: a dead address is an error, not ignored
+        check_reachable(address)
     if not ray.is_initialized():
         quiet = dict(log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         if address:
-            check_reachable(address)
             ray.init(address=address, **quiet)
         else:
             start_local_ray(os.cpu_count() or 1, **quiet)
