@@ -292,7 +292,8 @@ def _full_range_pairs(bd: list[dict]) -> list[tuple[str, str, dict, dict]]:
 
 
 def _measured(curve_map: dict[str, list[dict]], metric: str) -> bool:
-    """Whether any curve point carries ``metric`` (LPIPS and FID exist only when the user gave networks)."""
+    """Whether any curve point carries ``metric``: LPIPS and FID exist only when the user gave networks, the
+    detail ratio only in records made since it was added."""
     return any(metric in p for points in curve_map.values() for p in points)
 
 
