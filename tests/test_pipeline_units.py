@@ -339,7 +339,8 @@ def test_an_unreachable_cluster_address_is_a_clear_error_not_a_wait():
 
 
 def test_compress_against_an_unreachable_cluster_exits_1_with_the_address(tmp_path):
-    """Exit code 1 (the run failed, worth a retry), not 2 (bad input): a scheduler can tell them apart."""
+    """Exit code 1 (the run failed, worth a retry), not 2 (bad input): a scheduler can tell them apart; and the
+    archive is not touched (a manifest left behind would make the next run a resume of nothing)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -348,6 +349,7 @@ def test_compress_against_an_unreachable_cluster_exits_1_with_the_address(tmp_pa
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in " ".join(result.output.split())
+    assert not (tmp_path / "archive").exists()
 
 
 def test_replayed_rows_are_dropped_once_seen():

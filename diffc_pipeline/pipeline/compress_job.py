@@ -27,7 +27,7 @@ from .lock import LOCK_NAME, archive_lock
 from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
-from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
+from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, probe_cluster, ray_session
 from .sources import list_source, open_fs, public_url
 from .stages import Encoder, read_and_decode
 
@@ -257,6 +257,7 @@ def run_compress(
     plan the same shard names and interleave manifest writes.
     """
     codec = codec or build_codec(opts.model, opts.codec_config)
+    probe_cluster(opts.address)  # before the archive is touched: a dead address leaves no manifest behind
     fs, root = open_fs(opts.output, opts.storage_options)
     run_id = new_run_id()
     with archive_lock(fs, root.rstrip("/"), run_id, opts.wait_lock, opts.lock_timeout, say):

@@ -75,10 +75,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     from ray.data import DataContext
 
     started = False
-    # inside a Ray job the driver is told its cluster through RAY_ADDRESS; passing num_cpus there is refused
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:  # even when this process is already connected: a dead address is an error, not ignored
-        check_reachable(address)
+    address = probe_cluster(address)
     if not ray.is_initialized():
         quiet = dict(log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         if address:
@@ -100,6 +97,20 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 CONNECT_TIMEOUT_S = 10.0
+
+
+def probe_cluster(address: str | None) -> str | None:
+    """The cluster address a job will use (``address``, else ``$RAY_ADDRESS``; ``None``: an embedded cluster),
+    checked reachable. Jobs call it before they write anything, so a dead address leaves no trace behind.
+
+    Inside a Ray job the driver is told its cluster through RAY_ADDRESS (passing num_cpus there is refused).
+    An explicit address is probed even when this process is already connected: a dead one is an error, not
+    silently ignored.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_reachable(address)
+    return address
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
