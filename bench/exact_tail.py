@@ -75,7 +75,9 @@ def main(n: int, specs: list[str]) -> None:
         m, channel = spec.split("@")
         t0 = time.perf_counter()
         z, bits = run(codec, x, int(m), tail_config(codec.config, channel))
-        xr = float_to_uint8(reconstruct(codec.model, z, lam, "flow", 24, list(range(n)), codec.logsnr_final))
+        xr = float_to_uint8(
+            reconstruct(codec.model, z, lam, "flow", codec.config.flow_steps, list(range(n)), codec.logsnr_final)
+        )
         quality = np.mean([psnr(im, xr[i].permute(1, 2, 0).numpy()) for i, im in enumerate(imgs)])
         bpp = bits / n / (imgs.shape[1] * imgs.shape[2])
         print(f"last {spec:20s}: DiffC-F {quality:.2f} dB at {bpp:.3f} bpp ({time.perf_counter() - t0:.0f} s)")

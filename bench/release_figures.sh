@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure in docs/benchmarks.md and the README that depends on the built-in model's weights, rerun after
 # a new release is copied into diffc_pipeline/models/builtin. Run from the repository root on an idle machine:
-# about 90 minutes on 2 cores (session 6 ran these in this order, 14:44-16:1x UTC; Ray start-ups and timings
+# about 90 minutes on 2 cores (session 6 ran these in this order, 14:44-16:07 UTC; Ray start-ups and timings
 # suffer beside other jobs). Most important first, so a cut-short run still leaves the headline figures.
 # Outputs: bench/*.json (committed) and eval-*/ (git-ignored; copy plots to docs/img/ by hand).
 # Speed and pipeline throughput depend on the architecture, not the weights: rerun them (last two lines)
