@@ -49,8 +49,7 @@ def write_tiles(folder: Path, n: int) -> list[str]:
     """``n`` distinct 16x16 PNG tiles cut from the bundled sample images."""
     folder.mkdir(parents=True)
     tiles = []
-    for img in load_images():  # (3, 64, 64) uint8 each: 16 tiles per image
-        arr = img.permute(1, 2, 0).numpy()
+    for arr in load_images():  # (64, 64, 3) uint8 each: 16 tiles per image
         tiles += [arr[y : y + 16, x : x + 16] for y in range(0, 64, 16) for x in range(0, 64, 16)]
     ids = []
     for i in range(n):
@@ -110,7 +109,7 @@ def in_thread(inp: Path, arc: Path, address: str | None, incremental: bool = Fal
     """Start a compress job in a thread of this driver; the dict gets its ``summary`` or ``error``."""
     out: dict = {}
     opts = CompressOptions(
-        input=str(inp), output=str(arc), model="gaussian", codec_config={"num_steps": STEPS},
+        input=str(inp), output=str(arc), model="gaussian", codec_options={"num_steps": STEPS},
         shard_size=1, batch_size=1, address=address, incremental=incremental,
     )  # fmt: skip
 

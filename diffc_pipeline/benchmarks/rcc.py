@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ..codec import CodecConfig, DiffcCodec
-from ..codec.channel import LN2, rcc_decode, rcc_encode, step_layout
-from ..codec.index_code import StepWriter
+from ..codecs.diffc.channel import LN2, rcc_decode, rcc_encode, step_layout
+from ..codecs.diffc.codec import DiffcCodec
+from ..codecs.diffc.config import CodecConfig
+from ..codecs.diffc.index_code import StepWriter
 
 PROFILE_KL_BITS = (16, 64, 256, 1024, 3072)
 DIMS = 64 * 64 * 3
@@ -95,7 +95,7 @@ def measure_channel(config: CodecConfig, repeats: int = 2) -> dict:
     }
 
 
-def measure_codec_speed(model, config: CodecConfig, images: torch.Tensor) -> dict:
+def measure_codec_speed(model, config: CodecConfig, images: np.ndarray) -> dict:
     """Network vs channel time per 64x64 image and step, from one real encode of ``images``."""
     codec = DiffcCodec(model, config)
     codec.compress(images[:2], [0, 1])  # warm-up: tables, trees, allocator
@@ -103,12 +103,12 @@ def measure_codec_speed(model, config: CodecConfig, images: torch.Tensor) -> dic
     streams = codec.compress(images, list(range(len(images))))
     wall = time.perf_counter() - t0
     per = len(images) * config.num_steps
-    bits = 8 * sum(s.prefix_bytes(len(s.chunks)) - len(s.header) for s in streams)
-    kl = sum(sum(s.step_kl_bits) for s in streams)
-    pixels = images.shape[0] * images.shape[2] * images.shape[3]
+    bits = sum(s.prefix_bits() - 8 * len(s.header) for s in streams)
+    kl = sum(sum(s.estimated_bits) for s in streams)
+    pixels = images.shape[0] * images.shape[1] * images.shape[2]
     return {
         "images": len(images),
-        "size": f"{images.shape[2]}x{images.shape[3]}",
+        "size": f"{images.shape[1]}x{images.shape[2]}",
         "batch": len(images),
         "num_steps": config.num_steps,
         "network_s_per_step": round(codec.timings["network_s"] / per, 5),

@@ -13,7 +13,7 @@ import typer
 
 app = typer.Typer(
     name="diffc",
-    help="DiffC: lossy image compression with Gaussian diffusion, at dataset scale, on Ray.",
+    help="Dataset-scale lossy image compression with diffusion codecs (DiffC, CDC) and classical ones, on Ray.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,7 +32,7 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    """DiffC: lossy image compression with Gaussian diffusion, at dataset scale, on Ray."""
+    """Dataset-scale lossy image compression with diffusion codecs (DiffC, CDC) and classical ones, on Ray."""
 
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

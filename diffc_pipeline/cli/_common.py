@@ -37,3 +37,14 @@ def friendly_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    """Repeated ``FLAG KEY=VALUE`` options -> ``{KEY: VALUE}`` (values stay strings: the codec types them)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DiffcError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out

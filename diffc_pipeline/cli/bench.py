@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import typer
 
-from ._common import EXIT_FAILED, console, friendly_errors
+from ._common import EXIT_FAILED, console, friendly_errors, parse_pairs
 
 bench_app = typer.Typer(help="Benchmarks (long measurements; results as JSON).", no_args_is_help=True)
 
@@ -50,7 +50,7 @@ def rcc(
 ) -> None:
     """Rate overhead, sample fidelity and speed of the reverse-channel coder (prints one JSON object)."""
     from ..benchmarks.rcc import PROFILE_KL_BITS, measure_channel, measure_codec_speed
-    from ..codec import CodecConfig
+    from ..codecs.diffc.config import CodecConfig
     from ..models import load_model
     from ..samples import load_images
 
@@ -79,7 +79,9 @@ def rcc(
 @bench_app.command("speed")
 @friendly_errors
 def speed(
-    model: str = typer.Option("builtin", help="Diffusion model: builtin, gaussian or PATH."),
+    codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
+    codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
+    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or PATH [default: builtin]."),
     data: str = typer.Option("", help="Parquet/image URL of the 64x64 images (default: bundled samples)."),
     images: int = typer.Option(16, min=1, help="64x64 images to encode and decode."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
@@ -88,25 +90,22 @@ def speed(
     threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
-    """Encode/decode images per second at 64x64 and full size, and the network vs channel-coder share."""
+    """Encode/decode images per second at 64x64 and full size (DiffC: and the network vs channel-coder share)."""
     from ..benchmarks.speed import measure_speed
-    from ..codec import CodecConfig
+    from ..codecs import resolve
     from ..images import decode_image
-    from ..models import load_model
     from ..samples import load_images
     from ..training.data import load_encoded_images
 
     if threads:
         torch.set_num_threads(threads)
-    m = load_model(model)
-    config = CodecConfig()
-    runs = [measure_speed(m, config, load_images(data, images, size=64), batch_size)]
+    built = resolve(codec, parse_pairs(codec_opt, "--codec-opt"), model).build()
+    runs = [measure_speed(built, load_images(data, images, size=64), batch_size)]
     console.print(runs[-1])
     for blob in load_encoded_images(large, limit=large_count) if large and large_count else []:
-        photo = torch.from_numpy(decode_image(blob)).permute(2, 0, 1)[None].contiguous()
-        runs.append(measure_speed(m, config, photo, 1))
+        runs.append(measure_speed(built, decode_image(blob)[None], 1))
         console.print(runs[-1])
-    result = {**run_info(), "model": m.identity.short, "codec": config.to_dict(), "threads": torch.get_num_threads()}
+    result = {**run_info(), "codec": built.describe(), "threads": torch.get_num_threads()}
     emit({**result, "runs": runs}, json_path)
 
 

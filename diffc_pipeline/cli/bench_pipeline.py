@@ -6,18 +6,18 @@ from pathlib import Path
 
 import typer
 
-from ._common import console, friendly_errors
+from ._common import console, friendly_errors, parse_pairs
 from .bench import bench_app, emit, run_info
-from .compress import STORAGE_HELP, codec_overrides
+from .compress import STORAGE_HELP
 
 
 @friendly_errors
 def pipeline(
     data: str = typer.Option("../shared/data/tinyimagenet/val", help="fsspec URL of the images (Parquet or folder)."),
     sizes: str = typer.Option("16,48", help="Comma-separated image counts N for the pipeline runs."),
-    model: str = typer.Option("builtin", help="builtin, gaussian or a model directory."),
-    steps: int = typer.Option(None, min=1, help="Coding steps (codec num_steps; default: the codec's)."),
-    codec: list[str] = typer.Option([], "--codec", help="Other codec parameter KEY=VALUE (repeatable)."),
+    codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
+    codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
+    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or a directory [default: builtin]."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call (both sides)."),
     shard_size: int = typer.Option(1000, min=1, help="Images per shard."),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
@@ -26,15 +26,15 @@ def pipeline(
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """Benchmark the compress pipeline against a bare in-process loop over the same codec (prints JSON)."""
-    from ..pipeline.bench import bench_pipeline
+    from ..benchmarks.pipeline import bench_pipeline
+    from ..codecs import resolve
     from ..pipeline.sources import parse_storage_options
 
     counts = sorted({int(v) for v in sizes.split(",") if v.strip()})
     result = bench_pipeline(
         data,
         counts,
-        model,
-        codec_overrides(codec, steps),
+        resolve(codec, parse_pairs(codec_opt, "--codec-opt"), model),
         batch_size=batch_size,
         shard_size=shard_size,
         address=address,

@@ -9,34 +9,11 @@ import math
 import typer
 from rich.table import Table
 
-from ..errors import DiffcError
 from ..images import DEFAULT_MAX_PIXELS
-from ._common import EXIT_FAILED, EXIT_PARTIAL, console, friendly_errors
+from ._common import EXIT_FAILED, EXIT_PARTIAL, console, friendly_errors, parse_pairs
 
 INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "deleted_examples")
 STORAGE_HELP = "fsspec storage option KEY=VALUE for INPUT and OUTPUT (repeatable; a.b=c nests). Never printed."
-
-
-def codec_overrides(pairs: list[str], steps: int | None) -> dict:
-    """``--codec KEY=VALUE`` (and ``--steps``) -> CodecConfig fields, typed like the defaults."""
-    from ..codec import CodecConfig
-
-    defaults = CodecConfig()
-    defaults_by_name = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(CodecConfig)}
-    # a field whose default is None (pool_rows_log2) takes an int
-    types = {name: int if value is None else type(value) for name, value in defaults_by_name.items()}
-    out: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in types:
-            raise DiffcError(f"--codec {pair!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
-        try:
-            out[key] = types[key](value)
-        except ValueError:
-            raise DiffcError(f"--codec {key}: {value!r} is not a valid {types[key].__name__}") from None
-    if steps is not None:
-        out["num_steps"] = steps
-    return out
 
 
 @friendly_errors
@@ -49,11 +26,16 @@ def compress(
     shard_size: int = typer.Option(1000, min=1, help="Images per shard (part of the plan: keep it to resume)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (inputs, shards, done) and exit."),
     resume: bool = typer.Option(True, "--resume/--overwrite", help="Skip committed shards, or redo everything."),
-    model: str = typer.Option("builtin", help="'builtin', 'gaussian' or a model directory."),
+    codec: str = typer.Option(
+        "diffc", "--codec", help="Codec name (diffc, jpeg, webp, avif, ...; see `diffc codecs`)."
+    ),
+    codec_opt: list[str] = typer.Option(
+        [], "--codec-opt", help="Codec option KEY=VALUE (repeatable; `diffc codecs` lists each codec's)."
+    ),
+    model: str = typer.Option(None, help="The codec's model: 'builtin', 'gaussian' or a directory [default: builtin]."),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     seed: int = typer.Option(0, help="Dataset seed; each image's seed derives from it and the image id."),
-    steps: int = typer.Option(None, min=1, help="Coding steps (codec num_steps)."),
-    codec: list[str] = typer.Option([], "--codec", help="Other codec parameter KEY=VALUE (repeatable)."),
+    steps: int = typer.Option(None, min=1, help="DiffC's coding steps (same as --codec-opt num_steps=N)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Reject larger images (decompression bombs)."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
@@ -77,7 +59,7 @@ def compress(
     Exit codes: 0 ok, 3 some images failed (error rows), 1 the run failed (e.g. the archive is locked),
     2 bad arguments or input.
     """
-    from ..pipeline.compress_job import CompressOptions, build_codec, prepare, run_compress
+    from ..pipeline.compress_job import CompressOptions, codec_spec, prepare, run_compress
     from ..pipeline.lock import ArchiveLockedError
     from ..pipeline.progress import JobProgress
     from ..pipeline.sources import parse_storage_options
@@ -90,8 +72,9 @@ def compress(
         id_column=id_column,
         shard_size=shard_size,
         seed=seed,
+        codec=codec,
+        codec_options={**parse_pairs(codec_opt, "--codec-opt"), **({"num_steps": str(steps)} if steps else {})},
         model=model,
-        codec_config=codec_overrides(codec, steps),
         overwrite=not resume,
         address=address,
         max_pixels=max_pixels,
@@ -103,7 +86,7 @@ def compress(
         wait_lock=wait_lock,
         lock_timeout=lock_timeout,
     )
-    built = build_codec(opts.model, opts.codec_config)
+    built = codec_spec(opts).build()
     if dry_run:
         report = prepare(opts, built).describe()
         todo = report.pop("to_do")

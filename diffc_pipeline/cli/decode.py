@@ -7,7 +7,7 @@ import dataclasses
 import typer
 from rich.table import Table
 
-from ._common import EXIT_PARTIAL, console, friendly_errors
+from ._common import EXIT_PARTIAL, console, friendly_errors, parse_pairs
 from .compress import STORAGE_HELP, format_value
 
 
@@ -17,16 +17,25 @@ def decode(
     output: str = typer.Argument(..., help="fsspec URL of the output folder."),
     bpp: float = typer.Option(
         None,
-        help="Per image, the longest prefix within this many bits per pixel (header included; 0 steps, "
-        "a sample of the model from the image's seed, if even one step is over).",
+        help="Per image, the longest prefix within this many bits per pixel (header included; for DiffC 0 "
+        "steps, a sample of the model from the image's seed, if even one step is over).",
     ),
-    step: int = typer.Option(None, help="Decode the first STEP coding steps of every image."),
+    step: int = typer.Option(
+        None, help="Decode the first STEP chunks of every image (DiffC: coding steps). Neither: the whole stream."
+    ),
     ids: list[str] = typer.Option([], "--ids", help="Only these image ids (repeatable)."),
     where: str = typer.Option(None, help="Filter, e.g. \"width >= 64 AND id LIKE 'val_1%'\"."),
     limit: int = typer.Option(0, min=0, help="At most N images (after --ids/--where; 0: all)."),
-    method: str = typer.Option("flow", help="flow (DiffC-F), ancestral (DiffC-A) or denoise."),
+    method: str = typer.Option(
+        None, help="Decode option 'method': DiffC flow (DiffC-F, default), ancestral (DiffC-A) or denoise."
+    ),
+    decode_opt: list[str] = typer.Option(
+        [], "--decode-opt", help="Codec decode option KEY=VALUE (repeatable; `diffc codecs` lists them)."
+    ),
     format: str = typer.Option("png", "--format", help="png (one file per image) or parquet (PNG bytes)."),
-    model: str = typer.Option("builtin", help="The model the archive was made with."),
+    model: str = typer.Option(
+        None, help="The model the archive was made with [default: the built-in model its manifest names]."
+    ),
     storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     batch_size: int = typer.Option(8, min=1, help="Images per codec call."),
@@ -46,7 +55,7 @@ def decode(
         ids=list(ids),
         where=where,
         limit=limit,
-        method=method,
+        decode_options={**parse_pairs(decode_opt, "--decode-opt"), **({"method": method} if method else {})},
         format=format,
         model=model,
         storage_options=parse_storage_options(storage_option),

@@ -24,7 +24,7 @@ def demo(
     """
     import pyarrow.parquet as pq
 
-    from ..codec import CodecConfig
+    from ..codecs.diffc.config import CodecConfig
     from ..evaluation.metrics import psnr
     from ..images import decode_image
     from ..pipeline.compress_job import CompressOptions, run_compress

@@ -66,7 +66,9 @@ def eval_(
     model: str = typer.Option("builtin", help="Diffusion model: 'builtin', 'gaussian' or a model directory."),
     limit: int = typer.Option(0, help="Evaluate a fixed subset of N source images (fixed-seed choice; 0: all)."),
     methods: str = typer.Option("flow,ancestral,denoise", help="DiffC reconstructions (comma-separated)."),
-    codecs: str = typer.Option("jpeg,webp,avif", help="Classical codecs (comma-separated, 'none' to skip)."),
+    codecs: str = typer.Option(
+        "jpeg,webp,avif", "--anchors", help="Classical anchor codecs (comma-separated, 'none' to skip)."
+    ),
     channels: str = typer.Option("rcc,ideal", help="DiffC channels: rcc (real bitstream), ideal ('none' to skip)."),
     steps: str = typer.Option("auto", help="DiffC prefixes: 'auto' (~8 spread), 'all', or e.g. '1,2,4,8,16'."),
     diffc_limit: int = typer.Option(
@@ -84,7 +86,7 @@ def eval_(
     ),
     address: str = typer.Option(None, help="Ray cluster for --workers (default: RAY_ADDRESS or a local one)."),
     codec: list[str] = typer.Option(
-        [], "--codec", help="Codec parameter KEY=VALUE, as for compress (repeatable; e.g. ancestral_steps=128)."
+        [], "--codec-opt", help="DiffC option KEY=VALUE, as for compress (repeatable; e.g. ancestral_steps=128)."
     ),
     lpips: str = typer.Option(
         None, help="LPIPS network, a local torch.export file (.pt2): forward(x, y) in [-1, 1] -> distance per image."
@@ -147,11 +149,13 @@ def eval_(
     }
     diffc_codecs, prefixes = {}, []
     if chosen_channels:
-        from ..codec import CodecConfig, DiffcCodec
+        from ..codecs import resolve
+        from ..codecs.diffc.codec import DiffcCodec
+        from ..codecs.diffc.config import CodecConfig
         from ..models import load_model
-        from .compress import codec_overrides
+        from ._common import parse_pairs
 
-        config = CodecConfig.from_dict({**CodecConfig().to_dict(), **codec_overrides(codec, None)})
+        config = CodecConfig(**resolve("diffc", parse_pairs(codec, "--codec-opt")).options)
         net = load_model(model)
         diffc_codecs = {ch: DiffcCodec(net, config, channel=ch) for ch in chosen_channels}
         first = next(iter(diffc_codecs.values()))

@@ -1,4 +1,4 @@
-"""``diffc inspect``: counts, bytes, bpp per step, model and schedule of an archive."""
+"""``diffc inspect``: counts, bytes, bpp per chunk, codec and model of an archive."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(info, indent=1))
         return
-    model = info["model"]
+    model, codec = info["model"], info["codec"]
     console.print(f"[bold]{info['archive']}[/bold]  format v{info['format_version']}, tool {info['tool_version']}")
     console.print(
-        f"model {model['name']}@{model['sha256'][:12]}  codec {info['codec']['fingerprint'][:12]}  "
-        f"{info['codec']['config']}",
+        f"codec {codec['name']} ({codec['fingerprint'][:12]}, {codec['num_chunks']} chunk(s)"
+        f"{', progressive' if codec['progressive'] else ''})  model "
+        f"{model['name'] + '@' + model['sha256'][:12] if model else 'none'}  options {codec['options']}",
         highlight=False,
     )
     console.print(
@@ -38,12 +39,21 @@ def inspect(
         f"{info['failures']}; shards {info['shards']['committed']}/{info['shards']['planned']}; "
         f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"
     )
-    table = Table("step", "logsnr", "mean bpp", "p10", "p50", "p90", title="bits per pixel after each step")
-    for row in info["bpp_per_step"]:
+    has_logsnr = any("logsnr" in row for row in info["bpp_per_chunk"])
+    table = Table(
+        "chunk",
+        *(["logsnr"] if has_logsnr else []),
+        "bpp",
+        "p10",
+        "p50",
+        "p90",
+        title="bits per pixel after each chunk (bpp: total bits / total pixels; pNN: per image)",
+    )
+    for row in info["bpp_per_chunk"]:
         table.add_row(
-            str(row["step"]),
-            f"{row['logsnr']:.2f}",
-            *(f"{row[k]:.4f}" for k in ("mean_bpp", "p10", "p50", "p90")),
+            str(row["chunk"]),
+            *([f"{row['logsnr']:.2f}"] if has_logsnr else []),
+            *(f"{row[k]:.4f}" for k in ("bpp", "p10", "p50", "p90")),
         )
     console.print(table)
     if info["runs"]:

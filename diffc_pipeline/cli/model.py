@@ -98,7 +98,7 @@ def eval_(
 
 
 def _default_codec_schedule() -> str:
-    from ..codec.config import CodecConfig
+    from ..codecs.diffc.config import CodecConfig
 
     c = CodecConfig()
     return f"{c.logsnr_start}:{c.logsnr_end}:{c.num_steps}"

@@ -112,9 +112,10 @@ def _read_encoded(fs: fsspec.AbstractFileSystem, root: str, source: ImageSource)
 
 
 def _file_id(path: str, root: str) -> str:
-    """The path relative to the folder without its suffix, so ids are unique across sub-folders."""
+    """The path relative to the folder, suffix kept: the id ``diffc compress`` gives the same file, so that
+    the same image and run seed give the same stream in both."""
     rel = PurePosixPath(path).relative_to(root) if path != root else PurePosixPath(PurePosixPath(path).name)
-    return str(rel.with_suffix(""))
+    return str(rel)
 
 
 def _read_parquet(fs: fsspec.AbstractFileSystem, paths: list[str], source: ImageSource) -> dict[str, bytes]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..codec import CodecConfig
+from ..codecs.diffc.config import CodecConfig
 from .data import EvalImage
 from .perceptual import PerceptualMetrics, PerceptualSpec
 from .runner import Progress, Showcase, batches_by_size, run_diffc
@@ -26,7 +26,7 @@ class DiffcWorker:
     ) -> None:
         import torch
 
-        from ..codec import DiffcCodec
+        from ..codecs.diffc.codec import DiffcCodec
         from ..models import load_model
 
         torch.set_num_threads(threads)

@@ -7,13 +7,12 @@ goes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from ..seeds import image_seed
 from .classical import CODECS, encode_decode, lowest_rate
 from .data import EvalImage
 from .metrics import detail_ratio, ms_ssim, ms_ssim_scales, psnr
@@ -103,11 +102,6 @@ def run_classical(
     return records, lowest
 
 
-def image_seed(image_id: str, seed: int) -> int:
-    """A 64-bit stream seed that depends only on the image id and the run seed (stable across runs)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "little")
-
-
 def default_prefixes(num_steps: int, count: int = 8) -> list[int]:
     """About ``count`` geometrically spaced prefix lengths in ``[1, num_steps]``, both ends included."""
     if num_steps <= count:
@@ -144,8 +138,8 @@ def run_diffc(
     """
     records: list[dict] = []
     for batch in batches_by_size(images, batch_size):
-        x = torch.from_numpy(np.stack([im.pixels for im in batch])).permute(0, 3, 1, 2).contiguous()
-        seeds = [image_seed(im.id, seed) for im in batch]
+        x = np.stack([im.pixels for im in batch])
+        seeds = [image_seed(seed, im.id) for im in batch]
         for channel, codec in codecs.items():
             result = codec.sweep(x, seeds, prefixes=list(prefixes), methods=tuple(methods))
             n = len(batch)
@@ -153,12 +147,12 @@ def run_diffc(
             decode_s = result.decode_s / (n * len(prefixes) * len(methods))
             for i, image in enumerate(batch):
                 stream = result.streams[i]
-                kl_cum = np.cumsum(stream.step_kl_bits)
+                kl_cum = np.cumsum(stream.estimated_bits)
                 pixels = image.pixels.shape[0] * image.pixels.shape[1]
                 for k in prefixes:
                     rate = prefix_rate(stream, k, channel, float(kl_cum[k - 1]))
                     for method in methods:
-                        recon = result.recon[method][k][i].permute(1, 2, 0).numpy()
+                        recon = result.recon[method][k][i]
                         rec = {
                             **quality_record(image, recon, perceptual),
                             "variant": f"diffc-{channel}-{method}",

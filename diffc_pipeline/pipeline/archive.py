@@ -1,7 +1,8 @@
-"""The archive's row format: one Parquet row per image, one binary column per coding step.
+"""The archive's row format: one Parquet row per image, one binary column per codec chunk.
 
-Why one column per step: Parquet reads per column chunk, so a decoder that wants the first ``k`` steps
-projects ``chunk_001 .. chunk_k`` and never touches the bytes of later steps. A single ``list<binary>``
+A codec writes a header and ``K`` chunks per image (DiffC: one chunk per coding step; a classical codec: one
+chunk, the file). Why one column per chunk: Parquet reads per column chunk, so a decoder that wants the first
+``k`` chunks projects ``chunk_001 .. chunk_k`` and never touches the bytes of later ones. A single ``list<binary>``
 column would force reading every chunk of every image. Payload columns are stored uncompressed (bitstreams
 do not compress) and without statistics; the small scalar columns are zstd-compressed with statistics so
 readers can filter on them. Every field is documented in docs/format.md.
@@ -19,14 +20,15 @@ import pyarrow.parquet as pq
 from ..errors import ArchiveError
 
 FORMAT_NAME = "diffc-archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: DiffC-only manifests; rows and shards have the same layout
 METADATA_KEY = b"diffc.archive"
 ROW_GROUP_SIZE = 256  # selecting a few images reads a few row groups; more groups would grow the footer
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
-# Per-image fields in the order they appear in a shard; ``header`` then, per step, ``chunk_k`` and ``crc_k``
-# follow, so the bytes of a prefix (header + first k steps) are one contiguous range of each row group.
+# Per-image fields in the order they appear in a shard; ``header`` then, per chunk, ``chunk_k`` and ``crc_k``
+# follow, so the bytes of a prefix (header + first k chunks) are one contiguous range of each row group.
 RECORD_FIELDS = [
     pa.field("id", pa.string(), nullable=False),
     pa.field("source_uri", pa.string(), nullable=False),
@@ -56,38 +58,28 @@ ENCODED_SCHEMA = pa.schema(
 )
 
 
-def chunk_column(step: int) -> str:
-    """Name of the column holding the chunk of coding step ``step`` (1-based)."""
-    return f"chunk_{step:03d}"
+def chunk_column(k: int) -> str:
+    """Name of the column holding chunk ``k`` (1-based)."""
+    return f"chunk_{k:03d}"
 
 
-def crc_column(step: int) -> str:
-    """Name of the column holding the CRC-32 of the chunk of step ``step``."""
-    return f"crc_{step:03d}"
+def crc_column(k: int) -> str:
+    """Name of the column holding the CRC-32 of chunk ``k``."""
+    return f"crc_{k:03d}"
 
 
-def payload_columns(steps: int) -> list[str]:
-    """``header`` and the chunk and CRC columns of the first ``steps`` steps, in file order."""
-    return ["header", *(c for k in range(1, steps + 1) for c in (chunk_column(k), crc_column(k)))]
+def payload_columns(chunks: int) -> list[str]:
+    """``header`` and the chunk and CRC columns of the first ``chunks`` chunks, in file order."""
+    return ["header", *(c for k in range(1, chunks + 1) for c in (chunk_column(k), crc_column(k)))]
 
 
-def shard_schema(num_steps: int, metadata: dict) -> pa.Schema:
-    steps = [
+def shard_schema(num_chunks: int, metadata: dict) -> pa.Schema:
+    columns = [
         f
-        for k in range(1, num_steps + 1)
+        for k in range(1, num_chunks + 1)
         for f in (pa.field(chunk_column(k), pa.binary()), pa.field(crc_column(k), pa.uint32()))
     ]
-    return pa.schema([*RECORD_FIELDS, *steps], metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
-
-
-def cumulative_bits(header: bytes, chunks: list[bytes]) -> list[int]:
-    """Bits needed to decode the first ``k`` steps, for ``k = 1..K``: the header plus ``k`` chunks."""
-    total = 8 * len(header)
-    out = []
-    for chunk in chunks:
-        total += 8 * len(chunk)
-        out.append(total)
-    return out
+    return pa.schema([*RECORD_FIELDS, *columns], metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
 
 
 def chunk_crcs(chunks: list[bytes]) -> list[int]:
@@ -106,17 +98,17 @@ def row_checksum(header: bytes, chunks: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def encoded_to_shard(rows: pa.Table, num_steps: int, metadata: dict) -> pa.Table:
-    """Spread the encoder's ``chunks``/``crcs`` lists into one column per step, in record order."""
+def encoded_to_shard(rows: pa.Table, num_chunks: int, metadata: dict) -> pa.Table:
+    """Spread the encoder's ``chunks``/``crcs`` lists into one column per chunk, in record order."""
     chunks, crcs = rows.column("chunks").to_pylist(), rows.column("crcs").to_pylist()
 
-    def step(lists: list, k: int, kind: pa.DataType) -> pa.Array:
+    def column(lists: list, k: int, kind: pa.DataType) -> pa.Array:
         return pa.array([v[k] if v is not None and k < len(v) else None for v in lists], kind)
 
     columns = [rows.column(f.name).cast(f.type) for f in RECORD_FIELDS]
-    for k in range(num_steps):
-        columns += [step(chunks, k, pa.binary()), step(crcs, k, pa.uint32())]
-    return pa.Table.from_arrays(columns, schema=shard_schema(num_steps, metadata))
+    for k in range(num_chunks):
+        columns += [column(chunks, k, pa.binary()), column(crcs, k, pa.uint32())]
+    return pa.Table.from_arrays(columns, schema=shard_schema(num_chunks, metadata))
 
 
 def shard_to_parquet_bytes(table: pa.Table) -> bytes:
@@ -152,4 +144,4 @@ def verify_prefix(image_id: str, header: bytes, chunks: list[bytes], crcs: list[
         raise ArchiveError(f"image {image_id!r}: row has no header")
     for k, (chunk, crc) in enumerate(zip(chunks, crcs, strict=False), start=1):
         if chunk is None or zlib.crc32(chunk) != crc:
-            raise ArchiveError(f"image {image_id!r}: chunk of step {k} fails its checksum (archive row corrupted)")
+            raise ArchiveError(f"image {image_id!r}: chunk {k} fails its checksum (archive row corrupted)")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import __version__
+from ..codecs import Codec, CodecSpec, resolve
 from ..errors import ArchiveError
 from ..images import DEFAULT_MAX_PIXELS
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
@@ -41,8 +42,9 @@ class CompressOptions:
     id_column: str = "id"
     shard_size: int = 1000
     seed: int = 0
-    model: str = "builtin"
-    codec_config: dict = field(default_factory=dict)  # CodecConfig fields to override
+    codec: str = "diffc"  # a name in the codec registry
+    codec_options: dict = field(default_factory=dict)  # the codec's stream options (strings accepted)
+    model: str | None = None  # the codec's model spec (None: the codec's default; 'builtin' for DiffC)
     overwrite: bool = False
     address: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -61,6 +63,7 @@ class PreparedJob:
 
     plan: Plan
     manifest: Manifest
+    spec: CodecSpec  # what each model actor builds
     committed: dict[str, dict]
     pending: list[ShardPlan]
     replaces_archive: bool  # --overwrite over an existing archive
@@ -84,9 +87,10 @@ class PreparedJob:
             "already_committed": 0 if self.replaces_archive else len(self.committed),
             "to_do": [s.name for s in self.pending],
             "images_to_do": sum(s.size for s in self.pending),
-            "model": f"{self.manifest.model['name']}@{self.manifest.model['sha256'][:12]}",
+            "codec": self.manifest.codec_name,
+            "model": self.manifest.model_label(),
             "codec_fingerprint": self.manifest.codec["fingerprint"][:12],
-            "num_steps": self.manifest.num_steps,
+            "num_chunks": self.manifest.num_chunks,
             "overwrite": self.replaces_archive,
             **(_delta_counts(self.delta) if self.delta else {}),
         }
@@ -121,34 +125,22 @@ class CompressSummary:
     deleted_examples: list[str] = field(default_factory=list)
 
 
-def codec_description(codec) -> dict:
-    """What the manifest records about the codec: parameters, fingerprint and the step schedule."""
-    return {
-        "config": codec.config.to_dict(),
-        "fingerprint": codec.fingerprint,
-        "num_steps": codec.num_steps,
-        "logsnrs": [float(v) for v in codec.config.logsnrs()],
-    }
+def codec_spec(opts: CompressOptions) -> CodecSpec:
+    """The options' codec, validated against the registry (an unknown codec or option names the valid ones)."""
+    return resolve(opts.codec, opts.codec_options, opts.model)
 
 
-def build_codec(model_spec: str, overrides: dict, device: str = "cpu"):
-    from ..codec import CodecConfig, DiffcCodec
-    from ..models import load_model
-
-    model = load_model(model_spec, device=device)
-    return DiffcCodec(model, CodecConfig.from_dict({**CodecConfig().to_dict(), **overrides}), channel="rcc")
-
-
-def prepare(opts: CompressOptions, codec, run_id: str = "") -> PreparedJob:
+def prepare(opts: CompressOptions, codec: Codec, run_id: str = "") -> PreparedJob:
     """List the input, cut shards, and check OUTPUT: refuse anything that would mix or lose records."""
+    spec = codec_spec(opts)
     source = list_source(opts.input, opts.storage_options, opts.image_column, opts.id_column, opts.limit)
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     where = public_url(opts.output)
-    identity = codec.model.identity
-    manifest = Manifest(
-        codec=codec_description(codec),
-        model={"name": identity.name, "sha256": identity.sha256},
+    description = codec.describe()
+    manifest = Manifest.for_codec(
+        description,
+        spec.model,
         source=source.describe(),
         seed=opts.seed,
         shard_size=opts.shard_size,
@@ -156,21 +148,17 @@ def prepare(opts: CompressOptions, codec, run_id: str = "") -> PreparedJob:
     )
     existing = read_manifest(fs, root)
     if opts.incremental:
-        return _prepare_incremental(opts, source, manifest, existing, fs, root, run_id)
+        return _prepare_incremental(opts, spec, source, manifest, description, existing, fs, root, run_id)
     plan = make_plan(source, opts.shard_size, opts.seed)
     if existing is None:
         _check_empty(fs, root, where)
-        return PreparedJob(plan, manifest, {}, list(plan.shards), False, fs, root)
+        return PreparedJob(plan, manifest, spec, {}, list(plan.shards), False, fs, root)
     if opts.overwrite:
-        return PreparedJob(plan, manifest, committed_shards(fs, root), list(plan.shards), True, fs, root)
+        return PreparedJob(plan, manifest, spec, committed_shards(fs, root), list(plan.shards), True, fs, root)
     if existing.runs:
         raise ArchiveError(f"{where} was written by incremental runs; add --incremental (or use --overwrite)")
     check_same_codec(
-        existing,
-        manifest.codec,
-        manifest.model,
-        where,
-        "use the same --model and codec options, another OUTPUT, or --overwrite",
+        existing, description, where, "use the same --codec, --model and --codec-opt, another OUTPUT, or --overwrite"
     )
     check_same_plan(existing, manifest.source, opts.seed, opts.shard_size, where)
     manifest.created_at = existing.created_at
@@ -184,7 +172,7 @@ def prepare(opts: CompressOptions, codec, run_id: str = "") -> PreparedJob:
                 "changed since it was written); use another OUTPUT or --overwrite"
             )
     pending = [s for s in plan.shards if s.name not in committed]
-    return PreparedJob(plan, manifest, committed, pending, False, fs, root)
+    return PreparedJob(plan, manifest, spec, committed, pending, False, fs, root)
 
 
 def _check_empty(fs: fsspec.AbstractFileSystem, root: str, where: str) -> None:
@@ -197,8 +185,10 @@ def _check_empty(fs: fsspec.AbstractFileSystem, root: str, where: str) -> None:
 
 def _prepare_incremental(
     opts: CompressOptions,
+    spec: CodecSpec,
     source,
     manifest: Manifest,
+    description: dict,
     existing: Manifest | None,
     fs: fsspec.AbstractFileSystem,
     root: str,
@@ -217,7 +207,9 @@ def _prepare_incremental(
     if existing is None:
         _check_empty(fs, root, where)
     else:
-        check_same_codec(existing, manifest.codec, manifest.model, where, "use the same --model and codec options")
+        check_same_codec(existing, description, where, "use the same --codec, --model and --codec-opt")
+        if existing.model and existing.model.get("spec") and manifest.model and not manifest.model.get("spec"):
+            manifest.model["spec"] = existing.model["spec"]  # a model PATH that is the archive's named model
         theirs = {"input": existing.source, "seed": existing.seed}
         mine = {"input": manifest.source, "seed": opts.seed}
         if theirs != mine:
@@ -241,22 +233,24 @@ def _prepare_incremental(
         "failed": 0,
         "shards": [s.name for s in plan.shards],
         "tool_version": __version__,
-        "model": f"{manifest.model['name']}@{manifest.model['sha256'][:12]}",
+        "codec": manifest.codec_name,
+        "model": manifest.model_label(),
         "codec_fingerprint": manifest.codec["fingerprint"][:12],
     }
-    return PreparedJob(plan, manifest, committed, list(plan.shards), False, fs, root, delta, run)
+    return PreparedJob(plan, manifest, spec, committed, list(plan.shards), False, fs, root, delta, run)
 
 
 def run_compress(
-    opts: CompressOptions, progress: JobProgress, codec=None, say: Callable[[str], None] = print
+    opts: CompressOptions, progress: JobProgress, codec: Codec | None = None, say: Callable[[str], None] = print
 ) -> CompressSummary:
-    """Run the whole job (or the part not committed yet); ``codec`` is built from ``opts`` when not given.
+    """Run the whole job (or the part not committed yet); ``codec`` (the driver's copy, for the manifest) is
+    built from ``opts`` when not given.
 
     Every run holds the archive lock from before it reads the archive until it is done: a second run
     would otherwise clear the first one's not-yet-committed shard files as leftovers, or (incremental)
     plan the same shard names and interleave manifest writes.
     """
-    codec = codec or build_codec(opts.model, opts.codec_config)
+    codec = codec or codec_spec(opts).build()
     probe_cluster(opts.address)  # before the archive is touched: a dead address leaves no manifest behind
     fs, root = open_fs(opts.output, opts.storage_options)
     run_id = new_run_id()
@@ -327,13 +321,7 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
         ),
     )
     return model_stage(
-        ds,
-        Encoder,
-        opts.batch_size,
-        sizing,
-        model_spec=opts.model,
-        codec_config=job.manifest.codec["config"],
-        fingerprint=job.manifest.codec["fingerprint"],
+        ds, Encoder, opts.batch_size, sizing, spec=job.spec.to_dict(), fingerprint=job.manifest.codec["fingerprint"]
     )
 
 
@@ -416,11 +404,12 @@ def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
     metadata = {
         "format_version": job.manifest.format_version,
         "shard": shard.name,
+        "codec": job.manifest.codec_name,
         "codec_fingerprint": job.manifest.codec["fingerprint"],
         "model": job.manifest.model,
-        "num_steps": job.manifest.num_steps,
+        "num_chunks": job.manifest.num_chunks,
     }
-    table = encoded_to_shard(rows, job.manifest.num_steps, metadata)
+    table = encoded_to_shard(rows, job.manifest.num_chunks, metadata)
     return commit_shard(job.fs, job.root, shard.name, shard_to_parquet_bytes(table), stats)
 
 

@@ -1,8 +1,8 @@
 """``diffc decode``: choose images and a prefix per image, then reconstruct them on Ray actors.
 
-The choice is made on the driver from the archive's index (cumulative bits per step), so each read task
-fetches only the chunk columns of the steps it decodes. Reconstructions are written as PNG files (by
-write tasks) or as Parquet parts of PNG bytes (by the driver).
+The choice is made on the driver from the archive's index (cumulative bits per chunk), so each read task
+fetches only the chunk columns it decodes. The codec is the one the manifest names, built from the registry.
+Reconstructions are written as PNG files (by write tasks) or as Parquet parts of PNG bytes (by the driver).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ..codecs import Encoded, prefix_bits
 from ..errors import DiffcError
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
-from .compress_job import build_codec, codec_description
 from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -30,7 +30,6 @@ from .sources import open_fs
 from .stages import error_text, load_codec
 from .where import parse_where
 
-METHODS = ("flow", "ancestral", "denoise")
 ROWS_PER_READ = 64
 ROWS_PER_PART = 1000
 
@@ -76,9 +75,9 @@ class DecodeOptions:
     ids: list[str] = field(default_factory=list)
     where: str | None = None
     limit: int = 0
-    method: str = "flow"
+    decode_options: dict = field(default_factory=dict)  # the codec's decode options (strings accepted)
     format: str = "png"
-    model: str = "builtin"
+    model: str | None = None  # None: the model the manifest names (a built-in); a PATH otherwise
     storage_options: dict = field(default_factory=dict, repr=False)
     address: str | None = None
     batch_size: int = 8
@@ -100,10 +99,11 @@ class DecodeSummary:
 
 
 def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
-    """The index rows to decode with a ``step`` column, how many selected rows are error rows, and the bytes
-    read for the choice (``cum_bits`` only when choosing by bitrate)."""
-    if (opts.bpp is None) == (opts.step is None):
-        raise DecodeTargetError("give exactly one of --bpp and --step")
+    """The index rows to decode with a ``step`` column (chunks to decode), how many selected rows are error
+    rows, and the bytes read for the choice (``cum_bits`` only when choosing by bitrate). Neither ``bpp`` nor
+    ``step``: the whole stream."""
+    if opts.bpp is not None and opts.step is not None:
+        raise DecodeTargetError("give at most one of --bpp and --step")
     index, index_bytes = read_index(archive, with_bits=opts.bpp is not None)
     index = latest_rows(index)  # incremental archives hold older versions of changed sources
     if opts.ids:
@@ -118,15 +118,27 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     ok = pc.equal(index.column("status"), STATUS_OK)
     errors = index.num_rows - pc.sum(ok).as_py() if index.num_rows else 0
     index = index.filter(ok)
-    if opts.step is not None:
-        if opts.step < 0:
-            raise DecodeTargetError("--step must be >= 0")
-        steps = [min(opts.step, archive.manifest.num_steps)] * index.num_rows
-    else:
+    m = archive.manifest
+    if opts.bpp is not None:
         steps = [
             _steps_within(bits, h * w, opts.bpp)
             for bits, h, w in zip(*(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True)
         ]
+    elif opts.step is not None:
+        if opts.step < 0:
+            raise DecodeTargetError("--step must be >= 0")
+        steps = [min(opts.step, m.num_chunks)] * index.num_rows
+    else:
+        steps = [m.num_chunks] * index.num_rows
+    if not m.codec.get("progressive", True):
+        short = sum(1 for k in steps if k < m.num_chunks)
+        if short:
+            target = f"--bpp {opts.bpp}" if opts.bpp is not None else f"--step {opts.step}"
+            raise DecodeTargetError(
+                f"codec {m.codec_name!r} is not progressive: it decodes whole streams only, and {target} leaves "
+                f"{short} of {len(steps)} selected images short of theirs (decode without --bpp/--step, or with a "
+                "higher --bpp)"
+            )
     return index.append_column("step", pa.array(steps, pa.int32())), errors, index_bytes
 
 
@@ -172,8 +184,7 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
                 "height": meta["height"],
                 "width": meta["width"],
                 "step": k,
-                "bits": 8
-                * (len(row["header"] or b"") + sum(len(row[chunk_column(j)] or b"") for j in range(1, k + 1))),
+                "bits": prefix_bits(row["header"], [row[chunk_column(j)] for j in range(1, k + 1)]),
                 "header": row["header"],
                 "chunks": [row[chunk_column(j)] for j in range(1, k + 1)],
                 "crcs": [row[crc_column(j)] for j in range(1, k + 1)],
@@ -184,36 +195,31 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
 
 
 class Decoder:
-    """Ray actor: loads the model once; decodes prefixes grouped by image size (one size per codec call)."""
+    """Ray actor: builds the codec once; decodes prefixes grouped by image size (one size per codec call)."""
 
-    def __init__(
-        self, model_spec: str, codec_config: dict, fingerprint: str, method: str, threads: int, device: str
-    ) -> None:
-        self.method = method
-        self.codec = load_codec(model_spec, codec_config, fingerprint, threads, device)
+    def __init__(self, spec: dict, fingerprint: str, decode_options: dict, threads: int, device: str) -> None:
+        self.codec = load_codec(spec, fingerprint, threads, device)
+        self.options = decode_options
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from ..codec import EncodedImage
-
         rows = batch.to_pylist()
-        groups: dict[tuple[int, int], list[tuple[dict, EncodedImage]]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[tuple[dict, Encoded]]] = defaultdict(list)
         for row in rows:
             row.update(bpp=row["bits"] / (row["height"] * row["width"]), status=STATUS_OK)
             try:
                 verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
-                stream = EncodedImage(header=row["header"], chunks=row["chunks"])
             except Exception as exc:  # a corrupted row is an error row; the other images still decode
                 row.update(status=STATUS_ERROR, error=error_text("archive", exc))
                 continue
-            groups[(stream.height, stream.width)].append((row, stream))
+            groups[(row["height"], row["width"])].append((row, Encoded(row["header"], row["chunks"])))
         for group in groups.values():
             self._decode_group(group)
         return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
-    def _decode_group(self, group: list[tuple[dict, object]]) -> None:
+    def _decode_group(self, group: list[tuple[dict, Encoded]]) -> None:
         """One codec call per size (each image its own prefix); on failure, image by image."""
         try:
-            x = self.codec.decompress([s for _, s in group], steps=[r["step"] for r, _ in group], method=self.method)
+            x = self.codec.decompress([s for _, s in group], [r["step"] for r, _ in group], **self.options)
         except Exception as exc:
             if len(group) > 1:
                 for item in group:
@@ -221,7 +227,14 @@ class Decoder:
             else:
                 group[0][0].update(status=STATUS_ERROR, error=error_text("decode", exc))
             return
-        for (row, _), img in zip(group, x.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+        for (row, _), img in zip(group, x, strict=True):
+            if img.shape[:2] != (row["height"], row["width"]):
+                row.update(
+                    status=STATUS_ERROR,
+                    error=f"decode: stream is {img.shape[1]}x{img.shape[0]} pixels, "
+                    f"its row says {row['width']}x{row['height']}",
+                )
+                continue
             row["png"] = png_bytes(img)
 
 
@@ -244,19 +257,14 @@ def write_pngs(batch: pa.Table, output: str, storage_options: Mapping[str, objec
 
 
 def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
-    if opts.method not in METHODS:
-        raise DecodeTargetError(f"--method must be one of {', '.join(METHODS)}")
     if opts.format not in ("png", "parquet"):
         raise DecodeTargetError("--format must be png or parquet")
     archive = open_archive(opts.archive, opts.storage_options)
-    codec = build_codec(opts.model, archive.manifest.codec["config"])
-    identity = codec.model.identity
+    spec = archive.manifest.codec_spec(opts.model)
+    codec = spec.build()
+    decode_options = codec.parse_decode_options(opts.decode_options)
     check_same_codec(
-        archive.manifest,
-        codec_description(codec),
-        {"name": identity.name, "sha256": identity.sha256},
-        archive.url,
-        "decode it with --model naming the model it was made with",
+        archive.manifest, codec.describe(), archive.url, "decode it with --model naming the model it was made with"
     )
     selection, skipped, index_bytes = select(archive, opts)
     if selection.num_rows == 0:
@@ -265,7 +273,9 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     try:
         with ray_session(opts.address):
             sizing = cluster_sizing(opts.threads, opts.actors)
-            bytes_read, needed = _drain(_build_dataset(archive, selection, opts, sizing), opts, progress)
+            bytes_read, needed = _drain(
+                _build_dataset(archive, selection, opts, sizing, spec.to_dict(), decode_options), opts, progress
+            )
     finally:
         progress.stop()
     t = progress.tally
@@ -274,7 +284,9 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     )
 
 
-def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing):
+def _build_dataset(
+    archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing, spec: dict, decode_options: dict
+):
     import ray.data
 
     ds = ray.data.from_arrow(read_units(archive, selection))
@@ -290,10 +302,9 @@ def _build_dataset(archive: Archive, selection: pa.Table, opts: DecodeOptions, s
         Decoder,
         opts.batch_size,
         sizing,
-        model_spec=opts.model,
-        codec_config=archive.manifest.codec["config"],
+        spec=spec,
         fingerprint=archive.manifest.codec["fingerprint"],
-        method=opts.method,
+        decode_options=decode_options,
     )
     if opts.format == "png":
         ds = ds.map_batches(

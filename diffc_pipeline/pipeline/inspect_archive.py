@@ -1,4 +1,4 @@
-"""``diffc inspect``: what an archive holds, from its manifest, markers and index columns only."""
+"""``diffc inspect``: what an archive holds, from its manifest, markers and index columns only (any codec)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 
 def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
-    """A JSON-able summary: counts, bytes, bpp per step (mean and quantiles), model, schedule, errors."""
+    """A JSON-able summary: counts, bytes, bpp per chunk (total bits over total pixels, and per-image
+    quantiles), codec, model, errors. Only the manifest, markers and index columns are read."""
     archive = open_archive(url, storage_options)
     m = archive.manifest
     index, _ = read_index(archive)
@@ -24,18 +25,20 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     index = latest_rows(index)  # counts and bpp describe the latest version of each image
     ok = index.filter(pc.equal(index.column("status"), STATUS_OK))
     failed = index.filter(pc.not_equal(index.column("status"), STATUS_OK))
-    per_step = []
+    per_chunk = []
+    logsnrs = m.codec.get("details", {}).get("logsnrs")
     if ok.num_rows:
-        bits = np.array(ok.column("cum_bits").to_pylist(), dtype=np.float64)  # (images, steps)
+        bits = np.array(ok.column("cum_bits").to_pylist(), dtype=np.float64)  # (images, chunks)
         pixels = (np.array(ok.column("height").to_pylist()) * np.array(ok.column("width").to_pylist()))[:, None]
         bpp = bits / pixels
         for k in range(bpp.shape[1]):
             q = np.quantile(bpp[:, k], QUANTILES)
-            per_step.append(
+            per_chunk.append(
                 {
-                    "step": k + 1,
-                    "logsnr": m.codec["logsnrs"][k + 1],
-                    "mean_bpp": float(bpp[:, k].mean()),
+                    "chunk": k + 1,
+                    **({"logsnr": logsnrs[k + 1]} if logsnrs else {}),
+                    # Total bits over total pixels: a mean of per-image bpp lets one tiny image dominate.
+                    "bpp": float(bits[:, k].sum() / pixels.sum()),
                     **{f"p{int(p * 100)}": float(v) for p, v in zip(QUANTILES, q, strict=True)},
                 }
             )
@@ -49,8 +52,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "created_at": m.created_at,
         "source": m.source,
         "model": m.model,
-        "codec": {"fingerprint": m.codec["fingerprint"], "config": m.codec["config"]},
-        "schedule_logsnrs": m.codec["logsnrs"],
+        "codec": {k: m.codec[k] for k in ("name", "options", "fingerprint", "num_chunks", "progressive")},
         "planned_images": m.num_images,
         "shards": {"committed": len(archive.shards), "planned": _planned_shards(m, archive.shards)},
         "images": index.num_rows,
@@ -60,7 +62,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "failures": failed.num_rows,
         "file_bytes": sum(s.get("file_bytes", 0) for s in archive.shards.values()),
         "payload_bytes": sum(s.get("payload_bytes", 0) for s in archive.shards.values()),
-        "bpp_per_step": per_step,
+        "bpp_per_chunk": per_chunk,
         "top_errors": errors.most_common(5),
     }
 

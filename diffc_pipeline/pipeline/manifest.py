@@ -1,9 +1,14 @@
 """The archive manifest: ``manifest.json`` at the archive root, written before the first shard.
 
-It pins what every shard of the archive shares - format version, codec parameters and fingerprint, model
-identity, input, seed and shard size - so a later run or a decoder can refuse an archive it would
-misread instead of mixing streams of two models. Its shard list is a convenience for plain readers; the
-commit markers (see :mod:`.commit`) remain the source of truth and the list is rebuilt from them.
+It pins what every shard of the archive shares - format version, the codec (name, options, fingerprint),
+its model's identity, input, seed and shard size - so a later run or a decoder can refuse an archive it would
+misread instead of mixing streams of two models, and a decoder knows which codec to build. Its shard list is
+a convenience for plain readers; the commit markers (see :mod:`.commit`) remain the source of truth and the
+list is rebuilt from them.
+
+Format 1 (DiffC only, before the codec registry) is read by converting it to format 2 in memory; the next
+write by a run (``--incremental``) stores it as format 2. Format-1 shards are read as they are (their rows
+have the same layout).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import fsspec
 
 from .. import __version__
 from ..errors import ArchiveError, ModelMismatchError
-from .archive import FORMAT_NAME, FORMAT_VERSION
+from .archive import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
 
 MANIFEST_NAME = "manifest.json"
+# Model specs that name a model every installation has: the default for decoding an archive made with one.
+NAMED_MODELS = ("builtin", "gaussian")
 
 
 def now() -> str:
@@ -28,8 +35,8 @@ def now() -> str:
 
 @dataclass
 class Manifest:
-    codec: dict  # {"config": CodecConfig.to_dict(), "fingerprint": str, "num_steps": int, "logsnrs": [...]}
-    model: dict  # {"name": str, "sha256": str}
+    codec: dict  # Codec.describe() without "model": name, options, fingerprint, num_chunks, progressive, details
+    model: dict | None  # {"name", "sha256", "spec"} (spec: the --model value when it names a built-in), or None
     source: dict  # Source.describe(): url (no credentials), kind, columns
     seed: int
     shard_size: int
@@ -38,16 +45,54 @@ class Manifest:
     runs: list[dict] = field(default_factory=list)  # incremental runs, oldest first (see docs/format.md)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    read_from_format: int | None = None  # 1: converted from format 1 when read (stored as 2 when next written)
     tool_version: str = __version__
     created_at: str = field(default_factory=now)
     updated_at: str = field(default_factory=now)
 
     @property
-    def num_steps(self) -> int:
-        return int(self.codec["num_steps"])
+    def num_chunks(self) -> int:
+        return int(self.codec["num_chunks"])
+
+    @property
+    def codec_name(self) -> str:
+        return str(self.codec["name"])
+
+    def model_label(self) -> str:
+        """``name@sha256[:12]`` of the model, or ``none`` for codecs without one."""
+        return f"{self.model['name']}@{self.model['sha256'][:12]}" if self.model else "none"
+
+    def codec_spec(self, model: str | None = None):
+        """The :class:`~diffc_pipeline.codecs.CodecSpec` that decodes this archive; ``model`` overrides the
+        recorded model spec (needed when the archive was made with a model PATH)."""
+        from ..codecs import CodecSpec
+        from ..errors import InvalidInputError
+
+        if self.model is None:
+            if model is not None:
+                raise InvalidInputError(f"this archive's codec {self.codec_name!r} takes no model (got --model)")
+            return CodecSpec(self.codec_name, dict(self.codec["options"]), None)
+        spec = model or self.model.get("spec")
+        if spec is None:
+            raise ModelMismatchError(
+                f"this archive was made with model {self.model_label()} from a model directory; "
+                "pass --model naming that directory"
+            )
+        return CodecSpec(self.codec_name, dict(self.codec["options"]), spec)
+
+    @classmethod
+    def for_codec(cls, description: dict, model_spec: str | None, **fields) -> Manifest:
+        """A new manifest for a codec's :meth:`~diffc_pipeline.codecs.Codec.describe`."""
+        codec = {k: v for k, v in description.items() if k != "model"}
+        model = description.get("model")
+        if model is not None:
+            model = {**model, "spec": model_spec if model_spec in NAMED_MODELS else None}
+        return cls(codec=codec, model=model, **fields)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        d = asdict(self)
+        d.pop("read_from_format")
+        return json.dumps(d, indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> Manifest:
@@ -57,15 +102,52 @@ class Manifest:
             raise ArchiveError(f"{where} is not valid JSON: {exc}") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise ArchiveError(f"{where} is not a {FORMAT_NAME} manifest")
-        if d.get("format_version") != FORMAT_VERSION:
+        if d.get("format_version") not in READABLE_VERSIONS:
             raise ArchiveError(
-                f"{where} is format version {d.get('format_version')}; this tool reads and writes version "
-                f"{FORMAT_VERSION} only (nothing was changed)"
+                f"{where} is format version {d.get('format_version')}; this tool reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))} and writes {FORMAT_VERSION} (nothing was changed)"
             )
+        if d["format_version"] == 1:
+            d = _from_format_1(d)
         try:
             return cls(**d)
         except TypeError as exc:
             raise ArchiveError(f"{where} has missing or unknown fields: {exc}") from None
+
+
+def _from_format_1(d: dict) -> dict:
+    """A format-1 manifest (DiffC only: ``codec = {config, fingerprint, num_steps, logsnrs}``) as format 2.
+
+    The fingerprint is kept as written: it is what format-1 shards carry and what the codec recomputes. The
+    model spec was not recorded; the two named models are recognised by name.
+    """
+    old = d["codec"]
+    options = {k: v for k, v in old["config"].items() if k != "format_version"}
+    d["codec"] = {
+        "name": "diffc",
+        "options": options,
+        "fingerprint": old["fingerprint"],
+        "num_chunks": int(old["num_steps"]),
+        "progressive": True,
+        "details": {"logsnrs": old["logsnrs"], "channel": "rcc"},
+    }
+    d["model"] = {**d["model"], "spec": _named_model_of(d["model"].get("name"))}
+    d["format_version"] = FORMAT_VERSION
+    d["read_from_format"] = 1
+    return d
+
+
+def _named_model_of(name: str | None) -> str | None:
+    """``gaussian`` or ``builtin`` when ``name`` is that model's identity name (read without loading it)."""
+    if name and name.startswith("gaussian"):
+        return "gaussian"
+    from ..models import BUILTIN_DIR
+
+    try:
+        builtin = json.loads((BUILTIN_DIR / "config.json").read_text()).get("name")
+    except (OSError, ValueError):
+        return None
+    return "builtin" if name == builtin else None
 
 
 def read_manifest(fs: fsspec.AbstractFileSystem, root: str) -> Manifest | None:
@@ -86,17 +168,20 @@ def write_manifest(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest)
     fs.mv(tmp, f"{root}/{MANIFEST_NAME}")
 
 
-def check_same_codec(existing: Manifest, codec: dict, model: dict, where: str, hint: str) -> None:
-    """Refuse to add to, or decode, an archive made with another model or codec configuration."""
-    theirs = f"{existing.model.get('name')}@{str(existing.model.get('sha256'))[:12]}"
-    if existing.model.get("sha256") != model["sha256"]:
+def check_same_codec(existing: Manifest, description: dict, where: str, hint: str) -> None:
+    """Refuse to add to, or decode, an archive made with another codec, model or codec options."""
+    if existing.codec_name != description["name"]:
         raise ModelMismatchError(
-            f"{where} was made with model {theirs}, not {model['name']}@{model['sha256'][:12]}; {hint}"
+            f"{where} was made with codec {existing.codec_name!r}, not {description['name']!r}; {hint}"
         )
-    if existing.codec.get("fingerprint") != codec["fingerprint"]:
+    model = description.get("model")
+    if (existing.model or {}).get("sha256") != (model or {}).get("sha256"):
+        mine = f"{model['name']}@{model['sha256'][:12]}" if model else "none"
+        raise ModelMismatchError(f"{where} was made with model {existing.model_label()}, not {mine}; {hint}")
+    if existing.codec.get("fingerprint") != description["fingerprint"]:
         raise ModelMismatchError(
-            f"{where} was made with other codec parameters {existing.codec.get('config')} (fingerprint "
-            f"{str(existing.codec.get('fingerprint'))[:12]}, this run {codec['fingerprint'][:12]}); {hint}"
+            f"{where} was made with other codec options {existing.codec.get('options')} (fingerprint "
+            f"{str(existing.codec.get('fingerprint'))[:12]}, this run {description['fingerprint'][:12]}); {hint}"
         )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from ..seeds import image_seed
 from .sources import Source
 
 SHARD_NAME_DIGITS = 6
@@ -20,16 +21,6 @@ ROWS_PER_READ = 1024  # Parquet rows per read task: one row group is read once (
 
 def shard_name(index: int) -> str:
     return f"shard-{index:0{SHARD_NAME_DIGITS}d}"
-
-
-def image_seed(dataset_seed: int, image_id: str) -> int:
-    """The codec seed of one image: a function of the dataset seed and the image id only.
-
-    So an image gets the same stream whatever shard, batch or worker encodes it. 63 bits, so it fits
-    Parquet's signed int64 for any reader.
-    """
-    digest = hashlib.blake2b(f"{dataset_seed}\x00{image_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
 
 
 def ids_digest(ids: list[str]) -> str:

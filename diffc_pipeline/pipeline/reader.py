@@ -1,8 +1,8 @@
 """Open an archive for reading: manifest, committed shards, a small index, and prefixes of payloads.
 
 The index (ids, sizes, status, cumulative bits) is read first and alone, so choosing which images and
-how many steps to decode costs a few bytes per image; payload columns are then read for exactly the
-chosen steps. Byte counts of every payload read are kept, to show what a low-bitrate decode costs.
+how many chunks to decode costs a few bytes per image; payload columns are then read for exactly the
+chosen chunks. Byte counts of every payload read are kept, to show what a low-bitrate decode costs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ArchiveError
-from .archive import FORMAT_VERSION, METADATA_KEY, payload_columns
+from .archive import METADATA_KEY, READABLE_VERSIONS, payload_columns
 from .commit import committed_shards, data_path
 from .manifest import Manifest, read_manifest
 from .sources import open_fs, public_url
@@ -101,9 +101,9 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
 
 def _check_shard(archive: Archive, name: str, metadata: pq.FileMetaData) -> None:
     meta = json.loads((metadata.metadata or {}).get(METADATA_KEY, b"{}"))
-    if meta.get("format_version") != FORMAT_VERSION or meta.get("codec_fingerprint") != archive.manifest.codec.get(
-        "fingerprint"
-    ):
+    if meta.get("format_version") not in READABLE_VERSIONS or meta.get(
+        "codec_fingerprint"
+    ) != archive.manifest.codec.get("fingerprint"):
         raise ArchiveError(f"shard {name} of {archive.url} was written by another format or codec than its manifest")
 
 
@@ -122,13 +122,13 @@ def read_footer(f) -> pq.FileMetaData:
     return pq.read_metadata(pa.BufferReader(b"PAR1" + f.read(size) + tail))
 
 
-def read_prefixes(fs: fsspec.AbstractFileSystem, path: str, rows: list[int], steps: int) -> tuple[pa.Table, int]:
-    """Rows ``rows`` of one shard: header, chunks and CRCs of the first ``steps`` steps; and bytes read.
+def read_prefixes(fs: fsspec.AbstractFileSystem, path: str, rows: list[int], chunks: int) -> tuple[pa.Table, int]:
+    """Rows ``rows`` of one shard: header, chunks and CRCs of the first ``chunks`` chunks; and bytes read.
 
     Only the footer and, in the row groups holding ``rows``, those columns (one contiguous range) are
     fetched.
     """
-    columns = payload_columns(steps)
+    columns = payload_columns(chunks)
     with fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
         pf = pq.ParquetFile(f, metadata=read_footer(f))
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]

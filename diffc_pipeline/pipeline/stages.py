@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from ..codecs import CodecSpec, cumulative_bits
 from ..errors import ModelMismatchError
 from ..images import decode_image
-from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, cumulative_bits, row_checksum
+from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, row_checksum
 from .sources import read_bytes
 
 DECODED_SCHEMA = pa.schema(
@@ -59,7 +60,7 @@ def read_and_decode(
 ) -> Iterator[pa.Table]:
     """Read one read unit's images, decode and validate them; yield tables of ``batch_size`` rows.
 
-    Padding to the model's multiple is the codec's business (it pads and crops itself).
+    Padding to a network's multiple is the codec's business (it pads and crops itself).
     """
     rows: list[dict] = []
     for item, data in zip(items.to_pylist(), read_bytes(items, storage_options, image_column), strict=True):
@@ -87,33 +88,32 @@ def read_and_decode(
         yield pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
-def load_codec(model_spec: str, codec_config: dict, fingerprint: str, threads: int, device: str):
-    """The codec of a model actor, checked against the archive's fingerprint.
+def load_codec(spec: dict, fingerprint: str, threads: int, device: str):
+    """The codec of a model actor (``spec``: :meth:`CodecSpec.to_dict`), checked against the archive's
+    fingerprint.
 
-    Each actor loads the model itself; if the weights at ``model_spec`` changed since the driver read
+    Each actor builds the codec (and loads its model) itself; if the weights changed since the driver read
     them (a model being retrained in place), the actor must refuse rather than write streams that the
     manifest attributes to another model.
     """
     import torch
 
-    from ..codec import CodecConfig, DiffcCodec
-    from ..models import load_model
-
     torch.set_num_threads(threads)
-    codec = DiffcCodec(load_model(model_spec, device=device), CodecConfig.from_dict(codec_config), channel="rcc")
+    codec = CodecSpec(**spec).build(device)
     if codec.fingerprint != fingerprint:
         raise ModelMismatchError(
-            f"model {model_spec!r} as loaded on a worker ({codec.model.identity.short}) is not the model of "
-            f"the archive (codec fingerprint {fingerprint[:12]}); did its weights change during the run?"
+            f"codec {spec['name']!r} with model {spec['model']!r} as built on a worker (fingerprint "
+            f"{codec.fingerprint[:12]}) is not the archive's (fingerprint {fingerprint[:12]}); did the model's "
+            "weights change during the run?"
         )
     return codec
 
 
 class Encoder:
-    """Ray actor: loads the model once, then compresses batches grouped by image size."""
+    """Ray actor: builds the codec once, then compresses batches grouped by image size."""
 
-    def __init__(self, model_spec: str, codec_config: dict, fingerprint: str, threads: int, device: str) -> None:
-        self.codec = load_codec(model_spec, codec_config, fingerprint, threads, device)
+    def __init__(self, spec: dict, fingerprint: str, threads: int, device: str) -> None:
+        self.codec = load_codec(spec, fingerprint, threads, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -130,7 +130,8 @@ class Encoder:
     def _encode_group(self, group: list[dict], h: int, w: int) -> None:
         """One codec call per same-size group; if it fails, retry image by image to find the culprit."""
         try:
-            streams = self.codec.compress(self._tensor(group, h, w), [r["seed"] for r in group])
+            pixels = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(h, w, 3) for r in group])
+            streams = self.codec.compress(pixels, [r["seed"] for r in group])
         except Exception as exc:
             if len(group) == 1:
                 group[0].update(status=STATUS_ERROR, error=error_text("encode", exc))
@@ -146,9 +147,3 @@ class Encoder:
                 crcs=chunk_crcs(stream.chunks),
                 checksum=row_checksum(stream.header, stream.chunks),
             )
-
-    def _tensor(self, group: list[dict], h: int, w: int):
-        import torch
-
-        arr = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(h, w, 3) for r in group])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # CPU: the model moves batches to its device

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..images import decode_image
 
@@ -18,8 +17,8 @@ def sample_paths() -> list[Path]:
     return sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix in (".jpg", ".png"))
 
 
-def load_images(data: str = "", count: int = 8, size: int = 64, image_column: str = "image") -> torch.Tensor:
-    """``count`` images as a ``uint8 (B, 3, size, size)`` batch: from ``data`` (a Parquet dataset or image
+def load_images(data: str = "", count: int = 8, size: int = 64, image_column: str = "image") -> np.ndarray:
+    """``count`` images as a ``uint8 (B, size, size, 3)`` batch: from ``data`` (a Parquet dataset or image
     folder URL) or, when empty, the bundled samples; larger images are centre-cropped, none is upscaled."""
     if data:
         from ..training.data import load_encoded_images
@@ -31,7 +30,7 @@ def load_images(data: str = "", count: int = 8, size: int = 64, image_column: st
     if not arrays:
         raise ValueError(f"no image of at least {size}x{size} pixels found")
     batch = [_center_crop(arrays[i % len(arrays)], size) for i in range(count)]
-    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+    return np.stack(batch)
 
 
 def _center_crop(a: np.ndarray, size: int) -> np.ndarray:

@@ -111,7 +111,15 @@ def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecC
     seg_add = g.integers(0, n, len(seg_chunk), dtype=np.int64)
     seg_sign = np.where(g.random((len(seg_chunk), w), dtype=np.float32) < 0.5, -1.0, 1.0).astype(np.float32)
     return StepLayout(
-        num_chunks, w, seg_dims, seg_mask, seg_chunk, seg_mult, seg_add, seg_sign, config.candidate_log2,
+        num_chunks,
+        w,
+        seg_dims,
+        seg_mask,
+        seg_chunk,
+        seg_mult,
+        seg_add,
+        seg_sign,
+        config.candidate_log2,
         config.row_shift,
     )
 

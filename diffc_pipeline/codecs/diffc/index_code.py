@@ -17,7 +17,7 @@ from importlib import resources
 import constriction
 import numpy as np
 
-from ..errors import StreamError
+from ...errors import StreamError
 from .tables import table_key
 
 huffman = constriction.symbol.huffman
@@ -37,7 +37,7 @@ def bucket_counts(chunk_bits: int, candidate_log2: int, gain: float) -> np.ndarr
     if table is None:
         raise StreamError(
             f"no index table for chunk_bits={chunk_bits}, candidate_log2={candidate_log2}, target_gain={gain}; "
-            f"build it with `python -m diffc_pipeline.codec.tables {chunk_bits} {candidate_log2} {gain}`"
+            f"build it with `python -m diffc_pipeline.codecs.diffc.tables {chunk_bits} {candidate_log2} {gain}`"
         )
     return np.asarray(table, dtype=np.float64)
 

@@ -2,8 +2,9 @@
 
 ``compress`` runs the chain ``z_{t_0} -> z_{t_1} -> ... -> z_{t_K}`` against the model's prior and writes one
 progressive chunk per step; ``decompress`` replays the chain from any prefix of chunks and reconstructs with
-``flow`` (DiffC-F), ``ancestral`` (DiffC-A) or ``denoise``. Tensors and bytes in, tensors and bytes out: no
-files, no Ray.
+``flow`` (DiffC-F), ``ancestral`` (DiffC-A) or ``denoise``. It implements :class:`~..base.Codec` (arrays and
+bytes in, arrays and bytes out: no files, no Ray) plus the :class:`~..base.SupportsSweep` capability that
+evaluation uses (encode once, reconstruct every prefix; the ideal channel).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInputError, ModelMismatchError, StreamError
-from ..models.base import DiffusionModel
+from ...errors import InvalidInputError, ModelMismatchError, StreamError
+from ...models.base import DiffusionModel
+from ..base import Codec, DecodeOption, Encoded
+from ..tensors import to_float, to_uint8
 from . import prng
 from .bitstream import EncodedImage, Header
 from .channel import LN2, ideal_sample, rcc_decode, rcc_encode
@@ -37,13 +40,32 @@ class SweepResult:
     """One encode, reconstructions at several prefixes: what rate-distortion evaluation needs."""
 
     streams: list[EncodedImage]
-    recon: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    recon: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # method -> prefix -> (B, H, W, 3)
     encode_s: float = 0.0
     decode_s: float = 0.0
 
 
-class DiffcCodec:
-    """The DiffC codec over one :class:`DiffusionModel` and one :class:`CodecConfig`."""
+class DiffcCodec(Codec):
+    """The DiffC codec over one :class:`DiffusionModel` and one :class:`CodecConfig`.
+
+    ``channel="ideal"`` samples each step exactly and writes no bits (evaluation only: its streams hold
+    empty chunks and refuse to decode; :meth:`sweep` reconstructs from the encoder's samples).
+    """
+
+    name = "diffc"
+    progressive = True
+    decode_options = (
+        DecodeOption(
+            "method",
+            str,
+            "flow",
+            "flow (DiffC-F, ODE), ancestral (DiffC-A) or denoise (posterior mean)",
+            choices=METHODS,
+        ),
+        DecodeOption(
+            "recon_steps", int, 0, "ODE or sampler steps (0: the codec's flow_steps / ancestral_steps)", minimum=0
+        ),
+    )
 
     def __init__(self, model: DiffusionModel, config: CodecConfig | None = None, channel: str = "rcc") -> None:
         if channel not in CHANNELS:
@@ -55,14 +77,45 @@ class DiffcCodec:
         self._code = (self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
         self._model_id = bytes.fromhex(model.identity.sha256[:6])
         self._config_id = bytes.fromhex(self.config.fingerprint()[:6])
-        self.fingerprint = hashlib.sha256(
+        self._fingerprint = hashlib.sha256(
             f"{self.config.fingerprint()}|{model.identity.sha256}|tables{TABLES_VERSION}".encode()
         ).hexdigest()
         self.timings: dict[str, float] = {"network_s": 0.0, "channel_s": 0.0}  # of the last encode
 
+    @classmethod
+    def from_options(
+        cls, options: CodecConfig, model: str | None, device: str = "cpu", channel: str = "rcc"
+    ) -> DiffcCodec:
+        """Load ``model`` (``builtin``, ``gaussian`` or a PATH) and wrap it: the registry's constructor."""
+        from ...models import load_model
+
+        return cls(load_model(model or "builtin", device=device), options, channel=channel)
+
     @property
     def num_steps(self) -> int:
         return self.config.num_steps
+
+    @property
+    def num_chunks(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        identity = self.model.identity
+        options = self.config.to_dict()
+        options.pop("format_version")
+        return {
+            "name": self.name,
+            "options": options,
+            "model": {"name": identity.name, "sha256": identity.sha256},
+            "fingerprint": self.fingerprint,
+            "num_chunks": self.num_chunks,
+            "progressive": True,
+            "details": {"logsnrs": [float(v) for v in self.config.logsnrs()], "channel": self.channel},
+        }
 
     @property
     def logsnr_final(self) -> float:
@@ -70,9 +123,9 @@ class DiffcCodec:
         return float(-self.model.schedule.gamma_min)
 
     # ---- encoding ------------------------------------------------------------------------------------
-    def compress(self, images: torch.Tensor, seeds: Sequence[int]) -> list[EncodedImage]:
-        """Compress a batch of ``uint8`` images ``(B, C, H, W)`` (one size per call), one seed per image."""
-        return self.compress_float(uint8_to_float(images, self.model.channels), seeds)
+    def compress(self, images: np.ndarray, seeds: Sequence[int]) -> list[EncodedImage]:
+        """Compress a batch of ``uint8`` images ``(B, H, W, C)`` (one size per call), one seed per image."""
+        return self.compress_float(to_float(images, self.model.channels), seeds)
 
     def compress_float(self, x: torch.Tensor, seeds: Sequence[int]) -> list[EncodedImage]:
         """Compress float images in the data scale ``[-1, 1]``."""
@@ -125,35 +178,39 @@ class DiffcCodec:
                 data = writers[i].to_bytes()
                 bounds = [0, *ends[i]]
                 chunks = [data[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-            streams.append(EncodedImage(header=header, chunks=chunks, step_kl_bits=kl_bits[i]))
+            streams.append(EncodedImage(header=header, chunks=chunks, estimated_bits=kl_bits[i]))
         return streams, latents
 
     # ---- decoding ------------------------------------------------------------------------------------
     def decompress(
         self,
-        streams: Sequence[EncodedImage],
-        steps: int | Sequence[int] | None = None,
+        items: Sequence[Encoded],
+        prefix: int | Sequence[int] | None = None,
         method: str = "flow",
-        recon_steps: int | None = None,
-    ) -> torch.Tensor:
-        """Decode each stream from its first ``steps`` chunks (all present by default) to ``uint8`` images.
+        recon_steps: int = 0,
+    ) -> np.ndarray:
+        """Decode each stream from its first ``prefix`` chunks (all present by default) to ``uint8``
+        ``(B, H, W, C)`` images.
 
-        ``recon_steps``: ODE or sampling steps of the reconstruction (default: the configuration's
-        ``flow_steps`` for ``flow``, ``ancestral_steps`` for ``ancestral``).
+        ``recon_steps``: ODE or sampling steps of the reconstruction (0: the configuration's ``flow_steps``
+        for ``flow``, ``ancestral_steps`` for ``ancestral``).
         """
-        return float_to_uint8(self.decompress_float(streams, steps, method, recon_steps))
+        return to_uint8(self.decompress_float(items, prefix, method, recon_steps))
 
     def decompress_float(
         self,
-        streams: Sequence[EncodedImage],
-        steps: int | Sequence[int] | None = None,
+        items: Sequence[Encoded],
+        prefix: int | Sequence[int] | None = None,
         method: str = "flow",
-        recon_steps: int | None = None,
+        recon_steps: int = 0,
     ) -> torch.Tensor:
-        """Like :meth:`decompress`, in the data scale (floats, unquantised)."""
-        if method not in METHODS:
-            raise InvalidInputError(f"unknown reconstruction method {method!r}; choose one of {', '.join(METHODS)}")
-        counts = self._prefix_lengths(streams, steps)
+        """Like :meth:`decompress`, in the data scale: floats ``(B, C, H, W)``, unquantised."""
+        opts = self.parse_decode_options({"method": method, "recon_steps": recon_steps})
+        method, recon_steps = opts["method"], opts["recon_steps"]
+        streams = [
+            s if isinstance(s, EncodedImage) else EncodedImage(header=s.header, chunks=list(s.chunks)) for s in items
+        ]
+        counts = self._prefix_lengths(streams, prefix)
         z = self._decode_latents(streams, counts, capture=())[0]
         lam = self._logsnrs[torch.tensor(counts)]
         x = reconstruct(
@@ -167,7 +224,7 @@ class DiffcCodec:
         )
         return x[:, :, : streams[0].height, : streams[0].width]
 
-    def _prefix_lengths(self, streams: Sequence[EncodedImage], steps: int | Sequence[int] | None) -> list[int]:
+    def _prefix_lengths(self, streams: Sequence[EncodedImage], prefix: int | Sequence[int] | None) -> list[int]:
         if not streams:
             raise InvalidInputError("no streams to decode")
         first = streams[0].parsed
@@ -187,21 +244,7 @@ class DiffcCodec:
                 )
             if (p.height, p.width) != (first.height, first.width):
                 raise InvalidInputError("all streams decoded in one call must have the same image size")
-        if steps is None:
-            counts = [len(s.chunks) for s in streams]
-        elif isinstance(steps, int):
-            counts = [steps] * len(streams)
-        else:
-            counts = [int(k) for k in steps]
-        if len(counts) != len(streams):
-            raise InvalidInputError(f"{len(counts)} step counts for {len(streams)} streams")
-        for s, k in zip(streams, counts, strict=True):
-            if not 0 <= k <= len(s.chunks) or k > self.num_steps:
-                raise StreamError(
-                    f"cannot decode {k} steps from a stream holding {len(s.chunks)} chunks "
-                    f"(codec has {self.num_steps} steps)"
-                )
-        return counts
+        return self.check_prefix(streams, prefix)
 
     def _decode_latents(
         self, streams: Sequence[EncodedImage], counts: list[int], capture: Sequence[int]
@@ -233,18 +276,18 @@ class DiffcCodec:
     # ---- evaluation ----------------------------------------------------------------------------------
     def sweep(
         self,
-        images: torch.Tensor,
+        images: np.ndarray,
         seeds: Sequence[int],
         prefixes: Sequence[int],
         methods: Sequence[str] = METHODS,
-        recon_steps: int | None = None,
+        recon_steps: int = 0,
     ) -> SweepResult:
         """Encode once, then reconstruct from each prefix with each method.
 
         With the real channel the latents come from an actual decode of the streams (so the bitstream is
         exercised); with the ideal channel from the encoder's exact samples.
         """
-        x = uint8_to_float(images, self.model.channels)
+        x = to_float(images, self.model.channels)
         prefixes = sorted({int(k) for k in prefixes})
         t0 = time.perf_counter()
         streams, latents = self._encode(x, seeds, capture=prefixes if self.channel == "ideal" else ())
@@ -267,12 +310,12 @@ class DiffcCodec:
                     list(seeds),
                     self.logsnr_final,
                 )
-                result.recon[method][k] = float_to_uint8(xr[:, :, : x.shape[2], : x.shape[3]])
+                result.recon[method][k] = to_uint8(xr[:, :, : x.shape[2], : x.shape[3]])
         result.decode_s = time.perf_counter() - t1
         return result
 
     # ---- helpers ---------------------------------------------------------------------------------------
-    def _recon_steps(self, method: str, override: int | None) -> int:
+    def _recon_steps(self, method: str, override: int) -> int:
         if override:
             return override
         return self.config.ancestral_steps if method == "ancestral" else self.config.flow_steps
@@ -308,15 +351,3 @@ def _check_batch(x: torch.Tensor, seeds: Sequence[int], channels: int) -> None:
     for s in seeds:
         if not 0 <= int(s) < 2**64:
             raise InvalidInputError(f"seed {s} is not a 64-bit unsigned integer")
-
-
-def uint8_to_float(images: torch.Tensor, channels: int) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        raise InvalidInputError(f"expected a uint8 tensor, got {getattr(images, 'dtype', type(images).__name__)}")
-    if images.dim() != 4 or images.shape[1] != channels:
-        raise InvalidInputError(f"expected shape (B, {channels}, H, W), got {tuple(images.shape)}")
-    return images.float() / 127.5 - 1.0
-
-
-def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)

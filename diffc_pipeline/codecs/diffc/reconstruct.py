@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from ..models.base import DiffusionModel, predict_x
+from ...errors import InvalidInputError
+from ...models.base import DiffusionModel, predict_x
 from . import prng
 from .steps import alpha_sigma_of_logsnr, step_coefficients
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..errors import StreamError
+from ...errors import StreamError
+from ..base import Encoded
 
 MAGIC = b"DC"
 STREAM_VERSION = 1
@@ -67,12 +68,9 @@ class Header:
 
 
 @dataclass
-class EncodedImage:
-    """One compressed image: ``header`` + progressive ``chunks`` (one per coding step)."""
-
-    header: bytes
-    chunks: list[bytes]
-    step_kl_bits: list[float] = field(default_factory=list)  # true KL per step (not serialised)
+class EncodedImage(Encoded):
+    """One DiffC stream: ``header`` + progressive ``chunks`` (one per coding step); ``estimated_bits`` holds
+    each step's true KL (the ideal rate, not serialised)."""
 
     def __post_init__(self) -> None:
         self._parsed = Header.unpack(bytes(self.header))
@@ -92,10 +90,6 @@ class EncodedImage:
     @property
     def width(self) -> int:
         return self._parsed.width
-
-    def prefix_bytes(self, steps: int) -> int:
-        """Bytes needed to decode the first ``steps`` steps, header included."""
-        return len(self.header) + sum(len(c) for c in self.chunks[:steps])
 
     def to_bytes(self) -> bytes:
         parts = [_CONTAINER_MAGIC, struct.pack("<H", len(self.chunks)), self.header]

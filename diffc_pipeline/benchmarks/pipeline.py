@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..codecs import CodecSpec
 from ..images import decode_image
-from .compress_job import CompressOptions, build_codec, run_compress
-from .decode_job import DecodeOptions, run_decode
-from .plan import image_seed
-from .progress import JobProgress
-from .runtime import ray_session
-from .sources import list_source, read_bytes
+from ..pipeline.compress_job import CompressOptions, run_compress
+from ..pipeline.decode_job import DecodeOptions, run_decode
+from ..pipeline.progress import JobProgress
+from ..pipeline.runtime import ray_session
+from ..pipeline.sources import list_source, read_bytes
+from ..seeds import image_seed
 
 
 class _BatchClock(JobProgress):
@@ -101,8 +102,7 @@ def bare_loop(
     threads: int,
     data: str,
     n: int,
-    model: str,
-    codec_config: dict,
+    spec: CodecSpec,
     batch_size: int,
     seed: int,
     storage_options: Mapping[str, object],
@@ -115,14 +115,13 @@ def bare_loop(
     if threads:
         torch.set_num_threads(threads)
     try:
-        codec = build_codec(model, codec_config)
+        codec = spec.build()
         items = list_source(data, storage_options, limit=n).items
         t0 = time.perf_counter()
         for start in range(0, items.num_rows, batch_size):
             part = items.slice(start, batch_size)
             pixels = [decode_image(b) for b in read_bytes(part, storage_options, "image")]
-            x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-            codec.compress(x, [image_seed(seed, i) for i in part.column("id").to_pylist()])
+            codec.compress(np.stack(pixels), [image_seed(seed, i) for i in part.column("id").to_pylist()])
         wall = time.perf_counter() - t0
         return {
             "threads": torch.get_num_threads(),
@@ -138,8 +137,7 @@ def pipeline_run(
     data: str,
     n: int,
     out: str,
-    model: str,
-    codec_config: dict,
+    spec: CodecSpec,
     batch_size: int,
     shard_size: int,
     seed: int,
@@ -150,8 +148,9 @@ def pipeline_run(
         input=data,
         output=out,
         storage_options=dict(storage_options),
-        model=model,
-        codec_config=codec_config,
+        codec=spec.name,
+        codec_options=spec.options,
+        model=spec.model,
         batch_size=batch_size,
         shard_size=shard_size,
         seed=seed,
@@ -176,9 +175,11 @@ def pipeline_run(
     }
 
 
-def decode_bytes(archive: str, out: str, model: str, step: int, storage_options: Mapping[str, object]) -> dict:
+def decode_bytes(archive: str, out: str, spec: CodecSpec, step: int, storage_options: Mapping[str, object]) -> dict:
     s = run_decode(
-        DecodeOptions(archive, out, step=step, model=model, format="parquet", storage_options=dict(storage_options)),
+        DecodeOptions(
+            archive, out, step=step, model=spec.model, format="parquet", storage_options=dict(storage_options)
+        ),
         JobProgress("bench", enabled=False),
     )
     return {
@@ -195,8 +196,7 @@ def decode_bytes(archive: str, out: str, model: str, step: int, storage_options:
 def bench_pipeline(
     data: str,
     sizes: list[int],
-    model: str,
-    codec_config: dict,
+    spec: CodecSpec,
     batch_size: int = 16,
     shard_size: int = 1000,
     seed: int = 0,
@@ -214,14 +214,13 @@ def bench_pipeline(
     work = Path(work_dir or tempfile.mkdtemp(prefix="diffc-bench-"))
     result: dict = {
         "data": data,
-        "model": model,
-        "codec": codec_config,
+        "codec": spec.to_dict(),
         "batch_size": batch_size,
         "cpus": os.cpu_count(),
         "bare": [],
     }
     for threads in (0, 1):
-        run = bare_loop(threads, data, min(sizes), model, codec_config, batch_size, seed, storage_options)
+        run = bare_loop(threads, data, min(sizes), spec, batch_size, seed, storage_options)
         result["bare"].append(run)
         on_result(f"bare threads={run['threads']}", run)
     best = max(r["images_per_s"] for r in result["bare"])
@@ -230,18 +229,17 @@ def bench_pipeline(
         result["ray_start_s"] = time.perf_counter() - t0
         result["pipeline"] = []
         for n in sizes:
-            run = pipeline_run(
-                data, n, str(work / f"arc-{n}"), model, codec_config, batch_size, shard_size, seed, storage_options
-            )
+            run = pipeline_run(data, n, str(work / f"arc-{n}"), spec, batch_size, shard_size, seed, storage_options)
             run["ratio_overall"] = run["images_per_s"] / best
             run["ratio_steady"] = run["steady_images_per_s"] / best if run["steady_images_per_s"] else None
             result["pipeline"].append({"n": n, **run})
             on_result(f"pipeline n={n}", run)
         largest = str(work / f"arc-{max(sizes)}")
-        steps = build_codec(model, codec_config).num_steps
+        codec = spec.build()
+        chunks = codec.num_chunks
         result["decode"] = []
-        for step in sorted({1, max(1, steps // 2)}):
-            d = decode_bytes(largest, str(work / f"dec-{step}"), model, step, storage_options)
+        for step in sorted({1, max(1, chunks // 2)}) if codec.progressive else [chunks]:
+            d = decode_bytes(largest, str(work / f"dec-{step}"), spec, step, storage_options)
             result["decode"].append(d)
             on_result(f"decode step={step}", d)
     result["work_dir"] = str(work)

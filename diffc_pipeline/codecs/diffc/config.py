@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 FORMAT_VERSION = 1
 RECONSTRUCTION_ONLY = ("flow_steps", "ancestral_steps")

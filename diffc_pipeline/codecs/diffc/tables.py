@@ -6,7 +6,7 @@ exactly. Chunk KLs are drawn around the budget (``ceil`` of the step KL over the
 under it, and a random partition spreads them), scaled by ``target_gain**2`` as the sender sees them.
 The counts are stored as integers: both sides must build identical Huffman codes.
 
-Run ``python -m diffc_pipeline.codec.tables C L GAIN [C L GAIN ...]`` to add tables; they change the stream
+Run ``python -m diffc_pipeline.codecs.diffc.tables C L GAIN [C L GAIN ...]`` to add tables; they change the stream
 format, so
 ``TABLES_VERSION`` (hashed into every stream) must be bumped when an existing table changes.
 """
