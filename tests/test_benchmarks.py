@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from diffc_pipeline.benchmarks.speed import measure_speed
 from diffc_pipeline.cli import app
-from diffc_pipeline.codec import CodecConfig
+from diffc_pipeline.codecs import resolve
+from diffc_pipeline.codecs.diffc.codec import DiffcCodec
+from diffc_pipeline.codecs.diffc.config import CodecConfig
 from diffc_pipeline.models import load_model, save_unet_model
 from diffc_pipeline.models.unet import UNet, UNetConfig
 
 
 def test_speed_accounts_for_encode_time_and_real_bytes(tmp_path):
-    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     # a fixed small channel, so the test does not move with the default, and a small real U-Net: the analytic
     # Gaussian model's network time rounds to a 0.000 share on a busy machine
     config = CodecConfig(num_steps=3, chunk_bits=8, candidate_log2=12, target_gain=1.25)
     torch.manual_seed(0)
     net = UNet(UNetConfig(widths=(16, 16), blocks_per_level=1, emb_dim=32, groups=8))
     save_unet_model(tmp_path, net, {"kind": "linear", "gamma_min": -13.3, "gamma_max": 5.0}, name="tiny")
-    result = measure_speed(load_model(str(tmp_path)), config, images, batch_size=2)
+    result = measure_speed(DiffcCodec(load_model(str(tmp_path)), config), images, batch_size=2)
     assert (result["size"], result["images"], result["batch"]) == ("16x16", 3, 2)
     network, channel = result["encode_network_share"], result["encode_channel_share"]
     assert 0 < network < 1 and 0 < channel < 1 and network + channel <= 1.0
     assert result["encode_s_per_image"] * result["encode_img_per_s"] == pytest.approx(1.0, rel=0.01)
-    assert set(result["decode_img_per_s"]) == {"flow", "denoise"}
+    assert set(result["decode_img_per_s"]) == {"flow", "ancestral", "denoise"}  # every value of 'method'
     assert result["bpp"] > 0
+
+
+def test_speed_of_a_classical_codec_counts_its_files():
+    images = np.random.default_rng(1).integers(0, 256, (2, 16, 24, 3), dtype=np.uint8)
+    codec = resolve("jpeg", {"quality": "50"}).build()
+    result = measure_speed(codec, images, batch_size=2)
+    files = [len(e.chunks[0]) for e in codec.compress(images, [0, 1])]
+    assert result["bpp"] == pytest.approx(8 * sum(files) / (2 * 16 * 24), abs=1e-4)
+    assert set(result["decode_img_per_s"]) == {"default"} and "encode_network_share" not in result
 
 
 def test_bench_speed_cli_writes_its_json(tmp_path):
@@ -38,5 +50,5 @@ def test_bench_speed_cli_writes_its_json(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
-    assert doc["model"].startswith("diffc-unet-tin64@") and doc["runs"][0]["size"] == "64x64"
+    assert doc["codec"]["model"]["name"].startswith("diffc-unet-tin64") and doc["runs"][0]["size"] == "64x64"
     assert doc["command"].startswith("diffc ")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffc_pipeline.codec import CodecConfig
-from diffc_pipeline.codec.channel import _assemble, _pool, rcc_decode, rcc_encode, step_layout
+from diffc_pipeline.codecs.diffc.channel import _assemble, _pool, rcc_decode, rcc_encode, step_layout
+from diffc_pipeline.codecs.diffc.config import CodecConfig
 from diffc_pipeline.errors import DiffcError, InvalidInputError, ModelMismatchError
 
 SPARSE = CodecConfig(chunk_bits=8, candidate_log2=12, target_gain=1.0, pool_rows_log2=8, pool_width=64)
@@ -73,26 +73,27 @@ def test_pool_rows_validated_and_old_streams_keep_their_fingerprint() -> None:
 
 
 def test_codec_round_trip_with_fewer_pool_rows_and_the_cli_override() -> None:
-    """The dense opt-in channel end to end (standalone streams, Gaussian model), as `--codec` spells it."""
-    import torch
+    """The dense opt-in channel end to end (standalone streams, Gaussian model), as `--codec-opt` spells it."""
+    import numpy as np
 
-    from diffc_pipeline.cli.compress import codec_overrides
-    from diffc_pipeline.codec import DiffcCodec
-    from diffc_pipeline.models.gaussian import GaussianModel
+    from diffc_pipeline.cli._common import parse_pairs
+    from diffc_pipeline.codecs import resolve
 
     keys = ["chunk_bits=10", "candidate_log2=14", "pool_rows_log2=10", "pool_width=128", "target_gain=1.15"]
-    overrides = codec_overrides(keys, steps=5)
-    assert overrides == {
+    spec = resolve("diffc", {**parse_pairs(keys, "--codec-opt"), "num_steps": "5"}, "gaussian")
+    assert spec.options == {
         "chunk_bits": 10, "candidate_log2": 14, "pool_rows_log2": 10, "pool_width": 128, "target_gain": 1.15,
         "num_steps": 5,
     }
     with pytest.raises(DiffcError, match="not a valid int"):
-        codec_overrides(["pool_rows_log2=many"], None)
-    config = CodecConfig(**{**overrides, "logsnr_end": 3.0, "flow_steps": 4})
-    codec = DiffcCodec(GaussianModel.default(), config)
-    x = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+        resolve("diffc", {"pool_rows_log2": "many"})
+    with pytest.raises(DiffcError, match="no option pool_rows; valid options: num_steps, logsnr_start"):
+        resolve("diffc", {"pool_rows": "3"})
+    options = {**spec.options, "logsnr_end": 3.0, "flow_steps": 4}
+    codec = resolve("diffc", options, "gaussian").build()
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     streams = codec.compress(x, [1, 2])
-    again = DiffcCodec(GaussianModel.default(), config).decompress(streams, method="denoise")
-    assert torch.equal(again, codec.decompress(streams, method="denoise"))
+    again = resolve("diffc", options, "gaussian").build().decompress(streams, method="denoise")
+    assert np.array_equal(again, codec.decompress(streams, method="denoise"))
     with pytest.raises(ModelMismatchError):  # another pool is another stream format
-        DiffcCodec(GaussianModel.default(), CodecConfig(**{**overrides, "pool_rows_log2": 11})).decompress(streams)
+        resolve("diffc", {**options, "pool_rows_log2": 11}, "gaussian").build().decompress(streams)

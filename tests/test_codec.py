@@ -1,4 +1,5 @@
-"""The DiffC codec: round trips, progressive prefixes, stream errors, and the Gaussian theory of the paper."""
+"""The DiffC codec through its public API: round trips, progressive prefixes, stream errors, and the Gaussian
+theory of the paper."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
-from diffc_pipeline.codec import CodecConfig, DiffcCodec, EncodedImage, float_to_uint8
-from diffc_pipeline.codec.reconstruct import denoise, reconstruct
+from diffc_pipeline.codecs import Encoded, resolve
+from diffc_pipeline.codecs.diffc.bitstream import EncodedImage
+from diffc_pipeline.codecs.diffc.codec import DiffcCodec
+from diffc_pipeline.codecs.diffc.config import CodecConfig
+from diffc_pipeline.codecs.diffc.reconstruct import reconstruct
 from diffc_pipeline.errors import InvalidInputError, ModelMismatchError, StreamError
 from diffc_pipeline.models.gaussian import GaussianModel
 from diffc_pipeline.models.storage import load_unet_model, save_unet_model
@@ -21,13 +26,17 @@ from diffc_pipeline.models.unet import UNet, UNetConfig
 SMALL = CodecConfig(num_steps=6, logsnr_start=-5.0, logsnr_end=3.0, flow_steps=4, ancestral_steps=4)
 
 
-def _images(b: int = 3, h: int = 12, w: int = 20, seed: int = 0) -> torch.Tensor:
+def _images(b: int = 3, h: int = 12, w: int = 20, seed: int = 0) -> np.ndarray:
+    """``(b, h, w, 3)`` uint8: a random low-resolution field upsampled, plus a little noise (smooth-ish)."""
     g = torch.Generator().manual_seed(seed)
-    # smooth-ish images: a random low-resolution field upsampled, plus a little noise
     low = torch.rand(b, 3, 3, 4, generator=g)
     x = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
     x = x + 0.05 * torch.randn(b, 3, h, w, generator=g)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
 
 
 @pytest.fixture(scope="module")
@@ -46,41 +55,45 @@ def tiny_unet_dir(tmp_path_factory) -> str:
     return str(directory)
 
 
-def test_latents_bit_identical_at_every_step(codec: DiffcCodec) -> None:
-    x = _images()
-    seeds = [1, 2, 3]
-    steps = list(range(codec.num_steps + 1))
-    streams, enc = codec._encode(x.float() / 127.5 - 1, seeds, capture=steps)
-    _, dec = codec._decode_latents(streams, [codec.num_steps] * 3, capture=steps)
-    for k in steps:
-        assert torch.equal(enc[k], dec[k]), f"latent differs at step {k}"
+def test_the_registry_builds_the_same_codec(codec: DiffcCodec) -> None:
+    built = resolve("diffc", {k: str(v) for k, v in dataclasses.asdict(SMALL).items()}, "gaussian").build()
+    assert isinstance(built, DiffcCodec) and built.fingerprint == codec.fingerprint
+    d = built.describe()
+    assert d["name"] == "diffc" and d["num_chunks"] == SMALL.num_steps and d["progressive"]
+    assert d["model"]["sha256"] == codec.model.identity.sha256 and len(d["details"]["logsnrs"]) == 7
 
 
 def test_progressive_prefixes_decode(codec: DiffcCodec) -> None:
     x = _images()
-    seeds = [7, 8, 9]
-    streams, enc = codec._encode(x.float() / 127.5 - 1, seeds, capture=range(codec.num_steps + 1))
-    sizes = [s.prefix_bytes(k) for s in streams[:1] for k in range(codec.num_steps + 1)]
-    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
-    for k in (0, 2, codec.num_steps):
-        truncated = [EncodedImage(header=s.header, chunks=s.chunks[:k]) for s in streams]
+    streams = codec.compress(x, [7, 8, 9])
+    sizes = [streams[0].prefix_bits(k) for k in range(codec.num_chunks + 1)]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0] == 8 * len(streams[0].header)
+    for k in range(codec.num_chunks + 1):
+        # a stream cut to k chunks (what an archive reader fetches) decodes as the first k chunks of the whole
+        truncated = [Encoded(header=s.header, chunks=s.chunks[:k]) for s in streams]
         got = codec.decompress(truncated, method="denoise")
-        lam = codec._logsnrs[k].expand(3)
-        want = float_to_uint8(denoise(codec.model, enc[k], lam))[:, :, :12, :20]
-        assert torch.equal(got, want)
+        assert got.shape == x.shape and got.dtype == np.uint8
+        assert np.array_equal(got, codec.decompress(streams, k, method="denoise"))
     # more bits, better reconstruction
-    errors = [((codec.decompress(streams, steps=k, method="denoise").float() - x.float()) ** 2).mean()
-              for k in (1, 3, codec.num_steps)]
+    errors = [_mse(codec.decompress(streams, k, method="denoise"), x) for k in (1, 3, codec.num_chunks)]
     assert errors[0] > errors[1] > errors[2]
+
+
+def test_sweep_reconstructs_what_decompress_decodes(codec: DiffcCodec) -> None:
+    x = _images()
+    result = codec.sweep(x, [7, 8, 9], prefixes=[2, codec.num_chunks], methods=("denoise", "flow"))
+    for method in ("denoise", "flow"):
+        for k in (2, codec.num_chunks):
+            assert np.array_equal(result.recon[method][k], codec.decompress(result.streams, k, method=method))
 
 
 def test_per_image_prefix_lengths(codec: DiffcCodec) -> None:
     x = _images()
     streams = codec.compress(x, [4, 5, 6])
-    mixed = codec.decompress(streams, steps=[1, 3, 6], method="flow")
+    mixed = codec.decompress(streams, [1, 3, 6], method="flow")
     for i, k in enumerate([1, 3, 6]):
-        alone = codec.decompress([streams[i]], steps=k, method="flow")
-        assert (mixed[i].int() - alone[0].int()).abs().max() <= 1
+        alone = codec.decompress([streams[i]], k, method="flow")
+        assert np.abs(mixed[i].astype(int) - alone[0].astype(int)).max() <= 1
 
 
 def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path) -> None:
@@ -92,27 +105,30 @@ def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path) -> Non
     for i, s in enumerate(streams):
         (tmp_path / f"{i}.dfc").write_bytes(s.to_bytes())
     script = textwrap.dedent(f"""
-        import torch, sys
-        from diffc_pipeline.codec import DiffcCodec, CodecConfig, EncodedImage
+        import numpy as np, torch
+        from diffc_pipeline.codecs.diffc.bitstream import EncodedImage
+        from diffc_pipeline.codecs.diffc.codec import DiffcCodec
+        from diffc_pipeline.codecs.diffc.config import CodecConfig
         from diffc_pipeline.models.storage import load_unet_model
+        torch.set_num_threads(1)
         codec = DiffcCodec(load_unet_model({tiny_unet_dir!r}), CodecConfig.from_dict({SMALL.to_dict()!r}))
         out = [codec.decompress([EncodedImage.from_bytes(open(f"{tmp_path}/{{i}}.dfc", "rb").read())], method="flow")
                for i in range(4)]
-        torch.save(torch.cat(out), "{tmp_path}/out.pt")
+        np.save("{tmp_path}/out.npy", np.concatenate(out))
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
-    there = torch.load(tmp_path / "out.pt", weights_only=True)
+    there = np.load(tmp_path / "out.npy")
 
-    def psnr(a: torch.Tensor) -> float:
-        return 10 * math.log10(255**2 / float(((a.float() - x.float()) ** 2).mean()))
+    def psnr(a: np.ndarray) -> float:
+        return 10 * math.log10(255**2 / _mse(a, x))
 
     assert abs(psnr(here) - psnr(there)) < 0.05
 
 
 def test_real_bits_track_kl(codec: DiffcCodec) -> None:
     streams = codec.compress(_images(b=2, h=32, w=32), [1, 2])
-    kl = sum(sum(s.step_kl_bits) for s in streams)
-    bits = 8 * sum(sum(len(c) for c in s.chunks) for s in streams)
+    kl = sum(sum(s.estimated_bits) for s in streams)
+    bits = sum(s.prefix_bits() - 8 * len(s.header) for s in streams)
     assert kl > 500
     # with the default 2**12 candidates for 12-bit chunks an index carries at most 12 bits, so chunks above
     # their budget are sent approximately and the bits can fall a little below the trajectory's KL
@@ -122,7 +138,7 @@ def test_real_bits_track_kl(codec: DiffcCodec) -> None:
 def test_ideal_channel_charges_kl_and_cannot_be_decoded() -> None:
     ideal = DiffcCodec(GaussianModel.default(), SMALL, channel="ideal")
     streams = ideal.compress(_images(b=1), [5])
-    assert all(c == b"" for c in streams[0].chunks) and sum(streams[0].step_kl_bits) > 0
+    assert all(c == b"" for c in streams[0].chunks) and sum(streams[0].estimated_bits) > 0
     with pytest.raises(StreamError, match="ideal"):
         ideal.decompress(streams)
 
@@ -131,11 +147,12 @@ def test_ideal_channel_charges_kl_and_cannot_be_decoded() -> None:
 @pytest.mark.parametrize(
     ("images", "seeds", "message"),
     [
-        (torch.zeros(1, 3, 8, 8), [1], "uint8"),
-        (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), [1], "shape"),
-        (torch.zeros(3, 8, 8, dtype=torch.uint8), [1], "shape"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [1], "seeds"),
-        (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), [-1], "64-bit"),
+        (np.zeros((1, 8, 8, 3)), [1], "uint8"),
+        (np.zeros((1, 8, 8, 1), np.uint8), [1], "shape"),
+        (np.zeros((8, 8, 3), np.uint8), [1], "shape"),
+        (np.zeros((1, 0, 8, 3), np.uint8), [1], "empty"),
+        (np.zeros((2, 8, 8, 3), np.uint8), [1], "seeds"),
+        (np.zeros((1, 8, 8, 3), np.uint8), [-1], "64-bit"),
     ],
 )
 def test_bad_images_rejected(codec: DiffcCodec, images, seeds, message) -> None:
@@ -181,14 +198,16 @@ def test_other_model_or_config_refused(codec: DiffcCodec) -> None:
     other_config = DiffcCodec(codec.model, CodecConfig(num_steps=7, logsnr_end=3.0))
     with pytest.raises(ModelMismatchError, match="configuration"):
         other_config.decompress(s)
-    with pytest.raises(StreamError, match="cannot decode 9 steps"):
-        codec.decompress(s, steps=9)
+    with pytest.raises(StreamError, match="cannot decode 9 chunks"):
+        codec.decompress(s, 9)
     # reconstruction step counts are the receiver's business: a codec that differs only there decodes the
     # same latents, and its denoised output is bit-identical
     receiver = DiffcCodec(codec.model, dataclasses.replace(SMALL, flow_steps=9, ancestral_steps=11))
-    assert torch.equal(receiver.decompress(s, method="denoise"), codec.decompress(s, method="denoise"))
+    assert np.array_equal(receiver.decompress(s, method="denoise"), codec.decompress(s, method="denoise"))
     with pytest.raises(InvalidInputError, match="method"):
         codec.decompress(s, method="magic")
+    with pytest.raises(InvalidInputError, match="no decode option steps; valid decode options: method, recon_steps"):
+        codec.parse_decode_options({"steps": 3})
 
 
 # ---- Gaussian theory (Theis et al. 2022) with the real channel ---------------------------------------------
@@ -223,8 +242,8 @@ def test_gaussian_theory_distortions_with_real_channel(gaussian_chain) -> None:
 
 def test_gaussian_rate_close_to_kl(gaussian_chain) -> None:
     _, _codec, x, streams = gaussian_chain
-    kl = sum(sum(s.step_kl_bits) for s in streams)
-    bits = 8 * sum(sum(len(c) for c in s.chunks) for s in streams)
+    kl = sum(sum(s.estimated_bits) for s in streams)
+    bits = sum(s.prefix_bits() - 8 * len(s.header) for s in streams)
     # discrete-time chain rate of exact sampling, sum_k 0.5 dSNR mmse_k, for unit-variance Gaussian data
     lams = torch.tensor(THEORY.logsnrs())
     snr = lams.exp()

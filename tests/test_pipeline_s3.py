@@ -58,7 +58,7 @@ def test_s3_parquet_input_to_s3_archive_and_back(ray_cluster, s3, tmp_path):
         output="s3://bucket/arc",
         storage_options=options,
         model="gaussian",
-        codec_config={"num_steps": 2},
+        codec_options={"num_steps": 2},
         shard_size=3,
         batch_size=4,
     )

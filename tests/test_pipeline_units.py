@@ -16,6 +16,7 @@ from pipeline_data.make import bad_files, bomb_png, odd_layouts, write_images, w
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
+from diffc_pipeline.codecs import cumulative_bits
 from diffc_pipeline.errors import ArchiveError, DiffcError, ModelMismatchError
 from diffc_pipeline.pipeline import archive as A
 from diffc_pipeline.pipeline.commit import (
@@ -32,7 +33,7 @@ from diffc_pipeline.pipeline.manifest import (
     read_manifest,
     write_manifest,
 )
-from diffc_pipeline.pipeline.plan import image_seed, make_plan
+from diffc_pipeline.pipeline.plan import make_plan
 from diffc_pipeline.pipeline.reader import read_prefixes
 from diffc_pipeline.pipeline.runtime import check_reachable, size_actors
 from diffc_pipeline.pipeline.sources import (
@@ -44,6 +45,7 @@ from diffc_pipeline.pipeline.sources import (
 )
 from diffc_pipeline.pipeline.stages import read_and_decode
 from diffc_pipeline.pipeline.where import FilterError, parse_where
+from diffc_pipeline.seeds import image_seed
 
 
 def test_folder_listing_is_recursive_sorted_and_skips_other_files(tmp_path):
@@ -174,7 +176,7 @@ def _encoded_rows(n: int, steps: int, error_at: int | None = None) -> pa.Table:
             header=header,
             chunks=chunks,
             shard=0,
-            cum_bits=A.cumulative_bits(header, chunks),
+            cum_bits=cumulative_bits(header, chunks),
             crcs=A.chunk_crcs(chunks),
             checksum=A.row_checksum(header, chunks),
         )
@@ -221,7 +223,7 @@ def test_prefix_read_fetches_about_the_bytes_it_needs(tmp_path):
                 height=8,
                 width=8,
                 channels=3,
-                cum_bits=A.cumulative_bits(header, chunks),
+                cum_bits=cumulative_bits(header, chunks),
                 crcs=A.chunk_crcs(chunks),
                 checksum=A.row_checksum(header, chunks),
             )
@@ -243,7 +245,7 @@ def test_prefix_read_fetches_about_the_bytes_it_needs(tmp_path):
 def test_verify_prefix_flags_a_corrupted_chunk():
     chunks = [b"abc", b"def"]
     A.verify_prefix("x", b"h", chunks, A.chunk_crcs(chunks))
-    with pytest.raises(ArchiveError, match="step 2 fails its checksum"):
+    with pytest.raises(ArchiveError, match="chunk 2 fails its checksum"):
         A.verify_prefix("x", b"h", [b"abc", b"deX"], A.chunk_crcs(chunks))
 
 
@@ -266,8 +268,15 @@ def test_commit_marker_is_the_commit(tmp_path):
 
 def _manifest(**kw) -> Manifest:
     base = dict(
-        codec={"fingerprint": "f" * 64, "config": {"num_steps": 4}, "num_steps": 4, "logsnrs": []},
-        model={"name": "m", "sha256": "a" * 64},
+        codec={
+            "name": "diffc",
+            "fingerprint": "f" * 64,
+            "options": {"num_steps": 4},
+            "num_chunks": 4,
+            "progressive": True,
+            "details": {},
+        },
+        model={"name": "m", "sha256": "a" * 64, "spec": None},
         source={"url": "/x", "kind": "images"},
         seed=0,
         shard_size=10,
@@ -281,11 +290,16 @@ def test_manifest_roundtrip_and_refusals(tmp_path):
     assert read_manifest(fs, root) is None
     write_manifest(fs, root, _manifest())
     m = read_manifest(fs, root)
-    assert m.model["sha256"] == "a" * 64 and m.num_steps == 4
-    with pytest.raises(ModelMismatchError, match="made with model m@aaaaaaaaaaaa"):
-        check_same_codec(m, m.codec, {"name": "n", "sha256": "b" * 64}, "X", "hint")
-    with pytest.raises(ModelMismatchError, match="other codec parameters"):
-        check_same_codec(m, {**m.codec, "fingerprint": "0" * 64}, m.model, "X", "hint")
+    assert m.model["sha256"] == "a" * 64 and m.num_chunks == 4 and m.codec_name == "diffc"
+    with pytest.raises(ModelMismatchError, match="made with model m@aaaaaaaaaaaa, not n@bbbbbbbbbbbb"):
+        check_same_codec(m, {**m.codec, "model": {"name": "n", "sha256": "b" * 64}}, "X", "hint")
+    with pytest.raises(ModelMismatchError, match="other codec options"):
+        check_same_codec(m, {**m.codec, "model": m.model, "fingerprint": "0" * 64}, "X", "hint")
+    with pytest.raises(ModelMismatchError, match="made with codec 'diffc', not 'avif'"):
+        check_same_codec(m, {**m.codec, "name": "avif", "model": None}, "X", "hint")
+    with pytest.raises(ModelMismatchError, match="from a model directory; pass --model"):
+        m.codec_spec()  # no named model recorded: the user must say where the model is
+    assert m.codec_spec("/models/m").model == "/models/m"
     with pytest.raises(ArchiveError, match="seed: archive has 0, this run 1"):
         check_same_plan(m, m.source, 1, 10, "X")
     d = json.loads((tmp_path / "manifest.json").read_text())

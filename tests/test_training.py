@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
-from diffc_pipeline.codec.config import CodecConfig
+from diffc_pipeline.codecs.diffc.config import CodecConfig
 from diffc_pipeline.errors import DiffcError
 from diffc_pipeline.models import LinearSchedule, ModelIdentity, load_model, save_unet_model
 from diffc_pipeline.models.unet import UNetConfig

@@ -36,9 +36,9 @@ class _BatchClock(JobProgress):
         super().__init__("bench", enabled=False)
         self.arrivals: list[tuple[float, int]] = []
 
-    def add(self, images: int, failures: int, bpp_sum: float) -> None:
+    def add(self, images: int, failures: int, bits: int, pixels: int) -> None:
         self.arrivals.append((time.perf_counter(), images))
-        super().add(images, failures, bpp_sum)
+        super().add(images, failures, bits, pixels)
 
     def steady_rate(self) -> float | None:
         """Images/s from the first batch to the last (None with under 4 batches: too few to tell)."""
@@ -168,7 +168,7 @@ def pipeline_run(
         "startup_s": clock.arrivals[0][0] - t0 if clock.arrivals else None,
         "batches": len(clock.arrivals),
         "steady_images_per_s": clock.steady_rate(),
-        "mean_bpp": summary.mean_bpp,
+        "bpp": summary.bpp,
         "peak_worker_rss_mb": peaks["total"] / 2**20,
         "peak_largest_worker_rss_mb": peaks["largest"] / 2**20,
         "actors": summary.actors,
@@ -189,7 +189,7 @@ def decode_bytes(archive: str, out: str, spec: CodecSpec, step: int, storage_opt
         "bytes_read": s.bytes_read,
         "bytes_needed": s.bytes_needed,
         "read_over_needed": s.bytes_read / max(1, s.bytes_needed),
-        "mean_bpp": s.mean_bpp,
+        "bpp": s.bpp,
     }
 
 

@@ -9,7 +9,6 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
 import typer
 
 from ._common import EXIT_FAILED, console, friendly_errors, parse_pairs
@@ -19,6 +18,8 @@ bench_app = typer.Typer(help="Benchmarks (long measurements; results as JSON).",
 
 def run_info() -> dict:
     """Who ran what, where and when: every benchmark JSON carries it."""
+    import torch
+
     return {
         "command": " ".join(["diffc", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -91,6 +92,8 @@ def speed(
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """Encode/decode images per second at 64x64 and full size (DiffC: and the network vs channel-coder share)."""
+    import torch
+
     from ..benchmarks.speed import measure_speed
     from ..codecs import resolve
     from ..images import decode_image

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -24,6 +23,8 @@ MODEL_HELP = "'builtin', 'gaussian', or a PATH to a model directory (diffc or di
 
 def _set_threads(threads: int) -> None:
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -48,6 +47,8 @@ def train(
     from ..training.trainer import STATE, TrainConfig, Trainer, checkpoint_config, checkpoint_step, run_training
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     ckpt = out / "checkpoint"
     resuming = resume and (ckpt / STATE).exists()

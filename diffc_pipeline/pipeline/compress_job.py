@@ -8,6 +8,8 @@ or an error row - so a shard is complete when its planned count of rows has arri
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -71,6 +73,7 @@ class PreparedJob:
     root: str
     delta: Delta | None = None  # incremental runs: how the listing compares with the archive
     run: dict | None = None  # incremental runs: this run's record in the manifest's ``runs``
+    commits_started: int = 0  # counted by the (single) commit thread only
 
     def describe(self) -> dict:
         """The dry-run report."""
@@ -111,7 +114,7 @@ class CompressSummary:
     images: int
     failures: int
     bytes_written: int
-    mean_bpp: float
+    bpp: float  # total bits over total pixels of the coded images
     wall_s: float
     images_per_s: float
     shards_written: int
@@ -295,7 +298,7 @@ def _run(job: PreparedJob, opts: CompressOptions, progress: JobProgress) -> Comp
         t.images,
         t.failures,
         written,
-        t.mean_bpp,
+        t.bpp,
         t.wall_s,
         t.images_per_s,
         len(job.pending),
@@ -365,21 +368,31 @@ def _new_rows(batch: pa.Table, seen: dict[int, set[str]]) -> pa.Table:
     return batch if all(keep) else batch.filter(pa.array(keep))
 
 
-def _batch_stats(batch: pa.Table) -> tuple[int, float]:
-    """``(failures, sum of bpp over coded images)`` of an encoder batch."""
-    failures, bpp_sum = 0, 0.0
-    for status, bits, h, w in zip(
+def _batch_stats(batch: pa.Table) -> tuple[int, int, int]:
+    """``(failures, bits, pixels)`` of an encoder batch (bits and pixels over its coded images)."""
+    failures, bits, pixels = 0, 0, 0
+    for status, cum, h, w in zip(
         *(batch.column(c).to_pylist() for c in ("status", "cum_bits", "height", "width")), strict=True
     ):
         if status != STATUS_OK:
             failures += 1
         else:
-            bpp_sum += bits[-1] / (h * w)
-    return failures, bpp_sum
+            bits += cum[-1]
+            pixels += h * w
+    return failures, bits, pixels
+
+
+# Fault injection for the resume tests and `diffc bench faults`: with this variable set to N, the driver
+# kills itself (SIGKILL: no cleanup, as a crashed machine) when it starts committing its N-th shard, so that
+# exactly N-1 shards are committed - a kill point that does not depend on timing. Never set in normal use.
+KILL_AT_COMMIT_ENV = "DIFFC_FAULT_KILL_AT_COMMIT"
 
 
 def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
     """Order the shard's rows as planned, check they are exactly the planned images, write and commit."""
+    job.commits_started += 1
+    if os.environ.get(KILL_AT_COMMIT_ENV) == str(job.commits_started):
+        os.kill(os.getpid(), signal.SIGKILL)
     rows = pa.concat_tables(parts)
     planned = job.plan.items.column("id").slice(shard.start, shard.size).to_pylist()
     position = {image_id: i for i, image_id in enumerate(planned)}
@@ -389,14 +402,15 @@ def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
         raise ArchiveError(f"shard {shard.name}: rows do not match the planned images (lost or duplicated rows)")
     ok = pc.equal(rows.column("status"), STATUS_OK)
     coded = rows.filter(ok)
-    _, bpp_sum = _batch_stats(coded)
-    payload = sum(bits[-1] for bits in coded.column("cum_bits").to_pylist()) // 8
+    _, bits, pixels = _batch_stats(coded)
+    payload = bits // 8
     stats = {
         "rows": rows.num_rows,
         "ok": coded.num_rows,
         "errors": rows.num_rows - coded.num_rows,
         "payload_bytes": payload,
-        "bpp_sum": bpp_sum,
+        "bits": bits,
+        "pixels": pixels,
         "ids_sha256": shard.ids_sha256,
         "codec_fingerprint": job.manifest.codec["fingerprint"],
         "committed_at": now(),

@@ -90,7 +90,7 @@ class DecodeSummary:
     images: int
     failures: int
     skipped_error_rows: int
-    mean_bpp: float
+    bpp: float  # total bits over total pixels of the decoded images
     index_bytes_read: int  # bytes read on the driver to choose images and prefixes
     bytes_read: int  # payload bytes the read tasks fetched from shards
     bytes_needed: int  # header + chunk bytes of the chosen prefixes
@@ -280,7 +280,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         progress.stop()
     t = progress.tally
     return DecodeSummary(
-        t.images, t.failures, skipped, t.mean_bpp, index_bytes, bytes_read, needed, t.wall_s, t.images_per_s
+        t.images, t.failures, skipped, t.bpp, index_bytes, bytes_read, needed, t.wall_s, t.images_per_s
     )
 
 
@@ -329,10 +329,12 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int]:
     bytes_read = bits = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         ok = pc.equal(batch.column("status"), STATUS_OK)
+        pixels = pc.multiply(batch.column("height").cast(pa.int64()), batch.column("width").cast(pa.int64()))
         progress.add(
             batch.num_rows,
             batch.num_rows - (pc.sum(ok).as_py() or 0),
-            pc.sum(pc.if_else(ok, batch.column("bpp"), 0.0)).as_py() or 0.0,
+            pc.sum(pc.if_else(ok, batch.column("bits"), 0)).as_py() or 0,
+            pc.sum(pc.if_else(ok, pixels, 0)).as_py() or 0,
         )
         bytes_read += pc.sum(batch.column("read_bytes")).as_py() or 0
         bits += pc.sum(batch.column("bits")).as_py() or 0

@@ -1,4 +1,6 @@
-"""A live rich progress bar for the Ray jobs (images done / total, images/s, mean bpp, failures)."""
+"""Progress of the Ray jobs (images done / total, images/s, bpp, failures): a live rich bar on a terminal,
+and a plain line every ``LOG_EVERY_S`` seconds otherwise (a scheduled job's log, ``nohup``), where a rich bar
+would print nothing until the end."""
 
 from __future__ import annotations
 
@@ -15,28 +17,33 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+LOG_EVERY_S = 30.0
+
 
 @dataclass
 class Tally:
-    """Running totals of one job; ``mean_bpp`` is over successfully coded images."""
+    """Running totals of one job. ``bpp`` is total bits over total pixels of the coded images: a mean of
+    per-image bpp would let one tiny image (a 1x1 icon costs a whole header) dominate a folder."""
 
     images: int = 0
     failures: int = 0
-    bpp_sum: float = 0.0
+    bits: int = 0
+    pixels: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, images: int, failures: int, bpp_sum: float) -> None:
+    def add(self, images: int, failures: int, bits: int, pixels: int) -> None:
         self.images += images
         self.failures += failures
-        self.bpp_sum += bpp_sum
+        self.bits += bits
+        self.pixels += pixels
 
     @property
     def ok(self) -> int:
         return self.images - self.failures
 
     @property
-    def mean_bpp(self) -> float:
-        return self.bpp_sum / self.ok if self.ok else float("nan")
+    def bpp(self) -> float:
+        return self.bits / self.pixels if self.pixels else float("nan")
 
     @property
     def wall_s(self) -> float:
@@ -48,13 +55,25 @@ class Tally:
 
 
 class JobProgress:
-    """Drives a rich bar from the driver; ``enabled=False`` keeps only the tally (tests, benchmarks)."""
+    """Reports a job's tally from the driver; ``enabled=False`` keeps only the tally (tests, benchmarks)."""
 
     def __init__(self, label: str, console: Console | None = None, enabled: bool = True) -> None:
         self.tally = Tally()
-        self._progress = (
-            Progress(
-                TextColumn(f"[bold]{label}"),
+        self.label = label
+        self._console = console or Console(stderr=True)
+        self._enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+        self._total = 0
+        self._last_line = 0.0
+
+    def start(self, total: int) -> None:
+        self.tally = Tally()
+        self._total = total
+        self._last_line = time.perf_counter()
+        if self._enabled and self._console.is_terminal:
+            self._progress = Progress(
+                TextColumn(f"[bold]{self.label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[ips]:.2f} img/s"),
@@ -62,26 +81,35 @@ class JobProgress:
                 TextColumn("{task.fields[fail]} failed"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=console,
+                console=self._console,
                 transient=False,
             )
-            if enabled
-            else None
-        )
-        self._task = None
-
-    def start(self, total: int) -> None:
-        self.tally = Tally()
-        if self._progress is not None:
             self._progress.start()
             self._task = self._progress.add_task("job", total=total, ips=0.0, bpp=float("nan"), fail=0)
+        elif self._enabled:
+            self._line("started")
 
-    def add(self, images: int, failures: int, bpp_sum: float) -> None:
-        self.tally.add(images, failures, bpp_sum)
+    def add(self, images: int, failures: int, bits: int, pixels: int) -> None:
+        self.tally.add(images, failures, bits, pixels)
+        t = self.tally
         if self._progress is not None and self._task is not None:
-            t = self.tally
-            self._progress.update(self._task, completed=t.images, ips=t.images_per_s, bpp=t.mean_bpp, fail=t.failures)
+            self._progress.update(self._task, completed=t.images, ips=t.images_per_s, bpp=t.bpp, fail=t.failures)
+        elif self._enabled and time.perf_counter() - self._last_line >= LOG_EVERY_S:
+            self._line("")
 
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
+        elif self._enabled:
+            self._line("done")
+
+    def _line(self, note: str) -> None:
+        self._last_line = time.perf_counter()
+        t = self.tally
+        self._console.print(
+            f"{self.label}: {t.images}/{self._total} images, {t.images_per_s:.2f} img/s, {t.bpp:.3f} bpp, "
+            f"{t.failures} failed, {t.wall_s:.0f} s{' ' + note if note else ''}",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,29 +184,19 @@ class DiffcCodec(Codec):
 
     # ---- decoding ------------------------------------------------------------------------------------
     def decompress(
-        self,
-        items: Sequence[Encoded],
-        prefix: int | Sequence[int] | None = None,
-        method: str = "flow",
-        recon_steps: int = 0,
+        self, items: Sequence[Encoded], prefix: int | Sequence[int] | None = None, **options: Any
     ) -> np.ndarray:
         """Decode each stream from its first ``prefix`` chunks (all present by default) to ``uint8``
-        ``(B, H, W, C)`` images.
-
-        ``recon_steps``: ODE or sampling steps of the reconstruction (0: the configuration's ``flow_steps``
-        for ``flow``, ``ancestral_steps`` for ``ancestral``).
+        ``(B, H, W, C)`` images. Decode options: ``method`` (flow, ancestral, denoise) and ``recon_steps``
+        (ODE or sampler steps; 0: the configuration's ``flow_steps`` / ``ancestral_steps``).
         """
-        return to_uint8(self.decompress_float(items, prefix, method, recon_steps))
+        return to_uint8(self.decompress_float(items, prefix, **options))
 
     def decompress_float(
-        self,
-        items: Sequence[Encoded],
-        prefix: int | Sequence[int] | None = None,
-        method: str = "flow",
-        recon_steps: int = 0,
+        self, items: Sequence[Encoded], prefix: int | Sequence[int] | None = None, **options: Any
     ) -> torch.Tensor:
         """Like :meth:`decompress`, in the data scale: floats ``(B, C, H, W)``, unquantised."""
-        opts = self.parse_decode_options({"method": method, "recon_steps": recon_steps})
+        opts = self.parse_decode_options(options)
         method, recon_steps = opts["method"], opts["recon_steps"]
         streams = [
             s if isinstance(s, EncodedImage) else EncodedImage(header=s.header, chunks=list(s.chunks)) for s in items

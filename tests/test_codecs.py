@@ -1,0 +1,223 @@
+"""The codec contract and registry, for every registered codec; archive format 2 and the format-1 fixture.
+
+The format-1 fixture (tests/fixtures/format1) was written by the release before the codec registry
+(commit acf60d4): `diffc compress SRC ARCH --model gaussian --steps 6 --shard-size 2 --incremental`, and its
+decodes at --step 3 (flow, denoise) and --step 6 were hashed then; this release must reproduce them bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pipeline_data.make import rgb, write_images
+from typer.testing import CliRunner
+
+from diffc_pipeline.cli import app
+from diffc_pipeline.codecs import CODECS, Codec, Encoded, resolve
+from diffc_pipeline.errors import InvalidInputError, StreamError
+from diffc_pipeline.pipeline.manifest import MANIFEST_NAME
+
+FIXTURE = Path(__file__).parent / "fixtures" / "format1"
+
+
+def _has_jxl() -> bool:
+    try:
+        import pillow_jxl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+AVAILABLE = [n for n in CODECS if n != "jxl" or _has_jxl()]
+# Small, fast settings per codec; the Gaussian model stands in for DiffC's network.
+SETTINGS = {"diffc": ({"num_steps": "3", "flow_steps": "3"}, "gaussian")}
+
+
+def _build(name: str) -> Codec:
+    options, model = SETTINGS.get(name, ({}, None))
+    return resolve(name, options, model).build()
+
+
+def _images(b: int = 3, h: int = 20, w: int = 28) -> np.ndarray:
+    return np.stack([rgb(i, h, w) for i in range(b)])
+
+
+def _pixel_hash(path: Path) -> str:
+    return hashlib.sha256(np.asarray(Image.open(path)).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_every_codec_keeps_the_contract(name: str) -> None:
+    codec = _build(name)
+    x = _images()
+    items = codec.compress(x, [1, 2, 3])
+    assert len(items) == 3 and all(len(it.chunks) == codec.num_chunks for it in items)
+    d = codec.describe()
+    assert d["name"] == name and d["fingerprint"] == codec.fingerprint and d["num_chunks"] == codec.num_chunks
+    assert d["progressive"] == codec.progressive and json.loads(json.dumps(d)) == d  # JSON for the manifest
+    y = codec.decompress(items)
+    assert y.shape == x.shape and y.dtype == np.uint8
+    psnr = 10 * np.log10(255**2 / ((y.astype(float) - x) ** 2).mean())
+    assert psnr > 12
+    # bits are counted from bytes: the header plus the chunks
+    assert items[0].prefix_bits() == 8 * (len(items[0].header) + sum(map(len, items[0].chunks)))
+    # another batch size decodes the same pixels (bit-identical for these codecs)
+    alone = np.concatenate([codec.decompress([it]) for it in items])
+    assert np.array_equal(alone, y)
+    with pytest.raises(InvalidInputError, match="decode option"):
+        codec.decompress(items, bogus=1)
+    if not codec.progressive:
+        with pytest.raises(InvalidInputError, match="is not progressive"):
+            codec.decompress(items, 0)
+    with pytest.raises(StreamError, match=f"cannot decode {codec.num_chunks + 1} chunks"):
+        codec.decompress(items, codec.num_chunks + 1)
+
+
+@pytest.mark.parametrize("name", [n for n in AVAILABLE if n != "diffc"])
+def test_classical_codecs_decode_the_same_in_a_fresh_process(name: str, tmp_path: Path) -> None:
+    codec = _build(name)
+    x = _images(2)
+    items = codec.compress(x, [0, 0])
+    for i, it in enumerate(items):
+        (tmp_path / f"{i}.bin").write_bytes(it.chunks[0])
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from diffc_pipeline.codecs import Encoded, resolve
+        codec = resolve({name!r}).build()
+        items = [Encoded(b"", [open(f"{tmp_path}/{{i}}.bin", "rb").read()]) for i in range(2)]
+        np.save("{tmp_path}/out.npy", codec.decompress(items))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), codec.decompress(items))
+    # the quality option moves the rate the right way
+    low = resolve(name, {"quality": "10"}).build().compress(x, [0, 0])
+    assert sum(it.prefix_bits() for it in low) < sum(it.prefix_bits() for it in items)
+
+
+def test_registry_errors_name_the_valid_choices() -> None:
+    with pytest.raises(InvalidInputError, match="unknown codec 'heic'; available: diffc, jpeg, webp, avif"):
+        resolve("heic")
+    with pytest.raises(InvalidInputError, match="codec 'webp' has no option qualty; valid options: quality"):
+        resolve("webp", {"qualty": "3"})
+    with pytest.raises(InvalidInputError, match="quality='high' of 'avif' is not a valid int"):
+        resolve("avif", {"quality": "high"})
+    with pytest.raises(InvalidInputError, match=r"quality must be in \[1, 100\], got 0"):
+        resolve("jpeg", {"quality": "0"})
+    with pytest.raises(InvalidInputError, match="takes no model"):
+        resolve("jpeg", {}, "builtin")
+    assert resolve("diffc").model == "builtin" and resolve("webp").model is None
+
+
+def test_a_stream_codec_is_one_module_and_one_registry_line() -> None:
+    """What a new codec needs: a Codec subclass with its options dataclass, and one CodecEntry."""
+    classical = Path(__file__).parents[1] / "diffc_pipeline" / "codecs" / "classical.py"
+    assert "import torch" not in classical.read_text()  # classical archives need no torch at all
+    entry = CODECS["avif"]
+    assert entry.codec_class().name == "avif" and dataclasses.is_dataclass(entry.options_class())
+
+
+def test_the_cli_imports_no_torch_or_ray() -> None:
+    code = "import sys; from diffc_pipeline.cli import app; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_codecs_command_lists_options_and_decode_options() -> None:
+    result = CliRunner().invoke(app, ["codecs", "--json"])
+    assert result.exit_code == 0, result.output
+    info = {c["name"]: c for c in json.loads(result.output)}
+    assert info["diffc"]["options"]["num_steps"] == 40 and info["diffc"]["progressive"] is True
+    assert info["diffc"]["decode_options"]["method"]["choices"] == ["flow", "ancestral", "denoise"]
+    assert info["webp"]["options"] == {"quality": 75} and info["webp"]["decode_options"] == {}
+
+
+# ---- archives ------------------------------------------------------------------------------------------
+def _copy_fixture(tmp_path: Path) -> tuple[Path, Path]:
+    """The format-1 archive and its source folder, moved under tmp_path (its manifest names the source)."""
+    arc, src = tmp_path / "arc", tmp_path / "src"
+    shutil.copytree(FIXTURE / "archive", arc)
+    shutil.copytree(FIXTURE / "source", src)
+    manifest = json.loads((arc / MANIFEST_NAME).read_text())
+    manifest["source"]["url"] = str(src)
+    (arc / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return arc, src
+
+
+def test_format1_archive_decodes_bit_identically_and_inspects(ray_cluster, tmp_path: Path) -> None:
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    runner = CliRunner()
+    fast = ["--threads", "1", "--actors", "1"]
+    for name, args in (
+        ("dec_flow", ["--step", "3"]),
+        ("dec_denoise", ["--step", "3", "--method", "denoise"]),
+        ("dec_full", []),  # neither --bpp nor --step: the whole stream
+    ):
+        out = tmp_path / name
+        # no --model: the format-1 manifest names the Gaussian model, which every installation has
+        result = runner.invoke(app, ["decode", str(FIXTURE / "archive"), str(out), *args, *fast])
+        assert result.exit_code == 0, result.output
+        assert {p.name: _pixel_hash(p) for p in sorted(out.glob("*.png"))} == expected[name], name
+    result = runner.invoke(app, ["inspect", str(FIXTURE / "archive"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["format_version"] == 2 and info["codec"]["name"] == "diffc" and info["codec"]["num_chunks"] == 6
+    assert [c["chunk"] for c in info["bpp_per_chunk"]] == [1, 2, 3, 4, 5, 6] and info["ok"] == 4
+
+
+def test_format1_archive_extends_incrementally_as_format2(ray_cluster, tmp_path: Path) -> None:
+    arc, src = _copy_fixture(tmp_path)
+    before = {p.name: p.read_bytes() for p in (arc / "shards").iterdir()}
+    Image.fromarray(rgb(77, 16, 16)).save(src / "new.png")
+    args = ["compress", str(src), str(arc), "--incremental", "--model", "gaussian", "--steps", "6"]
+    result = CliRunner().invoke(app, [*args, "--shard-size", "2", "--threads", "1", "--actors", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((arc / MANIFEST_NAME).read_text())
+    assert manifest["format_version"] == 2 and manifest["codec"]["name"] == "diffc"
+    assert [r["new"] for r in manifest["runs"]] == [4, 1] and manifest["model"]["spec"] == "gaussian"
+    assert all((arc / "shards" / name).read_bytes() == data for name, data in before.items())  # untouched
+    out = tmp_path / "dec"
+    result = CliRunner().invoke(app, ["decode", str(arc), str(out), "--step", "3", "--threads", "1", "--actors", "1"])
+    assert result.exit_code == 0, result.output
+    expected = json.loads((FIXTURE / "expected.json").read_text())["dec_flow"]
+    assert {n: _pixel_hash(out / n) for n in expected} == expected and (out / "new.png").is_file()
+
+
+def test_classical_archive_round_trips_through_the_pipeline(ray_cluster, tmp_path: Path) -> None:
+    ids = write_images(tmp_path / "in", 4, 24, 32)
+    arc = tmp_path / "arc"
+    runner = CliRunner()
+    args = ["compress", str(tmp_path / "in"), str(arc), "--codec", "webp", "--codec-opt", "quality=40"]
+    result = runner.invoke(app, [*args, "--threads", "1", "--actors", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((arc / MANIFEST_NAME).read_text())
+    assert manifest["codec"]["name"] == "webp" and manifest["codec"]["options"] == {"quality": 40}
+    assert manifest["model"] is None and manifest["codec"]["num_chunks"] == 1
+    rows = {r["id"]: r for r in pq.read_table(arc / "shards").to_pylist()}
+    codec = resolve("webp", {"quality": "40"}).build()
+    for i, image_id in enumerate(ids):
+        (item,) = codec.compress(rgb(i, 24, 32)[None], [rows[image_id]["seed"]])
+        assert rows[image_id]["chunk_001"] == item.chunks[0] and rows[image_id]["cum_bits"] == [item.prefix_bits()]
+    out = tmp_path / "dec"
+    result = runner.invoke(app, ["decode", str(arc), str(out), "--threads", "1", "--actors", "1"])
+    assert result.exit_code == 0, result.output
+    for image_id in ids:
+        want = codec.decompress([Encoded(b"", [rows[image_id]["chunk_001"]])])[0]
+        assert np.array_equal(np.asarray(Image.open(out / image_id)), want)
+    # a non-progressive codec refuses a prefix, naming the problem, and decode options it does not have
+    result = runner.invoke(app, ["decode", str(arc), str(tmp_path / "d2"), "--step", "0"])
+    assert result.exit_code == 2 and "not progressive" in " ".join(result.output.split())
+    result = runner.invoke(app, ["decode", str(arc), str(tmp_path / "d3"), "--method", "flow"])
+    assert result.exit_code == 2 and "has no decode option method" in " ".join(result.output.split())
+    result = runner.invoke(app, ["decode", str(arc), str(tmp_path / "d4"), "--model", "builtin"])
+    assert result.exit_code == 2 and "takes no model" in " ".join(result.output.split())
