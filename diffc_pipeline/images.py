@@ -17,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InvalidImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# File suffixes read as images wherever a folder is listed (compress, train, eval): one list for all.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

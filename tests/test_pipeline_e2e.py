@@ -25,7 +25,7 @@ from diffc_pipeline.codecs import Encoded, cumulative_bits, resolve
 from diffc_pipeline.errors import ArchiveError, ModelMismatchError
 from diffc_pipeline.pipeline import archive as A
 from diffc_pipeline.pipeline.compress_job import KILL_AT_COMMIT_ENV, CompressOptions, prepare, run_compress
-from diffc_pipeline.pipeline.decode_job import DecodeOptions, run_decode
+from diffc_pipeline.pipeline.decode_job import DecodeOptions, DecodeTargetError, run_decode
 from diffc_pipeline.pipeline.inspect_archive import inspect_archive
 from diffc_pipeline.pipeline.manifest import MANIFEST_NAME
 from diffc_pipeline.pipeline.progress import JobProgress
@@ -173,7 +173,11 @@ def test_decode_by_bpp_to_parquet_flags_a_corrupted_row(archive, tmp_path):
     shard.write_bytes(A.shard_to_parquet_bytes(type(table).from_pylist(rows, schema=table.schema)))
 
     index = pq.read_table(arc / "shards", columns=["id", "cum_bits", "height", "width", "status"]).to_pylist()
-    target = np.median([r["cum_bits"][0] / (r["height"] * r["width"]) for r in index if r["status"] == "ok"])
+    firsts = [r["cum_bits"][0] / (r["height"] * r["width"]) for r in index if r["status"] == "ok"]
+    # below some image's first chunk: refused, naming the range (DiffC would otherwise decode the seed alone)
+    with pytest.raises(DecodeTargetError, match=r"below the first chunk of \d+ of 6 selected images"):
+        run_decode(DecodeOptions(str(arc), str(tmp_path / "no"), bpp=float(np.median(firsts))), QUIET)
+    target = max(firsts)
     out = tmp_path / "out"
     s = run_decode(
         DecodeOptions(
@@ -192,7 +196,7 @@ def test_decode_by_bpp_to_parquet_flags_a_corrupted_row(archive, tmp_path):
     assert "checksum" in got[victim["id"]]["error"] and got[victim["id"]]["png"] is None
     for r in got.values():
         assert r["bpp"] <= target + 1e-9
-        assert r["step"] in (0, 1)
+        assert r["step"] in (1, 2)
         if r["status"] == "ok":
             assert Image.open(io.BytesIO(r["png"])).size[1] == r["height"]
 

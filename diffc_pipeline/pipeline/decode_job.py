@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..codecs import Encoded, prefix_bits
+from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import DiffcError
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .incremental import latest_rows
@@ -46,20 +46,29 @@ PAYLOAD_SCHEMA = pa.schema(
         pa.field("read_bytes", pa.int64()),
     ]
 )
-DECODED_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string()),
-        pa.field("height", pa.int32()),
-        pa.field("width", pa.int32()),
-        pa.field("step", pa.int32()),
-        pa.field("bits", pa.int64()),
-        pa.field("bpp", pa.float64()),
-        pa.field("png", pa.binary()),
-        pa.field("status", pa.string()),
-        pa.field("error", pa.string()),
-        pa.field("read_bytes", pa.int64()),
-    ]
-)
+
+
+def _decoded_schema(payload: str) -> pa.Schema:
+    """What the decoder actors emit: ``png`` (PNG bytes, for ``diffc decode``) or ``pixels`` (raw (H, W, 3)
+    uint8, row-major, for :func:`~diffc_pipeline.api.read_archive`)."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string()),
+            pa.field("height", pa.int32()),
+            pa.field("width", pa.int32()),
+            pa.field("step", pa.int32()),
+            pa.field("bits", pa.int64()),
+            pa.field("bpp", pa.float64()),
+            pa.field(payload, pa.binary()),
+            pa.field("status", pa.string()),
+            pa.field("error", pa.string()),
+            pa.field("read_bytes", pa.int64()),
+        ]
+    )
+
+
+DECODED_SCHEMA = _decoded_schema("png")
+PIXELS_SCHEMA = _decoded_schema("pixels")
 
 
 class DecodeTargetError(DiffcError):
@@ -120,10 +129,16 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     index = index.filter(ok)
     m = archive.manifest
     if opts.bpp is not None:
-        steps = [
-            _steps_within(bits, h * w, opts.bpp)
-            for bits, h, w in zip(*(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True)
-        ]
+        bits_hw = list(zip(*(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True))
+        steps = [_steps_within(bits, h * w, opts.bpp) for bits, h, w in bits_hw]
+        below = [bits[0] / (h * w) for (bits, h, w), k in zip(bits_hw, steps, strict=True) if k == 0]
+        if below:
+            raise DecodeTargetError(
+                f"--bpp {opts.bpp} is below the first chunk of {len(below)} of {len(steps)} selected images "
+                f"(their first chunks need {min(below):.4g} to {max(below):.4g} bpp, header included); give a "
+                "higher --bpp"
+                + (", or --step 0 for what the decoder makes of the seed alone" if m.codec.get("progressive") else "")
+            )
     elif opts.step is not None:
         if opts.step < 0:
             raise DecodeTargetError("--step must be >= 0")
@@ -194,48 +209,66 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
     return pa.Table.from_pylist(out, schema=PAYLOAD_SCHEMA)
 
 
-class Decoder:
-    """Ray actor: builds the codec once; decodes prefixes grouped by image size (one size per codec call)."""
+def decode_rows(codec: Codec, rows: list[dict], decode_options: dict) -> None:
+    """Decode payload rows (``id``, ``height``, ``width``, ``step``, ``bits``, ``header``, ``chunks``, ``crcs``)
+    in place: each gets ``bpp`` and ``status``, and ``pixels`` ((H, W, 3) uint8) or an ``error``.
 
-    def __init__(self, spec: dict, fingerprint: str, decode_options: dict, threads: int, device: str) -> None:
+    One codec call per image size (each image its own prefix); if a call fails, image by image, so one bad
+    row is one error row. Shared by the decoder actors and :meth:`~diffc_pipeline.api.ArchiveReader.decode`.
+    """
+    groups: dict[tuple[int, int], list[tuple[dict, Encoded]]] = defaultdict(list)
+    for row in rows:
+        row.update(bpp=row["bits"] / (row["height"] * row["width"]), status=STATUS_OK)
+        try:
+            verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
+        except Exception as exc:  # a corrupted row is an error row; the other images still decode
+            row.update(status=STATUS_ERROR, error=error_text("archive", exc))
+            continue
+        groups[(row["height"], row["width"])].append((row, Encoded(row["header"], row["chunks"])))
+    for group in groups.values():
+        _decode_group(codec, group, decode_options)
+
+
+def _decode_group(codec: Codec, group: list[tuple[dict, Encoded]], decode_options: dict) -> None:
+    try:
+        x = codec.decompress([s for _, s in group], [r["step"] for r, _ in group], **decode_options)
+    except Exception as exc:
+        if len(group) > 1:
+            for item in group:
+                _decode_group(codec, [item], decode_options)
+        else:
+            group[0][0].update(status=STATUS_ERROR, error=error_text("decode", exc))
+        return
+    for (row, _), img in zip(group, x, strict=True):
+        if img.shape[:2] != (row["height"], row["width"]):
+            row.update(
+                status=STATUS_ERROR,
+                error=f"decode: stream is {img.shape[1]}x{img.shape[0]} pixels, its row says "
+                f"{row['width']}x{row['height']}",
+            )
+            continue
+        row["pixels"] = img
+
+
+class Decoder:
+    """Ray actor: builds the codec once; decodes batches of prefixes (:func:`decode_rows`) into PNG bytes
+    (``payload="png"``) or raw pixels (``payload="pixels"``)."""
+
+    def __init__(
+        self, spec: dict, fingerprint: str, decode_options: dict, payload: str, threads: int, device: str
+    ) -> None:
         self.codec = load_codec(spec, fingerprint, threads, device)
         self.options = decode_options
+        self.payload = payload
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        groups: dict[tuple[int, int], list[tuple[dict, Encoded]]] = defaultdict(list)
+        decode_rows(self.codec, rows, self.options)
         for row in rows:
-            row.update(bpp=row["bits"] / (row["height"] * row["width"]), status=STATUS_OK)
-            try:
-                verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
-            except Exception as exc:  # a corrupted row is an error row; the other images still decode
-                row.update(status=STATUS_ERROR, error=error_text("archive", exc))
-                continue
-            groups[(row["height"], row["width"])].append((row, Encoded(row["header"], row["chunks"])))
-        for group in groups.values():
-            self._decode_group(group)
-        return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
-
-    def _decode_group(self, group: list[tuple[dict, Encoded]]) -> None:
-        """One codec call per size (each image its own prefix); on failure, image by image."""
-        try:
-            x = self.codec.decompress([s for _, s in group], [r["step"] for r, _ in group], **self.options)
-        except Exception as exc:
-            if len(group) > 1:
-                for item in group:
-                    self._decode_group([item])
-            else:
-                group[0][0].update(status=STATUS_ERROR, error=error_text("decode", exc))
-            return
-        for (row, _), img in zip(group, x, strict=True):
-            if img.shape[:2] != (row["height"], row["width"]):
-                row.update(
-                    status=STATUS_ERROR,
-                    error=f"decode: stream is {img.shape[1]}x{img.shape[0]} pixels, "
-                    f"its row says {row['width']}x{row['height']}",
-                )
-                continue
-            row["png"] = png_bytes(img)
+            pixels = row.pop("pixels", None)
+            if pixels is not None:
+                row[self.payload] = png_bytes(pixels) if self.payload == "png" else pixels.tobytes()
+        return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA if self.payload == "png" else PIXELS_SCHEMA)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -284,9 +317,17 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     )
 
 
-def _build_dataset(
-    archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing, spec: dict, decode_options: dict
+def decoded_dataset(
+    archive: Archive,
+    selection: pa.Table,
+    storage_options: Mapping[str, object],
+    batch_size: int,
+    sizing: ActorSizing,
+    spec: dict,
+    decode_options: dict,
+    payload: str,
 ):
+    """The lazy Ray dataset of decoded rows: read tasks fetch the chosen prefixes, decoder actors decode."""
     import ray.data
 
     ds = ray.data.from_arrow(read_units(archive, selection))
@@ -295,17 +336,24 @@ def _build_dataset(
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=READ_TASK_CPUS,
-        fn_kwargs=dict(storage_options=opts.storage_options),
+        fn_kwargs=dict(storage_options=storage_options),
     )
-    ds = model_stage(
+    return model_stage(
         ds,
         Decoder,
-        opts.batch_size,
+        batch_size,
         sizing,
         spec=spec,
         fingerprint=archive.manifest.codec["fingerprint"],
         decode_options=decode_options,
+        payload=payload,
     )
+
+
+def _build_dataset(
+    archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing, spec: dict, decode_options: dict
+):
+    ds = decoded_dataset(archive, selection, opts.storage_options, opts.batch_size, sizing, spec, decode_options, "png")
     if opts.format == "png":
         ds = ds.map_batches(
             write_pngs,

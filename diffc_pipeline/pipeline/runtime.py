@@ -66,11 +66,22 @@ def cluster_sizing(threads: int = 0, actors: int = 0) -> ActorSizing:
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Connect for the block: to ``address``'s cluster, the running one, or an embedded local one.
+    """Connect for the block (:func:`connect`); an embedded cluster this started is shut down afterwards, a
+    cluster this process did not start is left running."""
+    import ray
 
-    An embedded cluster is sized to this machine and shut down afterwards; a cluster this process did not
-    start is left running.
-    """
+    started = connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def connect(address: str | None) -> bool:
+    """Connect to ``address``'s cluster, the running one, or an embedded local one sized to this machine;
+    returns whether this call started the connection. Ray Data's own progress bars and per-dataset logs are
+    turned off (our progress reports instead)."""
     import ray
     from ray.data import DataContext
 
@@ -89,11 +100,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
+    return started
 
 
 CONNECT_TIMEOUT_S = 10.0
@@ -146,6 +153,11 @@ def start_local_ray(num_cpus: int, attempts: int = LOCAL_START_ATTEMPTS, **init_
     """
     import ray
 
+    # Token authentication, as Ray's default for a new local cluster, but asked for explicitly: Ray then does
+    # not print its "Token authentication is enabled" WARNING, which newcomers read as a failure. (Its other
+    # start-up line, core_worker's "constructor arguments in the object store", is a known false alarm of Ray
+    # Data itself, ray#57733; it stays.)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_kwargs)

@@ -1,4 +1,5 @@
-"""Find the images of a dataset on any fsspec filesystem, and read their bytes back.
+"""Find the images of a dataset on any fsspec filesystem, and read their bytes back: the one image listing of
+the tool (compress, train and the benchmarks list through :func:`list_source`).
 
 Two kinds of input: a folder or glob of image files (searched recursively), and a Parquet dataset with one
 image per row in a bytes column. Listing happens once, on the driver, and yields an :class:`pyarrow.Table`
@@ -19,8 +20,7 @@ import pyarrow.parquet as pq
 from fsspec.core import has_magic
 
 from ..errors import DiffcError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from ..images import IMAGE_EXTENSIONS
 
 
 class SourceError(DiffcError):

@@ -7,36 +7,25 @@ seed and ``s``). Decoded pixels are never materialised for the whole set.
 
 from __future__ import annotations
 
-import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
+from ..codecs.tensors import to_float
 from ..errors import DiffcError, InvalidImageError
 from ..images import decode_image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from ..pipeline.sources import list_source, read_bytes
 
 
 def load_encoded_images(url: str, image_column: str = "image", limit: int | None = None, **storage) -> list[bytes]:
-    """All encoded images under ``url`` (Parquet files or image files, searched recursively), sorted by path."""
-    fs, root = fsspec.url_to_fs(url, **storage)
-    if fs.isfile(root):
-        paths = [root]
-    else:
-        paths = sorted(p for p in fs.find(root) if p.lower().endswith((".parquet", *IMAGE_SUFFIXES)))
-    if not paths:
-        raise DiffcError(f"no Parquet or image files under {url}")
-    out: list[bytes] = []
-    for path in paths:
-        if path.lower().endswith(".parquet"):
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=[image_column])
-            out.extend(v.as_py() for v in table.column(image_column))
-        else:
-            out.append(fs.cat_file(path))
-        if limit is not None and len(out) >= limit:
-            return out[:limit]
+    """All encoded images under ``url`` (Parquet files or image files, searched recursively), in the order
+    ``diffc compress`` lists them (sorted by path, then row)."""
+    source = list_source(url, storage, image_column=image_column, limit=limit or 0)
+    out = []
+    ids = source.items.column("id").to_pylist()
+    for item, data in zip(ids, read_bytes(source.items, storage, image_column), strict=True):
+        if isinstance(data, Exception):
+            raise DiffcError(f"cannot read training image {item!r} of {url}: {data}")
+        out.append(data)
     return out
 
 
@@ -64,8 +53,7 @@ class BatchSampler:
             pos = step * self.batch_size + i
             idx = int(self._perm(pos // n)[pos % n])
             out[i] = self._crop(self._decode(idx, rng), rng)
-        x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
-        return x / 127.5 - 1.0
+        return to_float(out)
 
     def _decode(self, idx: int, rng: np.random.Generator) -> np.ndarray:
         try:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..codecs.tensors import to_float
 from ..errors import DiffcError
 from ..images import decode_image
 from ..models.base import DiffusionModel, predict_x
@@ -102,7 +103,7 @@ def batches(encoded: list[bytes], multiple: int, batch_size: int) -> Iterator[to
 
 
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_float(np.stack(images))
 
 
 def _sq_err(model: DiffusionModel, x: torch.Tensor, gamma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
