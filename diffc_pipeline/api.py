@@ -18,7 +18,7 @@ Torch and Ray are imported only by the functions that need them, so ``import dif
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import DiffcError, InvalidInputError
@@ -64,12 +64,16 @@ def compress(
     actors: int = 0,
     address: str | None = None,
     wait_lock: float = 0.0,
+    lock_timeout: float = 6 * 3600.0,
     progress: bool = False,
-) -> CompressSummary:
+    dry_run: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> CompressSummary | dict:
     """Compress the images at ``input`` (folder, glob or Parquet dataset; any fsspec URL) into the archive
     ``output``, resumably: what ``diffc compress`` does. Returns the job's summary (``images``, ``failures``,
-    ``bpp``, ...); failed images are error rows, not exceptions."""
-    from .pipeline.compress_job import CompressOptions, run_compress
+    ``bpp``, ...); failed images are error rows, not exceptions. ``dry_run``: write nothing and return the
+    plan (inputs, shards, what is done) as a dict. ``log`` receives warnings (e.g. a stale lock broken)."""
+    from .pipeline.compress_job import CompressOptions, codec_spec, prepare, run_compress
 
     opts = CompressOptions(
         input=input,
@@ -91,8 +95,11 @@ def compress(
         limit=limit,
         incremental=incremental,
         wait_lock=wait_lock,
+        lock_timeout=lock_timeout,
     )
-    return run_compress(opts, _progress("compress", progress), say=lambda _: None)
+    if dry_run:
+        return prepare(opts, codec_spec(opts).build()).describe()
+    return run_compress(opts, _progress("compress", progress), say=log or (lambda _: None))
 
 
 def decode(

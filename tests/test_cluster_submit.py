@@ -36,12 +36,25 @@ def _leaks(text: str) -> list[str]:
 
 def test_redact_args_masks_credentials_and_keeps_the_rest():
     args = [
-        "compress", "s3://user:hunter2@bucket/in/", "s3://bucket/out/",
-        "-S", "key=AKIAEXAMPLEKEY", "--storage-option", "secret=wJalrXUtnFEMI-secret",
-        "--storage-option=token=tok-123456", "-Sclient_kwargs.endpoint_url=http://127.0.0.1:9000",
-        "--api-key", "tok-123456", "--password=hunter2",
+        "compress",
+        "s3://user:hunter2@bucket/in/",
+        "s3://bucket/out/",
+        "-S",
+        "key=AKIAEXAMPLEKEY",
+        "--storage-option",
+        "secret=wJalrXUtnFEMI-secret",
+        "--storage-option=token=tok-123456",
+        "-Sclient_kwargs.endpoint_url=http://127.0.0.1:9000",
+        "--api-key",
+        "tok-123456",
+        "--password=hunter2",
         "https://h/x.png?X-Amz-Signature=sig0123abcd&size=3",
-        "--shard-size", "1000", "--sigma", "2", "--author", "me",
+        "--shard-size",
+        "1000",
+        "--sigma",
+        "2",
+        "--author",
+        "me",
     ]
     red = sub.redact_args(args)
     assert not _leaks(" ".join(red))
@@ -101,7 +114,11 @@ def test_default_tick_is_the_utc_date():
 
 def test_describe_masks_everything_secret():
     spec = _spec(
-        "compress", "s3://u:hunter2@b/in", "s3://b/out", "-S", "secret=wJalrXUtnFEMI-secret",
+        "compress",
+        "s3://u:hunter2@b/in",
+        "s3://b/out",
+        "-S",
+        "secret=wJalrXUtnFEMI-secret",
         runtime_env={"env_vars": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY"}},
     )
     submission = sub.plan(spec, "t")
@@ -190,13 +207,32 @@ def _cli(*args: str, env: dict[str, str] | None = None):
 
 
 def test_cli_dry_run_prints_the_masked_submission():
-    result = _cli("--dry-run", "--tick", "2026-11-21", "--name", "n", "--entrypoint-num-cpus", "1",
-                  "compress", "s3://u:hunter2@b/in", "s3://b/out", "-S", "key=AKIAEXAMPLEKEY")
+    result = _cli(
+        "--dry-run",
+        "--tick",
+        "2026-11-21",
+        "--name",
+        "n",
+        "--entrypoint-num-cpus",
+        "1",
+        "compress",
+        "s3://u:hunter2@b/in",
+        "s3://b/out",
+        "-S",
+        "key=AKIAEXAMPLEKEY",
+    )
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["submission_id"].startswith("diffc-n-2026-11-21-")
     assert shlex.split(shown["entrypoint"]) == [
-        "python", "-m", "diffc_pipeline", "compress", "s3://***@b/in", "s3://b/out", "-S", "key=***"
+        "python",
+        "-m",
+        "diffc_pipeline",
+        "compress",
+        "s3://***@b/in",
+        "s3://b/out",
+        "-S",
+        "key=***",
     ]
     assert shown["entrypoint_num_cpus"] == 1.0
     assert not _leaks(result.output)
@@ -205,8 +241,16 @@ def test_cli_dry_run_prints_the_masked_submission():
 def test_cli_runtime_env_file_and_forwarded_env(tmp_path):
     env_file = tmp_path / "env.json"
     env_file.write_text('{"env_vars": {"A": "1"}, "pip": ["x"]}')
-    result = _cli("--dry-run", "--runtime-env", str(env_file), "--env", "MY_SECRET",
-                  "--", "--version", env={"MY_SECRET": "hunter2"})
+    result = _cli(
+        "--dry-run",
+        "--runtime-env",
+        str(env_file),
+        "--env",
+        "MY_SECRET",
+        "--",
+        "--version",
+        env={"MY_SECRET": "hunter2"},
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["runtime_env"] == {"env_vars": {"A": "***", "MY_SECRET": "***"}, "pip": ["x"]}
     assert not _leaks(result.output)
@@ -267,8 +311,17 @@ def test_compress_job_end_to_end_and_resubmit_is_a_no_op(head, tmp_path):
     _pngs(tmp_path / "in")
     archive = tmp_path / "archive"
     # `--address auto`, as in jobs/*.yaml and infra/k8s: the driver attaches to the cluster it was submitted to
-    args = ("compress", str(tmp_path / "in"), str(archive), "--model", "gaussian", "--shard-size", "2",
-            "--address", "auto")
+    args = (
+        "compress",
+        str(tmp_path / "in"),
+        str(archive),
+        "--model",
+        "gaussian",
+        "--shard-size",
+        "2",
+        "--address",
+        "auto",
+    )
     spec = sub.JobSpec(args=args, python=sys.executable)
     submission = sub.plan(spec, tick="2026-11-21")
     client = sub.connect(head.address, TOKEN)
@@ -294,12 +347,33 @@ def test_compress_job_end_to_end_and_resubmit_is_a_no_op(head, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_cluster_python_without_the_package_is_refused_up_front(head, tmp_path):
+    """`python -S` has no site-packages: it stands for a cluster image without diffc-pipeline installed."""
+    spec = sub.JobSpec(args=("inspect", str(tmp_path)), python=f"{sys.executable} -S")
+    submission = sub.plan(spec, tick="2026-12-01")
+    client = sub.connect(head.address, TOKEN)
+    with pytest.raises(sub.SubmitError, match=r"cannot run diffc-pipeline: ModuleNotFoundError.*Nothing was submitted"):
+        sub.submit(client, submission)
+    assert submission.submission_id not in {j.submission_id for j in client.list_jobs()}  # the id stays free
+
+
+@pytest.mark.slow
 def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
     """A job whose diffc exits 2 (missing input) makes `diffc submit --wait` exit 2; a rerun of the tick
     reports the same job and code without submitting. (In-process CLI: a subprocess would add seconds of
     imports per call.)"""
-    args = ("--wait", "--tick", "t1", "--python", sys.executable,
-            "compress", str(tmp_path / "missing"), str(tmp_path / "out"), "--model", "gaussian")
+    args = (
+        "--wait",
+        "--tick",
+        "t1",
+        "--python",
+        sys.executable,
+        "compress",
+        str(tmp_path / "missing"),
+        str(tmp_path / "out"),
+        "--model",
+        "gaussian",
+    )
     env = {"RAY_API_SERVER_ADDRESS": head.address, "RAY_AUTH_TOKEN": TOKEN}
     first = _cli(*args, env=env)
     assert first.exit_code == 2, first.output[-2000:]
@@ -331,8 +405,18 @@ def test_token_authentication(head, tmp_path):
         sub.connect(head.address)
     with pytest.raises(sub.SubmitError, match="rejected the token"):
         sub.connect(head.address, "wrong-" + TOKEN)
-    result = _cli("--address", head.address, "--token-file", str(token_file), "--tick", "t",
-                  "--python", sys.executable, "--", "--version")
+    result = _cli(
+        "--address",
+        head.address,
+        "--token-file",
+        str(token_file),
+        "--tick",
+        "t",
+        "--python",
+        sys.executable,
+        "--",
+        "--version",
+    )
     assert result.exit_code == 0, result.output
     assert "submitted" in result.stderr and result.stdout.startswith("diffc-version-t-")
     assert TOKEN not in result.output

@@ -24,8 +24,9 @@ from diffc_pipeline.cli import app
 from diffc_pipeline.codecs import Encoded, cumulative_bits, resolve
 from diffc_pipeline.errors import ArchiveError, ModelMismatchError
 from diffc_pipeline.pipeline import archive as A
-from diffc_pipeline.pipeline.compress_job import KILL_AT_COMMIT_ENV, CompressOptions, prepare, run_compress
+from diffc_pipeline.pipeline.compress_job import CompressOptions, prepare, run_compress
 from diffc_pipeline.pipeline.decode_job import DecodeOptions, DecodeTargetError, run_decode
+from diffc_pipeline.pipeline.faults import KILL_AT_COMMIT_ENV
 from diffc_pipeline.pipeline.inspect_archive import inspect_archive
 from diffc_pipeline.pipeline.manifest import MANIFEST_NAME
 from diffc_pipeline.pipeline.progress import JobProgress

@@ -1,4 +1,5 @@
-"""``diffc bench ...``: measurements that are too long for tests. Other modules add commands to ``bench_app``."""
+"""``diffc bench ...``: every measurement that is too long for tests, one command each; the measuring code is
+in :mod:`diffc_pipeline.benchmarks`, the results in ``bench/*.json``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import typer
 
 from ._common import EXIT_FAILED, console, friendly_errors, parse_pairs
+from .compress import STORAGE_HELP
 
 bench_app = typer.Typer(help="Benchmarks (long measurements; results as JSON).", no_args_is_help=True)
 
@@ -82,7 +84,7 @@ def rcc(
 def speed(
     codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
     codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
-    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or PATH [default: builtin]."),
+    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or PATH (default: builtin)."),
     data: str = typer.Option("", help="Parquet/image URL of the 64x64 images (default: bundled samples)."),
     images: int = typer.Option(16, min=1, help="64x64 images to encode and decode."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
@@ -110,6 +112,80 @@ def speed(
         console.print(runs[-1])
     result = {**run_info(), "codec": built.describe(), "threads": torch.get_num_threads()}
     emit({**result, "runs": runs}, json_path)
+
+
+@bench_app.command("pipeline")
+@friendly_errors
+def pipeline(
+    data: str = typer.Option("../shared/data/tinyimagenet/val", help="fsspec URL of the images (Parquet or folder)."),
+    sizes: str = typer.Option("16,48", help="Comma-separated image counts N for the pipeline runs."),
+    codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
+    codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
+    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or a directory (default: builtin)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per codec call (both sides)."),
+    shard_size: int = typer.Option(1000, min=1, help="Images per shard."),
+    address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
+    work_dir: str = typer.Option(None, help="Where the archives go (default: a new temporary folder)."),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """Benchmark the compress pipeline against a bare in-process loop over the same codec (prints JSON)."""
+    from ..benchmarks.pipeline import bench_pipeline
+    from ..codecs import resolve
+    from ..pipeline.sources import parse_storage_options
+
+    counts = sorted({int(v) for v in sizes.split(",") if v.strip()})
+    result = bench_pipeline(
+        data,
+        counts,
+        resolve(codec, parse_pairs(codec_opt, "--codec-opt"), model),
+        batch_size=batch_size,
+        shard_size=shard_size,
+        address=address,
+        storage_options=parse_storage_options(storage_option),
+        work_dir=work_dir,
+        on_result=lambda key, value: console.print(f"{key}: {value}", highlight=False),
+    )
+    emit({**run_info(), **result}, json_path)
+
+
+@bench_app.command("gaussian-theory")
+@friendly_errors
+def gaussian_theory(
+    steps: int = typer.Option(48, min=1, help="Coding steps."),
+    chunk_bits: int = typer.Option(8, min=1, help="KL budget per chunk (bits)."),
+    candidate_log2: int = typer.Option(14, min=1, help="log2 of the candidates per chunk."),
+    target_gain: float = typer.Option(1.15, help="Target gain of the channel coder."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """DiffC on unit-variance Gaussian data with the real channel against the paper's closed forms."""
+    from ..benchmarks.diffc_channel import gaussian_theory as measure
+
+    emit({**run_info(), **measure(steps, chunk_bits, candidate_log2, target_gain)}, json_path)
+
+
+@bench_app.command("exact-tail")
+@friendly_errors
+def exact_tail(
+    tails: list[str] = typer.Argument(..., help="M@ideal or M@C:L:G[:M:W]: the last M steps through that channel."),
+    images: int = typer.Option(50, min=1, help="Tiny ImageNet val images (rows 100..)."),
+    data: str = typer.Option("../shared/data/tinyimagenet/val", help="Tiny ImageNet val (Parquet)."),
+    model: str = typer.Option("builtin", help="DiffC's model."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """Where DiffC's real channel loses fidelity: exact samples (or another channel) in the last M steps."""
+    import torch
+
+    from ..benchmarks.diffc_channel import exact_tail as measure
+    from ..benchmarks.diffc_channel import val_images
+    from ..codecs import resolve
+
+    torch.set_num_threads(1)
+    codec = resolve("diffc", {}, model).build()
+    runs = measure(codec, val_images(data, images), list(tails))
+    for run in runs:
+        console.print(run, highlight=False)
+    emit({**run_info(), "model": codec.describe()["model"], "runs": runs}, json_path)
 
 
 @bench_app.command("faults")

@@ -32,7 +32,7 @@ def compress(
     codec_opt: list[str] = typer.Option(
         [], "--codec-opt", help="Codec option KEY=VALUE (repeatable; `diffc codecs` lists each codec's)."
     ),
-    model: str = typer.Option(None, help="The codec's model: 'builtin', 'gaussian' or a directory [default: builtin]."),
+    model: str = typer.Option(None, help="The codec's model: 'builtin', 'gaussian' or a directory (default: builtin)."),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     seed: int = typer.Option(0, help="Dataset seed; each image's seed derives from it and the image id."),
     steps: int = typer.Option(None, min=1, help="DiffC's coding steps (same as --codec-opt num_steps=N)."),
@@ -59,21 +59,19 @@ def compress(
     Exit codes: 0 ok, 3 some images failed (error rows), 1 the run failed (e.g. the archive is locked),
     2 bad arguments or input.
     """
-    from ..pipeline.compress_job import CompressOptions, codec_spec, prepare, run_compress
+    from .. import api
     from ..pipeline.lock import ArchiveLockedError
-    from ..pipeline.progress import JobProgress
     from ..pipeline.sources import parse_storage_options
 
-    opts = CompressOptions(
-        input=input,
-        output=output,
+    options = {**parse_pairs(codec_opt, "--codec-opt"), **({"num_steps": str(steps)} if steps else {})}
+    kwargs = dict(
         storage_options=parse_storage_options(storage_option),
         image_column=image_column,
         id_column=id_column,
         shard_size=shard_size,
         seed=seed,
         codec=codec,
-        codec_options={**parse_pairs(codec_opt, "--codec-opt"), **({"num_steps": str(steps)} if steps else {})},
+        codec_options=options,
         model=model,
         overwrite=not resume,
         address=address,
@@ -86,15 +84,14 @@ def compress(
         wait_lock=wait_lock,
         lock_timeout=lock_timeout,
     )
-    built = codec_spec(opts).build()
     if dry_run:
-        report = prepare(opts, built).describe()
+        report = api.compress(input, output, dry_run=True, **kwargs)
         todo = report.pop("to_do")
         report["to_do"] = todo[:10] + ([f"... {len(todo) - 10} more"] if len(todo) > 10 else [])
         typer.echo(json.dumps(report, indent=1))
         return
     try:
-        summary = run_compress(opts, JobProgress("compress", console), codec=built, say=_warn)
+        summary = api.compress(input, output, progress=True, log=_warn, **kwargs)
     except ArchiveLockedError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None

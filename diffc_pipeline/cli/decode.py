@@ -17,8 +17,8 @@ def decode(
     output: str = typer.Argument(..., help="fsspec URL of the output folder."),
     bpp: float = typer.Option(
         None,
-        help="Per image, the longest prefix within this many bits per pixel (header included; for DiffC 0 "
-        "steps, a sample of the model from the image's seed, if even one step is over).",
+        help="Per image, the longest prefix within this many bits per pixel (header included); an error if it "
+        "is below some selected image's first chunk.",
     ),
     step: int = typer.Option(
         None, help="Decode the first STEP chunks of every image (DiffC: coding steps). Neither: the whole stream."
@@ -34,7 +34,7 @@ def decode(
     ),
     format: str = typer.Option("png", "--format", help="png (one file per image) or parquet (PNG bytes)."),
     model: str = typer.Option(
-        None, help="The model the archive was made with [default: the built-in model its manifest names]."
+        None, help="The model the archive was made with (default: the built-in model its manifest names)."
     ),
     storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
@@ -43,13 +43,12 @@ def decode(
     actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),
 ) -> None:
     """Decode images of an archive (a subset, at a bitrate or step) to PNG files or a Parquet dataset."""
-    from ..pipeline.decode_job import DecodeOptions, run_decode
-    from ..pipeline.progress import JobProgress
+    from .. import api
     from ..pipeline.sources import parse_storage_options
 
-    opts = DecodeOptions(
-        archive=archive,
-        output=output,
+    summary = api.decode(
+        archive,
+        output,
         bpp=bpp,
         step=step,
         ids=list(ids),
@@ -63,8 +62,8 @@ def decode(
         batch_size=batch_size,
         threads=threads,
         actors=actors,
+        progress=True,
     )
-    summary = run_decode(opts, JobProgress("decode", console))
     table = Table(title="decode summary", show_header=False)
     for key, value in dataclasses.asdict(summary).items():
         table.add_row(key.replace("_", " "), format_value(value))

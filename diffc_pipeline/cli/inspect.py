@@ -18,10 +18,10 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise an archive without decoding anything."""
-    from ..pipeline.inspect_archive import inspect_archive
+    from .. import api
     from ..pipeline.sources import parse_storage_options
 
-    info = inspect_archive(archive, parse_storage_options(storage_option))
+    info = api.inspect(archive, parse_storage_options(storage_option))
     if as_json:
         typer.echo(json.dumps(info, indent=1))
         return

@@ -154,6 +154,9 @@ def submit(
     entrypoint_num_cpus: float | None = typer.Option(None, help="CPUs reserved for the job's driver."),
     entrypoint_num_gpus: float | None = typer.Option(None, help="GPUs reserved for the job's driver."),
     validate: bool = typer.Option(True, help="Check the command against this diffc's CLI before submitting."),
+    check_python: bool = typer.Option(
+        True, help="Before a new job, run a probe job that checks the cluster's Python can import diffc-pipeline."
+    ),
 ) -> None:
     from ..cluster import submit as sub
 
@@ -167,7 +170,7 @@ def submit(
         return
     addr = sub.resolve_address(address)
     client = sub.connect(addr, sub.resolve_token(token_file))
-    details, created = sub.submit(client, submission)
+    details, created = sub.submit(client, submission, check_python=check_python)
     sid = submission.submission_id
     if created:
         console.print(f"submitted [bold]{sid}[/bold] to {sub.redact_text(addr)}", highlight=False)

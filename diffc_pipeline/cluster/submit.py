@@ -325,8 +325,51 @@ def _job_or_none(client, submission_id: str):
         raise
 
 
-def submit(client, submission: Submission) -> tuple[Any, bool]:
-    """Submit unless a job with this id exists; return ``(JobDetails, created)``.
+PROBE_TIMEOUT_S = 600.0  # a runtime env that pip-installs packages can take minutes to build
+
+
+def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Run a tiny probe job - ``PYTHON -c "import diffc_pipeline.cli"`` in the job's runtime env - and raise
+    :class:`SubmitError` saying what to install if it fails.
+
+    Without it a cluster whose Python lacks the package fails inside the real job (``ModuleNotFoundError:
+    typer``), and that failed job then holds the tick's submission id, so a rerun after the fix would find
+    it and submit nothing.
+    """
+    code = "import diffc_pipeline, diffc_pipeline.cli; print('diffc-pipeline', diffc_pipeline.__version__)"
+    probe_id = f"diffc-probe-{os.urandom(6).hex()}"
+    try:
+        client.submit_job(
+            entrypoint=shlex.join([*shlex.split(spec.python), "-c", code]),
+            submission_id=probe_id,
+            runtime_env=dict(spec.runtime_env) or None,
+            metadata={"diffc.command": "probe"},
+        )
+    except RuntimeError as exc:
+        raise SubmitError(f"the cluster refused the probe job: {redact_text(str(exc))}") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        details = client.get_job_info(probe_id)
+        if details.status.is_terminal():
+            break
+        if time.monotonic() > deadline:
+            client.stop_job(probe_id)
+            raise SubmitError(f"the probe job {probe_id} did not finish in {timeout_s:.0f} s (runtime env setup?)")
+        time.sleep(0.5)
+    if details.status.value != "SUCCEEDED":
+        logs = redact_text(client.get_job_logs(probe_id) or details.message or "")
+        last = next((line for line in reversed(logs.strip().splitlines()) if line.strip()), "no output")
+        raise SubmitError(
+            f"the cluster's Python ({spec.python!r}) cannot run diffc-pipeline: {last.strip()}. Install it on the "
+            "cluster's image (pip install diffc-pipeline, with torch first), add it to the job's runtime env "
+            "(runtime_env: {pip: [diffc-pipeline]}), or point --python at a Python that has it. Nothing was "
+            "submitted."
+        )
+
+
+def submit(client, submission: Submission, check_python: bool = True) -> tuple[Any, bool]:
+    """Submit unless a job with this id exists; return ``(JobDetails, created)``. Before a new job,
+    ``check_python`` runs :func:`check_cluster_python`.
 
     The check-then-submit race (two schedulers at once) is closed by Ray itself, which rejects a
     duplicate submission id: the loser then finds the winner's job and reports it.
@@ -334,6 +377,8 @@ def submit(client, submission: Submission) -> tuple[Any, bool]:
     existing = _job_or_none(client, submission.submission_id)
     if existing is not None:
         return existing, False
+    if check_python:
+        check_cluster_python(client, submission.spec)
     try:
         client.submit_job(
             entrypoint=submission.entrypoint,

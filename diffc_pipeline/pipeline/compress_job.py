@@ -8,8 +8,6 @@ or an error row - so a shard is complete when its planned count of rows has arri
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,6 +21,7 @@ from .. import __version__
 from ..codecs import Codec, CodecSpec, resolve
 from ..errors import ArchiveError
 from ..images import DEFAULT_MAX_PIXELS
+from . import faults
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
 from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
 from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
@@ -324,7 +323,13 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
         ),
     )
     return model_stage(
-        ds, Encoder, opts.batch_size, sizing, spec=job.spec.to_dict(), fingerprint=job.manifest.codec["fingerprint"]
+        ds,
+        Encoder,
+        opts.batch_size,
+        sizing,
+        spec=job.spec.to_dict(),
+        fingerprint=job.manifest.codec["fingerprint"],
+        fault=faults.encoder_setting(),
     )
 
 
@@ -382,17 +387,10 @@ def _batch_stats(batch: pa.Table) -> tuple[int, int, int]:
     return failures, bits, pixels
 
 
-# Fault injection for the resume tests and `diffc bench faults`: with this variable set to N, the driver
-# kills itself (SIGKILL: no cleanup, as a crashed machine) when it starts committing its N-th shard, so that
-# exactly N-1 shards are committed - a kill point that does not depend on timing. Never set in normal use.
-KILL_AT_COMMIT_ENV = "DIFFC_FAULT_KILL_AT_COMMIT"
-
-
 def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
     """Order the shard's rows as planned, check they are exactly the planned images, write and commit."""
     job.commits_started += 1
-    if os.environ.get(KILL_AT_COMMIT_ENV) == str(job.commits_started):
-        os.kill(os.getpid(), signal.SIGKILL)
+    faults.at_commit(job.commits_started)
     rows = pa.concat_tables(parts)
     planned = job.plan.items.column("id").slice(shard.start, shard.size).to_pylist()
     position = {image_id: i for i, image_id in enumerate(planned)}

@@ -153,11 +153,12 @@ def start_local_ray(num_cpus: int, attempts: int = LOCAL_START_ATTEMPTS, **init_
     """
     import ray
 
-    # Token authentication, as Ray's default for a new local cluster, but asked for explicitly: Ray then does
-    # not print its "Token authentication is enabled" WARNING, which newcomers read as a failure. (Its other
-    # start-up line, core_worker's "constructor arguments in the object store", is a known false alarm of Ray
-    # Data itself, ray#57733; it stays.)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray's default for a new local cluster is token authentication, announced with a WARNING that newcomers
+    # read as a failure; the cluster keeps the authentication, the notice stays in Ray's logs. (Setting
+    # RAY_AUTH_MODE=token here instead would not do: Ray caches the mode at import, and the driver would then
+    # talk to its own cluster without the token. core_worker's "constructor arguments in the object store"
+    # line is a known false alarm of Ray Data itself, ray#57733; it stays.)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DropTokenNotice())
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_kwargs)
@@ -172,6 +173,11 @@ def start_local_ray(num_cpus: int, attempts: int = LOCAL_START_ATTEMPTS, **init_
         "Ray's 30 s start-up limit each time (is the machine overloaded?). Try again when it is less busy, or "
         "start a cluster with `ray start --head` and pass its address with --address."
     )
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 class _DropProgressNotice(logging.Filter):

@@ -18,6 +18,7 @@ from PIL import Image
 from ..codecs import CodecSpec, cumulative_bits
 from ..errors import ModelMismatchError
 from ..images import decode_image
+from . import faults
 from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, row_checksum
 from .sources import read_bytes
 
@@ -112,10 +113,12 @@ def load_codec(spec: dict, fingerprint: str, threads: int, device: str):
 class Encoder:
     """Ray actor: builds the codec once, then compresses batches grouped by image size."""
 
-    def __init__(self, spec: dict, fingerprint: str, threads: int, device: str) -> None:
+    def __init__(self, spec: dict, fingerprint: str, threads: int, device: str, fault: str | None = None) -> None:
         self.codec = load_codec(spec, fingerprint, threads, device)
+        self.fault = fault  # a fault-injection setting from the driver (tests only; see .faults)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        faults.before_encode(self.fault)
         rows = batch.to_pylist()
         groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
         for row in rows:

@@ -1,0 +1,140 @@
+"""DiffC's channel against theory and against the ideal channel: ``diffc bench gaussian-theory``,
+``diffc bench exact-tail`` (and ``channel-rd``).
+
+These look inside DiffC (its step loop, its channel coder), so they import ``codecs.diffc`` directly; they
+are measurements of that codec, not of the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..codecs.diffc.channel import LN2, ideal_sample, rcc_encode
+from ..codecs.diffc.codec import DiffcCodec
+from ..codecs.diffc.config import CodecConfig
+from ..codecs.diffc.index_code import StepWriter
+from ..codecs.diffc.reconstruct import denoise, reconstruct
+from ..codecs.diffc.steps import step_coefficients
+from ..codecs.tensors import to_float, to_uint8
+from ..models.gaussian import GaussianModel
+
+VAL_ROWS = slice(100, None)  # the images channel-rd and exact-tail measure: Tiny ImageNet val rows 100..
+
+
+def val_images(data: str, n: int) -> np.ndarray:
+    """``n`` 64x64 images from rows 100.. of the Tiny ImageNet val set at ``data`` (as earlier figures)."""
+    from ..images import decode_image
+    from ..training.data import load_encoded_images
+
+    blobs = load_encoded_images(data, limit=VAL_ROWS.start + n)[VAL_ROWS]
+    return np.stack([decode_image(b) for b in blobs])
+
+
+def gaussian_theory(steps: int, chunk_bits: int, candidate_log2: int, gain: float, lam: float = 4.0) -> dict:
+    """Unit-variance Gaussian data (two 3x24x24 images) sent to log-SNR ``lam`` through the real channel:
+    measured distortion of DiffC-A and DiffC-F over the paper's closed forms (2 s^2 and
+    2 (1 - sqrt(1 - s^2))), the chain's KL per dimension against the exact discrete chain's, and coded bits."""
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    s2 = 1 / (1 + math.exp(lam))
+    cfg = CodecConfig(
+        num_steps=steps, logsnr_start=-5, logsnr_end=lam, chunk_bits=chunk_bits, candidate_log2=candidate_log2,
+        target_gain=gain,
+    )  # fmt: skip
+    codec = DiffcCodec(GaussianModel.unit(), cfg)
+    t = time.perf_counter()
+    streams = codec.compress_float(x, [21, 22])
+    encode_s = time.perf_counter() - t
+    d_a = float(((codec.decompress_float(streams, method="ancestral", recon_steps=100) - x) ** 2).mean())
+    d_f = float(((codec.decompress_float(streams, method="flow", recon_steps=60) - x) ** 2).mean())
+    snr = torch.tensor(cfg.logsnrs()).exp()
+    return {
+        "config": dataclasses.asdict(cfg),
+        "dA_over_theory": d_a / (2 * s2),
+        "dF_over_theory": d_f / (2 * (1 - math.sqrt(1 - s2))),
+        "kl_bits_per_dim": sum(sum(s.estimated_bits) for s in streams) / x.numel(),
+        "exact_chain_bits_per_dim": float((0.5 * (snr[1:] - snr[:-1]) / (1 + snr[:-1])).sum()) / math.log(2),
+        "continuous_bits_per_dim": 0.5 * math.log2(1 + math.exp(lam)),
+        "coded_bits_per_dim": sum(s.prefix_bits() - 8 * len(s.header) for s in streams) / x.numel(),
+        "encode_s": encode_s,
+    }
+
+
+def channel_config(base: CodecConfig, spec: str) -> CodecConfig:
+    """``C:L:G[:M:W]`` -> ``base`` with chunk bits C, 2**L candidates, target gain G (and a pool of 2**M rows of
+    width W)."""
+    c, log2n, gain, *pool = spec.split(":")
+    extra = dict(pool_rows_log2=int(pool[0]), pool_width=int(pool[1])) if pool else {}
+    return dataclasses.replace(base, chunk_bits=int(c), candidate_log2=int(log2n), target_gain=float(gain), **extra)
+
+
+def exact_tail(codec: DiffcCodec, images: np.ndarray, specs: list[str]) -> list[dict]:
+    """Where the real channel loses fidelity: code the last M steps with another channel (``M@ideal``: exact
+    samples with their KL charged; ``M@C:L:G[:M:W]``: another channel setting) and report DiffC-F PSNR after
+    the last step and the rate. ``0@ideal`` is the default real channel throughout.
+
+    A stream whose steps use different channels has no format, so this drives the step loop itself.
+    """
+    from ..evaluation.metrics import psnr
+
+    x = to_float(images)
+    n = len(images)
+    lam = torch.from_numpy(codec.config.logsnrs())  # float64, as the codec's own step loop
+    out = []
+    for spec in specs:
+        m, channel = spec.split("@")
+        tail = None if channel == "ideal" else channel_config(codec.config, channel)
+        t0 = time.perf_counter()
+        z, bits = _run_with_tail(codec, x, int(m), tail, lam)
+        xr = to_uint8(
+            reconstruct(codec.model, z, lam[-1].expand(n), "flow", codec.config.flow_steps,
+                        list(range(n)), codec.logsnr_final)
+        )  # fmt: skip
+        out.append(
+            {
+                "tail": spec,
+                "psnr_flow": float(np.mean([psnr(im, xr[i]) for i, im in enumerate(images)])),
+                "bpp": bits / n / (images.shape[1] * images.shape[2]),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    return out
+
+
+def _run_with_tail(
+    codec: DiffcCodec, x: torch.Tensor, m: int, tail: CodecConfig | None, lam: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Final latents and total bits over the batch, the last ``m`` steps through ``tail`` (None: ideal)."""
+    n, steps = x.shape[0], codec.num_steps
+    z = torch.from_numpy(np.stack([_start(i, x.shape[1:]) for i in range(n)]))
+    writers, previous, bits = [StepWriter() for _ in range(n)], [0] * n, 0.0
+    for k in range(1, steps + 1):
+        in_tail = k > steps - m
+        lam_t, lam_s = lam[k - 1].expand(n), lam[k].expand(n)
+        x_hat = denoise(codec.model, z, lam_t)
+        c = step_coefficients(lam_t, lam_s)
+        d = (c.c_x * (x - x_hat) / c.std).numpy()
+        u = np.empty_like(d)
+        for i in range(n):
+            if in_tail and tail is None:
+                u[i] = ideal_sample(d[i], i, k).reshape(d[i].shape)
+                bits += 0.5 * float((d[i].astype(np.float64) ** 2).sum()) / LN2
+                continue
+            cfg = tail if in_tail else codec.config
+            count, indices, sample = rcc_encode(d[i], i, k, cfg)
+            writers[i].write_count(count, previous[i])
+            previous[i] = count
+            writers[i].write_indices(indices, cfg.chunk_bits, cfg.candidate_log2, cfg.target_gain)
+            u[i] = sample.reshape(d[i].shape)
+        z = c.c_z * z + c.c_x * x_hat + c.std * torch.from_numpy(u)
+    return z, bits + sum(w.bit_length() for w in writers)
+
+
+def _start(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    from ..codecs.diffc import prng
+
+    return prng.normals(seed, 0, prng.START, tuple(shape))
