@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image, ImageFilter
+from rich.console import Console
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
+from diffc_pipeline.codecs import resolve
+from diffc_pipeline.errors import DiffcError
 from diffc_pipeline.evaluation.bdrate import bd_rate, pareto_front
-from diffc_pipeline.evaluation.classical import CODECS, encode_decode, lowest_rate
+from diffc_pipeline.evaluation.classical import GRIDS, Anchor
 from diffc_pipeline.evaluation.data import ImageSource, choose_subset, load_eval_images
 from diffc_pipeline.evaluation.metrics import (
     DETAIL_RATIO_MAX,
@@ -135,34 +139,40 @@ def test_ms_ssim_matches_pytorch_msssim_where_it_applies():
         ms_ssim_scales(10, 40)
 
 
-# --- classical codecs ---
+def test_metrics_take_read_only_images_without_a_warning():
+    """Decoded files are often read-only buffers: the metrics copy them instead of wrapping them in torch."""
+    a, b = natural_image(0), natural_image(1)
+    a.setflags(write=False)
+    b.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert 0 < ms_ssim(a, b) < 1 and psnr(a, b) < PSNR_LOSSLESS_DB
 
 
-@pytest.mark.parametrize("name", list(CODECS))
-def test_classical_bpp_is_the_file_size(name, tmp_path):
-    img = natural_image(0)
-    spec = CODECS[name]
-    point = encode_decode(img, spec, 40)
-    path = tmp_path / f"x.{name}"
-    Image.fromarray(img).save(path, spec.pillow_format, quality=40, **spec.options)
-    assert len(point.data) == path.stat().st_size
-    assert point.bpp(32 * 32) == len(point.data) * 8 / (32 * 32)
-    assert point.reconstruction.shape == img.shape and point.reconstruction.dtype == np.uint8
-    assert 15 < psnr(img, point.reconstruction) < PSNR_LOSSLESS_DB
+# --- classical anchors ---
+
+ANCHORS = ("jpeg", "webp", "avif")
 
 
 @pytest.mark.parametrize("name", ["webp", "avif"])
 def test_lowest_rate_is_the_smallest_file_at_any_quality(name):
     img = natural_image(1)
-    spec = CODECS[name]
     sizes = {}
     for q in range(0, 101):
         buf = io.BytesIO()
-        Image.fromarray(img).save(buf, spec.pillow_format, quality=q, **spec.options)
+        Image.fromarray(img).save(buf, name.upper(), quality=q, **({"method": 6} if name == "webp" else {}))
         sizes[q] = buf.tell()
-    size, quality = lowest_rate(img, spec)
+    size, quality = Anchor.build(name).lowest_rate(img)
     assert size == min(sizes.values())
     assert sizes[quality] == size
+
+
+def test_anchors_use_the_registry_scale_and_refuse_unknown_names():
+    jpeg = Anchor.build("jpeg")
+    assert jpeg.qualities == GRIDS["jpeg"] and 0 not in jpeg.codecs  # JPEG's scale starts at 1
+    assert jpeg.describe()["codec"]["name"] == "jpeg"
+    with pytest.raises(DiffcError, match="unknown anchor 'png'"):
+        Anchor.build("png")
 
 
 # --- image selection ---
@@ -203,27 +213,34 @@ def write_images(folder: Path, count: int, size: int = 32) -> None:
         Image.fromarray(natural_image(i, size)).save(folder / f"im{i}.png")
 
 
+def file_bytes(name: str, quality: int, pixels: np.ndarray) -> int:
+    """Size of the file the registry codec writes: what an anchor's rate must be."""
+    return len(resolve(name, {"quality": quality}).build().compress(pixels[None], [0])[0].chunks[0])
+
+
 def test_eval_classical_only_writes_all_outputs(tmp_path):
     write_images(tmp_path / "imgs", 3)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "imgs"), "--out", str(out), "--channels", "none"])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
-    expected = 3 * sum(len(c.qualities) for c in CODECS.values())
+    expected = 3 * sum(len(GRIDS[n]) for n in ANCHORS)
     assert len(doc["records"]) == expected
-    assert {r["image"] for r in doc["records"]} == {"im0", "im1", "im2"}
+    assert {r["image"] for r in doc["records"]} == {"im0.png", "im1.png", "im2.png"}  # ids keep the suffix
     for r in doc["records"]:
         assert r["bpp"] == pytest.approx(8 * r["bytes"] / (32 * 32))
         assert 0 < r["ms_ssim"] <= 1 and r["psnr"] > 10 and r["ms_ssim_scales"] == 2 and 0 < r["detail"] < 5
+    for r in doc["records"][:: len(doc["records"]) // 5]:  # the rate is the registry codec's whole file
+        assert r["bytes"] == file_bytes(r["variant"], r["quality"], natural_image(int(r["image"][2]), 32))
     assert len(doc["lowest_rate_per_image"]) == 9
     for name, summary in doc["lowest_rate"].items():
         per_image = [r["bpp"] for r in doc["lowest_rate_per_image"] if r["variant"] == name]
         swept = [r["bpp"] for r in doc["records"] if r["variant"] == name]
         assert summary["mean_lowest_bpp"] == pytest.approx(np.mean(per_image))
         assert min(per_image) <= min(swept)
-    assert set(doc["curves"]) == set(CODECS)
-    assert len(doc["curves"]["jpeg"]) == len(CODECS["jpeg"].qualities)
-    assert doc["params"]["channels"] == "none" and doc["params"]["out"] == str(out) and doc["command"]
+    assert set(doc["curves"]) == set(ANCHORS) == set(doc["anchors"])
+    assert len(doc["curves"]["jpeg"]) == len(GRIDS["jpeg"]) and doc["anchors"]["jpeg"]["qualities"] == [*GRIDS["jpeg"]]
+    assert doc["params"]["channels"] == [] and doc["params"]["out"] == str(out) and doc["command"]
     assert doc["date"] and doc["machine"]["cpus"] >= 1
     assert "| jpeg | quality 1 |" in (out / "summary.md").read_text()
     detail = [p["detail"] for p in doc["curves"]["jpeg"]]  # low qualities blur
@@ -236,40 +253,127 @@ def test_eval_classical_only_writes_all_outputs(tmp_path):
     for src in shown:
         assert (out / src).is_file()
     assert "Rate-distortion curves" in result.output and "webp" in result.output
+    # not a terminal: a plain progress line when each part starts and ends (and every 30 s between)
+    assert "anchors: 0/9 (image x anchor), 0 s started" in result.output
+    assert "anchors: 9/9 (image x anchor)" in result.output
+
+
+def test_eval_a_registry_codec_at_a_grid_of_options(tmp_path):
+    """The generic path, with WebP standing in for a learned codec: one curve point per grid value, the rate
+    from the real stream, BD-rates against the anchors, a row on the side-by-side page."""
+    write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "out"
+    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--channels", "none", "--anchors", "jpeg"]
+    result = CliRunner().invoke(app, [*args, "--codec", "webp", "--codec-grid", "quality=20,60"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    grid = [r for r in doc["records"] if r["family"] == "codec"]
+    assert len(grid) == 2 * 2 and {r["variant"] for r in grid} == {"webp"}
+    for r in grid:
+        q = r["options"]["quality"]
+        assert r["setting"] == f"quality={q}" and r["chunks"] == r["num_chunks"] == 1
+        assert (
+            r["bytes"] == file_bytes("webp", q, natural_image(int(r["image"][2]), 32)) and r["bits"] == 8 * r["bytes"]
+        )
+        assert r["bpp"] == pytest.approx(r["bits"] / (32 * 32)) and r["estimated_bits"] is None
+    assert [p["setting"] for p in doc["curves"]["webp"]] == ["quality=20", "quality=60"]
+    assert [p["images"] for p in doc["curves"]["webp"]] == [2, 2]
+    assert [pt["label"] for pt in doc["codec"]["points"]] == ["quality=20", "quality=60"]
+    pairs = {(b["test"], b["anchor"], b["metric"]) for b in doc["bd_rates"]}
+    assert ("webp", "jpeg", "psnr") in pairs and ("jpeg", "webp", "psnr") not in pairs
+    assert "| webp | options quality=20 |" in (out / "summary.md").read_text()
+    assert "<th>webp</th>" in (out / "index.html").read_text()
+
+    def refused(*extra: str) -> str:
+        r = CliRunner().invoke(app, [*args, *extra])
+        assert r.exit_code == 2, r.output
+        return " ".join(r.output.split())
+
+    assert "valid options: quality" in refused("--codec", "webp", "--codec-grid", "rate=1,2")
+    assert "valid decode options: none" in refused("--codec", "webp", "--decode-opt", "method=mean")
+    assert "also an anchor" in refused("--codec", "jpeg")
+    assert "need --codec" in refused("--codec-grid", "quality=5")
+
+
+def test_eval_a_progressive_codec_decodes_every_prefix_and_reports_its_estimate(tmp_path):
+    """DiffC (gaussian model) through the generic path: a progressive codec with its own rate estimate. Its
+    whole streams are the ones eval's DiffC sweep writes for the same images and seed."""
+    write_images(tmp_path / "imgs", 2, size=16)
+    out = tmp_path / "out"
+    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--anchors", "none", "--seed", "3"]
+    args += ["--codec", "diffc", "--codec-model", "gaussian", "--codec-grid", "num_steps=3"]
+    args += ["--decode-opt", "method=denoise", "--model", "gaussian", "--codec-opt", "num_steps=3"]
+    result = CliRunner().invoke(app, [*args, "--channels", "rcc", "--methods", "denoise", "--steps", "all"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    full = [r for r in doc["records"] if r["variant"] == "diffc-denoise"]
+    prefixes = [r for r in doc["records"] if r["variant"] == "diffc-denoise@num_steps=3"]
+    assert len(full) == 2 and len(prefixes) == 2 * 3
+    assert {r["family"] for r in prefixes} == {"codec-prefix"} and sorted({r["setting"] for r in prefixes}) == [1, 2, 3]
+    for r in prefixes:
+        assert r["num_chunks"] == 3 and r["decode_options"] == {"method": "denoise", "recon_steps": 0}
+        assert r["estimated_bits"] > 0 and r["bpp"] == pytest.approx(r["bits"] / 256)
+    sweep = {(r["image"], r["steps"]): r for r in doc["records"] if r["variant"] == "diffc-rcc-denoise"}
+    for r in prefixes:  # the whole header plus k chunks (eval's DiffC rows charge 4 bytes of the header)
+        same = sweep[(r["image"], r["setting"])]
+        assert r["stream_header_bytes"] == 26 and r["bits"] == 8 * (26 + same["bytes"] - same["header_bytes"])
+        assert r["estimated_bits"] == pytest.approx(same["kl_bits"])
+    (point,) = doc["curves"]["diffc-denoise"]
+    assert point["payload_over_estimate"] == pytest.approx(
+        (point["bpp"] - point["stream_header_bpp"]) / point["estimated_bpp"]
+    )
+    assert {r["image"]: r["stream_sha256"] for r in full} == {im: r["stream_sha256"] for (im, _), r in sweep.items()}
+    assert ("diffc-denoise", "diffc-rcc-flow") not in {(b["test"], b["anchor"]) for b in doc["bd_rates"]}  # no flow
+
+
+def test_eval_progress_prints_a_line_whenever_the_interval_has_passed(tmp_path):
+    from diffc_pipeline.evaluation.progress import EvalProgress
+    from diffc_pipeline.evaluation.run import EvalOptions, run_eval
+
+    write_images(tmp_path / "imgs", 2, size=16)
+    log = io.StringIO()
+    opts = EvalOptions(str(tmp_path / "imgs"), tmp_path / "out", anchors=("jpeg",), channels=())
+    result = run_eval(opts, EvalProgress(Console(file=log, width=200), every_s=0.0))
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("anchors:")]
+    assert [line.split(" (")[0] for line in lines] == [f"anchors: {i}/2" for i in (0, 1, 2, 2)]
+    assert lines[0].endswith("started") and lines[-1].endswith("done")
+    assert result.records == 2 * len(GRIDS["jpeg"]) and (tmp_path / "out" / "results.json").is_file()
 
 
 def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
-    from diffc_pipeline.codec import CodecConfig, DiffcCodec
-    from diffc_pipeline.evaluation.runner import PER_IMAGE_BYTES, image_seed
-    from diffc_pipeline.models import load_model
+    from diffc_pipeline.evaluation.runner import PER_IMAGE_BYTES
+    from diffc_pipeline.seeds import image_seed
 
     write_images(tmp_path / "imgs", 3, size=16)
     out = tmp_path / "out"
-    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--model", "gaussian", "--codecs", "jpeg"]
-    result = CliRunner().invoke(app, [*args, "--steps", "1,4,16", "--seed", "7", "--diffc-limit", "2"])
+    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--model", "gaussian", "--anchors", "jpeg"]
+    args += ["--codec-opt", "num_steps=8", "--codec-opt", "flow_steps=4", "--codec-opt", "ancestral_steps=4"]
+    result = CliRunner().invoke(app, [*args, "--steps", "1,4,8", "--seed", "7", "--diffc-limit", "2"])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     diffc = [r for r in doc["records"] if r["family"] == "diffc"]
     on = doc["diffc"]["images"]
-    assert on == choose_subset(["im0", "im1", "im2"], 2) and {r["image"] for r in diffc} == set(on)
+    assert on == choose_subset(["im0.png", "im1.png", "im2.png"], 2) and {r["image"] for r in diffc} == set(on)
     assert len(diffc) == 2 * 2 * 3 * 3  # images x channels x methods x prefixes
-    assert doc["diffc"]["prefixes"] == [1, 4, 16] and doc["diffc"]["model"]["name"] == "gaussian-rgb"
+    assert doc["diffc"]["prefixes"] == [1, 4, 8] and doc["diffc"]["model"]["name"] == "gaussian-rgb"
+    assert doc["diffc"]["spec"]["options"] == {"num_steps": 8, "flow_steps": 4, "ancestral_steps": 4}
+    assert doc["diffc"]["methods"] == ["flow", "ancestral", "denoise"]  # 'all': the codec's own method names
     # BD-rates and curves compare all codecs on the DiffC images; the full classical curve is kept apart
     assert doc["curves"]["jpeg"][0]["images"] == 2 and doc["curves_all_images"]["jpeg"][0]["images"] == 3
 
-    # the rcc rate is the real stream: the first k chunks of what compress() writes plus the per-image shape;
-    # the standalone header is reported apart
-    codec = DiffcCodec(load_model("gaussian"), CodecConfig(), channel="rcc")
+    # the rcc rate is the real stream: the first k chunks of what the registry's codec writes plus the
+    # per-image shape; the standalone header is reported apart
+    codec = resolve("diffc", {"num_steps": 8}, "gaussian").build()
     first = on[0]
-    pixels = np.array(Image.open(tmp_path / "imgs" / f"{first}.png"))
-    stream = codec.compress(torch.from_numpy(pixels).permute(2, 0, 1)[None], [image_seed(first, 7)])[0]
-    for k in (1, 4, 16):
+    pixels = np.array(Image.open(tmp_path / "imgs" / first))
+    stream = codec.compress(pixels[None], [image_seed(7, first)])[0]
+    for k in (1, 4, 8):
         rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == first and r["steps"] == k)
         real = PER_IMAGE_BYTES + sum(len(c) for c in stream.chunks[:k])
         assert rec["bytes"] == real and rec["header_bytes"] == 4 == PER_IMAGE_BYTES
         assert rec["stream_header_bytes"] == len(stream.header) == 26
         assert rec["bpp"] == pytest.approx(8 * real / 256)
-        assert rec["kl_bits"] == pytest.approx(sum(stream.step_kl_bits[:k]))
+        assert rec["kl_bits"] == pytest.approx(sum(stream.estimated_bits[:k]))
     # the ideal rate is the KL of the prefix, no bytes
     ideal = sorted(
         (r for r in diffc if r["variant"] == "diffc-ideal-denoise" and r["image"] == on[1]), key=lambda r: r["steps"]
@@ -285,21 +389,34 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     assert "diffc-rcc-flow" in (out / "index.html").read_text()
 
 
-def test_eval_on_ray_workers_gives_the_in_process_records(ray_cluster, tmp_path):
+def test_eval_and_compress_write_the_same_stream_for_the_same_image_and_seed(ray_cluster, tmp_path):
+    import pyarrow.dataset as ds
+
+    from diffc_pipeline.pipeline.archive import chunk_column, row_checksum
+    from diffc_pipeline.pipeline.compress_job import CompressOptions, run_compress
+    from diffc_pipeline.pipeline.progress import JobProgress
+
     write_images(tmp_path / "imgs", 2, size=16)
-    args = ["eval", str(tmp_path / "imgs"), "--model", "gaussian", "--codecs", "none", "--channels", "rcc"]
-    args += ["--methods", "denoise,ancestral", "--steps", "1,3", "--batch-size", "1", "--codec", "ancestral_steps=3"]
-    here = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "here")])
-    assert here.exit_code == 0, here.output
-    on_ray = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ray"), "--workers", "2", "--threads", "1"])
-    assert on_ray.exit_code == 0, on_ray.output
+    archive = tmp_path / "archive"
+    codec = {"num_steps": "3"}
+    opts = CompressOptions(
+        str(tmp_path / "imgs"), str(archive), seed=5, model="gaussian", codec_options=codec, actors=1
+    )
+    summary = run_compress(opts, JobProgress("compress", enabled=False))
+    assert summary.images == 2 and summary.failures == 0
+    args = ["eval", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--model", "gaussian", "--seed", "5"]
+    args += ["--codec-opt", "num_steps=3", "--anchors", "none", "--channels", "rcc", "--methods", "denoise"]
+    result = CliRunner().invoke(app, [*args, "--steps", "1,2,3"])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
 
-    def records(name: str) -> list[dict]:
-        doc = json.loads((tmp_path / name / "results.json").read_text())
-        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in doc["records"]]
-
-    assert records("ray") == records("here") and len(records("here")) == 2 * 2 * 2  # images x prefixes x methods
-    # the workers reconstruct with the --codec settings, not the defaults
-    doc = json.loads((tmp_path / "ray" / "results.json").read_text())
-    assert doc["diffc"]["codec_config"]["ancestral_steps"] == 3
-    assert "diffc-rcc-denoise" in (tmp_path / "ray" / "index.html").read_text()
+    files = [str(p) for p in archive.rglob("*.parquet")]
+    rows = ds.dataset(files, format="parquet").to_table().to_pylist()
+    assert sorted(r["id"] for r in rows) == ["im0.png", "im1.png"]
+    for row in rows:
+        chunks = [row[chunk_column(k)] for k in (1, 2, 3)]
+        mine = sorted((r for r in records if r["image"] == row["id"]), key=lambda r: r["steps"])
+        assert [r["steps"] for r in mine] == [1, 2, 3]
+        assert mine[0]["stream_sha256"] == row_checksum(row["header"], chunks) == row["checksum"]
+        assert mine[0]["stream_header_bytes"] == len(row["header"])
+        assert [r["bytes"] - r["header_bytes"] for r in mine] == [sum(map(len, chunks[:k])) for k in (1, 2, 3)]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_eval import write_images
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
-from diffc_pipeline.evaluation.perceptual import GaussianFit, frechet_distance
+from diffc_pipeline.evaluation.perceptual import GaussianFit, PerceptualMetrics, PerceptualSpec, frechet_distance
 
 
 def test_frechet_distance_matches_the_closed_form_for_gaussians() -> None:
@@ -87,9 +89,9 @@ def networks(tmp_path_factory) -> tuple[str, str]:
 
 def test_eval_reports_lpips_and_fid_per_setting(networks: tuple[str, str], tmp_path: Path) -> None:
     lpips, features = networks
-    write_images(tmp_path / "imgs", 6)
+    write_images(tmp_path / "imgs", 4)
     out = tmp_path / "out"
-    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--channels", "none", "--codecs", "jpeg"]
+    args = ["eval", str(tmp_path / "imgs"), "--out", str(out), "--channels", "none", "--anchors", "jpeg"]
     result = CliRunner().invoke(app, [*args, "--lpips", lpips, "--fid-features", features])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
@@ -101,18 +103,39 @@ def test_eval_reports_lpips_and_fid_per_setting(networks: tuple[str, str], tmp_p
     assert (out / "rd_lpips.png").is_file() and (out / "rd_fid.png").is_file()
 
 
-def test_eval_lpips_on_ray_workers_matches_in_process(networks: tuple[str, str], ray_cluster, tmp_path: Path) -> None:
+def test_read_only_images_are_measured_without_a_warning(networks: tuple[str, str]) -> None:
+    """``np.asarray`` of a Pillow image (``--downsample``) is read-only: the metrics copy instead of wrapping."""
+    a = np.asarray(Image.new("RGB", (16, 16), (10, 200, 30)))
+    b = np.asarray(Image.new("RGB", (16, 16), (12, 190, 40)))
+    assert not a.flags.writeable
+    metrics = PerceptualMetrics(PerceptualSpec(*networks))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fields = metrics.record_fields(a, b)
+    assert fields["lpips"] > 0 and fields["features"].shape == (16,)
+
+
+def test_eval_on_ray_workers_gives_the_in_process_records(
+    networks: tuple[str, str], ray_cluster, tmp_path: Path
+) -> None:
+    """The actors build DiffC from the registry spec (--codec-opt included) and load the LPIPS network."""
     write_images(tmp_path / "imgs", 2, size=16)
-    args = ["eval", str(tmp_path / "imgs"), "--model", "gaussian", "--codecs", "none", "--channels", "rcc"]
-    args += ["--methods", "denoise", "--steps", "2,4", "--batch-size", "1", "--lpips", networks[0]]
+    args = ["eval", str(tmp_path / "imgs"), "--model", "gaussian", "--anchors", "none", "--channels", "rcc"]
+    args += ["--methods", "denoise,ancestral", "--steps", "1,3", "--batch-size", "1", "--lpips", networks[0]]
+    args += ["--codec-opt", "ancestral_steps=3", "--codec-opt", "num_steps=3"]
     here = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "here")])
     on_ray = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ray"), "--workers", "2", "--threads", "1"])
     assert here.exit_code == 0 and on_ray.exit_code == 0, here.output + on_ray.output
 
-    def lpips_values(name: str) -> list[float]:
-        return [r["lpips"] for r in json.loads((tmp_path / name / "results.json").read_text())["records"]]
+    def records(name: str) -> list[dict]:
+        doc = json.loads((tmp_path / name / "results.json").read_text())
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in doc["records"]]
 
-    assert lpips_values("ray") == lpips_values("here") and len(lpips_values("here")) == 4
+    assert records("ray") == records("here") and len(records("here")) == 2 * 2 * 2  # images x prefixes x methods
+    assert all(r["lpips"] >= 0 for r in records("ray"))
+    doc = json.loads((tmp_path / "ray" / "results.json").read_text())
+    assert doc["diffc"]["codec"]["options"]["ancestral_steps"] == 3
+    assert "diffc-rcc-denoise" in (tmp_path / "ray" / "index.html").read_text()
 
 
 def test_bad_metric_files_are_refused_before_any_work(networks: tuple[str, str], tmp_path: Path) -> None:

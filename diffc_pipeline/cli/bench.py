@@ -149,6 +149,22 @@ def pipeline(
     emit({**run_info(), **result}, json_path)
 
 
+@bench_app.command("read-archive")
+@friendly_errors
+def read_archive(
+    data: str = typer.Option("../shared/data/tinyimagenet/val", help="fsspec URL of the images."),
+    images: int = typer.Option(10000, min=1, help="Images to compress and read back."),
+    codec: str = typer.Option("webp", "--codec", help="A classical codec (one fast chunk per image)."),
+    quality: int = typer.Option(50, help="Its quality."),
+    work_dir: str = typer.Option(None, help="Where the archive goes (default: a new temporary folder)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """`read_archive` (Ray Data) against `diffc decode --format parquet` on the same rows: images/s, peak RSS."""
+    from ..benchmarks.read_archive import bench_read_archive
+
+    emit({**run_info(), **bench_read_archive(data, images, codec, quality, work_dir)}, json_path)
+
+
 @bench_app.command("gaussian-theory")
 @friendly_errors
 def gaussian_theory(

@@ -40,9 +40,7 @@ def demo(
         ),
         JobProgress("compress", console),
     )
-    console.print(
-        f"{summary.images} images, {summary.failures} failed, {summary.bpp:.3f} bpp, {summary.wall_s:.1f} s"
-    )
+    console.print(f"{summary.images} images, {summary.failures} failed, {summary.bpp:.3f} bpp, {summary.wall_s:.1f} s")
     k = CodecConfig().num_steps
     prefixes = [int(s) for s in steps.split(",")] if steps else [max(1, k // 4), k]
     rows = pq.read_table(str(archive / "shards"), columns=["id", "status", "height", "width", "cum_bits"])

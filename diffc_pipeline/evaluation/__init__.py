@@ -1,6 +1,9 @@
-"""``diffc eval``: rate-distortion of DiffC (real and ideal channel) against classical codecs.
+"""``diffc eval``: rate-distortion of any registry codec - DiffC (real and ideal channel), another codec at a
+grid of options (``--codec``), classical anchors - on one image set.
 
-Modules: :mod:`.data` (which images, deterministically), :mod:`.metrics` (PSNR, MS-SSIM), :mod:`.classical`
-(JPEG/WebP/AVIF through Pillow), :mod:`.diffc_points` (DiffC prefixes), :mod:`.bdrate` (Bjontegaard delta
-rate), :mod:`.runner` (the loop) and :mod:`.report` (JSON, plots, HTML, table).
+Modules: :mod:`.run` (``run_eval(EvalOptions)``, the orchestration), :mod:`.data` (which images,
+deterministically), :mod:`.metrics` (PSNR, MS-SSIM, detail ratio), :mod:`.perceptual` (LPIPS, FID from user
+networks), :mod:`.classical` (the anchors' quality grids and lowest-rate search), :mod:`.runner` (the anchor
+and DiffC loops), :mod:`.grid` (the loop of any other codec), :mod:`.on_ray` (DiffC on Ray actors),
+:mod:`.bdrate` (Bjontegaard delta rate), :mod:`.progress` and :mod:`.report` (JSON, plots, HTML, tables).
 """

@@ -1,47 +1,27 @@
-"""Classical codecs through Pillow: JPEG, WebP, AVIF at a sweep of quality settings.
+"""The classical anchors of an evaluation: which qualities of the registry's JPEG/WebP/AVIF/JXL codecs are swept,
+and each image's lowest reachable rate.
 
-Rates are measured on the complete files Pillow writes (headers, container and all), because that is what a
-user would store; on 64x64 images the headers alone are a large share of the bits, which is exactly why
-these codecs cannot go below a few tenths of a bit per pixel there.
+The codecs themselves live in :mod:`diffc_pipeline.codecs.classical` (one chunk = the complete file Pillow
+writes, so the rate counts headers and container as a user would store them); this module only chooses
+settings. On 64x64 images the headers alone are a large share of the bits, which is exactly why these codecs
+cannot go below a few tenths of a bit per pixel there - hence the lowest-rate search.
 """
 
 from __future__ import annotations
 
-import io
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, features
 
-from ..errors import DiffcError
-from ..images import decode_image
+from ..codecs import Codec, resolve
+from ..errors import DiffcError, InvalidInputError
 
-
-@dataclass(frozen=True)
-class ClassicalCodec:
-    """One Pillow format with the quality grid we sweep and the fixed encoder options we use."""
-
-    name: str
-    pillow_format: str
-    qualities: tuple[int, ...]
-    options: dict = field(default_factory=dict)
-    min_quality: int = 0
-
-
-# Denser at low quality, where the curves bend and where DiffC competes. Encoder options are the ones a
-# careful user would pick for size: optimised Huffman tables for JPEG (default 4:2:0 chroma), WebP's slowest
-# and best method.
-CODECS: dict[str, ClassicalCodec] = {
-    "jpeg": ClassicalCodec(
-        "jpeg",
-        "JPEG",
-        (1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95),
-        {"optimize": True},
-        1,
-    ),
-    "webp": ClassicalCodec("webp", "WEBP", (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100), {"method": 6}),
-    "avif": ClassicalCodec("avif", "AVIF", (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)),
+# Denser at low quality, where the curves bend and where DiffC competes.
+GRIDS: dict[str, tuple[int, ...]] = {
+    "jpeg": (1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95),
+    "webp": (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100),
+    "avif": (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100),
+    "jxl": (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100),
 }
 
 # The lowest file size is reached somewhere in the low-quality range but not always at the lowest setting
@@ -50,56 +30,37 @@ LOWEST_RATE_SEARCH_MAX_QUALITY = 50
 
 
 @dataclass(frozen=True)
-class ClassicalPoint:
-    """One encode/decode of one image at one quality."""
+class Anchor:
+    """One registry codec at every quality the sweep or the lowest-rate search uses, built once per run."""
 
-    data: bytes
-    reconstruction: np.ndarray
-    encode_s: float
-    decode_s: float
+    name: str
+    qualities: tuple[int, ...]  # the swept grid
+    codecs: dict[int, Codec]  # quality -> codec: the grid plus every quality the lowest-rate search tries
 
-    def bpp(self, pixels: int) -> float:
-        return 8.0 * len(self.data) / pixels
+    @classmethod
+    def build(cls, name: str) -> Anchor:
+        """The anchor ``name``; an unknown one, or one this Pillow cannot write, fails here (before any work)."""
+        if name not in GRIDS:
+            raise DiffcError(f"unknown anchor {name!r}; choose from {', '.join(GRIDS)} (or 'none')")
+        codecs: dict[int, Codec] = {}
+        for q in sorted(set(range(LOWEST_RATE_SEARCH_MAX_QUALITY + 1)) | set(GRIDS[name])):
+            try:
+                spec = resolve(name, {"quality": q})
+            except InvalidInputError:  # below the codec's scale (JPEG starts at 1)
+                continue
+            codecs[q] = spec.build()
+        return cls(name, tuple(q for q in GRIDS[name] if q in codecs), codecs)
 
+    def describe(self) -> dict:
+        """What results.json records: the grid and the codec's own description (encoder settings)."""
+        return {"qualities": list(self.qualities), "codec": self.codecs[self.qualities[0]].describe()}
 
-def codec(name: str) -> ClassicalCodec:
-    """The codec called ``name``, or a :class:`DiffcError` if it is unknown or this Pillow cannot write it."""
-    if name not in CODECS:
-        raise DiffcError(f"unknown classical codec {name!r}; choose from {', '.join(CODECS)}")
-    if name == "avif" and not features.check("avif"):
-        raise DiffcError("this Pillow has no AVIF support (Pillow >= 11.3 or the pillow-avif-plugin package adds it)")
-    if name == "webp" and not features.check("webp"):
-        raise DiffcError("this Pillow has no WebP support")
-    return CODECS[name]
+    def lowest_rate(self, image: np.ndarray) -> tuple[int, int]:
+        """``(bytes, quality)`` of the smallest file the codec writes for ``image`` (H, W, 3) at any quality.
 
-
-def encode_decode(image: np.ndarray, spec: ClassicalCodec, quality: int) -> ClassicalPoint:
-    """Encode ``image`` (H, W, 3 uint8) at ``quality`` and decode it again with the shared decoder."""
-    pil = Image.fromarray(image)
-    buf = io.BytesIO()
-    t0 = time.perf_counter()
-    pil.save(buf, spec.pillow_format, quality=quality, **spec.options)
-    t1 = time.perf_counter()
-    data = buf.getvalue()
-    reconstruction = decode_image(data)
-    t2 = time.perf_counter()
-    return ClassicalPoint(data, reconstruction, t1 - t0, t2 - t1)
-
-
-def lowest_rate(image: np.ndarray, spec: ClassicalCodec) -> tuple[int, int]:
-    """``(bytes, quality)`` of the smallest file the codec writes for ``image`` at any quality.
-
-    Tries every quality from the codec's minimum to :data:`LOWEST_RATE_SEARCH_MAX_QUALITY` and the sweep grid
-    above it (files only grow from there; the grid keeps that claim checked on every image).
-    """
-    pil = Image.fromarray(image)
-    candidates = sorted(set(range(spec.min_quality, LOWEST_RATE_SEARCH_MAX_QUALITY + 1)) | set(spec.qualities))
-    best: tuple[int, int] | None = None
-    for q in candidates:
-        buf = io.BytesIO()
-        pil.save(buf, spec.pillow_format, quality=q, **spec.options)
-        size = buf.tell()
-        if best is None or size < best[0]:
-            best = (size, q)
-    assert best is not None
-    return best
+        Tries every quality up to :data:`LOWEST_RATE_SEARCH_MAX_QUALITY` and the sweep grid above it (files
+        only grow from there; the grid keeps that claim checked on every image).
+        """
+        sizes = {q: codec.compress(image[None], [0])[0].prefix_bits() // 8 for q, codec in self.codecs.items()}
+        quality = min(sizes, key=lambda q: (sizes[q], q))
+        return sizes[quality], quality

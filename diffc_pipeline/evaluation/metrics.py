@@ -97,8 +97,10 @@ def ms_ssim(reference: np.ndarray, reconstruction: np.ndarray) -> float:
 
 
 def _ms_ssim(reference: np.ndarray, reconstruction: np.ndarray) -> float:
-    x = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1)[None].double()
-    y = torch.from_numpy(np.ascontiguousarray(reconstruction)).permute(2, 0, 1)[None].double()
+    # torch.tensor copies: decoded images are often read-only views of a buffer, which torch.from_numpy
+    # would wrap with a "non-writable NumPy array" warning (and undefined behaviour if torch wrote to it)
+    x = torch.tensor(reference).permute(2, 0, 1)[None].double()
+    y = torch.tensor(reconstruction).permute(2, 0, 1)[None].double()
     scales = ms_ssim_scales(*reference.shape[:2])
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
     if scales < len(MS_SSIM_WEIGHTS):  # all five are used as published (they sum to 1.0001)

@@ -1,9 +1,10 @@
-"""DiffC evaluation on Ray actors: each actor holds the model once, batches of images are spread over them.
+"""DiffC evaluation on Ray actors: each actor holds the codec once, batches of images are spread over them.
 
 The in-process loop (``runner.run_diffc``) is the unit of work: an actor runs it on one batch and sends
 back the records, plus the reconstructions of the showcase image when the batch holds it. On a 2-core
 machine two 1-thread actors beat one 2-thread process, because the channel coder is single-threaded numpy;
-on a cluster the same code spreads over every node.
+on a cluster the same code spreads over every node. What travels to the actors is the registry's
+:class:`~diffc_pipeline.codecs.CodecSpec` as a dict, the same thing that builds the codec here.
 """
 
 from __future__ import annotations
@@ -12,30 +13,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..codecs.diffc.config import CodecConfig
+from ..codecs import CodecSpec
 from .data import EvalImage
 from .perceptual import PerceptualMetrics, PerceptualSpec
-from .runner import Progress, Showcase, batches_by_size, run_diffc
+from .runner import Progress, Showcase, batches_by_size, run_diffc, sweep_codecs
 
 
 class DiffcWorker:
-    """Ray actor: the codecs of every channel, built once from the model spec."""
+    """Ray actor: the codec of every channel, built once from the spec."""
 
-    def __init__(
-        self, model_spec: str, config: dict, channels: Sequence[str], threads: int, perceptual: PerceptualSpec
-    ) -> None:
+    def __init__(self, spec: dict, channels: Sequence[str], threads: int, perceptual: PerceptualSpec) -> None:
         import torch
 
-        from ..codecs.diffc.codec import DiffcCodec
-        from ..models import load_model
-
         torch.set_num_threads(threads)
-        net = load_model(model_spec)
-        self.codecs = {ch: DiffcCodec(net, CodecConfig.from_dict(config), channel=ch) for ch in channels}
+        self.codec = CodecSpec(**spec).build()
+        self.codecs = sweep_codecs(self.codec, channels)
         self.perceptual = PerceptualMetrics(perceptual) if perceptual else None
 
     def fingerprint(self) -> str:
-        return next(iter(self.codecs.values())).fingerprint
+        return self.codec.fingerprint
 
     def run(
         self,
@@ -55,8 +51,7 @@ class DiffcWorker:
 
 def run_diffc_on_ray(
     images: Sequence[EvalImage],
-    model_spec: str,
-    config: CodecConfig,
+    spec: CodecSpec,
     fingerprint: str,
     channels: Sequence[str],
     prefixes: Sequence[int],
@@ -70,7 +65,9 @@ def run_diffc_on_ray(
     address: str | None,
     perceptual: PerceptualSpec,
 ) -> list[dict]:
-    """``run_diffc`` over Ray actors; records come back in batch order, as the in-process loop makes them."""
+    """``run_diffc`` over Ray actors; records come back in batch order, as the in-process loop makes them.
+
+    ``fingerprint`` is the codec's here: an actor whose model loads differently is refused."""
     import ray
     from ray.util import ActorPool
 
@@ -80,10 +77,10 @@ def run_diffc_on_ray(
     with ray_session(address):
         sizing = cluster_sizing(threads, workers)
         actor = ray.remote(num_cpus=sizing.num_cpus, num_gpus=sizing.num_gpus)(DiffcWorker)
-        spec = (model_spec, config.to_dict(), list(channels), sizing.threads, perceptual)
-        actors = [actor.remote(*spec) for _ in range(sizing.actors)]
+        args = (spec.to_dict(), list(channels), sizing.threads, perceptual)
+        actors = [actor.remote(*args) for _ in range(sizing.actors)]
         if set(ray.get([a.fingerprint.remote() for a in actors])) != {fingerprint}:
-            raise ModelMismatchError(f"model {model_spec!r} loads differently on the Ray workers than here")
+            raise ModelMismatchError(f"codec {spec.to_dict()} loads differently on the Ray workers than here")
         records: list[dict] = []
         pool = ActorPool(actors)
         batches = batches_by_size(images, batch_size)

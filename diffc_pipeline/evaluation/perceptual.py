@@ -116,8 +116,9 @@ def _check_lpips(module: torch.nn.Module) -> None:
 
 
 def _batch_of_one(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 ``(H, W, 3)`` -> float ``(1, 3, H, W)`` in [0, 255]."""
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
+    """uint8 ``(H, W, 3)`` -> float ``(1, 3, H, W)`` in [0, 255]; a copy, so read-only arrays (decoded files)
+    raise no "non-writable NumPy array" warning."""
+    return torch.tensor(pixels).permute(2, 0, 1)[None].float()
 
 
 def _signed(pixels: np.ndarray) -> torch.Tensor:

@@ -3,6 +3,11 @@
 Curves are per-setting means over images (mean bpp, mean PSNR, mean MS-SSIM, mean LPIPS), the usual
 convention for RD curves of an image set; per-image records stay in the JSON for anyone who wants another
 aggregation. FID is a set statistic: one value per curve point (see :mod:`.perceptual`).
+
+Each record names its ``family``: ``classical`` (an anchor; setting = quality), ``diffc`` (setting = prefix
+steps), ``codec`` (a ``--codec`` grid's whole streams; setting = the grid point) or ``codec-prefix`` (the
+prefixes of one grid point; setting = chunks). BD-rates are taken for DiffC and ``codec`` curves against the
+anchors, DiffC's real channel against its ideal one, and ``codec`` curves against DiffC-F's real stream.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +46,13 @@ def ms_ssim_db(value: float) -> float:
     return -10.0 * math.log10(max(1e-10, 1.0 - value))
 
 
-def setting_of(record: dict) -> int:
-    return record["quality"] if record["family"] == "classical" else record["steps"]
+SETTING_NAMES = {"classical": "quality", "diffc": "steps", "codec": "options", "codec-prefix": "chunks"}
+COMPARED = ("diffc", "codec")  # the families whose curves get BD-rates and lowest-rate comparisons
+
+
+def setting_of(record: dict) -> int | str:
+    family = record["family"]
+    return record["quality"] if family == "classical" else record["steps"] if family == "diffc" else record["setting"]
 
 
 def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | None = None) -> dict[str, list[dict]]:
@@ -52,9 +64,11 @@ def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | 
     out: dict[str, list[dict]] = defaultdict(list)
     reference_fits: dict[tuple, GaussianFit] = {}
     for (variant, setting), rs in groups.items():
+        family = rs[0]["family"]
         point = {
+            "family": family,
             "setting": setting,
-            "setting_name": "quality" if rs[0]["family"] == "classical" else "steps",
+            "setting_name": SETTING_NAMES[family],
             "images": len(rs),
             **{k: float(np.mean([r[k] for r in rs])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")},
         }
@@ -67,17 +81,41 @@ def curves(records: Sequence[dict], reference_features: dict[str, np.ndarray] | 
             if images not in reference_fits:  # most points share one image set: one fit of the originals
                 reference_fits[images] = GaussianFit.of(np.stack([reference_features[i] for i in images]))
             point["fid"] = frechet_distance(np.stack([r["features"] for r in rs]), reference_fits[images])
-        if rs[0].get("kl_bits") is not None:  # the KL of this stream's own trajectory: rate overhead vs KL
-            point["kl_bpp"] = float(np.mean([r["kl_bits"] / (r["height"] * r["width"]) for r in rs]))
-        if rs[0].get("header_bytes") is not None:
-            point["header_bytes"] = float(np.mean([r["header_bytes"] for r in rs]))
-            point["header_bpp"] = float(np.mean([8 * r["header_bytes"] / (r["height"] * r["width"]) for r in rs]))
-            point["payload_over_kl"] = (point["bpp"] - point["header_bpp"]) / point["kl_bpp"]
-            point["stream_header_bpp"] = float(
-                np.mean([8 * r["stream_header_bytes"] / (r["height"] * r["width"]) for r in rs])
-            )
+        if family == "diffc":
+            point.update(_diffc_rate_parts(rs, point["bpp"]))
+        elif family != "classical":
+            point.update(_codec_rate_parts(rs, point["bpp"]))
         out[variant].append(point)
     return {v: sorted(ps, key=lambda p: p["bpp"]) for v, ps in sorted(out.items())}
+
+
+def _mean_bpp(rs: Sequence[dict], key: str, scale: float = 1.0) -> float:
+    return float(np.mean([scale * r[key] / (r["height"] * r["width"]) for r in rs]))
+
+
+def _diffc_rate_parts(rs: Sequence[dict], bpp: float) -> dict:
+    """The KL of each stream's own trajectory, and (real channel) the header and payload against it."""
+    out = {"kl_bpp": _mean_bpp(rs, "kl_bits")}
+    if rs[0].get("header_bytes") is not None:
+        out["header_bytes"] = float(np.mean([r["header_bytes"] for r in rs]))
+        out["header_bpp"] = _mean_bpp(rs, "header_bytes", 8)
+        out["payload_over_kl"] = (bpp - out["header_bpp"]) / out["kl_bpp"]
+        out["stream_header_bpp"] = _mean_bpp(rs, "stream_header_bytes", 8)
+    return out
+
+
+def _codec_rate_parts(rs: Sequence[dict], bpp: float) -> dict:
+    """The header's share, and the real payload over the codec's own estimate where it gives one."""
+    out = {"stream_header_bpp": _mean_bpp(rs, "stream_header_bytes", 8)}
+    if all(r["estimated_bits"] is not None for r in rs):
+        out["estimated_bpp"] = _mean_bpp(rs, "estimated_bits")
+        if out["estimated_bpp"] > 0:
+            out["payload_over_estimate"] = (bpp - out["stream_header_bpp"]) / out["estimated_bpp"]
+    return out
+
+
+def _family(curve_map: dict[str, list[dict]], variant: str) -> str:
+    return curve_map[variant][0]["family"]
 
 
 # The real channel against the ideal one is also reported from here up: at 64x64 the lowest prefixes (10-16 dB)
@@ -87,14 +125,17 @@ USABLE_PSNR_DB = 20.0
 
 
 def bd_rates(curve_map: dict[str, list[dict]]) -> list[dict]:
-    """BD-rate of every DiffC variant against every classical codec and (real channel) the ideal one."""
-    diffc = [v for v in curve_map if v.startswith("diffc-")]
-    classical = [v for v in curve_map if not v.startswith("diffc-")]
+    """BD-rate of every DiffC and ``--codec`` curve against every anchor; DiffC's real channel also against
+    the ideal one, a ``--codec`` curve also against DiffC-F's real stream."""
+    tests = [v for v in curve_map if _family(curve_map, v) in COMPARED]
+    classical = [v for v in curve_map if _family(curve_map, v) == "classical"]
     out = []
-    for test in diffc:
+    for test in tests:
         anchors = list(classical)
-        if test.startswith("diffc-rcc-"):
+        if test.startswith("diffc-rcc-") and _family(curve_map, test) == "diffc":
             anchors.append(test.replace("diffc-rcc-", "diffc-ideal-"))
+        elif _family(curve_map, test) == "codec":
+            anchors.append("diffc-rcc-flow")
         for anchor in anchors:
             if anchor not in curve_map:
                 continue
@@ -120,7 +161,7 @@ def _bd_entry(curve_map: dict[str, list[dict]], test: str, anchor: str, metric: 
 
 
 def lowest_rate_summary(output: EvalOutput, curve_map: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per classical codec: the lowest bpp it reaches at all, and what DiffC delivers below that rate."""
+    """Per anchor: the lowest bpp it reaches at all, and what DiffC and ``--codec`` deliver below that rate."""
     by_codec: dict[str, list[float]] = defaultdict(list)
     for r in output.lowest_rates:
         by_codec[r["variant"]].append(r["bpp"])
@@ -130,14 +171,14 @@ def lowest_rate_summary(output: EvalOutput, curve_map: dict[str, list[dict]]) ->
         below = {
             v: [{"bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]} for p in ps if p["bpp"] < floor]
             for v, ps in curve_map.items()
-            if v.startswith("diffc-")
+            if ps[0]["family"] in COMPARED
         }
         summary[name] = {
             "mean_lowest_bpp": floor,
             "min_lowest_bpp": float(np.min(bpps)),
             "max_lowest_bpp": float(np.max(bpps)),
             "images": len(bpps),
-            "diffc_points_below": below,
+            "points_below": below,
         }
     return summary
 
@@ -170,7 +211,15 @@ def write_json(
     path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
-def _style(variant: str) -> dict:
+CODEC_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray", "black")
+
+
+def _style(variant: str, family: str) -> dict:
+    if family in ("codec", "codec-prefix"):  # a stable colour per codec name, whatever else is plotted
+        color = CODEC_COLORS[zlib.crc32(variant.split("@")[0].encode()) % len(CODEC_COLORS)]
+        if family == "codec":
+            return {"color": color, "linestyle": "-", "marker": "^", "markersize": 4}
+        return {"color": color, "linestyle": ":", "marker": ".", "markersize": 3, "linewidth": 0.8}
     colors = {
         "jpeg": "tab:red",
         "webp": "tab:orange",
@@ -179,7 +228,7 @@ def _style(variant: str) -> dict:
         "ancestral": "tab:green",
         "denoise": "tab:purple",
     }
-    if variant.startswith("diffc-"):
+    if family == "diffc":
         _, channel, method = variant.split("-", 2)
         return {
             "color": colors.get(method, "black"),
@@ -200,7 +249,14 @@ def plot(path: Path, curve_map: dict[str, list[dict]], metric: str, ylabel: str,
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for variant, points in curve_map.items():
         points = [p for p in points if metric in p]
-        ax.plot([p["bpp"] for p in points], [p[metric] for p in points], label=variant, **_style(variant))
+        if not points:
+            continue
+        ax.plot(
+            [p["bpp"] for p in points],
+            [p[metric] for p in points],
+            label=variant,
+            **_style(variant, points[0]["family"]),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (log scale)")
     ax.set_ylabel(ylabel)
@@ -237,7 +293,7 @@ def write_html(directory: Path, showcase: Showcase, title: str) -> None:
                 what = "below its lowest rate" if target < lowest else "no setting near this rate"
                 cells.append(f"<td class=na>{what}<br>(range {lowest:.2f}-{highest:.2f} bpp)</td>")
                 continue
-            name = f"{variant}_{setting_of(rec)}.png"
+            name = re.sub(r"[^A-Za-z0-9._=@-]", "_", f"{variant}_{setting_of(rec)}.png")
             Image.fromarray(pixels).save(img_dir / name)
             cells.append(
                 f"<td><img src='showcase/{html.escape(name)}' style='{style}'><br>"
@@ -270,7 +326,7 @@ def summary_tables(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dic
             f"{min(p['psnr'] for p in points):.2f}-{max(p['psnr'] for p in points):.2f}",
             f"{min(p['ms_ssim'] for p in points):.3f}-{max(p['ms_ssim'] for p in points):.3f}",
         )
-    bd_table = Table(title="BD-rate of DiffC (negative = fewer bits than the anchor at equal quality)")
+    bd_table = Table(title="BD-rate (negative = fewer bits than the anchor at equal quality)")
     for col in ("test", "anchor", "PSNR", "PSNR overlap", "MS-SSIM"):
         bd_table.add_column(col, justify="left" if col in ("test", "anchor") else "right")
     for test, anchor, p, m in _full_range_pairs(bd):
@@ -298,7 +354,7 @@ def _measured(curve_map: dict[str, list[dict]], metric: str) -> bool:
 
 
 def _diffc_curves(curve_map: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    return {v: points for v, points in curve_map.items() if v.startswith("diffc-")}
+    return {v: points for v, points in curve_map.items() if points[0]["family"] == "diffc"}
 
 
 def _percent(b: dict) -> str:
@@ -310,26 +366,28 @@ def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: d
     lines = [
         f"### {title}",
         "",
-        "Curves (mean over images; setting = JPEG/WebP/AVIF quality or DiffC prefix steps):",
+        "Curves (mean over images; setting = anchor quality, DiffC prefix steps, a --codec grid point or its "
+        "prefix chunks; est. bpp = the codec's own rate estimate, DiffC's KL):",
         "",
     ]
     extra = [m for m in PERCEPTUAL_METRICS if _measured(curve_map, m)]
     lines += [
-        "| variant | setting | bpp | KL bpp | PSNR (dB) | MS-SSIM | "
+        "| variant | setting | bpp | est. bpp | PSNR (dB) | MS-SSIM | "
         + "".join(f"{PERCEPTUAL_METRICS[m]} | " for m in extra)
         + "enc s/img | dec s/img |",
         "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|",
     ]
     for variant, points in curve_map.items():
         for p in points:
-            kl = f"{p['kl_bpp']:.3f}" if "kl_bpp" in p else ""
+            estimate = p.get("kl_bpp", p.get("estimated_bpp"))
+            kl = "" if estimate is None else f"{estimate:.3f}"
             perceptual = "".join(f"{p[m]:.4f} | " if m in p else " | " for m in extra)
             lines.append(
                 f"| {variant} | {p['setting_name']} {p['setting']} | {p['bpp']:.3f} | {kl} | {p['psnr']:.2f} | "
                 f"{p['ms_ssim']:.4f} | {perceptual}{p['encode_s']:.4f} | {p['decode_s']:.4f} |"
             )
     if lowest:
-        lines += ["", "Lowest rate each classical codec reaches at all (smallest file over every quality):", ""]
+        lines += ["", "Lowest rate each anchor reaches at all (smallest file over every quality):", ""]
         lines += ["| codec | mean bpp | min bpp | max bpp |", "|---|---|---|---|"]
         for name, s in lowest.items():
             lines.append(
@@ -361,16 +419,16 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
 
     When DiffC ran on a subset of the images (``--diffc-limit``), curves, BD-rates and plots compare every
     codec on that subset only - BD-rates between different image sets would measure the images, not the
-    codecs - and the classical curves over all images are kept apart in ``curves_all_images``.
+    codecs - and the other codecs' curves over all images are kept apart in ``curves_all_images``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     if output.diffc_images is not None:
         subset = set(output.diffc_images)
         curve_map = curves([r for r in output.records if r["image"] in subset], output.reference_features)
         # DiffC records exist on the subset only, so their curves over all images are the ones just made:
-        # only the classical ones are recomputed (FID per point is the costly part)
-        classical = [r for r in output.records if r["family"] == "classical"]
-        all_curves = {**curves(classical, output.reference_features), **_diffc_curves(curve_map)}
+        # only the other ones are recomputed (FID per point is the costly part)
+        others = [r for r in output.records if r["family"] != "diffc"]
+        all_curves = {**curves(others, output.reference_features), **_diffc_curves(curve_map)}
         all_curves = dict(sorted(all_curves.items()))
         title = f"{title}, all codecs on the {len(subset)} DiffC images"
     else:

@@ -1,30 +1,36 @@
-"""The evaluation loop: every image through every classical setting and every DiffC prefix, one record each.
+"""The evaluation loops: every image through every anchor quality and every DiffC prefix, one record each
+(the loop of any other registry codec is :mod:`.grid`).
 
 In-process on purpose: the per-image work is small (64x64) and a Ray start-up costs more than a 50-image run
 on this kind of machine; the DiffC part batches images of one size per codec call, which is where the time
-goes.
+goes (:mod:`.on_ray` spreads the same loop over actors when asked).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..codecs import Codec, SupportsSweep
+from ..errors import InvalidInputError
+from ..pipeline.archive import row_checksum
 from ..seeds import image_seed
-from .classical import CODECS, encode_decode, lowest_rate
+from .classical import Anchor
 from .data import EvalImage
 from .metrics import detail_ratio, ms_ssim, ms_ssim_scales, psnr
 from .perceptual import PerceptualMetrics
 
-METHODS = ("flow", "ancestral", "denoise")
 # What one image needs besides its chunks, as the issue's rate asks ("everything needed to decode the image
 # except dataset-wide metadata"): height and width (u16 each). The seed is derived from the run seed and the
-# image id (:func:`image_seed`, as archives derive it from theirs), and the model id, codec configuration,
-# magic, version and CRC of the standalone stream header are the same for every image, so they are
-# dataset-wide; the whole 26-byte header's cost is reported apart as ``stream_header_bytes``.
+# image id (:func:`~diffc_pipeline.seeds.image_seed`, as archives derive it from theirs), and the model id,
+# codec configuration, magic, version and CRC of DiffC's standalone stream header are the same for every
+# image, so they are dataset-wide; the whole 26-byte header's cost is reported apart as
+# ``stream_header_bytes``. (Other codecs are charged their whole header: see :mod:`.grid`.)
 PER_IMAGE_BYTES = 4
+# DiffC's channels in eval: ``rcc`` is the registry's codec (the real bitstream), ``ideal`` its bits-free twin
 CHANNELS = ("rcc", "ideal")
 
 
@@ -43,9 +49,9 @@ class Showcase:
 @dataclass
 class EvalOutput:
     records: list[dict]
-    lowest_rates: list[dict]  # per image and classical codec: the smallest file at any quality
+    lowest_rates: list[dict]  # per image and anchor: the smallest file at any quality
     showcase: Showcase | None
-    diffc_images: list[str] | None = None  # ids DiffC ran on, when only a subset of the classical images
+    diffc_images: list[str] | None = None  # ids DiffC ran on, when only a subset of the other codecs' images
     reference_features: dict[str, np.ndarray] | None = None  # FID features of the originals, by image id
 
 
@@ -69,35 +75,47 @@ def quality_record(image: EvalImage, recon: np.ndarray, perceptual: PerceptualMe
 
 def run_classical(
     images: Sequence[EvalImage],
-    codecs: Sequence[str],
+    anchors: Sequence[Anchor],
+    seed: int,
     showcase: Showcase | None,
     advance: Progress,
     perceptual: PerceptualMetrics | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Sweep each codec's quality grid on each image; also search each codec's lowest rate per image."""
+    """Sweep each anchor's quality grid on each image; also search each anchor's lowest rate per image.
+
+    Each point is the registry codec's ``compress``/``decompress``; its rate is the stream's real bits (the
+    whole file: these codecs write no separate header)."""
     records: list[dict] = []
     lowest: list[dict] = []
     for image in images:
         pixels = image.pixels.shape[0] * image.pixels.shape[1]
-        for name in codecs:
-            spec = CODECS[name]
-            for q in spec.qualities:
-                point = encode_decode(image.pixels, spec, q)
+        seeds = [image_seed(seed, image.id)]
+        for anchor in anchors:
+            for q in anchor.qualities:
+                codec = anchor.codecs[q]
+                t0 = time.perf_counter()
+                (item,) = codec.compress(image.pixels[None], seeds)
+                t1 = time.perf_counter()
+                recon = codec.decompress([item])[0]
+                t2 = time.perf_counter()
+                bits = item.prefix_bits()
                 rec = {
-                    **quality_record(image, point.reconstruction, perceptual),
-                    "variant": name,
+                    **quality_record(image, recon, perceptual),
+                    "variant": anchor.name,
                     "family": "classical",
                     "quality": q,
-                    "bytes": len(point.data),
-                    "bpp": point.bpp(pixels),
-                    "encode_s": point.encode_s,
-                    "decode_s": point.decode_s,
+                    "bytes": bits // 8,
+                    "bpp": bits / pixels,
+                    "encode_s": t1 - t0,
+                    "decode_s": t2 - t1,
                 }
                 records.append(rec)
                 if showcase is not None:
-                    showcase.add(rec, point.reconstruction)
-            size, q = lowest_rate(image.pixels, spec)
-            lowest.append({"image": image.id, "variant": name, "bytes": size, "quality": q, "bpp": 8 * size / pixels})
+                    showcase.add(rec, recon)
+            size, q = anchor.lowest_rate(image.pixels)
+            lowest.append(
+                {"image": image.id, "variant": anchor.name, "bytes": size, "quality": q, "bpp": 8 * size / pixels}
+            )
             advance(1)
     return records, lowest
 
@@ -117,9 +135,29 @@ def batches_by_size(images: Sequence[EvalImage], batch_size: int) -> list[list[E
     return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
+def sweep_codecs(codec: Codec, channels: Sequence[str]) -> dict[str, SupportsSweep]:
+    """DiffC's codec per eval channel: ``rcc`` is the registry's codec itself, ``ideal`` its bits-free twin.
+
+    Eval only needs the :class:`~diffc_pipeline.codecs.SupportsSweep` capability; a codec without it has no
+    prefix sweep and goes through the generic loop (:mod:`.grid`) instead."""
+    if not isinstance(codec, SupportsSweep):
+        raise InvalidInputError(f"codec {codec.name!r} has no sweep capability (use --codec {codec.name})")
+    return {ch: codec if ch == "rcc" else ideal_channel(codec) for ch in channels}
+
+
+def ideal_channel(codec: Codec) -> SupportsSweep:
+    """DiffC's ideal channel over the same model and options (no second model load): the one place eval
+    names DiffC's class, because the ideal channel is DiffC's business and the contract has no word for it."""
+    from ..codecs.diffc.codec import DiffcCodec
+
+    if not isinstance(codec, DiffcCodec):
+        raise InvalidInputError(f"the ideal channel exists for DiffC only, not for codec {codec.name!r}")
+    return DiffcCodec(codec.model, codec.config, channel="ideal")
+
+
 def run_diffc(
     images: Sequence[EvalImage],
-    codecs: dict[str, object],
+    codecs: dict[str, SupportsSweep],
     prefixes: Sequence[int],
     methods: Sequence[str],
     seed: int,
@@ -132,7 +170,9 @@ def run_diffc(
 
     Rates: ``rcc`` counts the real bytes of the first ``k`` chunks plus the per-image fields (see
     :data:`PER_IMAGE_BYTES`); the standalone stream header is reported apart in ``stream_header_bytes``;
-    ``ideal`` charges the sum of the first ``k`` steps' KL in bits, the paper's rate.
+    ``ideal`` charges the sum of the first ``k`` steps' KL in bits, the paper's rate. ``stream_sha256`` (rcc)
+    is the archive's row checksum of the whole stream: the same image and run seed give the same value in a
+    ``diffc compress`` archive.
     Times: the sweep encodes once and decodes every prefix and method in one go, so ``encode_s`` is the
     batch's encode time per image and ``decode_s`` the batch's sweep decode time per image, prefix and method.
     """
@@ -149,6 +189,7 @@ def run_diffc(
                 stream = result.streams[i]
                 kl_cum = np.cumsum(stream.estimated_bits)
                 pixels = image.pixels.shape[0] * image.pixels.shape[1]
+                digest = {"stream_sha256": row_checksum(stream.header, stream.chunks)} if channel == "rcc" else {}
                 for k in prefixes:
                     rate = prefix_rate(stream, k, channel, float(kl_cum[k - 1]))
                     for method in methods:
@@ -162,6 +203,7 @@ def run_diffc(
                             "steps": k,
                             **rate,
                             "bpp": rate["bits"] / pixels,
+                            **digest,
                             "encode_s": encode_s,
                             "decode_s": decode_s,
                         }
