@@ -180,6 +180,30 @@ def gaussian_theory(
     emit({**run_info(), **measure(steps, chunk_bits, candidate_log2, target_gain)}, json_path)
 
 
+@bench_app.command("channel-rd")
+@friendly_errors
+def channel_rd(
+    settings: list[str] = typer.Argument(..., help="Channel settings C:L:G[:M:W] (chunk bits, log2 candidates, gain)."),
+    images: int = typer.Option(50, min=1, help="Tiny ImageNet val images (rows 100..)."),
+    data: str = typer.Option("../shared/data/tinyimagenet/val", help="Tiny ImageNet val (Parquet)."),
+    model: str = typer.Option("builtin", help="DiffC's model."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """DiffC's real channel against the ideal one (BD-rate, PSNR and rate at k=40) per channel setting."""
+    import torch
+
+    from ..benchmarks.diffc_channel import channel_rd as measure
+    from ..benchmarks.diffc_channel import val_images
+    from ..models import load_model
+
+    torch.set_num_threads(1)
+    net = load_model(model)
+    rows = measure(net, val_images(data, images), list(settings))
+    for row in rows:
+        console.print(row, highlight=False)
+    emit({**run_info(), "model": net.identity.short, "rows": rows}, json_path)
+
+
 @bench_app.command("exact-tail")
 @friendly_errors
 def exact_tail(

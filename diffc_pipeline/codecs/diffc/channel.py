@@ -36,7 +36,7 @@ A whole step carries hundreds to thousands of bits, far beyond any one-shot samp
    of bits.
 
 5. **Chunk size.** Each chunk pays a one-shot overhead of order ``log2(KL + 1)`` bits on top of its KL, so the
-   bits per KL fall as chunks grow: on Tiny ImageNet images (``bench/channel_rd.py``) 8-bit chunks with 2**12
+   bits per KL fall as chunks grow: on Tiny ImageNet images (``diffc bench channel-rd``) 8-bit chunks with 2**12
    candidates coded 1.36x the KL, 12-bit chunks with 2**12 candidates (the default) 1.17x and 16-bit chunks
    with 2**16 candidates 1.14x, at 0.2, 1.1 and 0.9 dB lower PSNR at the last step than the ideal channel; in
    BD-rate against the ideal channel 12-bit chunks gain 6 points on 8-bit ones at the same candidate count.
