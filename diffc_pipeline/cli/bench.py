@@ -180,52 +180,53 @@ def gaussian_theory(
     emit({**run_info(), **measure(steps, chunk_bits, candidate_log2, target_gain)}, json_path)
 
 
+VAL_IMAGES = typer.Option(50, min=1, help="Tiny ImageNet val images (rows 100..).")
+VAL_DATA = typer.Option("../shared/data/tinyimagenet/val", help="Tiny ImageNet val (Parquet).")
+
+
 @bench_app.command("channel-rd")
 @friendly_errors
 def channel_rd(
     settings: list[str] = typer.Argument(..., help="Channel settings C:L:G[:M:W] (chunk bits, log2 candidates, gain)."),
-    images: int = typer.Option(50, min=1, help="Tiny ImageNet val images (rows 100..)."),
-    data: str = typer.Option("../shared/data/tinyimagenet/val", help="Tiny ImageNet val (Parquet)."),
+    images: int = VAL_IMAGES,
+    data: str = VAL_DATA,
     model: str = typer.Option("builtin", help="DiffC's model."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """DiffC's real channel against the ideal one (BD-rate, PSNR and rate at k=40) per channel setting."""
-    import torch
-
     from ..benchmarks.diffc_channel import channel_rd as measure
-    from ..benchmarks.diffc_channel import val_images
-    from ..models import load_model
 
-    torch.set_num_threads(1)
-    net = load_model(model)
-    rows = measure(net, val_images(data, images), list(settings))
-    for row in rows:
-        console.print(row, highlight=False)
-    emit({**run_info(), "model": net.identity.short, "rows": rows}, json_path)
+    _on_val_images(lambda codec, x: measure(codec.model, x, list(settings)), model, data, images, json_path)
 
 
 @bench_app.command("exact-tail")
 @friendly_errors
 def exact_tail(
     tails: list[str] = typer.Argument(..., help="M@ideal or M@C:L:G[:M:W]: the last M steps through that channel."),
-    images: int = typer.Option(50, min=1, help="Tiny ImageNet val images (rows 100..)."),
-    data: str = typer.Option("../shared/data/tinyimagenet/val", help="Tiny ImageNet val (Parquet)."),
+    images: int = VAL_IMAGES,
+    data: str = VAL_DATA,
     model: str = typer.Option("builtin", help="DiffC's model."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """Where DiffC's real channel loses fidelity: exact samples (or another channel) in the last M steps."""
+    from ..benchmarks.diffc_channel import exact_tail as measure
+
+    _on_val_images(lambda codec, x: measure(codec, x, list(tails)), model, data, images, json_path)
+
+
+def _on_val_images(measure, model: str, data: str, images: int, json_path: Path | None) -> None:
+    """Run ``measure(codec, images)`` with the default DiffC codec on one torch thread; print and emit its rows."""
     import torch
 
-    from ..benchmarks.diffc_channel import exact_tail as measure
     from ..benchmarks.diffc_channel import val_images
     from ..codecs import resolve
 
     torch.set_num_threads(1)
     codec = resolve("diffc", {}, model).build()
-    runs = measure(codec, val_images(data, images), list(tails))
-    for run in runs:
-        console.print(run, highlight=False)
-    emit({**run_info(), "model": codec.describe()["model"], "runs": runs}, json_path)
+    rows = measure(codec, val_images(data, images))
+    for row in rows:
+        console.print(row, highlight=False)
+    emit({**run_info(), "model": codec.describe()["model"], "rows": rows}, json_path)
 
 
 @bench_app.command("faults")

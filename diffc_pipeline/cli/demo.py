@@ -1,5 +1,6 @@
-"""``diffc demo``: the whole tool on the bundled samples - compress on an embedded Ray cluster, decode at two
-bitrates, print (image, bpp, PSNR) and write PNGs. What ``make demo`` runs."""
+"""``diffc demo``: the whole tool on the bundled samples - compress with DiffC and with CDC on one embedded Ray
+cluster, decode DiffC at two bitrates and CDC with both its decoders, print (image, bpp, PSNR), write PNGs.
+What ``make demo`` runs."""
 
 from __future__ import annotations
 
@@ -13,67 +14,116 @@ from ._common import console, friendly_errors
 
 @friendly_errors
 def demo(
-    out: Path = typer.Option(Path("demo-out"), help="Folder for the archive and the decoded PNGs."),
-    model: str = typer.Option("builtin", help="'builtin', 'gaussian' or a model directory."),
-    steps: str = typer.Option("", help="Two coding-step prefixes to decode at, e.g. '10,40' (default: K/4, K)."),
+    out: Path = typer.Option(Path("demo-out"), help="Folder for the archives and the decoded PNGs."),
+    model: str = typer.Option("builtin", help="DiffC's model: 'builtin', 'gaussian' or a model directory."),
+    steps: str = typer.Option("", help="Two DiffC prefixes to decode at, e.g. '10,40' (default: K/4, K)."),
+    cdc: bool = typer.Option(True, help="Also run CDC (skipped with a note if its weights are not shipped)."),
 ) -> None:
-    """Compress the bundled sample images, decode them at two bitrates, print bpp and PSNR.
+    """Compress the bundled sample images with DiffC and CDC, decode them, print bpp and PSNR per image.
 
-    The demo's archive under ``OUT/archive`` is rebuilt on every run (an archive of the bundled samples only,
-    so nothing of the user's is replaced): after an upgrade ships new weights, ``make demo`` must show them.
+    The demo's archives under ``OUT`` are rebuilt on every run (archives of the bundled samples only, so
+    nothing of the user's is replaced): after an upgrade ships new weights, ``make demo`` must show them.
     """
-    import pyarrow.parquet as pq
-
     from ..codecs.diffc.config import CodecConfig
-    from ..evaluation.metrics import psnr
-    from ..images import decode_image
-    from ..pipeline.compress_job import CompressOptions, run_compress
-    from ..pipeline.decode_job import DecodeOptions, output_name, run_decode
-    from ..pipeline.progress import JobProgress
-    from ..samples import SAMPLES_DIR, sample_paths
+    from ..pipeline.runtime import ray_session
+    from ..samples import sample_paths
 
-    archive = out / "archive"
-    console.print(f"compressing {len(sample_paths())} bundled images from {SAMPLES_DIR} -> {archive}")
-    summary = run_compress(
-        CompressOptions(
-            input=str(SAMPLES_DIR), output=str(archive), model=model, shard_size=4, batch_size=4, overwrite=True
-        ),
-        JobProgress("compress", console),
-    )
-    console.print(f"{summary.images} images, {summary.failures} failed, {summary.bpp:.3f} bpp, {summary.wall_s:.1f} s")
     k = CodecConfig().num_steps
     prefixes = [int(s) for s in steps.split(",")] if steps else [max(1, k // 4), k]
-    rows = pq.read_table(str(archive / "shards"), columns=["id", "status", "height", "width", "cum_bits"])
+    console.print(f"{len(sample_paths())} bundled images; one embedded Ray cluster for every job below")
+    with ray_session(None):
+        diffc_table = _diffc(out, model, prefixes)
+        cdc_table = _cdc(out) if cdc else None
+    console.print(diffc_table)
+    if cdc_table is not None:
+        console.print(cdc_table)
+    console.print(f"PNGs in {out}/*/; inspect an archive with `diffc inspect {out / 'archive'}`")
+
+
+def _diffc(out: Path, model: str, prefixes: list[int]) -> Table:
+    """DiffC: compress, decode at each prefix through the pipeline, PSNR per image."""
+    from .. import api
+
+    archive = out / "archive"
+    summary = _compress(archive, codec="diffc", model=model)
+    console.print(f"DiffC: {summary.images} images, {summary.failures} failed, {summary.bpp:.3f} bpp")
     table = Table(title="DiffC-F reconstructions (bpp includes the 26-byte per-image stream header)")
     table.add_column("image")
+    psnrs = {}
     for p in prefixes:
         table.add_column(f"step {p}: bpp", justify="right")
         table.add_column("PSNR dB", justify="right")
-    results: dict[int, dict[str, float]] = {}
-    for p in prefixes:
         target = out / f"decoded-step{p:02d}"
-        run_decode(
-            DecodeOptions(archive=str(archive), output=str(target), step=p, model=model),
-            JobProgress(f"decode step {p}", console),
-        )
-        results[p] = {
-            row["id"]: psnr(
-                decode_image((SAMPLES_DIR / row["id"]).read_bytes()),
-                decode_image((target / output_name(row["id"])).read_bytes()),
-            )
-            for row in rows.to_pylist()
-            if row["status"] == "ok"
-        }
-    for row in rows.to_pylist():
+        api.decode(str(archive), str(target), step=p, model=model, progress=True)
+        psnrs[p] = _psnr_of_pngs(target)
+    for row in api.open_archive(str(archive)).rows().to_pylist():
         if row["status"] != "ok":
             table.add_row(row["id"], *["error"] * (2 * len(prefixes)))
             continue
         cells = []
         for p in prefixes:
-            cells += [f"{row['cum_bits'][p - 1] / (row['height'] * row['width']):.3f}", f"{results[p][row['id']]:.2f}"]
+            cells += [f"{row['cum_bits'][p - 1] / (row['height'] * row['width']):.3f}", f"{psnrs[p][row['id']]:.2f}"]
         table.add_row(row["id"], *cells)
-    console.print(table)
-    console.print(f"PNGs in {out}/decoded-step*/; inspect the archive with `diffc inspect {archive}`")
+    return table
+
+
+def _cdc(out: Path) -> Table | None:
+    """CDC with its built-in model: compress, decode with the mean and the diffusion decoder."""
+    from .. import api
+    from ..codecs import resolve
+    from ..errors import ModelLoadError
+
+    try:
+        codec = resolve("cdc").build()
+    except ModelLoadError as exc:
+        console.print(f"[yellow]CDC skipped: {exc}[/yellow]", highlight=False)
+        return None
+    archive = out / "archive-cdc"
+    summary = _compress(archive, codec="cdc")
+    console.print(f"CDC: {summary.images} images, {summary.failures} failed, {summary.bpp:.3f} bpp")
+    methods = ("mean", "diffusion")
+    psnrs = {}
+    for method in methods:
+        target = out / f"decoded-cdc-{method}"
+        api.decode(str(archive), str(target), decode_options={"method": method}, progress=True)
+        psnrs[method] = _psnr_of_pngs(target)
+    details = codec.describe()
+    table = Table(
+        title=f"CDC, rate {details['options']['rate']} (lambda {details['details']['lambda']:g}), whole streams "
+        f"({details['num_chunks']} chunks, header included)"
+    )
+    for column in ("image", "bpp", "PSNR mean dB", "PSNR diffusion dB"):
+        table.add_column(column, justify="left" if column == "image" else "right")
+    for row in api.open_archive(str(archive)).rows().to_pylist():
+        if row["status"] != "ok":
+            table.add_row(row["id"], "error", "error", "error")
+            continue
+        bpp = row["cum_bits"][-1] / (row["height"] * row["width"])
+        table.add_row(row["id"], f"{bpp:.3f}", *(f"{psnrs[m][row['id']]:.2f}" for m in methods))
+    return table
+
+
+def _compress(archive: Path, **codec):
+    from .. import api
+    from ..samples import SAMPLES_DIR
+
+    console.print(f"compressing {SAMPLES_DIR} -> {archive} ({codec['codec']})")
+    return api.compress(str(SAMPLES_DIR), str(archive), shard_size=4, batch_size=4, overwrite=True, progress=True,
+                        **codec)  # fmt: skip
+
+
+def _psnr_of_pngs(folder: Path) -> dict[str, float]:
+    """PSNR of each decoded PNG under ``folder`` against its bundled original, by image id."""
+    from ..evaluation.metrics import psnr
+    from ..images import decode_image
+    from ..pipeline.decode_job import output_name
+    from ..samples import sample_paths
+
+    return {
+        p.name: psnr(decode_image(p.read_bytes()), decode_image((folder / output_name(p.name)).read_bytes()))
+        for p in sample_paths()
+        if (folder / output_name(p.name)).is_file()
+    }
 
 
 def register(app: typer.Typer) -> None:

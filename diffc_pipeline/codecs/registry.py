@@ -48,6 +48,13 @@ CODECS: dict[str, CodecEntry] = {
             "builtin",
             "DiffC: progressive reverse-channel coding of a Gaussian diffusion (Theis et al. 2022)",
         ),
+        CodecEntry(
+            "cdc",
+            "diffc_pipeline.codecs.cdc.codec:CdcCodec",
+            "diffc_pipeline.codecs.cdc.config:CdcOptions",
+            "builtin",
+            "CDC: transform coding with a conditional diffusion decoder (Yang & Mandt 2023), progressive slices",
+        ),
         CodecEntry("jpeg", f"{_CLASSICAL}:JpegCodec", f"{_CLASSICAL}:JpegOptions", None, "JPEG (Pillow), 4:2:0"),
         CodecEntry("webp", f"{_CLASSICAL}:WebpCodec", f"{_CLASSICAL}:WebpOptions", None, "WebP (Pillow), lossy"),
         CodecEntry("avif", f"{_CLASSICAL}:AvifCodec", f"{_CLASSICAL}:AvifOptions", None, "AVIF (Pillow, libavif)"),
