@@ -75,7 +75,7 @@ def _cdc(out: Path) -> Table | None:
 
     try:
         codec = resolve("cdc").build()
-    except ModelLoadError as exc:
+    except (ModelLoadError, ImportError) as exc:  # no shipped weights (or a build without CDC)
         console.print(f"[yellow]CDC skipped: {exc}[/yellow]", highlight=False)
         return None
     archive = out / "archive-cdc"
