@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from .pipeline.decode_job import DecodeSummary
     from .pipeline.progress import JobProgress
 
-IMAGE_COLUMNS = ("id", "image", "bpp", "height", "width", "step", "bits", "status", "error")
 DEFAULT_COLUMNS = ("id", "image", "bpp")
 
 
@@ -258,14 +257,16 @@ def read_archive(
     The choice (which rows, how many chunks each) is made now, on this process, from the archive's small
     index; read tasks then fetch only those byte prefixes and decoder actors (each holding the codec's model
     once) decode them when the dataset is consumed. Rows have ``columns`` out of :data:`IMAGE_COLUMNS`:
-    ``image`` is uint8 ``(H, W, 3)``; a row that fails to decode keeps ``status="error"`` and its ``error``
-    (as in ``diffc decode``) with an empty ``(0, 0, 3)`` image. Joins the connected Ray cluster (``address``,
-    ``RAY_ADDRESS``) or starts the embedded one, which stays up for the dataset's consumers.
+    ``image`` is uint8 ``(H, W, 3)``, emitted by the decoder actors themselves (no conversion stage); a row
+    that fails to decode keeps ``status="error"`` and its ``error`` (as in ``diffc decode``) with an empty
+    ``(0, 0, 3)`` image. Joins the connected Ray cluster (``address``, ``RAY_ADDRESS``) or starts the
+    embedded one, which stays up for the dataset's consumers.
     """
+    from .pipeline.decode_job import IMAGE_COLUMNS, DecodeOptions, decoded_dataset, select
+
     unknown = sorted(set(columns) - set(IMAGE_COLUMNS))
     if unknown:
         raise InvalidInputError(f"unknown columns {', '.join(unknown)}; choose from {', '.join(IMAGE_COLUMNS)}")
-    from .pipeline.decode_job import DecodeOptions, decoded_dataset, select
     from .pipeline.reader import open_archive as open_pipeline_archive
     from .pipeline.runtime import cluster_sizing, connect
 
@@ -281,10 +282,8 @@ def read_archive(
         raise DiffcError(f"no decodable image selected in {archive.url}")
     connect(address)
     spec = archive.manifest.codec_spec(model).to_dict()
-    ds = decoded_dataset(
-        archive, selection, storage, batch_size, cluster_sizing(threads, actors), spec, options, "pixels"
-    )
-    return ds.map_batches(_image_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"columns": list(columns)})
+    sizing = cluster_sizing(threads, actors)
+    return decoded_dataset(archive, selection, storage, batch_size, sizing, spec, options, list(columns))
 
 
 def _codec_for(archive, model: str | None, decode_options: dict) -> tuple[Any, dict]:
@@ -294,29 +293,3 @@ def _codec_for(archive, model: str | None, decode_options: dict) -> tuple[Any, d
     codec = archive.manifest.codec_spec(model).build()
     check_same_codec(archive.manifest, codec.describe(), archive.url, "pass model= naming the model it was made with")
     return codec, codec.parse_decode_options(decode_options)
-
-
-def _image_rows(batch: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
-    """Decoder rows (raw ``pixels`` bytes) -> the dataset's rows, ``image`` as (H, W, 3) uint8 arrays."""
-    import numpy as np
-
-    out: dict[str, np.ndarray] = {}
-    for name in columns:
-        if name != "image":
-            out[name] = batch.column(name).to_numpy(zero_copy_only=False)
-    if "image" in columns:
-        images = []
-        for pixels, h, w in zip(*(batch.column(c).to_pylist() for c in ("pixels", "height", "width")), strict=True):
-            images.append(np.frombuffer(pixels, np.uint8).reshape(h, w, 3) if pixels else np.zeros((0, 0, 3), np.uint8))
-        same = len({im.shape for im in images}) == 1
-        out["image"] = np.stack(images) if same else _ragged(images)
-    return out
-
-
-def _ragged(images: list[np.ndarray]) -> np.ndarray:
-    """An object array of differently sized images: Ray Data stores it as a variable-shaped tensor column."""
-    import numpy as np
-
-    arr = np.empty(len(images), dtype=object)
-    arr[:] = images
-    return arr

@@ -48,27 +48,24 @@ PAYLOAD_SCHEMA = pa.schema(
 )
 
 
-def _decoded_schema(payload: str) -> pa.Schema:
-    """What the decoder actors emit: ``png`` (PNG bytes, for ``diffc decode``) or ``pixels`` (raw (H, W, 3)
-    uint8, row-major, for :func:`~diffc_pipeline.api.read_archive`)."""
-    return pa.schema(
-        [
-            pa.field("id", pa.string()),
-            pa.field("height", pa.int32()),
-            pa.field("width", pa.int32()),
-            pa.field("step", pa.int32()),
-            pa.field("bits", pa.int64()),
-            pa.field("bpp", pa.float64()),
-            pa.field(payload, pa.binary()),
-            pa.field("status", pa.string()),
-            pa.field("error", pa.string()),
-            pa.field("read_bytes", pa.int64()),
-        ]
-    )
+DECODED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("step", pa.int32()),
+        pa.field("bits", pa.int64()),
+        pa.field("bpp", pa.float64()),
+        pa.field("png", pa.binary()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("read_bytes", pa.int64()),
+    ]
+)
 
-
-DECODED_SCHEMA = _decoded_schema("png")
-PIXELS_SCHEMA = _decoded_schema("pixels")
+# The columns a decoded-image dataset (``read_archive``) may have: ``image`` is (H, W, 3) uint8.
+IMAGE_COLUMNS = ("id", "image", "bpp", "height", "width", "step", "bits", "status", "error")
+TEXT_COLUMNS = ("id", "status", "error")
 
 
 class DecodeTargetError(DiffcError):
@@ -251,24 +248,51 @@ def _decode_group(codec: Codec, group: list[tuple[dict, Encoded]], decode_option
 
 
 class Decoder:
-    """Ray actor: builds the codec once; decodes batches of prefixes (:func:`decode_rows`) into PNG bytes
-    (``payload="png"``) or raw pixels (``payload="pixels"``)."""
+    """Ray actor: builds the codec once; decodes batches of prefixes (:func:`decode_rows`) into rows with PNG
+    bytes (``columns=None``, for ``diffc decode``), or into rows of ``columns`` out of :data:`IMAGE_COLUMNS`
+    with ``image`` arrays (for ``read_archive``: emitted here, so the dataset needs no conversion stage)."""
 
     def __init__(
-        self, spec: dict, fingerprint: str, decode_options: dict, payload: str, threads: int, device: str
+        self,
+        spec: dict,
+        fingerprint: str,
+        decode_options: dict,
+        columns: list[str] | None,
+        threads: int,
+        device: str,
     ) -> None:
         self.codec = load_codec(spec, fingerprint, threads, device)
         self.options = decode_options
-        self.payload = payload
+        self.columns = columns
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
         rows = batch.to_pylist()
         decode_rows(self.codec, rows, self.options)
+        if self.columns is not None:
+            return image_rows(rows, self.columns)
         for row in rows:
             pixels = row.pop("pixels", None)
             if pixels is not None:
-                row[self.payload] = png_bytes(pixels) if self.payload == "png" else pixels.tobytes()
-        return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA if self.payload == "png" else PIXELS_SCHEMA)
+                row["png"] = png_bytes(pixels)
+        return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+
+
+def image_rows(rows: list[dict], columns: list[str]) -> dict[str, np.ndarray]:
+    """Decoded rows as a batch of ``columns``; ``image`` is a stack of (H, W, 3) uint8 arrays (an object array
+    of them when sizes differ: Ray Data stores it as a variable-shaped tensor column), empty ``(0, 0, 3)``
+    for a row that failed."""
+    out: dict[str, np.ndarray] = {}
+    for name in columns:
+        if name == "image":
+            images = [r["pixels"] if r.get("pixels") is not None else np.zeros((0, 0, 3), np.uint8) for r in rows]
+            if len({im.shape for im in images}) == 1:
+                out[name] = np.stack(images)
+            else:
+                out[name] = np.empty(len(images), dtype=object)
+                out[name][:] = images
+        else:
+            out[name] = np.array([r.get(name) for r in rows], dtype=object if name in TEXT_COLUMNS else None)
+    return out
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -325,9 +349,10 @@ def decoded_dataset(
     sizing: ActorSizing,
     spec: dict,
     decode_options: dict,
-    payload: str,
+    columns: list[str] | None = None,
 ):
-    """The lazy Ray dataset of decoded rows: read tasks fetch the chosen prefixes, decoder actors decode."""
+    """The lazy Ray dataset of decoded rows: read tasks fetch the chosen prefixes, decoder actors decode
+    (PNG rows, or rows of ``columns`` with images: see :class:`Decoder`)."""
     import ray.data
 
     ds = ray.data.from_arrow(read_units(archive, selection))
@@ -346,14 +371,14 @@ def decoded_dataset(
         spec=spec,
         fingerprint=archive.manifest.codec["fingerprint"],
         decode_options=decode_options,
-        payload=payload,
+        columns=columns,
     )
 
 
 def _build_dataset(
     archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing, spec: dict, decode_options: dict
 ):
-    ds = decoded_dataset(archive, selection, opts.storage_options, opts.batch_size, sizing, spec, decode_options, "png")
+    ds = decoded_dataset(archive, selection, opts.storage_options, opts.batch_size, sizing, spec, decode_options)
     if opts.format == "png":
         ds = ds.map_batches(
             write_pngs,
