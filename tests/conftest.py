@@ -20,13 +20,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
-
-
-@pytest.fixture(scope="session")
 def ray_cluster():
     """One embedded 2-CPU Ray cluster shared by every test that needs Ray (start-up costs seconds here)."""
     import ray
