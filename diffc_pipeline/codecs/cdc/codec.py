@@ -1,0 +1,416 @@
+"""The CDC codec behind the codec contract: real range-coded streams, progressive by channel slice.
+
+Chunk 1 holds the hyper-latent ``z`` and the first slice of ``y``; chunk ``i`` (i > 1) holds slice ``i``. A
+prefix of ``k`` chunks decodes: the missing slices take their predicted means (each from the hyperprior and
+the slices before it), and the diffusion decoder synthesises what they would have carried.
+
+Determinism: the analysis transform runs in float32 (only the encoder sees it). Everything both sides must
+agree on - the hyper-decoder and the slice context networks - runs in float64, one image at a time, and its
+outputs are snapped to coarse grids (means to multiples of 1/64 of a quantisation bin, scales to an index in
+a shipped 64-entry table) before they touch the coder, so a last-bit difference of float arithmetic between
+processes, batch sizes or thread counts would have to land within ~1e-14 of a grid boundary to matter. The
+synthesis and the U-Net also run per image and on one thread (float32 convolutions sum in a thread-count
+dependent order), and the diffusion noise comes from the seed in the header.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
+from ..base import Codec, DecodeOption, Encoded
+from ..tensors import to_float, to_uint8
+from .bitstream import Header, chunk_check
+from .config import CdcOptions, ModelConfig
+from .entropy import PMF_TOTAL, ChunkReader, ChunkWriter, gaussian_bits, scale_indices, scale_table, tabulate_prior
+from .model import CdcModel, alpha_bar, count_parameters
+
+STRIDE = 64
+BUILTIN = Path(__file__).parent / "weights"
+TRAIN_HINT = (
+    "train one with `python -m diffc_pipeline.codecs.cdc.train --out RUN` and export it with "
+    "`python -m diffc_pipeline.codecs.cdc.export RUN/checkpoint diffc_pipeline/codecs/cdc/weights`, "
+    "or pass --model RUN/checkpoint"
+)
+
+
+# ---- models on disk -------------------------------------------------------------------------------------
+class LoadedModel:
+    """A CDC network (float32 for the transforms, float64 copy for the entropy parameters) and its tables."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state: dict[str, torch.Tensor],
+        name: str,
+        sha256: str,
+        tables: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.cfg, self.name, self.sha256 = cfg, name, sha256
+        self.net = CdcModel(cfg)
+        try:
+            self.net.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as exc:
+            raise ModelLoadError(f"CDC model {name!r}: weights do not match its config.json ({exc})") from None
+        self.net.eval().requires_grad_(False)
+        self.net64 = copy.deepcopy(self.net).double()
+        if tables is None:
+            tables = {
+                "z_freq": tabulate_prior(self.net.z_prior, cfg.z_bound),
+                "scales": scale_table(cfg.scale_min, cfg.scale_max, cfg.scale_levels),
+            }
+        self.z_freq = np.asarray(tables["z_freq"], dtype=np.int32)
+        self.scales = np.asarray(tables["scales"], dtype=np.float64)
+        if self.z_freq.shape != (cfg.hyper, 2 * cfg.z_bound + 1) or self.scales.shape != (cfg.scale_levels,):
+            raise ModelLoadError(f"CDC model {name!r}: tables do not match its config")
+        if (self.z_freq.sum(1) != PMF_TOTAL).any() or (self.z_freq < 1).any():
+            raise ModelLoadError(f"CDC model {name!r}: z frequency table is not normalised to {PMF_TOTAL}")
+        self.tables_sha256 = hashlib.sha256(self.z_freq.tobytes() + self.scales.tobytes()).hexdigest()
+
+
+def network_model(net: CdcModel, name: str = "cdc-in-memory") -> LoadedModel:
+    """A :class:`LoadedModel` from a network in memory (tests, evaluation during training); its id is the
+    SHA-256 of the float32 weights in name order."""
+    state = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].numpy().tobytes())
+    return LoadedModel(net.cfg, state, name, h.hexdigest())
+
+
+def load_model(spec: str | None) -> LoadedModel:
+    """``"builtin"`` (shipped weights), a model directory (``config.json`` + ``model.safetensors``), a training
+    checkpoint directory (``state.json`` + ``ema.safetensors``) or a run directory holding ``checkpoint/``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    if spec in (None, "builtin"):
+        path = BUILTIN
+        if not (path / "model.safetensors").is_file():
+            raise ModelLoadError(
+                f"no shipped CDC weights in {path} (release weights are not trained yet): {TRAIN_HINT}"
+            )
+        name = "cdc-builtin"
+    else:
+        path = Path(spec)
+        name = str(path)
+        if not path.is_dir():
+            raise ModelLoadError(f"CDC model {spec!r}: no such directory; {TRAIN_HINT}")
+    if not (path / "state.json").is_file() and (path / "checkpoint" / "state.json").is_file():
+        path = path / "checkpoint"
+    try:
+        if (path / "state.json").is_file():  # a training checkpoint: EMA weights, tables computed here
+            meta = json.loads((path / "state.json").read_text())
+            if meta.get("format") != "cdc-checkpoint":
+                raise ModelLoadError(f"{path}: state.json is not a CDC training checkpoint")
+            cfg = ModelConfig.from_dict(meta["model"])
+            blob = (path / "ema.safetensors").read_bytes()  # one read: the hash and the weights agree
+            return LoadedModel(cfg, load_bytes(blob), name, hashlib.sha256(blob).hexdigest())
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            found = sorted(p.name for p in path.iterdir())
+            raise ModelLoadError(
+                f"{path}: not a CDC model directory (needs config.json and model.safetensors; found "
+                f"{', '.join(found) or 'nothing'}; pickled checkpoints are refused)"
+            )
+        meta = json.loads((path / "config.json").read_text())
+        if meta.get("format") != "cdc-model":
+            raise ModelLoadError(f"{path}/config.json: not a CDC model config (format {meta.get('format')!r})")
+        cfg = ModelConfig.from_dict(meta["model"])
+        blob = (path / "model.safetensors").read_bytes()
+        tables = None
+        if (path / "tables.safetensors").is_file():
+            from safetensors.numpy import load_file as load_np
+
+            tables = load_np(str(path / "tables.safetensors"))
+        return LoadedModel(
+            cfg,
+            load_bytes(blob),
+            meta.get("name", name),
+            hashlib.sha256(blob).hexdigest(),
+            tables,
+        )
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise ModelLoadError(f"CDC model {name!r}: cannot load ({type(exc).__name__}: {exc})") from None
+
+
+# ---- the codec -------------------------------------------------------------------------------------------
+class CdcCodec(Codec):
+    name: ClassVar[str] = "cdc"
+    progressive: ClassVar[bool] = True
+    decode_options: ClassVar[tuple[DecodeOption, ...]] = (
+        DecodeOption(
+            "method",
+            str,
+            "diffusion",
+            "diffusion (conditional DDIM, realistic texture) or mean (one-pass, best PSNR)",
+            choices=("diffusion", "mean"),
+        ),
+        DecodeOption("steps", int, 4, "DDIM steps of the diffusion decoder (= network evaluations)", minimum=1),
+        DecodeOption("temperature", float, 0.8, "scale of the diffusion decoder's start noise (gamma)", minimum=0.0),
+    )
+
+    def __init__(self, model: LoadedModel, options: CdcOptions | None = None, device: str = "cpu") -> None:
+        options = options or CdcOptions()
+        cfg = model.cfg
+        if not 0 <= options.rate < cfg.rates:
+            raise InvalidInputError(
+                f"cdc option rate={options.rate} out of range: this model has rates 0..{cfg.rates - 1}"
+            )
+        if not 0 <= options.slices <= cfg.slices:
+            raise InvalidInputError(f"cdc option slices={options.slices} out of range 0..{cfg.slices} (0 = all)")
+        if device != "cpu":
+            raise InvalidInputError(f"the CDC codec runs on cpu only (got device {device!r})")
+        self.model, self.options, self.cfg = model, options, cfg
+        self._written = options.slices or cfg.slices
+        self.model_id = bytes.fromhex(model.sha256)[:4]
+        payload = json.dumps(
+            {
+                "options": asdict(options),
+                "model": cfg.to_dict(),
+                "weights": model.sha256,
+                "tables": model.tables_sha256,
+                "stream": 1,
+            },
+            sort_keys=True,
+        )
+        self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+
+    @classmethod
+    def from_options(cls, options: CdcOptions, model: str | None, device: str = "cpu") -> CdcCodec:
+        """What the registry calls: ``model`` is "builtin" (shipped weights) or a directory."""
+        return cls(load_model(model), options, device)
+
+    load = from_options
+
+    # ---- contract ---------------------------------------------------------------------------------------
+    @property
+    def num_chunks(self) -> int:
+        return self._written
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "options": asdict(self.options),
+            "model": {"name": self.model.name, "sha256": self.model.sha256},
+            "fingerprint": self.fingerprint,
+            "num_chunks": self.num_chunks,
+            "progressive": self.progressive,
+            "details": {
+                "lambdas": list(self.cfg.lambdas),
+                "lambda": self.cfg.lambdas[self.options.rate],
+                "slices": self.cfg.slices,
+                "latent_channels": self.cfg.latent,
+                "parameters": count_parameters(self.model.net),
+                "stride": STRIDE,
+                "header_bytes": Header(self.model_id, 0, 1, 1, 0, b"\0" * self.num_chunks).pack().__len__(),
+                "tables_sha256": self.model.tables_sha256,
+                "decode_defaults": {o.name: o.default for o in self.decode_options},
+            },
+        }
+
+    @staticmethod
+    def image_size(header: bytes) -> tuple[int, int]:
+        h = Header.unpack(header)
+        return h.height, h.width
+
+    @torch.no_grad()
+    def compress(self, images: np.ndarray, seeds: Sequence[int]) -> list[Encoded]:
+        x = to_float(images)
+        b, _, h, w = x.shape
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != b:
+            raise InvalidInputError(f"{len(seeds)} seeds for {b} images")
+        if any(not 0 <= s < 1 << 64 for s in seeds):
+            raise InvalidInputError("seeds must be unsigned 64-bit integers")
+        if h > 65535 or w > 65535:
+            raise InvalidInputError(f"image of {h}x{w} pixels exceeds the CDC header's 65535 limit")
+        xp = _pad(x)
+        net = self.model.net
+        y = net.g_a(xp)
+        z = net.h_a(y)
+        return [self._encode_one(y[i : i + 1], z[i : i + 1], h, w, seeds[i]) for i in range(b)]
+
+    def decompress(
+        self, items: Sequence[Encoded], prefix: int | Sequence[int] | None = None, **options: Any
+    ) -> np.ndarray:
+        opts = self.parse_decode_options(options)
+        items = list(items)
+        if not items:
+            raise InvalidInputError("no streams to decode")
+        counts = self.check_prefix(items, prefix)
+        headers = [self._header(it) for it in items]
+        sizes = {(hd.height, hd.width) for hd in headers}
+        if len(sizes) > 1:
+            raise InvalidInputError(f"one image size per decode call, got {sorted(sizes)}")
+        out = []
+        with torch.no_grad(), one_thread():
+            for it, hd, k in zip(items, headers, counts, strict=True):
+                y_hat = self._decode_latent(hd, it.chunks[:k])
+                out.append(self._reconstruct(y_hat, hd, opts))
+        return np.concatenate(out, 0)
+
+    # ---- internals --------------------------------------------------------------------------------------
+    def _header(self, it: Encoded) -> Header:
+        hd = Header.unpack(it.header)
+        if hd.model_id != self.model_id:
+            raise ModelMismatchError(
+                f"stream made with CDC model id {hd.model_id.hex()}, but this codec's model "
+                f"{self.model.name!r} has id {self.model_id.hex()}: decode with the model that encoded it"
+            )
+        if hd.rate >= self.cfg.rates:
+            raise StreamError(f"CDC stream names rate {hd.rate}, the model has {self.cfg.rates}")
+        if hd.chunks > self.cfg.slices or len(it.chunks) > hd.chunks:
+            raise StreamError(f"CDC stream holds {len(it.chunks)} chunks, its header names {hd.chunks}")
+        return hd
+
+    def _z_probs(self, hz: int, wz: int) -> np.ndarray:
+        return np.repeat(self.model.z_freq.astype(np.float64), hz * wz, axis=0)
+
+    def _slice_params(self, i: int, hyper: torch.Tensor, prev: list[torch.Tensor], rate: int):
+        """Grid-snapped scaled mean, scale-table index and gains of slice ``i`` (float64, one image)."""
+        net64, cfg = self.model.net64, self.cfg
+        s = net64.slice_ch
+        mean, scale = net64.slice_params(i, hyper, prev)
+        g = torch.exp(net64.log_gain[rate, i * s : (i + 1) * s])[None, :, None, None]
+        grid = float(cfg.mean_grid)
+        mean_s = torch.round(mean * g * grid) / grid
+        idx = scale_indices((scale * g).clamp_min(cfg.scale_min), self.model.scales)
+        return mean_s, idx, g
+
+    def _encode_one(self, y: torch.Tensor, z: torch.Tensor, h: int, w: int, seed: int) -> Encoded:
+        cfg, rate = self.cfg, self.options.rate
+        zb, yb = cfg.z_bound, cfg.y_bound
+        zs = torch.round(z).clamp(-zb, zb).to(torch.int64)  # (1, C, hz, wz)
+        _, c, hz, wz = zs.shape
+        sym = (zs[0] + zb).reshape(-1).numpy()
+        writer = ChunkWriter(yb)
+        writer.categorical(sym, self._z_probs(hz, wz))
+        rows = np.repeat(np.arange(c), hz * wz)
+        est = [float(-np.log2(self.model.z_freq[rows, sym] / PMF_TOTAL).sum())]
+        hyper = self.model.net64.h_s(zs.double())
+        y64 = y.double()
+        prev: list[torch.Tensor] = []
+        chunks: list[bytes] = []
+        s = self.model.net64.slice_ch
+        for i in range(self._written):
+            mean_s, idx, g = self._slice_params(i, hyper, prev, rate)
+            k = torch.round(y64[:, i * s : (i + 1) * s] * g - mean_s).clamp(-yb, yb)
+            std = self.model.scales[idx.reshape(-1).numpy()]
+            kn = k.reshape(-1).to(torch.int64).numpy()
+            if i > 0:
+                chunks.append(writer.finish())
+                writer = ChunkWriter(yb)
+                est.append(0.0)
+            writer.gaussian(kn, std)
+            est[-1] += gaussian_bits(kn, std)
+            prev.append((k + mean_s) / g)
+        chunks.append(writer.finish())
+        header = Header(self.model_id, rate, h, w, seed, bytes(chunk_check(ch) for ch in chunks))
+        return Encoded(header.pack(), chunks, est)
+
+    def _decode_latent(self, hd: Header, chunks: Sequence[bytes]) -> torch.Tensor:
+        cfg = self.cfg
+        zb, yb = cfg.z_bound, cfg.y_bound
+        for j, ch in enumerate(chunks):
+            if not isinstance(ch, bytes | bytearray) or chunk_check(bytes(ch)) != hd.checks[j]:
+                raise StreamError(
+                    f"CDC chunk {j + 1} of {hd.chunks} fails its check byte (truncated or corrupted chunk)"
+                )
+        hp, wp = _padded(hd.height), _padded(hd.width)
+        hz, wz = hp // 64, wp // 64
+        if chunks:
+            reader = ChunkReader(bytes(chunks[0]), yb)
+            sym = reader.categorical(self._z_probs(hz, wz))
+        else:  # nothing received: the prior's most likely z
+            sym = np.repeat(self.model.z_freq.argmax(1), hz * wz)
+        zs = torch.from_numpy(sym - zb).reshape(1, cfg.hyper, hz, wz).double()
+        hyper = self.model.net64.h_s(zs)
+        prev: list[torch.Tensor] = []
+        for i in range(cfg.slices):
+            mean_s, idx, g = self._slice_params(i, hyper, prev, hd.rate)
+            if i < len(chunks):
+                if i > 0:
+                    reader = ChunkReader(bytes(chunks[i]), yb)
+                std = self.model.scales[idx.reshape(-1).numpy()]
+                k = torch.from_numpy(reader.gaussian(std)).reshape(mean_s.shape).double()
+                prev.append((k + mean_s) / g)
+            else:
+                prev.append(mean_s / g)
+        return torch.cat(prev, 1)
+
+    def _reconstruct(self, y_hat: torch.Tensor, hd: Header, opts: dict) -> np.ndarray:
+        net = self.model.net
+        cond = net.synthesis(y_hat.float())
+        if opts["method"] == "mean":
+            x = cond["mean"]
+        else:
+            x = ddim(net, cond, hd.rate, hd.seed, opts["steps"], opts["temperature"])
+        return to_uint8(x[:, :, : hd.height, : hd.width])
+
+
+def ddim(net: CdcModel, cond: dict, rate: int, seed: int, steps: int, temperature: float) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) with the X-parameterised U-Net, from ``temperature`` x noise of ``seed``."""
+    shape = cond["mean"].shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * temperature
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    r = torch.tensor([rate])
+    x0 = x
+    for i in range(steps):
+        t = ts[i : i + 1].float()
+        a = alpha_bar(t)
+        x0 = net.unet(x, t, r, cond)
+        if i == steps - 1:
+            break
+        a_next = alpha_bar(ts[i + 1 : i + 2].float())
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    return x0
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the decoder's networks on one thread: oneDNN's float32 convolutions sum in an order that depends on
+    the thread count (measured: 1e-7 differences that flip a few uint8 pixels of a 481x321 photo), so the
+    decoder fixes it, and the pixels depend on the stream alone (on one CPU type)."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _padded(n: int) -> int:
+    return int(math.ceil(n / STRIDE) * STRIDE)
+
+
+def _pad(x: torch.Tensor) -> torch.Tensor:
+    """Pad to the stride by edge replication (works for any size, also images smaller than the pad)."""
+    _, _, h, w = x.shape
+    ph, pw = _padded(h) - h, _padded(w) - w
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")

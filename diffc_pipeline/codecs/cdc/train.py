@@ -1,0 +1,482 @@
+"""Training of the CDC model on CPU: resumable, safetensors checkpoints, exact resume.
+
+``python -m diffc_pipeline.codecs.cdc.train --out /work/runs/cdc --minutes 150``
+
+A checkpoint directory (``OUT/checkpoint``) holds ``state.json`` (step, training config, model config, curve)
+and safetensors files for the weights, the EMA weights and the optimizer state: no pickles. Every random draw
+of step ``s`` (which images, crops, flips, rate indices, ``t``, noise) is a function of ``(seed, s)``, so a resumed
+run continues bit for bit. Loss per image, rate index ``r``::
+
+    bpp + lambda_r * 255^2 * (MSE(mean, x) + (1 - rho) * min(SNR_t, 5) / 5 * MSE(x0_hat(x_t), x))
+
+(MSE on ``[0, 1]`` pixels; rho = 0 here: an LPIPS term needs a user network and is not implemented).
+Data: Tiny ImageNet train (whole 64x64 images) mixed with random crops of native-resolution photos, which
+are decoded a few dozen at a time into a pool of crops refreshed every ``pool_refresh`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ...errors import DiffcError, InvalidImageError
+from ...images import decode_image
+from .config import ModelConfig
+from .model import CdcModel, alpha_bar, count_parameters
+
+STATE = "state.json"
+DEFAULT_TINY = "../shared/data/tinyimagenet/train"
+DEFAULT_PHOTOS = "../shared/data/photos"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    crop: int = 64
+    photo_fraction: float = 0.5  # share of each batch drawn from the photo crop pool
+    pool_photos: int = 48  # photos decoded per pool refresh
+    pool_crops: int = 12  # crops kept per decoded photo
+    pool_refresh: int = 300  # steps between pool refreshes
+    lr: float = 4e-4
+    warmup_steps: int = 200
+    decay_start: int = 0  # linear cool-down of the lr to lr * final_lr_frac between these steps
+    decay_end: int = 0
+    final_lr_frac: float = 0.05
+    ema_decay: float = 0.998
+    grad_clip: float = 2.0
+    rho: float = 0.0
+    prefix_drop: float = 0.2  # share of images whose decoder sees only a random prefix of the slices
+    diffusion_fraction: float = 1.0  # share of each batch that also trains the U-Net (its term is rescaled)
+    seed: int = 0
+    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+
+
+ADJUSTABLE_ON_RESUME = frozenset(
+    {"lr", "warmup_steps", "decay_start", "decay_end", "final_lr_frac", "ema_decay", "grad_clip", "diffusion_fraction"}
+)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    elapsed_s: float = 0.0
+    curve: list[dict] = field(default_factory=list)
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+def load_tiny(root: str | Path, limit: int | None = None) -> list[bytes]:
+    import pyarrow.parquet as pq
+
+    out: list[bytes] = []
+    for p in sorted(Path(root).glob("*.parquet")):
+        out.extend(v.as_py() for v in pq.read_table(p, columns=["image"]).column("image"))
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
+    if not out:
+        raise DiffcError(f"no Parquet files under {root}")
+    return out
+
+
+def list_photos(root: str | Path) -> list[Path]:
+    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise DiffcError(f"no photos under {root}")
+    return paths
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    try:
+        return decode_image(data)
+    except InvalidImageError:
+        return None
+
+
+def _random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    h, w, _ = img.shape
+    if h < crop or w < crop:
+        img = np.pad(img, ((0, max(0, crop - h)), (0, max(0, crop - w)), (0, 0)), mode="reflect")
+        h, w, _ = img.shape
+    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    img = img[top : top + crop, left : left + crop]
+    return img[:, ::-1] if rng.random() < 0.5 else img
+
+
+class CdcBatches:
+    """Batch ``s`` is a pure function of ``(seed, s)``: tiny-imagenet images and photo-pool crops, rate indices."""
+
+    def __init__(self, cfg: TrainConfig, tiny: list[bytes], photos: list[Path], rates: int) -> None:
+        self.cfg, self.tiny, self.photos, self.rates = cfg, tiny, photos, rates
+        self._pool_gen = -1
+        self._pool: np.ndarray | None = None
+
+    def _pool_at(self, step: int) -> np.ndarray:
+        gen = step // self.cfg.pool_refresh
+        if gen != self._pool_gen:
+            rng = np.random.default_rng([self.cfg.seed, 7, gen])
+            chosen = rng.choice(len(self.photos), size=min(self.cfg.pool_photos, len(self.photos)), replace=False)
+            crops = []
+            for idx in chosen:
+                img = _decode(self.photos[int(idx)].read_bytes())
+                if img is None:
+                    continue
+                crops.extend(_random_crop(img, self.cfg.crop, rng) for _ in range(self.cfg.pool_crops))
+            self._pool = np.stack(crops)
+            self._pool_gen = gen
+        assert self._pool is not None
+        return self._pool
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, 1_000_003, step])
+        n_photo = round(cfg.batch_size * cfg.photo_fraction) if self.photos else 0
+        out = np.empty((cfg.batch_size, cfg.crop, cfg.crop, 3), dtype=np.uint8)
+        if n_photo:
+            pool = self._pool_at(step)
+            for i, idx in enumerate(rng.integers(0, len(pool), size=n_photo)):
+                img = pool[int(idx)]
+                out[i] = img[:, ::-1] if rng.random() < 0.5 else img
+        for i in range(n_photo, cfg.batch_size):
+            img = None
+            while img is None:
+                img = _decode(self.tiny[int(rng.integers(0, len(self.tiny)))])
+            out[i] = _random_crop(img, cfg.crop, rng)
+        rate = torch.from_numpy(rng.integers(0, self.rates, size=cfg.batch_size)).long()
+        x = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return x, rate
+
+
+# ---- loss ----------------------------------------------------------------------------------------------
+def cdc_loss(
+    model: CdcModel,
+    x: torch.Tensor,
+    rate: torch.Tensor,
+    gen: torch.Generator,
+    rho: float = 0.0,
+    prefix_drop: float = 0.0,
+    diffusion_fraction: float = 1.0,
+) -> dict:
+    """Per-image loss terms (see the module docstring); ``loss`` is the batch mean to minimise. A share
+    ``prefix_drop`` of the images is decoded from a random prefix of 1..S-1 slices (bits still count all)."""
+    b, _, h, w = x.shape
+    keep = None
+    slices = model.cfg.slices
+    if prefix_drop > 0 and slices > 1:
+        drop = torch.rand(b, generator=gen) < prefix_drop
+        k = torch.randint(1, slices, (b,), generator=gen)
+        keep = torch.where(drop, k, torch.full_like(k, slices))
+    out = model.forward_train(x, rate, gen, keep)
+    bpp = (out["z_bits"] + out["y_bits"]) / (h * w)
+    cond = out["cond"]
+    mse_mean = ((cond["mean"] - x) ** 2).mean((1, 2, 3)) / 4.0
+    t = torch.rand(b, generator=gen)
+    a = alpha_bar(t)[:, None, None, None]
+    eps = torch.randn(x.shape, generator=gen)
+    xt = a.sqrt() * x + (1 - a).sqrt() * eps
+    weight = (a / (1 - a)).clamp(max=5.0).flatten() / 5.0
+    if diffusion_fraction >= 1.0:
+        x0 = model.unet(xt, t, rate, cond)
+        mse_diff = ((x0 - x) ** 2).mean((1, 2, 3)) / 4.0
+        diff_term = weight * mse_diff
+    else:  # the U-Net trains on a random subset of the batch (its term rescaled to stay unbiased)
+        n = max(1, round(b * diffusion_fraction))
+        idx = torch.randperm(b, generator=gen)[:n]
+        sub = {k: v[idx] for k, v in cond.items()}
+        x0 = model.unet(xt[idx], t[idx], rate[idx], sub)
+        mse_sub = ((x0 - x[idx]) ** 2).mean((1, 2, 3)) / 4.0
+        mse_diff = torch.full((b,), float("nan"))
+        mse_diff[idx] = mse_sub.detach()
+        diff_term = torch.zeros(b).index_put((idx,), weight[idx] * mse_sub * (b / n))
+    lam = torch.tensor(model.cfg.lambdas, dtype=x.dtype)[rate]
+    loss = bpp + lam * 255.0**2 * (mse_mean + (1.0 - rho) * diff_term)
+    return {
+        "loss": loss.mean(),
+        "bpp": bpp.detach(),
+        "mse_mean": mse_mean.detach(),
+        "mse_diff": mse_diff.detach(),
+        "t": t,
+    }
+
+
+def psnr(mse01: torch.Tensor) -> torch.Tensor:
+    return -10.0 * torch.log10(mse01.clamp_min(1e-10))
+
+
+# ---- trainer -------------------------------------------------------------------------------------------
+class CdcTrainer:
+    def __init__(self, cfg: TrainConfig, tiny: list[bytes], photos: list[Path]) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model_cfg = ModelConfig.from_dict(cfg.model)
+        self.net = CdcModel(self.model_cfg)
+        self.ema = CdcModel(self.model_cfg)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.requires_grad_(False)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.data = CdcBatches(cfg, tiny, photos, self.model_cfg.rates)
+        self.state = TrainState()
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        lr = c.lr * min(1.0, (step + 1) / max(1, c.warmup_steps))
+        if c.decay_end > c.decay_start and step >= c.decay_start:
+            frac = min(1.0, (step - c.decay_start) / (c.decay_end - c.decay_start))
+            lr *= 1.0 - (1.0 - c.final_lr_frac) * frac
+        return lr
+
+    def train_step(self) -> dict:
+        step = self.state.step
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        x, rate = self.data.batch(step)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(step)
+        self.net.train()
+        terms = cdc_loss(self.net, x, rate, gen, self.cfg.rho, self.cfg.prefix_drop, self.cfg.diffusion_fraction)
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            d = self.cfg.ema_decay
+            for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        self.state.step += 1
+        return {**terms, "rate": rate, "loss": float(terms["loss"].detach())}
+
+    def save(self, directory: Path) -> None:
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        save_file(_optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
+        meta = {"format": "cdc-checkpoint", "config": asdict(self.cfg), "model": self.cfg.model, **asdict(self.state)}
+        (tmp / STATE).write_text(json.dumps(meta, indent=1))
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, directory: Path) -> None:
+        meta = json.loads((directory / STATE).read_text())
+        saved = meta["config"]
+        fixed = sorted(k for k, v in asdict(self.cfg).items() if k not in ADJUSTABLE_ON_RESUME and saved.get(k) != v)
+        if fixed:
+            diffs = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, requested {getattr(self.cfg, k)!r})" for k in fixed)
+            raise DiffcError(f"{directory}: cannot resume with a different {diffs}")
+        self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
+        self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
+        _load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
+        self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for key, value in st.items():
+            out[f"{idx}.{key}"] = torch.as_tensor(value).contiguous()
+    return out
+
+
+def _load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def checkpoint_config(directory: Path) -> TrainConfig:
+    state = Path(directory) / STATE
+    if not state.is_file():
+        raise DiffcError(f"{directory}: not a CDC training checkpoint (no {STATE})")
+    saved = json.loads(state.read_text())["config"]
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class _Stop:
+    signal: str | None = None
+
+
+@contextmanager
+def _stop_on_signals(stop: _Stop) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.signal = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_training(
+    trainer: CdcTrainer,
+    out: Path,
+    minutes: float,
+    max_steps: int | None = None,
+    checkpoint_minutes: float = 4.0,
+    log_every: int = 25,
+    log=print,
+) -> tuple[TrainState, str | None]:
+    """Train until ``minutes`` or ``max_steps``; checkpoint to ``out/checkpoint`` every ``checkpoint_minutes``
+    and at the end (also on SIGTERM/SIGINT, after the current step)."""
+    start = last_ckpt = time.monotonic()
+    base = trainer.state.elapsed_s
+    rates = trainer.model_cfg.rates
+    acc = _Window(rates)
+    stop = _Stop()
+    with _stop_on_signals(stop):
+        while stop.signal is None:
+            if time.monotonic() - start >= minutes * 60 or (max_steps is not None and trainer.state.step >= max_steps):
+                break
+            t0 = time.monotonic()
+            terms = trainer.train_step()
+            acc.add(terms, time.monotonic() - t0)
+            trainer.state.elapsed_s = base + time.monotonic() - start
+            step = trainer.state.step
+            if step % log_every == 0:
+                row = acc.summary(step, trainer.state.elapsed_s, trainer.lr_at(step))
+                trainer.state.curve.append(row)
+                log(json.dumps(row))
+                acc = _Window(rates)
+            if time.monotonic() - last_ckpt >= checkpoint_minutes * 60:
+                trainer.save(out / "checkpoint")
+                last_ckpt = time.monotonic()
+        trainer.save(out / "checkpoint")
+    return trainer.state, stop.signal
+
+
+class _Window:
+    def __init__(self, rates: int) -> None:
+        self.n, self.loss, self.secs = 0, 0.0, 0.0
+        self.bpp = [[] for _ in range(rates)]
+        self.pm = [[] for _ in range(rates)]
+        self.pd = [[] for _ in range(rates)]
+
+    def add(self, terms: dict, secs: float) -> None:
+        self.n += 1
+        self.loss += terms["loss"]
+        self.secs += secs
+        for r, b, m, d in zip(
+            terms["rate"].tolist(),
+            terms["bpp"].tolist(),
+            terms["mse_mean"].tolist(),
+            terms["mse_diff"].tolist(),
+            strict=True,
+        ):
+            self.bpp[r].append(b)
+            self.pm[r].append(m)
+            if d == d:  # not NaN: this image trained the U-Net
+                self.pd[r].append(d)
+
+    def summary(self, step: int, elapsed: float, lr: float) -> dict:
+        def mean_psnr(v: list[float]) -> float | None:
+            return round(float(psnr(torch.tensor(float(np.mean(v))))), 2) if v else None
+
+        return {
+            "step": step,
+            "elapsed_s": round(elapsed, 1),
+            "lr": float(f"{lr:.3g}"),
+            "loss": round(self.loss / max(1, self.n), 4),
+            "s_per_step": round(self.secs / max(1, self.n), 3),
+            "bpp": [round(float(np.mean(v)), 4) if v else None for v in self.bpp],
+            "psnr_mean": [mean_psnr(v) for v in self.pm],
+            "mse_diff_psnr": [mean_psnr(v) for v in self.pd],
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m diffc_pipeline.codecs.cdc.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoint in OUT/checkpoint)")
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--tiny", default=DEFAULT_TINY, help="Tiny ImageNet train Parquet folder")
+    p.add_argument("--photos", default=DEFAULT_PHOTOS, help="folder of native-resolution photos ('' for none)")
+    p.add_argument("--tiny-limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--decay-start", type=int, default=None)
+    p.add_argument("--decay-end", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--diffusion-fraction", type=float, default=None, help="share of each batch training the U-Net")
+    p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
+    p.add_argument("--fresh", action="store_true", help="start over even if OUT/checkpoint exists")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ckpt = args.out / "checkpoint"
+    resume = ckpt.is_dir() and not args.fresh
+    cfg = checkpoint_config(ckpt) if resume else TrainConfig()
+    if not resume and args.model_config:
+        cfg.model = {**cfg.model, **json.loads(args.model_config)}
+    for name in ("batch_size", "lr", "warmup_steps", "decay_start", "decay_end", "seed", "diffusion_fraction"):
+        v = getattr(args, name)
+        if v is not None:
+            setattr(cfg, name, v)
+    tiny = load_tiny(args.tiny, args.tiny_limit)
+    photos = list_photos(args.photos) if args.photos else []
+    trainer = CdcTrainer(cfg, tiny, photos)
+    if resume:
+        trainer.load(ckpt)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(
+        json.dumps(
+            {
+                "event": "start",
+                "resume": resume,
+                "step": trainer.state.step,
+                "params": count_parameters(trainer.net),
+                "tiny": len(tiny),
+                "photos": len(photos),
+                "config": asdict(cfg),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    )
+    state, sig = run_training(trainer, args.out, args.minutes, args.max_steps, args.checkpoint_minutes, log=log)
+    log(
+        json.dumps(
+            {
+                "event": "stop",
+                "step": state.step,
+                "signal": sig,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""The CDC codec: streams, determinism, prefixes, errors, training. A tiny seeded random model keeps these fast
+and independent of trained weights; the tests marked ``shipped`` run on the release weights when present."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffc_pipeline.codecs.cdc.codec import BUILTIN, CdcCodec, load_model, network_model
+from diffc_pipeline.codecs.cdc.config import CdcOptions, ModelConfig
+from diffc_pipeline.codecs.cdc.model import CdcModel
+from diffc_pipeline.errors import InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+TINY_VAL = DATA / "tinyimagenet" / "val" / "part-00000.parquet"
+TINY_CFG = ModelConfig(
+    channels=16, latent=20, hyper=8, slices=4, context=16, unet=(8, 8, 8), lambdas=(0.001, 0.004, 0.016, 0.064)
+)
+SHIPPED = (BUILTIN / "model.safetensors").is_file()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions are fastest on one thread (and a busy machine makes two much slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_net(seed: int = 0) -> CdcModel:
+    torch.manual_seed(seed)
+    net = CdcModel(TINY_CFG)
+    with torch.no_grad():  # the zero-initialised output layers would make the U-Net ignore its noise
+        torch.nn.init.normal_(net.unet.out.weight, std=0.05)
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return network_model(tiny_net(0), "tiny-0")
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    if TINY_VAL.is_file():
+        import pyarrow.parquet as pq
+
+        from diffc_pipeline.images import decode_image
+
+        col = pq.read_table(TINY_VAL, columns=["image"]).column("image")
+        return np.stack([decode_image(col[i].as_py()) for i in range(3)])
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+
+
+def codec(model, **opts) -> CdcCodec:
+    return CdcCodec(model, CdcOptions(**opts))
+
+
+def test_options_and_package_import_without_torch():
+    code = "import sys, diffc_pipeline.codecs.cdc, diffc_pipeline.codecs.cdc.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_stream_options_parse_from_strings(tiny_model):
+    from diffc_pipeline.codecs.base import options_from_strings
+
+    opts = options_from_strings(CdcOptions, {"rate": "2", "slices": "3"}, "cdc")
+    assert opts == CdcOptions(rate=2, slices=3)
+    with pytest.raises(InvalidInputError, match="valid options: rate, slices"):
+        options_from_strings(CdcOptions, {"quality": "3"}, "cdc")
+    json.dumps(CdcCodec(tiny_model, opts).describe())
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 53)])
+def test_round_trip_shape_dtype(tiny_model, size):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    c = codec(tiny_model, rate=2)
+    enc = c.compress(x, [5, 6])
+    assert len(enc) == 2 and all(len(e.chunks) == c.num_chunks == 4 for e in enc)
+    assert c.image_size(enc[0].header) == size
+    for method in ("mean", "diffusion"):
+        out = c.decompress(enc, method=method, steps=2)
+        assert out.shape == x.shape and out.dtype == np.uint8
+    d = c.describe()
+    assert d["name"] == "cdc" and d["progressive"] and d["num_chunks"] == 4 and d["model"]["sha256"]
+    assert d["fingerprint"] == c.fingerprint != codec(tiny_model, rate=1).fingerprint
+
+
+def test_decode_identical_across_batch_sizes_and_threads(tiny_model, images):
+    c = codec(tiny_model, rate=1)
+    enc = c.compress(images, [1, 2, 3])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batch = c.decompress(enc, steps=2)
+        torch.set_num_threads(1)
+        single = np.concatenate([c.decompress([e], steps=2) for e in enc])
+        one_mean = c.decompress(enc[1:2], method="mean")
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(batch, single)
+    assert np.array_equal(c.decompress(enc, method="mean")[1:2], one_mean)
+
+
+def test_large_image_decode_independent_of_threads(tiny_model):
+    x = np.random.default_rng(3).integers(0, 256, (1, 200, 300, 3), dtype=np.uint8)
+    c = codec(tiny_model, rate=3)
+    enc = c.compress(x, [1])
+    torch.set_num_threads(2)
+    two = c.decompress(enc, steps=1)
+    assert torch.get_num_threads() == 2  # the decoder restores the caller's setting
+    torch.set_num_threads(1)
+    assert np.array_equal(two, c.decompress(enc, steps=1))
+
+
+def test_decode_identical_in_fresh_process(tiny_model, images, tmp_path):
+    from diffc_pipeline.codecs.cdc.export import write_model_dir
+
+    write_model_dir(tmp_path / "m", TINY_CFG, tiny_net(0).state_dict(), name="tiny-0")
+    model = load_model(str(tmp_path / "m"))
+    c = codec(model, rate=3)
+    enc = c.compress(images, [7, 8, 9])
+    expected = c.decompress(enc, steps=2)
+    streams = [{"header": e.header.hex(), "chunks": [ch.hex() for ch in e.chunks]} for e in enc]
+    (tmp_path / "streams.json").write_text(json.dumps(streams))
+    code = f"""
+import json, numpy as np, torch
+torch.set_num_threads(1)
+from diffc_pipeline.codecs.base import Encoded
+from diffc_pipeline.codecs.cdc.codec import CdcCodec, load_model
+from diffc_pipeline.codecs.cdc.config import CdcOptions
+c = CdcCodec(load_model({str(tmp_path / "m")!r}), CdcOptions(rate=3))
+items = [Encoded(bytes.fromhex(s["header"]), [bytes.fromhex(h) for h in s["chunks"]])
+         for s in json.load(open({str(tmp_path / "streams.json")!r}))]
+np.save({str(tmp_path / "out.npy")!r}, np.concatenate([c.decompress([it], steps=2) for it in items]))
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_every_prefix_decodes(tiny_model, images):
+    c = codec(tiny_model, rate=2)
+    enc = c.compress(images[:2], [1, 2])
+    for k in range(c.num_chunks + 1):
+        out = c.decompress(enc, prefix=k, method="mean")
+        assert out.shape == images[:2].shape
+    out = c.decompress(enc, prefix=[1, 3], method="mean")
+    assert out.shape == images[:2].shape
+    with pytest.raises(StreamError, match="cannot decode 5 chunks"):
+        c.decompress(enc, prefix=5)
+
+
+def test_fewer_slices_option_is_a_prefix(tiny_model, images):
+    full = codec(tiny_model, rate=2).compress(images[:1], [4])[0]
+    short_codec = codec(tiny_model, rate=2, slices=2)
+    short = short_codec.compress(images[:1], [4])[0]
+    assert short.chunks == full.chunks[:2] and short_codec.num_chunks == 2
+    assert np.array_equal(
+        short_codec.decompress([short], method="mean"),
+        codec(tiny_model, rate=2).decompress([full], prefix=2, method="mean"),
+    )
+
+
+def test_real_bits_close_to_estimate(tiny_model, images):
+    for rate in (0, 3):
+        enc = codec(tiny_model, rate=rate).compress(images, [1, 2, 3])
+        for e in enc:
+            for ch, est in zip(e.chunks, e.estimated_bits, strict=True):
+                assert 8 * len(ch) <= est * 1.01 + 16  # range coder: ~1 byte of flush per chunk
+
+
+def test_corrupted_and_truncated_streams(tiny_model, images):
+    c = codec(tiny_model)
+    e = c.compress(images[:1], [1])[0]
+    bad = bytearray(e.header)
+    bad[12] ^= 0xFF
+    with pytest.raises(StreamError, match="CRC"):
+        c.decompress([replace(e, header=bytes(bad))])
+    with pytest.raises(StreamError, match="magic"):
+        c.decompress([replace(e, header=b"XYZ" + e.header[3:])])
+    with pytest.raises(StreamError, match="too short"):
+        c.image_size(e.header[:10])
+    truncated = [e.chunks[0], e.chunks[1][:-1], *e.chunks[2:]]
+    with pytest.raises(StreamError, match="chunk 2 of 4 fails its check"):
+        c.decompress([replace(e, chunks=truncated)])
+    # a prefix that stops before the damaged chunk still decodes
+    assert c.decompress([replace(e, chunks=truncated)], prefix=1, method="mean").shape == images[:1].shape
+
+
+def test_wrong_model_and_bad_options(tiny_model, images):
+    e = codec(tiny_model).compress(images[:1], [1])[0]
+    other = codec(network_model(tiny_net(1), "tiny-1"))
+    with pytest.raises(ModelMismatchError, match="model id"):
+        other.decompress([e])
+    c = codec(tiny_model)
+    with pytest.raises(InvalidInputError, match="valid decode options: method, steps, temperature"):
+        c.decompress([e], sampler="ddpm")
+    with pytest.raises(InvalidInputError, match="not one of diffusion, mean"):
+        c.decompress([e], method="flow")
+    with pytest.raises(InvalidInputError, match="rate=9 out of range"):
+        codec(tiny_model, rate=9)
+    with pytest.raises(InvalidInputError, match="expected uint8"):
+        c.compress(images.astype(np.float32), [1, 2, 3])
+
+
+def test_builtin_or_missing_model_errors(tmp_path):
+    if not SHIPPED:
+        with pytest.raises(ModelLoadError, match=r"codecs\.cdc\.train"):
+            load_model("builtin")
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "pickle").mkdir()
+    (tmp_path / "pickle" / "model.pt").write_bytes(b"\x80\x04")
+    with pytest.raises(ModelLoadError, match="pickled checkpoints are refused"):
+        load_model(str(tmp_path / "pickle"))
+
+
+def test_diffusion_decoder_follows_the_seed(tiny_model, images):
+    c = codec(tiny_model, rate=1)
+    a = c.compress(images[:1], [11])[0]
+    b = c.compress(images[:1], [12])[0]
+    assert a.chunks == b.chunks and a.header != b.header
+    da1, da2, db = (c.decompress([s], steps=3) for s in (a, a, b))
+    assert np.array_equal(da1, da2)
+    assert not np.array_equal(da1, db)
+    # temperature 0 ignores the seed
+    assert np.array_equal(c.decompress([a], steps=3, temperature=0), c.decompress([b], steps=3, temperature=0))
+
+
+def test_training_loss_decreases_and_resume_is_exact(tmp_path, images):
+    import io
+
+    from PIL import Image
+
+    from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig, run_training
+
+    def jpeg(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=95)
+        return buf.getvalue()
+
+    tiny = [jpeg(im) for im in images]
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(np.concatenate([images[0], images[1]], axis=1)))
+    cfg = TrainConfig(
+        batch_size=4,
+        crop=64,
+        pool_photos=1,
+        pool_crops=4,
+        pool_refresh=5,
+        lr=2e-3,
+        warmup_steps=1,
+        model=TINY_CFG.to_dict(),
+        prefix_drop=0.5,
+    )
+    full = CdcTrainer(cfg, tiny, [photo])
+    losses = [full.train_step()["loss"] for _ in range(30)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+    a = CdcTrainer(cfg, tiny, [photo])
+    run_training(a, tmp_path / "run", minutes=5, max_steps=4, log=lambda _m: None)
+    b = CdcTrainer(cfg, tiny, [photo])
+    b.load(tmp_path / "run" / "checkpoint")
+    assert b.state.step == 4
+    run_training(b, tmp_path / "run", minutes=5, max_steps=8, log=lambda _m: None)
+    ref = CdcTrainer(cfg, tiny, [photo])
+    for _ in range(8):
+        ref.train_step()
+    for (k, v), (_, w) in zip(ref.net.state_dict().items(), b.net.state_dict().items(), strict=True):
+        assert torch.equal(v, w), k
+    # a checkpoint is a model: it encodes and decodes
+    model = load_model(str(tmp_path / "run"))
+    enc = CdcCodec(model, CdcOptions(rate=0)).compress(images[:1], [0])
+    assert CdcCodec(model, CdcOptions(rate=0)).decompress(enc, method="mean").shape == images[:1].shape
+    with pytest.raises(Exception, match="cannot resume with a different batch_size"):
+        CdcTrainer(replace(cfg, batch_size=2), tiny, [photo]).load(tmp_path / "run" / "checkpoint")
+
+
+def test_export_writes_fp16_release(tmp_path, images):
+    from diffc_pipeline.codecs.cdc.export import export
+    from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig
+
+    cfg = TrainConfig(batch_size=2, crop=64, photo_fraction=0.0, model=TINY_CFG.to_dict())
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(images[0]).save(buf, "PNG")
+    t = CdcTrainer(cfg, [buf.getvalue()], [])
+    t.train_step()
+    t.save(tmp_path / "ckpt")
+    info = export(tmp_path / "ckpt", tmp_path / "rel")
+    assert info["trained_steps"] == 1
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "rel" / "model.safetensors")).values())
+    c = CdcCodec(load_model(str(tmp_path / "rel")), CdcOptions(rate=1))
+    assert c.decompress(c.compress(images[:1], [0]), method="mean").shape == images[:1].shape
+
+
+# ---- on the shipped weights -------------------------------------------------------------------------------
+shipped = pytest.mark.skipif(not SHIPPED, reason="no shipped CDC weights")
+
+
+@shipped
+def test_shipped_bits_match_estimate_and_prefixes_improve(images):
+    model = load_model("builtin")
+    for rate in range(model.cfg.rates):
+        c = CdcCodec(model, CdcOptions(rate=rate))
+        enc = c.compress(images, [0, 1, 2])
+        real = sum(8 * sum(len(ch) for ch in e.chunks) for e in enc)
+        est = sum(sum(e.estimated_bits) for e in enc)
+        assert real <= est * 1.01 + 8 * c.num_chunks * len(enc), (rate, real, est)
+        if rate == model.cfg.rates - 1:
+            mse = [
+                ((c.decompress(enc, prefix=k, method="mean").astype(float) - images) ** 2).mean()
+                for k in range(1, c.num_chunks + 1)
+            ]
+            assert mse[-1] < mse[0]
+
+
+@shipped
+def test_shipped_decode_is_identical_across_batch_and_threads(images):
+    c = CdcCodec(load_model("builtin"), CdcOptions(rate=2))
+    enc = c.compress(images, [0, 1, 2])
+    torch.set_num_threads(2)
+    batch = c.decompress(enc, steps=2)
+    torch.set_num_threads(1)
+    assert np.array_equal(batch, np.concatenate([c.decompress([e], steps=2) for e in enc]))
