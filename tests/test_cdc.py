@@ -340,3 +340,14 @@ def test_shipped_decode_is_identical_across_batch_and_threads(images):
     batch = c.decompress(enc, steps=2)
     torch.set_num_threads(1)
     assert np.array_equal(batch, np.concatenate([c.decompress([e], steps=2) for e in enc]))
+
+
+def test_diffc_train_cdc_hands_its_options_to_the_cdc_trainer():
+    from typer.testing import CliRunner
+
+    from diffc_pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["train-cdc", "--help"])
+    assert result.exit_code == 0 and "--diffusion-fraction" in result.output and "--out" in result.output
+    result = CliRunner().invoke(app, ["train-cdc"])  # --out is required: argparse's usage error, exit 2
+    assert result.exit_code == 2

@@ -94,5 +94,22 @@ def train(
     console.print(f"stopped{why} at step {state.step}; checkpoint in {ckpt}, EMA model in {out / 'model'}")
 
 
+def train_cdc(ctx: typer.Context) -> None:
+    """Train (or resume) the CDC codec's model; every option is the CDC trainer's (`diffc train-cdc --help`).
+
+    The CDC trainer keeps its own options (photo crops mixed with Tiny ImageNet, rate sampling, the U-Net's
+    share of each batch): this command hands them to it unchanged, so `diffc train-cdc ...` and
+    `python -m diffc_pipeline.codecs.cdc.train ...` are the same run.
+    """
+    from ..codecs.cdc.train import main
+
+    raise typer.Exit(main(list(ctx.args)) or 0)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(train)
+    app.command(
+        "train-cdc",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(train_cdc)
