@@ -351,3 +351,11 @@ def test_diffc_train_cdc_hands_its_options_to_the_cdc_trainer():
     assert result.exit_code == 0 and "--diffusion-fraction" in result.output and "--out" in result.output
     result = CliRunner().invoke(app, ["train-cdc"])  # --out is required: argparse's usage error, exit 2
     assert result.exit_code == 2
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CDC weights")
+def test_a_gpu_actor_builds_the_same_cpu_codec():
+    """Model actors on GPU nodes ask for device='cuda'; CDC runs on the CPU there (same streams everywhere)."""
+    from diffc_pipeline.codecs import CodecSpec, resolve
+
+    assert CodecSpec("cdc", {}, "builtin").build("cuda").fingerprint == resolve("cdc").build().fingerprint

@@ -192,10 +192,13 @@ class CdcCodec(Codec):
 
     @classmethod
     def from_options(cls, options: CdcOptions, model: str | None, device: str = "cpu") -> CdcCodec:
-        """What the registry calls: ``model`` is "builtin" (shipped weights) or a directory."""
-        return cls(load_model(model), options, device)
+        """What the registry calls: ``model`` is "builtin" (shipped weights) or a directory.
 
-    load = from_options
+        ``device`` is ignored: CDC runs on the CPU everywhere, because encoder and decoder must compute the
+        same entropy parameters (a model actor on a GPU node would otherwise write streams that a CPU decoder
+        reads differently); the one-encoder-pass codec is fast enough there (0.3 s for 481x321).
+        """
+        return cls(load_model(model), options, "cpu")
 
     # ---- contract ---------------------------------------------------------------------------------------
     @property
