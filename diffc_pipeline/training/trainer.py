@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from ..errors import DiffcError
 from ..models.base import LinearSchedule
 from ..models.storage import save_unet_model
 from ..models.unet import UNet, UNetConfig
+from .checkpointing import StopRequest, load_optimizer_tensors, optimizer_tensors, stop_on_signals
 from .data import BatchSampler
 from .vdm import diffusion_loss, nats_to_bpd, prior_loss
 
@@ -165,7 +163,7 @@ class Trainer:
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
         save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        save_file(_optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
+        save_file(optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
         (tmp / STATE).write_text(json.dumps({"config": asdict(self.config), **asdict(self.state)}, indent=1))
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -192,7 +190,7 @@ class Trainer:
             raise DiffcError(f"{directory}: cannot resume with a different {diffs}")
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
-        _load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
+        load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
         self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
 
     def export(self, directory: Path, name: str = "diffc-unet", fp16: bool = False, raw: bool = False) -> None:
@@ -214,24 +212,6 @@ class Trainer:
         )
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for idx, st in opt.state_dict()["state"].items():
-        for key, value in st.items():
-            out[f"{idx}.{key}"] = torch.as_tensor(value).contiguous()
-    return out
-
-
-def _load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
 def run_training(
     trainer: Trainer,
     out: Path,
@@ -251,8 +231,8 @@ def run_training(
     base_elapsed = trainer.state.elapsed_s
     ema_loss = math.nan
     window_start, window_steps = time.monotonic(), 0
-    stop = _StopRequest()
-    with _stop_on_signals(stop):
+    stop = StopRequest()
+    with stop_on_signals(stop):
         while stop.signal is None:
             now = time.monotonic()
             if (now - start) >= minutes * 60 or (max_steps is not None and trainer.state.step >= max_steps):
@@ -284,26 +264,3 @@ def _checkpoint(trainer: Trainer, out: Path) -> None:
     """The resumable checkpoint and the EMA model beside it."""
     trainer.save(out / "checkpoint")
     trainer.export(out / "model")
-
-
-@dataclass
-class _StopRequest:
-    signal: str | None = None
-
-
-@contextmanager
-def _stop_on_signals(stop: _StopRequest) -> Iterator[None]:
-    """Record SIGTERM and SIGINT in ``stop`` for the duration; only the main thread may install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.signal = signal.Signals(signum).name
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -19,12 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -34,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ...errors import DiffcError, InvalidImageError
 from ...images import decode_image
+from ...training.checkpointing import StopRequest, load_optimizer_tensors, optimizer_tensors, stop_on_signals
 from .config import ModelConfig
 from .model import CdcModel, alpha_bar, count_parameters
 
@@ -261,7 +258,7 @@ class CdcTrainer:
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
         save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        save_file(_optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
+        save_file(optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
         meta = {"format": "cdc-checkpoint", "config": asdict(self.cfg), "model": self.cfg.model, **asdict(self.state)}
         (tmp / STATE).write_text(json.dumps(meta, indent=1))
         old = directory.with_name(directory.name + ".old")
@@ -280,26 +277,8 @@ class CdcTrainer:
             raise DiffcError(f"{directory}: cannot resume with a different {diffs}")
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
-        _load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
+        load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
         self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for idx, st in opt.state_dict()["state"].items():
-        for key, value in st.items():
-            out[f"{idx}.{key}"] = torch.as_tensor(value).contiguous()
-    return out
-
-
-def _load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    sd["state"] = state
-    opt.load_state_dict(sd)
 
 
 def checkpoint_config(directory: Path) -> TrainConfig:
@@ -312,28 +291,6 @@ def checkpoint_config(directory: Path) -> TrainConfig:
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-@dataclass
-class _Stop:
-    signal: str | None = None
-
-
-@contextmanager
-def _stop_on_signals(stop: _Stop) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.signal = signal.Signals(signum).name
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def run_training(
     trainer: CdcTrainer,
     out: Path,
@@ -349,8 +306,8 @@ def run_training(
     base = trainer.state.elapsed_s
     rates = trainer.model_cfg.rates
     acc = _Window(rates)
-    stop = _Stop()
-    with _stop_on_signals(stop):
+    stop = StopRequest()
+    with stop_on_signals(stop):
         while stop.signal is None:
             if time.monotonic() - start >= minutes * 60 or (max_steps is not None and trainer.state.step >= max_steps):
                 break
