@@ -27,13 +27,7 @@ TINY_CFG = ModelConfig(
 SHIPPED = (BUILTIN / "model.safetensors").is_file()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions are fastest on one thread (and a busy machine makes two much slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(seed: int = 0) -> CdcModel:

@@ -26,13 +26,7 @@ from diffc_pipeline.models.unet import UNet, UNetConfig
 TINY = UNetConfig(widths=(16, 16), blocks_per_level=1, emb_dim=32, groups=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine extra threads spin-wait (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(seed: int = 0) -> UNet:

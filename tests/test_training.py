@@ -35,13 +35,7 @@ TINY = UNetConfig(widths=(16, 16), blocks_per_level=1, emb_dim=32, groups=8).to_
 CONFIG = TrainConfig(batch_size=8, crop=16, lr=3e-3, warmup_steps=1, seed=0, unet=TINY)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine extra threads spin-wait (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _png(img: np.ndarray) -> bytes:
