@@ -50,10 +50,7 @@ def generated_images(n: int, size: int = 16, seed: int = 0) -> list[bytes]:
     yy, xx = np.mgrid[0:size, 0:size] / size
     out = []
     for _ in range(n):
-        base = (
-            rng.uniform(0, 255, 3)
-            * (0.5 + 0.5 * np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + yy)))[..., None]
-        )
+        base = rng.uniform(0, 255, 3) * (0.5 + 0.5 * np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + yy)))[..., None]
         img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
         out.append(_png(img))
     return out
@@ -145,6 +142,53 @@ def test_a_phase_of_other_crops_resumes_exactly_and_cannot_be_rewritten(tiny_set
         Trainer(CONFIG.with_batch_shape(3, 4, 8), tiny_set).load(tmp_path / "ckpt")
     with pytest.raises(DiffcError, match="a phase already starts at or after step 2"):
         phased.with_batch_shape(2, 2, 8)
+
+
+def test_a_photo_stream_mixes_into_every_batch_and_resumes_exactly(tiny_set: list[bytes], tmp_path: Path) -> None:
+    """Crops of larger photos (a second stream, its own draws) enter the loss beside the main batch; a phase
+    grows the photo crops; resuming across it is bit for bit the straight run."""
+    photos = generated_images(6, size=48, seed=5)
+    mixed = replace(CONFIG, photo_batch=2, photo_crop=24).with_batch_shape(2, None, None, photo_batch=1, photo_crop=32)
+    assert mixed.phases == [{"from_step": 2, "batch_size": 8, "crop": 16, "photo_batch": 1, "photo_crop": 32}]
+    assert [mixed.shape_at(s)["photo_crop"] for s in (0, 1, 2, 5)] == [24, 24, 32, 32]
+    straight = Trainer(mixed, tiny_set, photos)
+    losses_straight = [straight.train_step() for _ in range(4)]
+    assert straight._photo_sampler_at(3).batch(3).shape == (1, 3, 32, 32)
+    # the main stream draws what it drew without photos: the photo stream is independent
+    plain = BatchSampler(tiny_set, 8, 16, seed=0).batch(1)
+    assert torch.equal(straight._sampler_at(1).batch(1), plain)
+    assert not torch.equal(straight._photo_sampler_at(1).batch(1)[:, :, :16, :16], plain[:1])
+
+    first = Trainer(replace(CONFIG, photo_batch=2, photo_crop=24), tiny_set, photos)
+    losses = [first.train_step() for _ in range(2)]
+    first.save(tmp_path / "ckpt")
+    resumed = Trainer(mixed, tiny_set, photos)
+    resumed.load(tmp_path / "ckpt")
+    losses += [resumed.train_step() for _ in range(2)]
+    assert losses == losses_straight
+    a, b = _all_tensors(straight), _all_tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DiffcError, match="pass --photos"):
+        Trainer(mixed, tiny_set)
+
+
+def test_a_run_can_start_from_a_model_and_says_so(tmp_path: Path) -> None:
+    samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
+    source = Trainer(CONFIG, generated_images(4))
+    source.train_step()
+    source.export(tmp_path / "source")
+    identity = load_model(str(tmp_path / "source")).identity
+    args = ["train", "--data", str(samples), "--out", str(tmp_path / "run"), "--threads", "1", "--max-steps", "1"]
+    started = CliRunner().invoke(app, [*args, "--init-from", str(tmp_path / "source"), "--batch-size", "2"])
+    assert started.exit_code == 0, started.output
+    assert f"new run from the weights of {identity.name}@{identity.sha256[:12]}" in started.output
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert saved["config"]["init_from"] == {"name": identity.name, "sha256": identity.sha256}
+    assert saved["config"]["unet"] == TINY  # the architecture is the model's, not the default
+    exported = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert exported["init_from"]["sha256"] == identity.sha256
+    again = CliRunner().invoke(app, [*args, "--init-from", str(tmp_path / "source")])
+    assert again.exit_code == 2 and "--init-from starts a new run" in " ".join(again.output.split())
 
 
 def test_resume_refuses_a_config_that_changes_the_weights_meaning(tiny_set: list[bytes], tmp_path: Path) -> None:
@@ -270,9 +314,7 @@ def test_evaluation_matches_the_exact_bound_of_a_known_model() -> None:
 
 
 def test_model_eval_cli_writes_every_figure(tmp_path: Path) -> None:
-    identity = save_unet_model(
-        tmp_path / "model", Trainer(CONFIG, []).ema, LinearSchedule().to_dict(), name="t"
-    )
+    identity = save_unet_model(tmp_path / "model", Trainer(CONFIG, []).ema, LinearSchedule().to_dict(), name="t")
     (tmp_path / "images").mkdir()
     for i, data in enumerate(generated_images(5)):
         (tmp_path / "images" / f"{i}.png").write_bytes(data)
@@ -297,7 +339,9 @@ def test_model_eval_cli_writes_every_figure(tmp_path: Path) -> None:
     codec_config = CodecConfig()
     (codec,) = report["codec"]
     assert (codec["logsnr_start"], codec["logsnr_end"], codec["steps"]) == (
-        codec_config.logsnr_start, codec_config.logsnr_end, codec_config.num_steps
+        codec_config.logsnr_start,
+        codec_config.logsnr_end,
+        codec_config.num_steps,
     )
     assert codec["bpd"] > 0 and codec["psnr_denoised_db"] > 0
 

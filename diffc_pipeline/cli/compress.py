@@ -9,7 +9,7 @@ import math
 import typer
 from rich.table import Table
 
-from ..images import DEFAULT_MAX_PIXELS
+from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from ._common import EXIT_FAILED, EXIT_PARTIAL, console, friendly_errors, parse_pairs
 
 INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "deleted_examples")
@@ -38,6 +38,9 @@ def compress(
     steps: int = typer.Option(None, min=1, help="DiffC's coding steps (same as --codec-opt num_steps=N)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Reject larger images (decompression bombs)."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
+    batch_pixels: int = typer.Option(
+        DEFAULT_BATCH_PIXELS, min=1, help="At most this many pixels per codec call (bounds memory on large photos)."
+    ),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
     actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),
     limit: int = typer.Option(0, min=0, help="Only the first N images in plan order (0: all)."),
@@ -77,6 +80,7 @@ def compress(
         address=address,
         max_pixels=max_pixels,
         batch_size=batch_size,
+        batch_pixels=batch_pixels,
         threads=threads,
         actors=actors,
         limit=limit,

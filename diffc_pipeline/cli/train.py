@@ -35,6 +35,18 @@ def train(
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
     limit: int = typer.Option(0, help="Use only the first N images (0: all)."),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    photos: str = typer.Option(
+        "", help="fsspec URL of native-resolution photos whose random crops are mixed into every batch."
+    ),
+    photo_batch: int | None = typer.Option(
+        None, help="Photo crops per step [default: 0, or the checkpoint's; another on resume: a phase]."
+    ),
+    photo_crop: int | None = typer.Option(
+        None, help="Photo crop size in pixels [default: 128, or the checkpoint's; another on resume: a phase]."
+    ),
+    init_from: Path | None = typer.Option(
+        None, help="Start a new run from this diffc model directory's weights (e.g. the built-in model's)."
+    ),
 ) -> None:
     """Train the built-in U-Net with the VDM objective (the DiffC rate), resumably.
 
@@ -53,11 +65,19 @@ def train(
     ckpt = out / "checkpoint"
     resuming = resume and (ckpt / STATE).exists()
     given = {"lr": lr, "seed": seed, "decay_start": decay_start, "decay_end": decay_end}
+    shape = {"photo_batch": photo_batch, "photo_crop": photo_crop}
     if resuming:  # another crop or batch size starts a phase from the checkpoint's step
-        config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop)
+        if init_from is not None:
+            raise DiffcError(f"--init-from starts a new run, but {ckpt} exists: pass another --out or --no-resume")
+        config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop, **shape)
     else:
-        given |= {"batch_size": batch_size, "crop": crop}
+        given |= {"batch_size": batch_size, "crop": crop, **shape}
         config = TrainConfig()
+        if init_from is not None:  # the architecture and schedule are the model's
+            from ..models.storage import read_config
+
+            model_config = read_config(init_from)
+            config = replace(config, unet=model_config["unet"], schedule=model_config["schedule"])
     config = replace(config, **{k: v for k, v in given.items() if v is not None})
     for phase in config.phases:
         console.print(f"phase from step {phase['from_step']}: batch {phase['batch_size']}, crop {phase['crop']}")
@@ -65,7 +85,16 @@ def train(
         raise DiffcError(f"--decay-end ({config.decay_end}) must be after --decay-start ({config.decay_start})")
     images = load_encoded_images(data, image_column=image_column, limit=limit or None)
     console.print(f"{len(images)} training images from {data}")
-    trainer = Trainer(config, images)
+    photo_images = load_encoded_images(photos) if photos else []
+    if photo_images:
+        console.print(f"{len(photo_images)} photos from {photos}, {config.photo_batch} crops per step")
+    trainer = Trainer(config, images, photo_images)
+    if init_from is not None and not resuming:
+        from ..models.storage import WEIGHTS_NAME, identity_of, read_config, read_state_dict
+
+        source = identity_of(init_from, read_config(init_from))
+        trainer.init_weights(read_state_dict(init_from / WEIGHTS_NAME), {"name": source.name, "sha256": source.sha256})
+        console.print(f"new run from the weights of {source.name}@{source.sha256[:12]}")
     if resuming:
         trainer.load(ckpt)
         console.print(f"resumed from {ckpt} at step {trainer.state.step}")

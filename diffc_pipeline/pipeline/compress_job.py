@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from .. import __version__
 from ..codecs import Codec, CodecSpec, resolve
 from ..errors import ArchiveError
-from ..images import DEFAULT_MAX_PIXELS
+from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from . import faults
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
 from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
@@ -50,6 +50,7 @@ class CompressOptions:
     address: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 16
+    batch_pixels: int = DEFAULT_BATCH_PIXELS  # pixels per codec call (a batch of large photos is cut)
     threads: int = 0  # torch threads per model actor (0: sized to the machine)
     actors: int = 0  # model actors (0: sized to the cluster)
     limit: int = 0  # only the first N inputs in plan order (0: all)
@@ -329,6 +330,7 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
         sizing,
         spec=job.spec.to_dict(),
         fingerprint=job.manifest.codec["fingerprint"],
+        batch_pixels=opts.batch_pixels,
         fault=faults.encoder_setting(),
     )
 

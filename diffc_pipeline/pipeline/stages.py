@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,10 +18,12 @@ from PIL import Image
 
 from ..codecs import CodecSpec, cumulative_bits
 from ..errors import ModelMismatchError
-from ..images import decode_image
+from ..images import DEFAULT_BATCH_PIXELS, decode_image
 from . import faults
 from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, row_checksum
 from .sources import read_bytes
+
+T = TypeVar("T")
 
 DECODED_SCHEMA = pa.schema(
     [
@@ -89,6 +92,13 @@ def read_and_decode(
         yield pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
+def split_by_pixels(group: list[T], pixels_each: int, budget: int) -> list[list[T]]:
+    """``group`` (images of ``pixels_each`` pixels) in consecutive parts of at most ``budget`` pixels (at
+    least one image per part)."""
+    per_part = max(1, budget // max(1, pixels_each))
+    return [group[i : i + per_part] for i in range(0, len(group), per_part)]
+
+
 def load_codec(spec: dict, fingerprint: str, threads: int, device: str):
     """The codec of a model actor (``spec``: :meth:`CodecSpec.to_dict`), checked against the archive's
     fingerprint.
@@ -113,8 +123,17 @@ def load_codec(spec: dict, fingerprint: str, threads: int, device: str):
 class Encoder:
     """Ray actor: builds the codec once, then compresses batches grouped by image size."""
 
-    def __init__(self, spec: dict, fingerprint: str, threads: int, device: str, fault: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: dict,
+        fingerprint: str,
+        threads: int,
+        device: str,
+        batch_pixels: int = DEFAULT_BATCH_PIXELS,
+        fault: str | None = None,
+    ) -> None:
         self.codec = load_codec(spec, fingerprint, threads, device)
+        self.batch_pixels = batch_pixels
         self.fault = fault  # a fault-injection setting from the driver (tests only; see .faults)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -125,7 +144,8 @@ class Encoder:
             if row["status"] == STATUS_OK:
                 groups[(row["height"], row["width"])].append(row)
         for (h, w), group in groups.items():
-            self._encode_group(group, h, w)
+            for part in split_by_pixels(group, h * w, self.batch_pixels):
+                self._encode_group(part, h, w)
         for row in rows:
             del row["pixels"]
         return pa.Table.from_pylist(rows, schema=ENCODED_SCHEMA)

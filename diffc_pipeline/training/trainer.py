@@ -51,26 +51,45 @@ class TrainConfig:
     # since the codec sees whole images): each phase ``{"from_step", "batch_size", "crop"}`` applies from its
     # step on. Phases live in the checkpoint, so a run with phases is as exactly resumable as one without.
     phases: list[dict] = field(default_factory=list)
+    # A second image stream, mixed into every batch: ``photo_batch`` random ``photo_crop`` crops of
+    # native-resolution photos (0: none). Tiny ImageNet alone is ImageNet downsampled to 64x64 (aliased,
+    # JPEG-blocked detail); a model for full-size photos has to see their statistics too. Both streams
+    # enter one loss, weighted by pixels: the bound of the mixed pixel population. Phases may change them.
+    photo_batch: int = 0
+    photo_crop: int = 128
+    # The model a run started from (``{"name", "sha256"}``; ``None``: random initialisation).
+    init_from: dict | None = None
 
-    def batch_shape_at(self, step: int) -> tuple[int, int]:
-        """``(batch_size, crop)`` in force at ``step``."""
-        shape = (self.batch_size, self.crop)
+    def shape_at(self, step: int) -> dict[str, int]:
+        """``{"batch_size", "crop", "photo_batch", "photo_crop"}`` in force at ``step`` (a phase names only
+        what it changes)."""
+        shape = {k: getattr(self, k) for k in SHAPE_FIELDS}
         for phase in self.phases:
             if step >= phase["from_step"]:
-                shape = (phase["batch_size"], phase["crop"])
+                shape |= {k: phase[k] for k in SHAPE_FIELDS if k in phase}
         return shape
 
-    def with_batch_shape(self, step: int, batch_size: int | None, crop: int | None) -> TrainConfig:
-        """This config, with a new phase from ``step`` on if ``batch_size`` or ``crop`` differ from those in
-        force there (``None``: keep)."""
-        current = self.batch_shape_at(step)
-        wanted = (batch_size or current[0], crop or current[1])
-        if wanted == current:
+    def batch_shape_at(self, step: int) -> tuple[int, int]:
+        """``(batch_size, crop)`` of the main stream in force at ``step``."""
+        shape = self.shape_at(step)
+        return shape["batch_size"], shape["crop"]
+
+    def with_batch_shape(self, step: int, batch_size: int | None, crop: int | None, **photo: int | None) -> TrainConfig:
+        """This config, with a new phase from ``step`` on if ``batch_size``, ``crop`` or ``photo_batch`` /
+        ``photo_crop`` differ from those in force there (``None``: keep)."""
+        current = self.shape_at(step)
+        given = {"batch_size": batch_size, "crop": crop, **photo}
+        changed = {k: v for k, v in given.items() if v is not None and v != current[k]}
+        if not changed:
             return self
         if any(p["from_step"] >= step for p in self.phases):
             raise DiffcError(f"a phase already starts at or after step {step}; resume past it first")
-        phase = {"from_step": step, "batch_size": wanted[0], "crop": wanted[1]}
+        # a phase records the main stream's shape always (older checkpoints' phases hold just that)
+        phase = {"from_step": step, "batch_size": current["batch_size"], "crop": current["crop"], **changed}
         return replace(self, phases=[*self.phases, phase])
+
+
+SHAPE_FIELDS = ("batch_size", "crop", "photo_batch", "photo_crop")
 
 
 # Fields a resumed run may change: they steer the optimiser from here on. Every other field (data,
@@ -106,8 +125,11 @@ def checkpoint_step(directory: Path) -> int:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, images: list[bytes]) -> None:
+    def __init__(self, config: TrainConfig, images: list[bytes], photos: list[bytes] | None = None) -> None:
         self.config = config
+        self._photos = photos or []
+        if (config.photo_batch or any(p.get("photo_batch") for p in config.phases)) and not self._photos:
+            raise DiffcError("this run mixes photo crops into its batches (photo_batch > 0): pass --photos")
         torch.manual_seed(config.seed)
         self.net = UNet(UNetConfig.from_dict(config.unet))
         self.ema = UNet(UNetConfig.from_dict(config.unet))
@@ -117,7 +139,15 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self._images = images
         self._sampler = BatchSampler(images, config.batch_size, config.crop, config.seed)
+        self._photo_sampler: BatchSampler | None = None
         self.state = TrainState()
+
+    def init_weights(self, state_dict: dict[str, torch.Tensor], source: dict) -> None:
+        """Start this (new) run from a model's weights: both the trained and the EMA copy; ``source``
+        (``{"name", "sha256"}``) is recorded in the config, so the checkpoint says what it grew from."""
+        self.net.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        self.ema.load_state_dict(self.net.state_dict())
+        self.config = replace(self.config, init_from=source)
 
     def lr_at(self, step: int) -> float:
         """Warm-up, constant, then (if configured) a linear cool-down to zero."""
@@ -131,14 +161,21 @@ class Trainer:
         """One optimisation step; returns the batch's loss in bits/dim (diffusion + prior)."""
         step = self.state.step
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        x = self._sampler_at(step).batch(step)
+        batches = [self._sampler_at(step).batch(step)]
+        photos = self._photo_sampler_at(step)
+        if photos is not None:
+            batches.append(photos.batch(step))
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
         self.net.train()
-        nats = diffusion_loss(self.net, x, self.schedule, gen) + prior_loss(x, self.schedule)
-        loss = nats.mean() / x[0].numel()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # one loss over both streams, weighted by pixels: total nats over total dims
+        dims = sum(x.numel() for x in batches)
+        total = torch.zeros(())
+        for x in batches:
+            nats = diffusion_loss(self.net, x, self.schedule, gen) + prior_loss(x, self.schedule)
+            (nats.sum() / dims).backward()  # one backward per stream: peak memory of the larger one only
+            total += nats.detach().sum()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.opt.step()
         with torch.no_grad():
@@ -146,7 +183,7 @@ class Trainer:
             for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         self.state.step += 1
-        return float(nats_to_bpd(nats.detach().mean(), x[0].numel()))
+        return float(nats_to_bpd(total, dims))
 
     def _sampler_at(self, step: int) -> BatchSampler:
         """The batch stream of the phase in force: a pure function of the step, like every batch."""
@@ -154,6 +191,18 @@ class Trainer:
         if (self._sampler.batch_size, self._sampler.crop) != (batch_size, crop):
             self._sampler = BatchSampler(self._images, batch_size, crop, self.config.seed)
         return self._sampler
+
+    def _photo_sampler_at(self, step: int) -> BatchSampler | None:
+        """The photo stream of the phase in force (``None`` where it mixes in no photos)."""
+        shape = self.config.shape_at(step)
+        if not shape["photo_batch"]:
+            return None
+        s = self._photo_sampler
+        if s is None or (s.batch_size, s.crop) != (shape["photo_batch"], shape["photo_crop"]):
+            self._photo_sampler = BatchSampler(
+                self._photos, shape["photo_batch"], shape["photo_crop"], self.config.seed, stream=1, keep_decoded=True
+            )
+        return self._photo_sampler
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -174,7 +223,8 @@ class Trainer:
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
-        saved = meta["config"]
+        # fields this checkpoint predates hold their defaults (that is what it was trained with)
+        saved = asdict(TrainConfig()) | meta["config"]
         fixed = sorted(
             k
             for k, v in asdict(self.config).items()
@@ -207,6 +257,12 @@ class Trainer:
                 "train_batch": self.config.batch_size,
                 "train_crop": self.config.crop,
                 **({"train_phases": self.config.phases} if self.config.phases else {}),
+                **(
+                    {"train_photo_batch": self.config.photo_batch, "train_photo_crop": self.config.photo_crop}
+                    if self.config.photo_batch
+                    else {}
+                ),
+                **({"init_from": self.config.init_from} if self.config.init_from else {}),
                 "weights": "raw" if raw else "ema",
             },
         )
