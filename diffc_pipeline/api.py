@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import DiffcError, InvalidInputError
-from .images import DEFAULT_MAX_PIXELS
+from .images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +59,7 @@ def compress(
     id_column: str = "id",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     batch_size: int = 16,
+    batch_pixels: int = DEFAULT_BATCH_PIXELS,
     threads: int = 0,
     actors: int = 0,
     address: str | None = None,
@@ -89,6 +90,7 @@ def compress(
         address=address,
         max_pixels=max_pixels,
         batch_size=batch_size,
+        batch_pixels=batch_pixels,
         threads=threads,
         actors=actors,
         limit=limit,
