@@ -115,6 +115,7 @@ def decode(
     format: str = "png",
     model: str | None = None,
     decode_options: Mapping[str, Any] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     storage_options: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     threads: int = 0,
@@ -123,7 +124,8 @@ def decode(
     progress: bool = False,
 ) -> DecodeSummary:
     """Decode chosen images of ``archive`` to PNG files (or Parquet parts of PNG bytes) under ``output``, on
-    Ray: what ``diffc decode`` does. Without ``bpp`` or ``step``, the whole stream."""
+    Ray: what ``diffc decode`` does. Without ``bpp`` or ``step``, the whole stream. A row whose stream header
+    disagrees with its size, or claims more than ``max_pixels`` pixels, is an error row of the summary."""
     from .pipeline.decode_job import DecodeOptions, run_decode
 
     opts = DecodeOptions(
@@ -137,6 +139,7 @@ def decode(
         decode_options=dict(decode_options or {}),
         format=format,
         model=model,
+        max_pixels=max_pixels,
         storage_options=dict(storage_options or {}),
         address=address,
         batch_size=batch_size,
@@ -206,17 +209,19 @@ class ArchiveReader:
         where: str | None = None,
         limit: int = 0,
         model: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
         **decode_options: Any,
     ) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(id, uint8 (H, W, 3) array)`` for the chosen images at ``bpp`` or ``step`` (default: the
         whole stream), in archive order. A row that fails to decode raises :class:`DiffcError` naming it
-        (error rows of the archive are skipped, as ``diffc decode`` skips them)."""
+        (error rows of the archive are skipped, as ``diffc decode`` skips them), as does one whose stream
+        header disagrees with its size or claims more than ``max_pixels`` pixels, before it is decoded."""
         from .pipeline.decode_job import DecodeOptions, decode_rows, read_payloads, read_units, select
 
         opts = DecodeOptions(
             self.url, "", bpp=bpp, step=step, ids=list(ids), where=where, limit=limit, model=model,
-            decode_options=dict(decode_options),
+            max_pixels=max_pixels, decode_options=dict(decode_options),
         )  # fmt: skip
         codec, options = _codec_for(self._archive, model, opts.decode_options)
         selection, _, _ = select(self._archive, opts)
@@ -224,7 +229,7 @@ class ArchiveReader:
             payload = read_payloads(unit, self.storage_options).to_pylist()
             for start in range(0, len(payload), batch_size):
                 rows = payload[start : start + batch_size]
-                decode_rows(codec, rows, options)
+                decode_rows(codec, rows, options, opts.max_pixels)
                 for row in rows:
                     if row["status"] != "ok":
                         raise DiffcError(f"image {row['id']!r} of {self.url} did not decode: {row['error']}")
@@ -246,6 +251,7 @@ def read_archive(
     limit: int = 0,
     columns: Sequence[str] = DEFAULT_COLUMNS,
     model: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     storage_options: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     threads: int = 0,
@@ -261,8 +267,9 @@ def read_archive(
     once) decode them when the dataset is consumed. Rows have ``columns`` out of :data:`IMAGE_COLUMNS`:
     ``image`` is uint8 ``(H, W, 3)``, emitted by the decoder actors themselves (no conversion stage); a row
     that fails to decode keeps ``status="error"`` and its ``error`` (as in ``diffc decode``) with an empty
-    ``(0, 0, 3)`` image. Joins the connected Ray cluster (``address``, ``RAY_ADDRESS``) or starts the
-    embedded one, which stays up for the dataset's consumers.
+    ``(0, 0, 3)`` image; so does a row whose stream header disagrees with its size or claims more than
+    ``max_pixels`` pixels (checked before decoding). Joins the connected Ray cluster (``address``,
+    ``RAY_ADDRESS``) or starts the embedded one, which stays up for the dataset's consumers.
     """
     from .pipeline.decode_job import IMAGE_COLUMNS, DecodeOptions, decoded_dataset, select
 
@@ -276,7 +283,7 @@ def read_archive(
     archive = open_pipeline_archive(url, storage)
     opts = DecodeOptions(
         url, "", bpp=bpp, step=step, ids=list(ids), where=where, limit=limit, model=model,
-        decode_options=dict(decode_options),
+        max_pixels=max_pixels, decode_options=dict(decode_options),
     )  # fmt: skip
     _, options = _codec_for(archive, model, opts.decode_options)  # the driver checks the model before any work
     selection, _, _ = select(archive, opts)
@@ -285,7 +292,7 @@ def read_archive(
     connect(address)
     spec = archive.manifest.codec_spec(model).to_dict()
     sizing = cluster_sizing(threads, actors)
-    return decoded_dataset(archive, selection, storage, batch_size, sizing, spec, options, list(columns))
+    return decoded_dataset(archive, selection, storage, batch_size, sizing, spec, options, max_pixels, list(columns))
 
 
 def _codec_for(archive, model: str | None, decode_options: dict) -> tuple[Any, dict]:

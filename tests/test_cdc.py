@@ -83,7 +83,7 @@ def test_round_trip_shape_dtype(tiny_model, size):
     c = codec(tiny_model, rate=2)
     enc = c.compress(x, [5, 6])
     assert len(enc) == 2 and all(len(e.chunks) == c.num_chunks == 4 for e in enc)
-    assert c.image_size(enc[0].header) == size
+    assert c.stream_size(enc[0]) == size
     for method in ("mean", "diffusion"):
         out = c.decompress(enc, method=method, steps=2)
         assert out.shape == x.shape and out.dtype == np.uint8
@@ -185,7 +185,7 @@ def test_corrupted_and_truncated_streams(tiny_model, images):
     with pytest.raises(StreamError, match="magic"):
         c.decompress([replace(e, header=b"XYZ" + e.header[3:])])
     with pytest.raises(StreamError, match="too short"):
-        c.image_size(e.header[:10])
+        c.stream_size(replace(e, header=e.header[:10]))
     truncated = [e.chunks[0], e.chunks[1][:-1], *e.chunks[2:]]
     with pytest.raises(StreamError, match="chunk 2 of 4 fails its check"):
         c.decompress([replace(e, chunks=truncated)])

@@ -7,6 +7,7 @@ import dataclasses
 import typer
 from rich.table import Table
 
+from ..images import DEFAULT_MAX_PIXELS
 from ._common import EXIT_PARTIAL, console, friendly_errors, parse_pairs
 from .compress import STORAGE_HELP, format_value
 
@@ -36,6 +37,12 @@ def decode(
     model: str = typer.Option(
         None, help="The model the archive was made with (default: the built-in model its manifest names)."
     ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS,
+        min=1,
+        help="Refuse (as an error row) a stream claiming more pixels, or another size than its row: an archive "
+        "from elsewhere may be edited.",
+    ),
     storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     batch_size: int = typer.Option(8, min=1, help="Images per codec call."),
@@ -57,6 +64,7 @@ def decode(
         decode_options={**parse_pairs(decode_opt, "--decode-opt"), **({"method": method} if method else {})},
         format=format,
         model=model,
+        max_pixels=max_pixels,
         storage_options=parse_storage_options(storage_option),
         address=address,
         batch_size=batch_size,

@@ -24,6 +24,11 @@ import numpy as np
 
 from ..errors import InvalidInputError, StreamError
 
+# The most chunks per image any codec may write, and a manifest may claim: each chunk is two Parquet columns of
+# every shard and (DiffC) one network evaluation per image, so an archive from elsewhere that claims more is
+# refused before anything is built or read for it.
+MAX_CHUNKS = 4096
+
 
 @dataclass
 class Encoded:
@@ -123,6 +128,16 @@ class Codec(ABC):
     ) -> np.ndarray:
         """Decode ``items`` (one image size per call) from their first ``prefix`` chunks (per item or one
         for all; ``None``: every chunk) to ``(B, H, W, 3)`` uint8. ``options`` are decode options."""
+
+    @abstractmethod
+    def stream_size(self, item: Encoded) -> tuple[int, int]:
+        """``(height, width)`` that ``item``'s stream claims, read from its header (or, where the header is
+        empty, from the first chunk's own file header) without decoding anything.
+
+        A decoder of archives from elsewhere checks this against the archive row and a pixel limit before it
+        spends any work on the stream (the stream's CRCs catch accidents, not edits). Raises
+        :class:`~diffc_pipeline.errors.StreamError` when the header does not parse.
+        """
 
     # ---- shared helpers ------------------------------------------------------------------------------
     @classmethod

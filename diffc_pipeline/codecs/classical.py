@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -125,6 +126,22 @@ class PillowCodec(Codec):
         if len({d.shape for d in decoded}) > 1:
             raise InvalidInputError("all streams decoded in one call must have the same image size")
         return np.stack(decoded)
+
+    def stream_size(self, item: Encoded) -> tuple[int, int]:
+        """The size in the image file's own header (the stream header is empty), as Pillow reads it on open,
+        before any pixel is decoded; the pixel limit is the caller's, so Pillow's bomb warning is not one."""
+        if not item.chunks or not item.chunks[0]:
+            raise StreamError(f"{self.name} stream holds no image file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(item.chunks[0])) as img:
+                    width, height = img.size
+        except Image.DecompressionBombError as exc:
+            raise StreamError(f"{self.name} file claims too many pixels: {exc}") from None
+        except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+            raise StreamError(f"{self.name} file header does not parse: {exc}") from None
+        return height, width
 
 
 class JpegCodec(PillowCodec):

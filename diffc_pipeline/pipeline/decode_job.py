@@ -3,11 +3,17 @@
 The choice is made on the driver from the archive's index (cumulative bits per chunk), so each read task
 fetches only the chunk columns it decodes. The codec is the one the manifest names, built from the registry.
 Reconstructions are written as PNG files (by write tasks) or as Parquet parts of PNG bytes (by the driver).
+
+An archive may come from elsewhere, and its CRCs and checksums catch accidents, not edits: before any
+decoding, each stream's header must claim its row's size, within ``max_pixels`` (compress's limit), or the
+row becomes an error row (:func:`check_stream_size`); what the index says never selects more chunks than the
+manifest names.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +25,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..codecs import Codec, Encoded, prefix_bits
-from ..errors import DiffcError
+from ..errors import ArchiveError, DiffcError
+from ..images import DEFAULT_MAX_PIXELS
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .incremental import latest_rows
 from .manifest import check_same_codec
@@ -84,6 +91,7 @@ class DecodeOptions:
     decode_options: dict = field(default_factory=dict)  # the codec's decode options (strings accepted)
     format: str = "png"
     model: str | None = None  # None: the model the manifest names (a built-in); a PATH otherwise
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a stream (and its row) claiming more pixels is an error row
     storage_options: dict = field(default_factory=dict, repr=False)
     address: str | None = None
     batch_size: int = 8
@@ -110,6 +118,8 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     ``step``: the whole stream."""
     if opts.bpp is not None and opts.step is not None:
         raise DecodeTargetError("give at most one of --bpp and --step")
+    if opts.max_pixels < 1:
+        raise DecodeTargetError(f"--max-pixels must be >= 1, got {opts.max_pixels}")
     index, index_bytes = read_index(archive, with_bits=opts.bpp is not None)
     index = latest_rows(index)  # incremental archives hold older versions of changed sources
     if opts.ids:
@@ -126,9 +136,10 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     index = index.filter(ok)
     m = archive.manifest
     if opts.bpp is not None:
-        bits_hw = list(zip(*(index.column(c).to_pylist() for c in ("cum_bits", "height", "width")), strict=True))
-        steps = [_steps_within(bits, h * w, opts.bpp) for bits, h, w in bits_hw]
-        below = [bits[0] / (h * w) for (bits, h, w), k in zip(bits_hw, steps, strict=True) if k == 0]
+        sizes = zip(index.column("height").to_pylist(), index.column("width").to_pylist(), strict=True)
+        bits_px = list(zip(index.column("cum_bits").to_pylist(), [row_pixels(h, w) for h, w in sizes], strict=True))
+        steps = [_steps_within(bits, px, opts.bpp, m.num_chunks) for bits, px in bits_px]
+        below = [bits[0] / px for (bits, px), k in zip(bits_px, steps, strict=True) if k == 0 and px and bits]
         if below:
             raise DecodeTargetError(
                 f"--bpp {opts.bpp} is below the first chunk of {len(below)} of {len(steps)} selected images "
@@ -154,9 +165,44 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     return index.append_column("step", pa.array(steps, pa.int32())), errors, index_bytes
 
 
-def _steps_within(cum_bits: list[int], pixels: int, bpp: float) -> int:
-    """The longest prefix whose bits (header included) stay within ``bpp``; 0 if even one step is over."""
-    return sum(1 for bits in cum_bits if bits / pixels <= bpp)
+def _steps_within(cum_bits: list[int] | None, pixels: int, bpp: float, most: int) -> int:
+    """The longest prefix whose bits (header included) stay within ``bpp``; 0 if even one step is over.
+
+    At most ``most`` chunks, the manifest's count: an index from elsewhere may list more bit counts than
+    its shards have chunk columns. A row naming no pixels gets 0 here and is reported by
+    :func:`check_stream_size`.
+    """
+    if not pixels:
+        return 0
+    return min(most, sum(1 for bits in cum_bits or () if bits is not None and bits <= bpp * pixels))
+
+
+def row_pixels(height: int | None, width: int | None) -> int:
+    """``height * width`` of an archive row, or 0 unless both are positive integers (a row from elsewhere
+    may hold anything, and a decoder must not divide by it or size work by it)."""
+    if type(height) is int and type(width) is int and height > 0 and width > 0:
+        return height * width
+    return 0
+
+
+def check_stream_size(codec: Codec, row: dict, max_pixels: int) -> None:
+    """Refuse a row unless its stream's header claims the row's ``height`` x ``width`` and that is at most
+    ``max_pixels``: the codec's work and memory grow with the size its header names, so an edited row (header
+    CRC and row checksum recomputed) must be caught before any decoding, not by a decode that never ends."""
+    height, width = row["height"], row["width"]
+    pixels = row_pixels(height, width)
+    if not pixels:
+        raise ArchiveError(f"image {row['id']!r}: its row says {width}x{height} pixels")
+    claimed_h, claimed_w = codec.stream_size(Encoded(row["header"], row["chunks"]))
+    if (claimed_h, claimed_w) != (height, width):
+        raise ArchiveError(
+            f"image {row['id']!r}: stream header claims {claimed_w}x{claimed_h} pixels, its row says {width}x{height}"
+        )
+    if pixels > max_pixels:
+        raise ArchiveError(
+            f"image {row['id']!r}: stream of {width}x{height} = {pixels} pixels exceeds the limit of {max_pixels} "
+            "(--max-pixels)"
+        )
 
 
 def output_name(image_id: str) -> str:
@@ -206,19 +252,22 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
     return pa.Table.from_pylist(out, schema=PAYLOAD_SCHEMA)
 
 
-def decode_rows(codec: Codec, rows: list[dict], decode_options: dict) -> None:
+def decode_rows(codec: Codec, rows: list[dict], decode_options: dict, max_pixels: int) -> None:
     """Decode payload rows (``id``, ``height``, ``width``, ``step``, ``bits``, ``header``, ``chunks``, ``crcs``)
     in place: each gets ``bpp`` and ``status``, and ``pixels`` ((H, W, 3) uint8) or an ``error``.
 
-    One codec call per image size (each image its own prefix); if a call fails, image by image, so one bad
-    row is one error row. Shared by the decoder actors and :meth:`~diffc_pipeline.api.ArchiveReader.decode`.
+    Each row is checked first (chunk CRCs, then :func:`check_stream_size` against ``max_pixels``). One codec
+    call per image size (each image its own prefix); if a call fails, image by image, so one bad row is one
+    error row. Shared by the decoder actors and :meth:`~diffc_pipeline.api.ArchiveReader.decode`.
     """
     groups: dict[tuple[int, int], list[tuple[dict, Encoded]]] = defaultdict(list)
     for row in rows:
-        row.update(bpp=row["bits"] / (row["height"] * row["width"]), status=STATUS_OK)
+        pixels = row_pixels(row["height"], row["width"])
+        row.update(bpp=row["bits"] / pixels if pixels else math.nan, status=STATUS_OK)
         try:
             verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
-        except Exception as exc:  # a corrupted row is an error row; the other images still decode
+            check_stream_size(codec, row, max_pixels)
+        except Exception as exc:  # a corrupted or edited row is an error row; the other images still decode
             row.update(status=STATUS_ERROR, error=error_text("archive", exc))
             continue
         groups[(row["height"], row["width"])].append((row, Encoded(row["header"], row["chunks"])))
@@ -257,17 +306,19 @@ class Decoder:
         spec: dict,
         fingerprint: str,
         decode_options: dict,
+        max_pixels: int,
         columns: list[str] | None,
         threads: int,
         device: str,
     ) -> None:
         self.codec = load_codec(spec, fingerprint, threads, device)
         self.options = decode_options
+        self.max_pixels = max_pixels
         self.columns = columns
 
     def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
         rows = batch.to_pylist()
-        decode_rows(self.codec, rows, self.options)
+        decode_rows(self.codec, rows, self.options, self.max_pixels)
         if self.columns is not None:
             return image_rows(rows, self.columns)
         for row in rows:
@@ -349,6 +400,7 @@ def decoded_dataset(
     sizing: ActorSizing,
     spec: dict,
     decode_options: dict,
+    max_pixels: int,
     columns: list[str] | None = None,
 ):
     """The lazy Ray dataset of decoded rows: read tasks fetch the chosen prefixes, decoder actors decode
@@ -371,6 +423,7 @@ def decoded_dataset(
         spec=spec,
         fingerprint=archive.manifest.codec["fingerprint"],
         decode_options=decode_options,
+        max_pixels=max_pixels,
         columns=columns,
     )
 
@@ -378,7 +431,9 @@ def decoded_dataset(
 def _build_dataset(
     archive: Archive, selection: pa.Table, opts: DecodeOptions, sizing: ActorSizing, spec: dict, decode_options: dict
 ):
-    ds = decoded_dataset(archive, selection, opts.storage_options, opts.batch_size, sizing, spec, decode_options)
+    ds = decoded_dataset(
+        archive, selection, opts.storage_options, opts.batch_size, sizing, spec, decode_options, opts.max_pixels
+    )
     if opts.format == "png":
         ds = ds.map_batches(
             write_pngs,

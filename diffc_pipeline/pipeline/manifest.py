@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import fsspec
 
 from .. import __version__
+from ..codecs.base import MAX_CHUNKS
 from ..errors import ArchiveError, ModelMismatchError
 from .archive import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
 
@@ -110,9 +111,14 @@ class Manifest:
         if d["format_version"] == 1:
             d = _from_format_1(d)
         try:
-            return cls(**d)
+            manifest = cls(**d)
         except TypeError as exc:
             raise ArchiveError(f"{where} has missing or unknown fields: {exc}") from None
+        # Chunks per image size every reader's column list and every decode: bounded before anything is built.
+        n = manifest.codec.get("num_chunks") if isinstance(manifest.codec, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHUNKS:
+            raise ArchiveError(f"{where} names {n!r} chunks per image; an archive holds 1 to {MAX_CHUNKS}")
+        return manifest
 
 
 def _from_format_1(d: dict) -> dict:

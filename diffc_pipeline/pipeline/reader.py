@@ -100,11 +100,20 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
 
 
 def _check_shard(archive: Archive, name: str, metadata: pq.FileMetaData) -> None:
+    """Refuse a shard of another format or codec, or one lacking the payload columns of the manifest's chunks
+    (which a read task would otherwise fail on, deep in a Ray job)."""
     meta = json.loads((metadata.metadata or {}).get(METADATA_KEY, b"{}"))
     if meta.get("format_version") not in READABLE_VERSIONS or meta.get(
         "codec_fingerprint"
     ) != archive.manifest.codec.get("fingerprint"):
         raise ArchiveError(f"shard {name} of {archive.url} was written by another format or codec than its manifest")
+    columns = set(metadata.schema.to_arrow_schema().names)
+    missing = [c for c in payload_columns(archive.manifest.num_chunks) if c not in columns]
+    if missing:
+        raise ArchiveError(
+            f"shard {name} of {archive.url} lacks {len(missing)} payload columns ({', '.join(missing[:3])}, ...) of "
+            f"the {archive.manifest.num_chunks} chunks its manifest names"
+        )
 
 
 def read_footer(f) -> pq.FileMetaData:

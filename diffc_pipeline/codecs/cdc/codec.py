@@ -230,9 +230,9 @@ class CdcCodec(Codec):
             },
         }
 
-    @staticmethod
-    def image_size(header: bytes) -> tuple[int, int]:
-        h = Header.unpack(header)
+    def stream_size(self, item: Encoded) -> tuple[int, int]:
+        """The size in the stream's header (checked: length, magic, version, CRC); nothing else is read."""
+        h = Header.unpack(item.header)
         return h.height, h.width
 
     @torch.no_grad()

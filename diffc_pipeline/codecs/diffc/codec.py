@@ -215,6 +215,11 @@ class DiffcCodec(Codec):
         )
         return x[:, :, : streams[0].height, : streams[0].width]
 
+    def stream_size(self, item: Encoded) -> tuple[int, int]:
+        """The size in the stream's header (checked: length, CRC, magic, version); nothing else is read."""
+        header = Header.unpack(bytes(item.header or b""))
+        return header.height, header.width
+
     def _prefix_lengths(self, streams: Sequence[EncodedImage], prefix: int | Sequence[int] | None) -> list[int]:
         if not streams:
             raise InvalidInputError("no streams to decode")

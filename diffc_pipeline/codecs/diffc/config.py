@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from ...errors import InvalidInputError
+from ..base import MAX_CHUNKS
 
 FORMAT_VERSION = 1
 RECONSTRUCTION_ONLY = ("flow_steps", "ancestral_steps")
@@ -48,8 +49,11 @@ class CodecConfig:
     spacing: str = "linear"
 
     def __post_init__(self) -> None:
-        if self.num_steps < 1:
-            raise InvalidInputError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 1 <= self.num_steps <= MAX_CHUNKS:
+            raise InvalidInputError(f"num_steps must be in [1, {MAX_CHUNKS}], got {self.num_steps}")
+        for name in RECONSTRUCTION_ONLY:  # a decode makes this many network calls: bounded like the coding steps
+            if getattr(self, name) > MAX_CHUNKS:
+                raise InvalidInputError(f"{name} must be at most {MAX_CHUNKS}, got {getattr(self, name)}")
         if not self.logsnr_end > self.logsnr_start:
             raise InvalidInputError("logsnr_end must be larger than logsnr_start (less noise at the end)")
         if not 1 <= self.chunk_bits <= self.candidate_log2 <= 24:
