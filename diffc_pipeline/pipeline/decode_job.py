@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DiffcError
-from ..images import DEFAULT_MAX_PIXELS
+from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .incremental import latest_rows
 from .manifest import check_same_codec
@@ -34,7 +34,7 @@ from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
 from .sources import open_fs
-from .stages import error_text, load_codec
+from .stages import error_text, load_codec, split_by_pixels
 from .where import parse_where
 
 ROWS_PER_READ = 64
@@ -257,7 +257,8 @@ def decode_rows(codec: Codec, rows: list[dict], decode_options: dict, max_pixels
     in place: each gets ``bpp`` and ``status``, and ``pixels`` ((H, W, 3) uint8) or an ``error``.
 
     Each row is checked first (chunk CRCs, then :func:`check_stream_size` against ``max_pixels``). One codec
-    call per image size (each image its own prefix); if a call fails, image by image, so one bad row is one
+    call per image size and :data:`~diffc_pipeline.images.DEFAULT_BATCH_PIXELS` (each image its own
+    prefix); if a call fails, image by image, so one bad row is one
     error row. Shared by the decoder actors and :meth:`~diffc_pipeline.api.ArchiveReader.decode`.
     """
     groups: dict[tuple[int, int], list[tuple[dict, Encoded]]] = defaultdict(list)
@@ -271,8 +272,9 @@ def decode_rows(codec: Codec, rows: list[dict], decode_options: dict, max_pixels
             row.update(status=STATUS_ERROR, error=error_text("archive", exc))
             continue
         groups[(row["height"], row["width"])].append((row, Encoded(row["header"], row["chunks"])))
-    for group in groups.values():
-        _decode_group(codec, group, decode_options)
+    for (h, w), group in groups.items():
+        for part in split_by_pixels(group, h * w, DEFAULT_BATCH_PIXELS):  # memory grows with a call's pixels
+            _decode_group(codec, part, decode_options)
 
 
 def _decode_group(codec: Codec, group: list[tuple[dict, Encoded]], decode_options: dict) -> None:
