@@ -3,6 +3,7 @@ and independent of trained weights; the tests marked ``shipped`` run on the rele
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -280,6 +281,70 @@ def test_training_loss_decreases_and_resume_is_exact(tmp_path, images):
     assert CdcCodec(model, CdcOptions(rate=0)).decompress(enc, method="mean").shape == images[:1].shape
     with pytest.raises(Exception, match="cannot resume with a different batch_size"):
         CdcTrainer(replace(cfg, batch_size=2), tiny, [photo]).load(tmp_path / "run" / "checkpoint")
+
+
+def test_rho_trains_against_a_user_lpips_network(tmp_path, images):
+    """rho > 0: the LPIPS term of a user's torch.export network enters the loss and its gradient reaches the
+    decoder (not the frozen metric); the run records the network's hash and refuses another on resume."""
+    import io
+
+    from PIL import Image
+
+    from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig, cdc_loss, main
+
+    class Lpips(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ((self.conv(x) - self.conv(y)) ** 2).mean(dim=(1, 2, 3))
+
+    side = {"min": 8, "max": 512}
+    dims = {0: torch.export.Dim("b"), 2: torch.export.Dim("h", **side), 3: torch.export.Dim("w", **side)}
+    example = torch.rand(2, 3, 32, 32)
+    net_file = tmp_path / "lpips.pt2"
+    exported = torch.export.export(Lpips(), (example, example.clone()), dynamic_shapes={"x": dims, "y": dims})
+    torch.export.save(exported, str(net_file))
+    lpips = torch.export.load(str(net_file)).module()
+
+    cfg = TrainConfig(batch_size=2, crop=64, model=TINY_CFG.to_dict(), prefix_drop=0.0, rho=0.5)
+    with pytest.raises(Exception, match="needs the LPIPS network"):
+        CdcTrainer(cfg, [], [])
+    trainer = CdcTrainer(cfg, [], [], lpips)
+    x = torch.from_numpy(images[:2]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rate = torch.tensor([0, 1])
+    with_term = cdc_loss(trainer.net, x, rate, torch.Generator().manual_seed(0), 0.5, lpips=lpips)
+    without = cdc_loss(trainer.net, x, rate, torch.Generator().manual_seed(0), 0.0)
+    assert (with_term["lpips"] > 0).all() and (without["lpips"] == 0).all()
+    assert float(with_term["loss"].detach()) != float(without["loss"].detach())
+    with_term["loss"].backward()
+    assert all(p.grad is None for p in lpips.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.net.unet.parameters())
+
+    def jpeg(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=95)
+        return buf.getvalue()
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": [jpeg(im) for im in images]}), tiny / "part-0.parquet")
+    args = ["--out", str(tmp_path / "run"), "--tiny", str(tiny), "--photos", "", "--threads", "1"]
+    args += ["--batch-size", "2", "--model-config", json.dumps(TINY_CFG.to_dict())]
+    assert main([*args, "--max-steps", "1", "--rho", "0.5", "--lpips", str(net_file)]) == 0
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["config"]
+    assert saved["rho"] == 0.5 and saved["lpips_sha256"] == hashlib.sha256(net_file.read_bytes()).hexdigest()
+    other = tmp_path / "other.pt2"
+    torch.save({"x": torch.zeros(1)}, other)
+    with pytest.raises(Exception, match=r"not a torch\.export archive"):
+        main([*args, "--max-steps", "2", "--lpips", str(other)])
+    with pytest.raises(Exception, match="needs the LPIPS network"):
+        main([*args, "--max-steps", "2"])
 
 
 def test_export_writes_fp16_release(tmp_path, images):

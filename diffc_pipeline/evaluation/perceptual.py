@@ -70,7 +70,7 @@ class PerceptualMetrics:
         self._lpips = load_exported(spec.lpips, "--lpips") if spec.lpips else None
         self._features = load_exported(spec.fid_features, "--fid-features") if spec.fid_features else None
         if self._lpips is not None:
-            _check_lpips(self._lpips)
+            check_lpips(self._lpips)
         if self._features is not None:  # fail on a wrong contract now, not after the codecs have run
             self.features(np.zeros((32, 32, 3), dtype=np.uint8))
 
@@ -96,7 +96,7 @@ class PerceptualMetrics:
         return f[0].double().numpy()
 
 
-def _check_lpips(module: torch.nn.Module) -> None:
+def check_lpips(module: torch.nn.Module) -> None:
     """Refuse an LPIPS module that cannot tell two different images apart: torch.export, given the same
     tensor for both example inputs, traces ``x`` and ``y`` as one input and the module then compares ``y``
     with itself (distance 0 for every image, silently)."""

@@ -7,9 +7,12 @@ and safetensors files for the weights, the EMA weights and the optimizer state: 
 of step ``s`` (which images, crops, flips, rate indices, ``t``, noise) is a function of ``(seed, s)``, so a resumed
 run continues bit for bit. Loss per image, rate index ``r``::
 
-    bpp + lambda_r * 255^2 * (MSE(mean, x) + (1 - rho) * min(SNR_t, 5) / 5 * MSE(x0_hat(x_t), x))
+    bpp + lambda_r * 255^2 * (MSE(mean, x) + (1 - rho) * min(SNR_t, 5) / 5 * MSE(x0_hat(x_t), x)
+                              + rho * LPIPS_SCALE * LPIPS(x0_hat(x_t), x))
 
-(MSE on ``[0, 1]`` pixels; rho = 0 here: an LPIPS term needs a user network and is not implemented).
+(MSE on ``[0, 1]`` pixels.) The perceptual term (rho > 0, CDC's realism knob) needs an LPIPS network, which
+this project cannot download or ship: the user passes one as a torch.export archive (``--lpips``, the same
+file ``diffc eval --lpips`` takes); its weights are frozen and its SHA-256 is recorded in the checkpoint.
 Data: Tiny ImageNet train (whole 64x64 images) mixed with random crops of native-resolution photos, which
 are decoded a few dozen at a time into a pool of crops refreshed every ``pool_refresh`` steps.
 """
@@ -17,6 +20,7 @@ are decoded a few dozen at a time into a pool of crops refreshed every ``pool_re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -35,6 +39,9 @@ from .config import ModelConfig
 from .model import CdcModel, alpha_bar, count_parameters
 
 STATE = "state.json"
+# LPIPS distances (~0.1-0.7) are put on the scale of the MSE term (~1e-3 on [0, 1] pixels at these rates), so
+# that rho trades one for the other as in CDC's loss ((1 - rho) L2 + rho LPIPS on comparable magnitudes).
+LPIPS_SCALE = 0.01
 DEFAULT_TINY = "../shared/data/tinyimagenet/train"
 DEFAULT_PHOTOS = "../shared/data/photos"
 
@@ -55,6 +62,7 @@ class TrainConfig:
     ema_decay: float = 0.998
     grad_clip: float = 2.0
     rho: float = 0.0
+    lpips_sha256: str = ""  # the LPIPS network of the rho term (a run with rho > 0 must keep the same one)
     prefix_drop: float = 0.2  # share of images whose decoder sees only a random prefix of the slices
     diffusion_fraction: float = 1.0  # share of each batch that also trains the U-Net (its term is rescaled)
     seed: int = 0
@@ -164,6 +172,7 @@ def cdc_loss(
     rho: float = 0.0,
     prefix_drop: float = 0.0,
     diffusion_fraction: float = 1.0,
+    lpips: torch.nn.Module | None = None,
 ) -> dict:
     """Per-image loss terms (see the module docstring); ``loss`` is the batch mean to minimise. A share
     ``prefix_drop`` of the images is decoded from a random prefix of 1..S-1 slices (bits still count all)."""
@@ -183,10 +192,15 @@ def cdc_loss(
     eps = torch.randn(x.shape, generator=gen)
     xt = a.sqrt() * x + (1 - a).sqrt() * eps
     weight = (a / (1 - a)).clamp(max=5.0).flatten() / 5.0
+    perceptual = torch.zeros(b)
+    if rho > 0 and lpips is None:
+        raise DiffcError("rho > 0 needs an LPIPS network (--lpips)")
     if diffusion_fraction >= 1.0:
         x0 = model.unet(xt, t, rate, cond)
         mse_diff = ((x0 - x) ** 2).mean((1, 2, 3)) / 4.0
         diff_term = weight * mse_diff
+        if rho > 0:
+            perceptual = lpips(x0.clamp(-1, 1), x).reshape(b)
     else:  # the U-Net trains on a random subset of the batch (its term rescaled to stay unbiased)
         n = max(1, round(b * diffusion_fraction))
         idx = torch.randperm(b, generator=gen)[:n]
@@ -196,9 +210,12 @@ def cdc_loss(
         mse_diff = torch.full((b,), float("nan"))
         mse_diff[idx] = mse_sub.detach()
         diff_term = torch.zeros(b).index_put((idx,), weight[idx] * mse_sub * (b / n))
+        if rho > 0:
+            perceptual = torch.zeros(b).index_put((idx,), lpips(x0.clamp(-1, 1), x[idx]).reshape(n) * (b / n))
     lam = torch.tensor(model.cfg.lambdas, dtype=x.dtype)[rate]
-    loss = bpp + lam * 255.0**2 * (mse_mean + (1.0 - rho) * diff_term)
+    loss = bpp + lam * 255.0**2 * (mse_mean + (1.0 - rho) * diff_term + rho * LPIPS_SCALE * perceptual)
     return {
+        "lpips": perceptual.detach(),
         "loss": loss.mean(),
         "bpp": bpp.detach(),
         "mse_mean": mse_mean.detach(),
@@ -213,7 +230,14 @@ def psnr(mse01: torch.Tensor) -> torch.Tensor:
 
 # ---- trainer -------------------------------------------------------------------------------------------
 class CdcTrainer:
-    def __init__(self, cfg: TrainConfig, tiny: list[bytes], photos: list[Path]) -> None:
+    def __init__(
+        self, cfg: TrainConfig, tiny: list[bytes], photos: list[Path], lpips: torch.nn.Module | None = None
+    ) -> None:
+        if cfg.rho > 0 and lpips is None:
+            raise DiffcError(f"rho = {cfg.rho} needs the LPIPS network it was trained with (--lpips)")
+        if lpips is not None:
+            lpips.requires_grad_(False)  # a fixed metric: gradients flow through it, never into it
+        self.lpips = lpips
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model_cfg = ModelConfig.from_dict(cfg.model)
@@ -240,7 +264,9 @@ class CdcTrainer:
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
         self.net.train()
-        terms = cdc_loss(self.net, x, rate, gen, self.cfg.rho, self.cfg.prefix_drop, self.cfg.diffusion_fraction)
+        terms = cdc_loss(
+            self.net, x, rate, gen, self.cfg.rho, self.cfg.prefix_drop, self.cfg.diffusion_fraction, self.lpips
+        )
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
@@ -385,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--diffusion-fraction", type=float, default=None, help="share of each batch training the U-Net")
     p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
+    p.add_argument("--rho", type=float, default=None, help="weight of the LPIPS term, 0..1 (new runs only)")
+    p.add_argument("--lpips", default=None, help="LPIPS network as a torch.export archive (.pt2), for rho > 0")
     p.add_argument("--fresh", action="store_true", help="start over even if OUT/checkpoint exists")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -397,9 +425,24 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
+    if args.rho is not None and not resume:
+        if not 0.0 <= args.rho <= 1.0:
+            raise DiffcError(f"--rho must be in [0, 1], got {args.rho}")
+        cfg.rho = args.rho
+    lpips = None
+    if args.lpips:
+        from ...evaluation.perceptual import check_lpips, load_exported
+
+        lpips = load_exported(args.lpips, "--lpips")
+        check_lpips(lpips)
+        digest = hashlib.sha256(Path(args.lpips).read_bytes()).hexdigest()
+        if not resume:
+            cfg.lpips_sha256 = digest
+        elif digest != cfg.lpips_sha256:
+            raise DiffcError(f"--lpips {args.lpips} is not the LPIPS network this run was trained with")
     tiny = load_tiny(args.tiny, args.tiny_limit)
     photos = list_photos(args.photos) if args.photos else []
-    trainer = CdcTrainer(cfg, tiny, photos)
+    trainer = CdcTrainer(cfg, tiny, photos, lpips)
     if resume:
         trainer.load(ckpt)
     args.out.mkdir(parents=True, exist_ok=True)
