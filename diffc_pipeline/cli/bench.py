@@ -214,6 +214,73 @@ def exact_tail(
     _on_val_images(lambda codec, x: measure(codec, x, list(tails)), model, data, images, json_path)
 
 
+@bench_app.command("rate-breakdown")
+@friendly_errors
+def rate_breakdown(
+    images: int = typer.Option(16, min=1, help="Tiny ImageNet val images (rows 100..)."),
+    data: str = VAL_DATA,
+    tiles: str = typer.Option("", help="Also these photos (CBSD68) as 64x64 tiles of the 3x box-downsampled image."),
+    tile_count: int = typer.Option(8, min=1, help="Tiles (a fixed-seed subset) from --tiles."),
+    versions: str = typer.Option("1,2", help="Stream versions to encode side by side."),
+    rd: bool = typer.Option(False, "--rd", help="Also decode every 4th prefix: BD-rate of each version against ideal."),
+    model: str = typer.Option("builtin", help="DiffC's model."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """Where DiffC's bits go per prefix (header, shape, counts, indices, padding) against the KL, per version."""
+    import numpy as np
+    import torch
+
+    from ..benchmarks.diffc_channel import val_images
+    from ..benchmarks.rate_breakdown import breakdown, real_vs_ideal
+    from ..codecs.diffc.codec import DiffcCodec
+    from ..evaluation.data import ImageSource, choose_subset, load_eval_images
+    from ..models import load_model
+
+    torch.set_num_threads(1)
+    m = load_model(model)
+    sets = {"tinyimagenet_val": val_images(data, images)}
+    if tiles:
+        found = {t.id: t.pixels for t in load_eval_images(ImageSource(tiles, downsample=3, tile=64))}
+        sets["cbsd68_tiles"] = np.stack([found[i] for i in choose_subset(sorted(found), tile_count)])
+    result: dict = {**run_info(), "model": m.identity.short, "sets": {}}
+    for name, x in sets.items():
+        out: dict = {"images": len(x), "versions": {}}
+        for v in (int(s) for s in versions.split(",")):
+            out["versions"][f"v{v}"] = breakdown(DiffcCodec(m, stream_version=v), x)
+            console.print(name, f"v{v}", out["versions"][f"v{v}"]["rows"], highlight=False)
+        if rd:
+            out["rd"] = real_vs_ideal(m, x, [int(s) for s in versions.split(",")])
+            console.print(name, out["rd"]["bd_rate"], highlight=False)
+        result["sets"][name] = out
+    emit(result, json_path)
+
+
+@bench_app.command("channel-fidelity")
+@friendly_errors
+def channel_fidelity(
+    settings: list[str] = typer.Argument(None, help="Channel settings C:L:G[:M:W] (default: the codec's)."),
+    versions: str = typer.Option("1,2", help="Stream versions (1: fixed gain; 2: the gain ramp)."),
+    step_kl: str = typer.Option("2,4,6,8,1024", help="Step KLs (bits) of the 12,288-dimension profile steps."),
+    seeds: int = typer.Option(600, min=1, help="Seeds per profile step."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """How far the channel's samples are from exact: shift and variance along d, variance across, TV."""
+    import torch
+
+    from ..benchmarks.diffc_channel import channel_config
+    from ..benchmarks.fidelity import fidelity
+    from ..codecs.diffc.config import CodecConfig
+
+    torch.set_num_threads(1)
+    rows = []
+    for spec in settings or ["12:12:1.2"]:
+        for v in (int(x) for x in versions.split(",")):
+            rows.append({"setting": spec, **fidelity(channel_config(CodecConfig(), spec), v,
+                                                      [float(k) for k in step_kl.split(",")], seeds)})  # fmt: skip
+            console.print(rows[-1], highlight=False)
+    emit({**run_info(), "rows": rows}, json_path)
+
+
 def _on_val_images(measure, model: str, data: str, images: int, json_path: Path | None) -> None:
     """Run ``measure(codec, images)`` with the default DiffC codec on one torch thread; print and emit its rows."""
     import torch

@@ -184,14 +184,51 @@ def _full_pool(step: int, rows: int, width: int) -> tuple[np.ndarray, torch.Tens
     return pool, torch.from_numpy(pool.T.copy())
 
 
-def rcc_encode(d: np.ndarray, seed: int, step: int, config: CodecConfig) -> tuple[int, np.ndarray, np.ndarray]:
-    """Choose candidates for ``N(d, I)``; returns ``(J, indices, u)`` with ``u`` the communicated sample."""
+# Stream version 2's gain ramp (:func:`chunk_gains`): in slack ``candidate_log2 - KL`` bits, full gain at
+# or below the first value, no gain at or above the second.
+GAIN_RAMP_SLACK = (5.0, 9.0)
+
+
+def chunk_gains(chunk_kl_bits: np.ndarray, config: CodecConfig) -> np.ndarray:
+    """Target gain per chunk in stream version 2: 1 where the candidates have ample slack, ``target_gain``
+    where they have little, linear in between.
+
+    The gain exists to cancel the undershoot that finitely many candidates leave along ``d``; a chunk whose
+    KL sits 9+ bits below ``candidate_log2`` has no undershoot to cancel (simulated, 2**12 candidates: mean
+    shift 0.99-1.00 at 1-3 bits with gain 1), so the full gain there overshoots (1.16-1.19 at gain 1.2) and
+    costs 1.0-1.3 bits per chunk in index entropy. The ramp keeps the shift within 0.98-1.03 from 1 to 7 bits
+    and the full gain from there up. Only the sender uses it: the receiver regenerates candidates from indices
+    whatever the gain, and the index tables of version 2 are simulated with it.
+    """
+    lo, hi = GAIN_RAMP_SLACK
+    slack = config.candidate_log2 - np.asarray(chunk_kl_bits, dtype=np.float64)
+    return 1.0 + (config.target_gain - 1.0) * np.clip((hi - slack) / (hi - lo), 0.0, 1.0)
+
+
+def chunk_kl_bits(d: np.ndarray, layout: StepLayout) -> np.ndarray:
+    """KL of each chunk of ``layout`` (bits) for the normalised target ``d`` (flat)."""
+    sq = np.where(layout.seg_mask, d[layout.seg_dims].astype(np.float64), 0.0) ** 2
+    out = np.zeros(layout.num_chunks)
+    np.add.at(out, layout.seg_chunk, sq.sum(axis=1))
+    return 0.5 * out / LN2
+
+
+def rcc_encode(
+    d: np.ndarray, seed: int, step: int, config: CodecConfig, stream_version: int = 1
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Choose candidates for ``N(d, I)``; returns ``(J, indices, u)`` with ``u`` the communicated sample.
+
+    ``stream_version`` 1 scores every chunk against ``target_gain * d``; 2 against ``chunk_gains * d``."""
     d = np.asarray(d, dtype=np.float32).ravel()
     kl_bits = 0.5 * float(np.dot(d.astype(np.float64), d)) / LN2
     layout = step_layout(d.size, num_chunks_for(kl_bits, config), seed, step, config)
     pool, pool_t = _pool(step, config, layout.pool_width)  # (rows, w), (w, rows)
     n = 1 << config.candidate_log2
-    targets = np.where(layout.seg_mask, d[layout.seg_dims] * config.target_gain, 0.0) * layout.seg_sign
+    if stream_version == 1:
+        gain = np.float32(config.target_gain)
+    else:
+        gain = chunk_gains(chunk_kl_bits(d, layout), config).astype(np.float32)[layout.seg_chunk][:, None]
+    targets = np.where(layout.seg_mask, d[layout.seg_dims] * gain, 0.0) * layout.seg_sign
     targets = torch.from_numpy(targets.astype(np.float32))
     arrivals = OrderedArrivals(seed, step, n)
     # segments of chunk c are seg_first[c]:seg_first[c + 1] (seg_chunk is non-decreasing)

@@ -25,10 +25,10 @@ from ...models.base import DiffusionModel
 from ..base import Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
 from . import prng
-from .bitstream import EncodedImage, Header
-from .channel import LN2, ideal_sample, rcc_decode, rcc_encode
+from .bitstream import STREAM_VERSION, EncodedImage, Header
+from .channel import LN2, chunk_kl_bits, ideal_sample, rcc_decode, rcc_encode, step_layout
 from .config import CodecConfig
-from .index_code import StepReader, StepWriter
+from .index_code import StepCode, StepReader, StepWriter, has_v2_tables
 from .reconstruct import METHODS, denoise, reconstruct
 from .steps import step_coefficients
 from .tables import TABLES_VERSION
@@ -51,6 +51,12 @@ class DiffcCodec(Codec):
 
     ``channel="ideal"`` samples each step exactly and writes no bits (evaluation only: its streams hold
     empty chunks and refuse to decode; :meth:`sweep` reconstructs from the encoder's samples).
+
+    ``stream_version``: what :meth:`compress` writes - by default the newest version that has tables for the
+    channel setting (version 2 for the default setting and the documented opt-ins; version 1 otherwise).
+    Decoding follows each stream's header, so one codec reads both. The version is not a stream option and
+    not in the fingerprint: every stream names its own, and archives written before version 2 keep their
+    fingerprint. Set it to 1 only to reproduce old streams (the benchmarks compare the two side by side).
     """
 
     name = "diffc"
@@ -68,20 +74,35 @@ class DiffcCodec(Codec):
         ),
     )
 
-    def __init__(self, model: DiffusionModel, config: CodecConfig | None = None, channel: str = "rcc") -> None:
+    def __init__(
+        self,
+        model: DiffusionModel,
+        config: CodecConfig | None = None,
+        channel: str = "rcc",
+        stream_version: int | None = None,
+    ) -> None:
         if channel not in CHANNELS:
             raise InvalidInputError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS)}")
         self.model = model
         self.config = config or CodecConfig()
         self.channel = channel
         self._logsnrs = torch.from_numpy(self.config.logsnrs())
-        self._code = (self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
+        supported = has_v2_tables(self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
+        if stream_version is None:
+            stream_version = STREAM_VERSION if supported else 1
+        if stream_version not in (1, 2) or (stream_version == 2 and not supported):
+            raise InvalidInputError(f"stream version {stream_version} cannot code this channel setting")
+        self.stream_version = stream_version
+        self._codes: dict[int, StepCode] = {}
         self._model_id = bytes.fromhex(model.identity.sha256[:6])
         self._config_id = bytes.fromhex(self.config.fingerprint()[:6])
         self._fingerprint = hashlib.sha256(
             f"{self.config.fingerprint()}|{model.identity.sha256}|tables{TABLES_VERSION}".encode()
         ).hexdigest()
         self.timings: dict[str, float] = {"network_s": 0.0, "channel_s": 0.0}  # of the last encode
+        # per image, per step of the last encode when set to a list: count, KL, chunk KLs and the bits spent
+        # (what `diffc bench rate-breakdown` reports); None: not recorded
+        self.step_log: list[list[dict]] | None = None
 
     @classmethod
     def from_options(
@@ -132,10 +153,18 @@ class DiffcCodec(Codec):
         """Compress float images in the data scale ``[-1, 1]``."""
         return self._encode(x, seeds, capture=())[0]
 
+    def code(self, version: int) -> StepCode:
+        """The step code of stream ``version`` for this codec's configuration."""
+        if version not in self._codes:
+            self._codes[version] = StepCode.for_config(self.config, version)
+        return self._codes[version]
+
     def _encode(
         self, x: torch.Tensor, seeds: Sequence[int], capture: Sequence[int]
     ) -> tuple[list[EncodedImage], dict[int, torch.Tensor]]:
         _check_batch(x, seeds, self.model.channels)
+        code = self.code(self.stream_version)
+        log = self.step_log = [[] for _ in seeds] if self.step_log is not None else None
         self.timings = {"network_s": 0.0, "channel_s": 0.0}
         b, _, h, w = x.shape
         xp = self._pad(x.float())
@@ -160,11 +189,17 @@ class DiffcCodec(Codec):
                 if self.channel == "ideal":
                     u[i] = ideal_sample(d[i], seed, k).reshape(d[i].shape)
                     continue
-                count, indices, sample = rcc_encode(d[i], seed, k, self.config)
-                writers[i].write_count(count, counts[i])
+                count, indices, sample = rcc_encode(d[i], seed, k, self.config, code.version)
+                bits = writers[i].write_step(count, counts[i], indices, code)
                 counts[i] = count
-                writers[i].write_indices(indices, *self._code)
                 ends[i].append((writers[i].bit_length() + 7) // 8)
+                if log is not None:
+                    layout = step_layout(d[i].size, count, seed, k, self.config)
+                    log[i].append(
+                        {"count": count, "kl_bits": kl_bits[i][-1], "count_bits": bits[0], "index_bits": bits[1],
+                         "chunk_kl_bits": chunk_kl_bits(d[i].ravel(), layout), "indices": indices,
+                         "end_bits": writers[i].bit_length()}
+                    )  # fmt: skip
                 u[i] = sample.reshape(d[i].shape)
             z = c.c_z * z + c.c_x * x_hat + c.std * torch.from_numpy(u)
             self.timings["channel_s"] += time.perf_counter() - t_rcc
@@ -172,7 +207,9 @@ class DiffcCodec(Codec):
                 latents[k] = z.clone()
         streams = []
         for i, seed in enumerate(seeds):
-            header = Header(h, w, int(seed), self._model_id, self._config_id, ideal=self.channel == "ideal").pack()
+            header = Header(
+                h, w, int(seed), self._model_id, self._config_id, self.channel == "ideal", code.version
+            ).pack()
             if self.channel == "ideal":
                 chunks = [b""] * self.num_steps
             else:
@@ -260,8 +297,8 @@ class DiffcCodec(Codec):
             c = step_coefficients(lam_t, lam_s)
             u = np.empty((len(active), *shape), dtype=np.float32)
             for j, i in enumerate(active):
-                count = previous[i] = readers[i].read_count(previous[i])
-                indices = readers[i].read_indices(count, *self._code)
+                count, indices = readers[i].read_step(previous[i], self.code(streams[i].version), u[j].size)
+                previous[i] = count
                 readers[i].check_within(f"step {k}")
                 u[j] = rcc_decode(count, indices, u[j].size, seeds[i], k, self.config).reshape(shape)
             z[idx] = c.c_z * z[idx] + c.c_x * x_hat + c.std * torch.from_numpy(u)

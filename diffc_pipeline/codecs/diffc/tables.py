@@ -9,6 +9,20 @@ The counts are stored as integers: both sides must build identical Huffman codes
 Run ``python -m diffc_pipeline.codecs.diffc.tables C L GAIN [C L GAIN ...]`` to add tables; they change the stream
 format, so
 ``TABLES_VERSION`` (hashed into every stream) must be bumped when an existing table changes.
+
+Stream version 2's tables (``tables/index_v2.json``; the stream version pins them, so they never change
+within a version) are conditional: one bucket table per *chunk count* group of the step (1, 2, 3, 4-7, 8+
+chunks), because the count tells the receiver where the chunk's KL lies - ``J`` chunks of a step of KL ``K``
+in ``((J - 1) C, J C]`` hold about ``K / J`` bits each (measured on Tiny ImageNet train: chunks of one step
+differ by 5% rms). A one-chunk step holds anything from a few bits to ``C``, so its table is the mixture over
+the KL of one-chunk steps as the built-in model produces them (4-12 bits on Tiny ImageNet; a tenth of the
+weight is spread over 0.3-3 bits for smoother images). Each table is the exact law of the winning index of
+ordered random coding for that mixture, with the sender's version-2 gain ramp
+(:func:`~.channel.chunk_gains`), simulated in one dimension. Run ``python -m diffc_pipeline.codecs.diffc.tables
+v2 C L GAIN [...]`` to add a configuration. The chunk-count tables (``counts``) are weights of the centred
+count change per context, fitted on the chunk counts of real streams (``python -m
+diffc_pipeline.codecs.diffc.tables v2-counts ../shared/data/tinyimagenet/train 48``: the first 48 train
+images, built-in model, default configuration).
 """
 
 from __future__ import annotations
@@ -21,13 +35,26 @@ import numpy as np
 
 TABLES_VERSION = 1
 OUT = Path(__file__).with_name("tables") / "index_buckets.json"
+OUT_V2 = Path(__file__).with_name("tables") / "index_v2.json"
+# chunk-count groups of version 2's index tables: a step of J chunks uses the table of the largest group start
+# <= J; the last group's counts are drawn log-uniform up to 128 (beyond, chunks sit just under C all the same)
+COUNT_GROUPS = (1, 2, 3, 4, 8)
+PARTITION_SPREAD = 0.05  # rms relative difference of chunk KLs within a step (measured, see above)
 
 
 def simulate_indices(chunk_bits: int, candidate_log2: int, gain: float, trials: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    n = 1 << candidate_log2
     kl_nats = chunk_bits * np.log(2.0) * np.clip(rng.lognormal(np.log(0.9), 0.3, trials), 0.05, 3.0)
     kl_nats = kl_nats * gain**2  # the sender scores against gain * d
+    return orc_indices(kl_nats, candidate_log2, rng)
+
+
+def orc_indices(scored_kl_nats: np.ndarray, candidate_log2: int, rng: np.random.Generator) -> np.ndarray:
+    """Winning index of ordered random coding over ``2**candidate_log2`` candidates, one trial per entry of
+    ``scored_kl_nats`` (the KL of the target the sender scores against, ``gain**2`` times the chunk's)."""
+    n = 1 << candidate_log2
+    kl_nats = np.asarray(scored_kl_nats, dtype=np.float64)
+    trials = len(kl_nats)
     out = np.empty(trials, dtype=np.int64)
     block = max(1, (1 << 22) // n)
     for start in range(0, trials, block):
@@ -51,7 +78,93 @@ def bucket_table(chunk_bits: int, candidate_log2: int, gain: float, trials: int 
     return (counts + 1).astype(int).tolist()  # add-one: every bucket stays codable
 
 
+def chunk_kl_draws(group: int, chunk_bits: int, trials: int, rng: np.random.Generator) -> np.ndarray:
+    """Chunk KLs (bits) of steps whose chunk count falls in ``group`` (see the module docstring)."""
+    if group == 1:
+        wide = rng.random(trials) < 0.1
+        return np.where(wide, rng.uniform(0.3, 3.0, trials), rng.uniform(3.0, chunk_bits, trials))
+    if group == COUNT_GROUPS[-1]:
+        counts = np.floor(np.exp(rng.uniform(np.log(group), np.log(129), trials)))
+    else:
+        counts = rng.integers(group, COUNT_GROUPS[COUNT_GROUPS.index(group) + 1], trials).astype(np.float64)
+    step_kl = chunk_bits * (counts - 1 + rng.random(trials))
+    return step_kl / counts * np.exp(PARTITION_SPREAD * rng.standard_normal(trials))
+
+
+def v2_bucket_tables(chunk_bits: int, candidate_log2: int, gain: float, trials: int) -> dict[str, list[int]]:
+    """Version 2's bucket tables for one channel setting: ``{str(group): counts}`` for :data:`COUNT_GROUPS`."""
+    import dataclasses
+
+    from .channel import chunk_gains
+    from .config import CodecConfig
+
+    config = dataclasses.replace(CodecConfig(), chunk_bits=chunk_bits, candidate_log2=candidate_log2, target_gain=gain)
+    out = {}
+    for group in COUNT_GROUPS:
+        rng = np.random.default_rng(1000 + group)
+        kl = chunk_kl_draws(group, chunk_bits, trials, rng)
+        scored = kl * np.log(2.0) * chunk_gains(kl, config) ** 2
+        idx = orc_indices(scored, candidate_log2, rng)
+        buckets = np.array([int(i).bit_length() for i in idx])
+        out[str(group)] = (np.bincount(buckets, minlength=candidate_log2 + 1) + 1).astype(int).tolist()
+        print(f"  {chunk_bits},{candidate_log2},{gain:.2f} group {group}: {out[str(group)]}", flush=True)
+    return out
+
+
+def fit_count_weights(sequences: list[list[int]], drift_q: int, classes: int = 4) -> dict[str, list[int]]:
+    """Version 2's count weights from real chunk-count sequences (one per image, step 1 first): per context
+    (bit length of the previous count), ``4 * n + 1`` for each centred zig-zag change ``0..classes - 1`` and
+    for the escape (everything larger), so that no class is ever impossible to code.
+
+    Only the first-level symbol is fitted: an escape's remainder uses version 1's count code."""
+    hist: dict[int, np.ndarray] = {}
+    for seq in sequences:
+        previous = 0
+        for count in seq:
+            v = count - previous - ((previous * drift_q + 128) >> 8)
+            z = 2 * v if v >= 0 else -2 * v - 1
+            h = hist.setdefault(min(previous.bit_length(), 12), np.zeros(classes + 1, dtype=np.int64))
+            h[min(z, classes)] += 1
+            previous = count
+    # a context seen fewer than 20 times keeps the codec's wide default (index_code._WIDE_COUNT_WEIGHTS)
+    return {str(c): (4 * h + 1).tolist() for c, h in sorted(hist.items()) if h.sum() >= 20}
+
+
+def fit_counts_on_images(data: str, images: int) -> dict[str, list[int]]:
+    """Encode ``images`` Tiny ImageNet train images with the built-in model (default configuration, stream
+    version 2) and fit the count weights on their chunk counts (they do not depend on the weights in use)."""
+    import torch
+
+    from ...images import decode_image
+    from ...models import load_model
+    from ...training.data import load_encoded_images
+    from .codec import DiffcCodec
+
+    torch.set_num_threads(1)
+    codec = DiffcCodec(load_model("builtin"))
+    codec.step_log = []
+    x = np.stack([decode_image(b) for b in load_encoded_images(data, limit=images)])
+    sequences = []
+    for start in range(0, len(x), 8):
+        codec.compress(x[start : start + 8], list(range(start, min(start + 8, len(x)))))
+        sequences += [[s["count"] for s in steps] for steps in codec.step_log or []]
+    return fit_count_weights(sequences, codec.code(2).drift_q)
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "v2-counts":
+        data = json.loads(OUT_V2.read_text())
+        data["counts"] = fit_counts_on_images(argv[1], int(argv[2]))
+        print(data["counts"], flush=True)
+        OUT_V2.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        return
+    if argv and argv[0] == "v2":
+        data = json.loads(OUT_V2.read_text())
+        for c, log2n, gain in zip(argv[1::3], argv[2::3], argv[3::3], strict=True):
+            key = table_key(int(c), int(log2n), float(gain))
+            data["index"][key] = v2_bucket_tables(int(c), int(log2n), float(gain), trials=200_000)
+            OUT_V2.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        return
     data = json.loads(OUT.read_text()) if OUT.exists() else {"version": TABLES_VERSION, "tables": {}}
     for c, log2n, gain in zip(argv[::3], argv[1::3], argv[2::3], strict=True):
         key = table_key(int(c), int(log2n), float(gain))
