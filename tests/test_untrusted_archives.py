@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import io
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -123,6 +124,16 @@ def test_edited_rows_are_error_rows_and_the_rest_decodes_as_before(archives, tmp
         if image_id not in errors:
             assert r["status"] == "ok"
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(r["png"]))), archives["before"][image_id])
+
+
+def test_inspect_counts_a_row_without_pixels_as_malformed(archives) -> None:
+    """inspect reads only the index: the row whose width says 0 is counted, not divided by (the 9000x9000 and
+    32x32 rows are consistent there; decode refuses them)."""
+    info = dp.inspect(str(archives["edited"]))
+    assert (info["malformed"], info["ok"]) == (1, 4)
+    assert all(math.isfinite(c["bpp"]) for c in info["bpp_per_chunk"])
+    result = CliRunner().invoke(app, ["inspect", str(archives["edited"])])
+    assert result.exit_code == 0 and "malformed 1 (left out of bpp)" in " ".join(result.output.split())
 
 
 def test_the_python_api_refuses_edited_rows_before_decoding(archives) -> None:

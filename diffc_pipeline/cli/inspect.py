@@ -33,10 +33,11 @@ def inspect(
         f"{model['name'] + '@' + model['sha256'][:12] if model else 'none'}  options {codec['options']}",
         highlight=False,
     )
+    malformed = f", malformed {info['malformed']} (left out of bpp)" if info["malformed"] else ""
     console.print(
         f"images {info['images']} ({info['rows']} rows with older versions, of {info['planned_images']} planned), "
-        f"ok {info['ok']}, failures "
-        f"{info['failures']}; shards {info['shards']['committed']}/{info['shards']['planned']}; "
+        f"ok {info['ok']}, failures {info['failures']}{malformed}; "
+        f"shards {info['shards']['committed']}/{info['shards']['planned']}; "
         f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"
     )
     has_logsnr = any("logsnr" in row for row in info["bpp_per_chunk"])

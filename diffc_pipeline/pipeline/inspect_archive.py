@@ -27,6 +27,17 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     failed = index.filter(pc.not_equal(index.column("status"), STATUS_OK))
     per_chunk = []
     logsnrs = m.codec.get("details", {}).get("logsnrs")
+    # An archive may come from elsewhere: a row without a positive size or with another number of bit counts
+    # than the manifest's chunks is counted as malformed and left out of the rates, not a crash.
+    sizes = zip(ok.column("height").to_pylist(), ok.column("width").to_pylist(), strict=True)
+    counts = ok.column("cum_bits").to_pylist()
+    sound = [
+        bool(h and w and h > 0 and w > 0 and c is not None and len(c) == m.codec["num_chunks"])
+        for (h, w), c in zip(sizes, counts, strict=True)
+    ]
+    malformed = sound.count(False)
+    if malformed:
+        ok = ok.filter(np.array(sound, dtype=bool))
     if ok.num_rows:
         bits = np.array(ok.column("cum_bits").to_pylist(), dtype=np.float64)  # (images, chunks)
         pixels = (np.array(ok.column("height").to_pylist()) * np.array(ok.column("width").to_pylist()))[:, None]
@@ -60,6 +71,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "runs": m.runs,
         "ok": ok.num_rows,
         "failures": failed.num_rows,
+        "malformed": malformed,  # rows marked ok whose size or bit counts make no sense (left out of bpp)
         "file_bytes": sum(s.get("file_bytes", 0) for s in archive.shards.values()),
         "payload_bytes": sum(s.get("payload_bytes", 0) for s in archive.shards.values()),
         "bpp_per_chunk": per_chunk,
