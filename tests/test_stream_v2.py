@@ -144,7 +144,7 @@ def test_breakdown_adds_up_and_v2_cuts_the_fixed_costs(model: GaussianModel) -> 
 
 def test_an_edited_count_is_refused_before_any_large_code_is_built() -> None:
     """A count bucket near 2**31 (an edited stream) fails at once, in both versions: a step holds at most
-    as many chunks as dimensions and as bits left (docs/reliability.md, *Untrusted archives*)."""
+    as many chunks as bits left (docs/reliability.md, *Untrusted archives*)."""
     import constriction
 
     from diffc_pipeline.codecs.diffc import index_code
@@ -158,4 +158,17 @@ def test_an_edited_count_is_refused_before_any_large_code_is_built() -> None:
         enc.encode_symbol(30, index_code._count_trees()[0])
         data = enc.get_compressed()[0].astype("<u4").tobytes() + bytes(64)
         with pytest.raises(StreamError, match="bucket 30 exceeds"):
-            StepReader(data).read_step(1, code, max_count=12288)
+            StepReader(data).read_step(1, code)
+
+
+def test_a_step_with_more_chunks_than_dimensions_round_trips(model: GaussianModel) -> None:
+    """A 4x4 image sent to high SNR: late steps carry more than 12 bits per dimension, so more chunks than
+    its 48 dimensions (some empty); the reader's count bound must not refuse them."""
+    cfg = dataclasses.replace(SMALL, logsnr_end=12.0)
+    codec = DiffcCodec(model, cfg)
+    codec.step_log = []
+    x = _images(1, 4, 4, seed=9)
+    s = codec.compress(x, [3])
+    assert max(step["count"] for step in codec.step_log[0]) > 48
+    again = codec.decompress([EncodedImage.from_bytes(s[0].to_bytes())], method="denoise")
+    assert np.array_equal(again, codec.decompress(s, method="denoise"))

@@ -1,4 +1,27 @@
-"""Reverse-channel coding of one diffusion step: an exact-marginal sample of ``N(d, I)`` against ``N(0, I)``.
+"""Reverse-channel coding of one diffusion step: a sample of ``N(d, I)`` communicated against ``N(0, I)``.
+
+**What the channel delivers** (``diffc bench channel-fidelity``, 2026-12-01; 12,288-dimension steps, ``d``
+Gaussian times log-normal(0, 0.5) scales, 600 seeds per step; ``t`` = the sample's error along ``d_j`` in
+noise standard deviations, exact sampling: ``t ~ N(0, 1)``). The sample is **not exact**: with ``2**12``
+candidates per chunk the selection lags along each chunk's ``d_j``. Default setting (12-bit chunks, ``2**12``
+candidates, gain 1.2), stream version 2:
+
+============================  =====  ==========  ===========  ==========================
+chunks of a step of           shift  var along   var across   TV of ``t`` (noise floor)
+============================  =====  ==========  ===========  ==========================
+2 bits (one chunk)            +0.01  1.02        1.00         0.08 (0.07)
+4 bits (one chunk)            +0.04  0.89        1.00         0.08 (0.07)
+6 bits (one chunk)            +0.04  0.61        1.00         0.14 (0.07)
+8 bits (one chunk)            -0.17  0.45        1.00         0.22 (0.07)
+1,024 bits (86 chunks, 11.9)  -0.70  0.45        1.00         0.36 (0.01)
+============================  =====  ==========  ===========  ==========================
+
+Orthogonal to ``d_j`` the sample is exact in variance; along it, full chunks (the bulk of every stream)
+undershoot by 0.70 noise standard deviations with less than half the variance, and the 1-D TV, a lower
+bound on the chunk's, is 0.36. Only chunks of a few bits (the first steps of an image) are close to exact:
+at 2 bits the measured TV is at the estimator's noise floor. Version 1 (gain 1.2 on every chunk) overshoots
+those: shift +0.35 / +0.31 / +0.09 at 2 / 4 / 6 bits (TV 0.16-0.17). More candidates are what buys exactness
+(``docs/benchmarks.md``).
 
 After normalising by the step's standard deviation, the sender must communicate a sample ``u ~ N(d, I)``
 (``d`` = scaled ``x - x_hat``) using the prior ``N(0, I)`` the receiver also knows; ``KL = |d|^2 / 2`` nats.
@@ -30,10 +53,11 @@ A whole step carries hundreds to thousands of bits, far beyond any one-shot samp
 4. **Target gain.** With finitely many candidates the selection undershoots: the chosen sample's projection
    on ``d`` averages ~0.93 ``|d|`` (8-bit chunks, 2**14 candidates). The lag compounds along the chain, and the
    last ``z`` carries ~18% excess noise, which the flow reconstruction turns into ~18% excess distortion. The
-   sender therefore scores candidates against ``target_gain * d``. The chunk count still comes from the true KL,
-   so the stream format is unchanged. Measured on Gaussian data, 48 steps to log-SNR 4, 2**14 candidates:
-   gain 1.15 brings DiffC-A and DiffC-F within 2% of theory, where gain 1.0 gives +5% and +19%, for +0.5%
-   of bits.
+   sender therefore scores candidates against ``target_gain * d`` (stream version 2: against
+   ``chunk_gains * d``, which ramps from 1 on chunks far below the candidate count to ``target_gain``, see
+   :func:`chunk_gains`). The chunk count still comes from the true KL. Measured on Gaussian data, 48
+   steps to log-SNR 4, 2**14 candidates: gain 1.15 brings DiffC-A and DiffC-F within 2% of theory, where
+   gain 1.0 gives +5% and +19%, for +0.5% of bits.
 
 5. **Chunk size.** Each chunk pays a one-shot overhead of order ``log2(KL + 1)`` bits on top of its KL, so the
    bits per KL fall as chunks grow: on Tiny ImageNet images (``diffc bench channel-rd``) 8-bit chunks with 2**12

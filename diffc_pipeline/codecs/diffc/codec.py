@@ -297,7 +297,7 @@ class DiffcCodec(Codec):
             c = step_coefficients(lam_t, lam_s)
             u = np.empty((len(active), *shape), dtype=np.float32)
             for j, i in enumerate(active):
-                count, indices = readers[i].read_step(previous[i], self.code(streams[i].version), u[j].size)
+                count, indices = readers[i].read_step(previous[i], self.code(streams[i].version))
                 previous[i] = count
                 readers[i].check_within(f"step {k}")
                 u[j] = rcc_decode(count, indices, u[j].size, seeds[i], k, self.config).reshape(shape)

@@ -262,9 +262,10 @@ class StepWriter:
 class StepReader:
     """Reads back what :class:`StepWriter` wrote, from a byte prefix of it.
 
-    Counts are bounded before any code is built for their offset: a step cannot hold more chunks than
-    ``max_count`` (its dimensions) nor than the bits left (every index costs at least one), so an edited
-    stream costs work in proportion to its length, not to the 2**31 its count code could name.
+    Counts are bounded before any code is built for their offset: a step cannot hold more chunks than there
+    are bits left (every index costs at least one), so an edited stream costs work in proportion to its
+    length, not to the 2**31 its count code could name. (Not by the step's dimensions: a step of more than
+    ``chunk_bits`` bits per dimension, as tiny images reach at high SNR, has more chunks than dimensions.)
     """
 
     def __init__(self, data: bytes) -> None:
@@ -299,9 +300,9 @@ class StepReader:
             value = (value << take) | self._symbol(_uniform_trees(take)[1])
         return value
 
-    def _count_bucket_limit(self, previous: int, max_count: int) -> int:
+    def _count_bucket_limit(self, previous: int) -> int:
         """The largest count-change bucket a step after ``previous`` chunks can hold."""
-        most = min(max_count, max(1, self._limit_bits - self._consumed))
+        most = max(1, self._limit_bits - self._consumed)
         return min(MAX_COUNT_BUCKET, (2 * (most + previous)).bit_length())
 
     def check_within(self, what: str) -> None:
@@ -313,22 +314,20 @@ class StepReader:
     def consumed_bits(self) -> int:
         return self._consumed
 
-    def read_count(self, previous: int, max_count: int = 1 << 30) -> int:
-        limit = self._count_bucket_limit(previous, max_count)
-        count = previous + _unzigzag(self._read_split(_count_trees(), limit))
-        if not 1 <= count <= max_count:
-            raise StreamError(f"corrupt stream: a step with {count} chunks (at most {max_count})")
+    def read_count(self, previous: int) -> int:
+        count = previous + _unzigzag(self._read_split(_count_trees(), self._count_bucket_limit(previous)))
+        if count < 1:
+            raise StreamError("corrupt stream: a step with no chunks")
         return count
 
     def read_indices(self, n: int, chunk_bits: int, candidate_log2: int, gain: float) -> np.ndarray:
         trees = _bucket_trees(chunk_bits, candidate_log2, gain)
         return np.array([self._read_split(trees, candidate_log2) for _ in range(n)], dtype=np.int64)
 
-    def read_step(self, previous: int, code: StepCode, max_count: int = 1 << 30) -> tuple[int, np.ndarray]:
-        """Read what :meth:`StepWriter.write_step` wrote: ``(count, indices)``; ``max_count`` bounds the
-        count (the step's dimensions)."""
+    def read_step(self, previous: int, code: StepCode) -> tuple[int, np.ndarray]:
+        """Read what :meth:`StepWriter.write_step` wrote: ``(count, indices)``."""
         if code.version == 1:
-            count = self.read_count(previous, max_count)
+            count = self.read_count(previous)
             return count, self.read_indices(count, *code.key)
         context = min(previous.bit_length(), MAX_COUNT_CONTEXT)
         groups = _class_groups(code, previous)
@@ -339,14 +338,14 @@ class StepReader:
         if symbol > COUNT_CLASSES * width or (symbol < COUNT_CLASSES * width and groups[symbol // width] < 0):
             raise StreamError(f"corrupt stream: count symbol {symbol} cannot occur")
         if symbol == COUNT_CLASSES * width:
-            limit = self._count_bucket_limit(previous, max_count)
+            limit = self._count_bucket_limit(previous)
             dz = COUNT_CLASSES + self._read_split(_count_trees(), limit, pieces=True)
             first = None
         else:
             dz, first = divmod(symbol, width)
         count = previous + code.centre(previous) + _unzigzag(dz)
-        if not 1 <= count <= max_count:
-            raise StreamError(f"corrupt stream: a step with {count} chunks (at most {max_count})")
+        if not 1 <= count <= max(1, self._limit_bits - self._consumed):
+            raise StreamError(f"corrupt stream: a step with {count} chunks")
         trees = _group_trees(code.key, _group(count))
         out = np.empty(count, dtype=np.int64)
         if first is None:

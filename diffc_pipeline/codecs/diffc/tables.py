@@ -15,14 +15,16 @@ within a version) are conditional: one bucket table per *chunk count* group of t
 chunks), because the count tells the receiver where the chunk's KL lies - ``J`` chunks of a step of KL ``K``
 in ``((J - 1) C, J C]`` hold about ``K / J`` bits each (measured on Tiny ImageNet train: chunks of one step
 differ by 5% rms). A one-chunk step holds anything from a few bits to ``C``, so its table is the mixture over
-the KL of one-chunk steps as the built-in model produces them (4-12 bits on Tiny ImageNet; a tenth of the
-weight is spread over 0.3-3 bits for smoother images). Each table is the exact law of the winning index of
+the KL of one-chunk steps as the built-in model produces them (``one_chunk_kl``: a histogram in half-bit
+bins, fitted with the counts; 4-12 bits on Tiny ImageNet, every bin of ``(0, C]`` keeps a count of one).
+Each table is the exact law of the winning index of
 ordered random coding for that mixture, with the sender's version-2 gain ramp
 (:func:`~.channel.chunk_gains`), simulated in one dimension. Run ``python -m diffc_pipeline.codecs.diffc.tables
 v2 C L GAIN [...]`` to add a configuration. The chunk-count tables (``counts``) are weights of the centred
 count change per context, fitted on the chunk counts of real streams (``python -m
 diffc_pipeline.codecs.diffc.tables v2-counts ../shared/data/tinyimagenet/train 48``: the first 48 train
-images, built-in model, default configuration).
+images, built-in model, default configuration; run it before ``v2``, whose one-chunk table uses its
+histogram).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ OUT_V2 = Path(__file__).with_name("tables") / "index_v2.json"
 # <= J; the last group's counts are drawn log-uniform up to 128 (beyond, chunks sit just under C all the same)
 COUNT_GROUPS = (1, 2, 3, 4, 8)
 PARTITION_SPREAD = 0.05  # rms relative difference of chunk KLs within a step (measured, see above)
+ONE_CHUNK_BIN = 0.5  # bits: the histogram of one-chunk steps' KL (``one_chunk_kl``) that group 1 mixes over
 
 
 def simulate_indices(chunk_bits: int, candidate_log2: int, gain: float, trials: int, seed: int = 0) -> np.ndarray:
@@ -81,8 +84,11 @@ def bucket_table(chunk_bits: int, candidate_log2: int, gain: float, trials: int 
 def chunk_kl_draws(group: int, chunk_bits: int, trials: int, rng: np.random.Generator) -> np.ndarray:
     """Chunk KLs (bits) of steps whose chunk count falls in ``group`` (see the module docstring)."""
     if group == 1:
-        wide = rng.random(trials) < 0.1
-        return np.where(wide, rng.uniform(0.3, 3.0, trials), rng.uniform(3.0, chunk_bits, trials))
+        weights = np.ones(int(np.ceil(chunk_bits / ONE_CHUNK_BIN)))  # every bin of (0, C] keeps some weight
+        fitted = json.loads(OUT_V2.read_text()).get("one_chunk_kl", [])[: len(weights)]
+        weights[: len(fitted)] += fitted
+        bins = rng.choice(len(weights), size=trials, p=weights / weights.sum())
+        return np.minimum((bins + rng.random(trials)) * ONE_CHUNK_BIN, chunk_bits)
     if group == COUNT_GROUPS[-1]:
         counts = np.floor(np.exp(rng.uniform(np.log(group), np.log(129), trials)))
     else:
@@ -91,8 +97,11 @@ def chunk_kl_draws(group: int, chunk_bits: int, trials: int, rng: np.random.Gene
     return step_kl / counts * np.exp(PARTITION_SPREAD * rng.standard_normal(trials))
 
 
-def v2_bucket_tables(chunk_bits: int, candidate_log2: int, gain: float, trials: int) -> dict[str, list[int]]:
-    """Version 2's bucket tables for one channel setting: ``{str(group): counts}`` for :data:`COUNT_GROUPS`."""
+def v2_bucket_tables(
+    chunk_bits: int, candidate_log2: int, gain: float, trials: int, groups: tuple[int, ...] = COUNT_GROUPS
+) -> dict[str, list[int]]:
+    """Version 2's bucket tables for one channel setting: ``{str(group): counts}`` for ``groups`` (each group
+    draws from its own seeded generator, so a group is reproduced alone)."""
     import dataclasses
 
     from .channel import chunk_gains
@@ -100,7 +109,7 @@ def v2_bucket_tables(chunk_bits: int, candidate_log2: int, gain: float, trials: 
 
     config = dataclasses.replace(CodecConfig(), chunk_bits=chunk_bits, candidate_log2=candidate_log2, target_gain=gain)
     out = {}
-    for group in COUNT_GROUPS:
+    for group in groups:
         rng = np.random.default_rng(1000 + group)
         kl = chunk_kl_draws(group, chunk_bits, trials, rng)
         scored = kl * np.log(2.0) * chunk_gains(kl, config) ** 2
@@ -130,9 +139,11 @@ def fit_count_weights(sequences: list[list[int]], drift_q: int, classes: int = 4
     return {str(c): (4 * h + 1).tolist() for c, h in sorted(hist.items()) if h.sum() >= 20}
 
 
-def fit_counts_on_images(data: str, images: int) -> dict[str, list[int]]:
+def fit_counts_on_images(data: str, images: int) -> tuple[dict[str, list[int]], list[int]]:
     """Encode ``images`` Tiny ImageNet train images with the built-in model (default configuration, stream
-    version 2) and fit the count weights on their chunk counts (they do not depend on the weights in use)."""
+    version 2): the count weights fitted on their chunk counts, and the histogram (bins of
+    :data:`ONE_CHUNK_BIN` bits) of the KL of their one-chunk steps. Neither depends on the tables in use:
+    chunk counts and KLs come from the chain, not from the code."""
     import torch
 
     from ...images import decode_image
@@ -144,18 +155,20 @@ def fit_counts_on_images(data: str, images: int) -> dict[str, list[int]]:
     codec = DiffcCodec(load_model("builtin"))
     codec.step_log = []
     x = np.stack([decode_image(b) for b in load_encoded_images(data, limit=images)])
-    sequences = []
+    sequences, one_chunk = [], []
     for start in range(0, len(x), 8):
         codec.compress(x[start : start + 8], list(range(start, min(start + 8, len(x)))))
         sequences += [[s["count"] for s in steps] for steps in codec.step_log or []]
-    return fit_count_weights(sequences, codec.code(2).drift_q)
+        one_chunk += [s["kl_bits"] for steps in codec.step_log or [] for s in steps if s["count"] == 1]
+    hist = np.bincount((np.asarray(one_chunk) / ONE_CHUNK_BIN).astype(int))
+    return fit_count_weights(sequences, codec.code(2).drift_q), hist.tolist()
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "v2-counts":
         data = json.loads(OUT_V2.read_text())
-        data["counts"] = fit_counts_on_images(argv[1], int(argv[2]))
-        print(data["counts"], flush=True)
+        data["counts"], data["one_chunk_kl"] = fit_counts_on_images(argv[1], int(argv[2]))
+        print(data["counts"], data["one_chunk_kl"], flush=True)
         OUT_V2.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         return
     if argv and argv[0] == "v2":
