@@ -21,6 +21,8 @@ $D eval $CBSD --out eval-cbsd-tiles --downsample 3 --tile 64 --diffc-limit 24 \
     --steps 4,8,16,24,32,40 --batch-size 12 --workers 2 --threads 1                                  # 7 min
 $D eval $CBSD --out eval-cbsd-full --limit 4 --channels rcc,ideal --methods flow,denoise \
     --steps 16,24,32,40 --batch-size 1 --workers 2 --threads 1                                       # 12 min
+$D bench rate-breakdown --images 50 --tiles $CBSD --tile-count 16 --json bench/rate_breakdown.json  # 18 min
+$D bench rate-breakdown --images 16 --tiles $CBSD --tile-count 8 --rd --json bench/rate_breakdown_rd.json
 # $D bench speed --data $TIN --images 16 --batch-size 16 --large $CBSD --large-count 1 --threads 2 \
 #     --json bench/speed.json
 # $D bench pipeline --sizes 16,48 --batch-size 8 --json bench/pipeline.json

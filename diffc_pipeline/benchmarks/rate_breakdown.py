@@ -107,6 +107,8 @@ def breakdown(
         "images": len(images),
         "size": f"{images.shape[1]}x{images.shape[2]}",
         "encode_s_per_image": round(encode_s / len(images), 3),
+        # the codec's own timers, side by side in one process: what issue 6 bounds (channel <= 0.5x network)
+        "channel_to_network": round(codec.timings["channel_s"] / max(1e-9, codec.timings["network_s"]), 3),
         "exact_redundancy_per_full_chunk": round(full_redundancy, 3),
         "rows": rows,
     }

@@ -262,23 +262,32 @@ def channel_fidelity(
     versions: str = typer.Option("1,2", help="Stream versions (1: fixed gain; 2: the gain ramp)."),
     step_kl: str = typer.Option("2,4,6,8,1024", help="Step KLs (bits) of the 12,288-dimension profile steps."),
     seeds: int = typer.Option(600, min=1, help="Seeds per profile step."),
+    expected: str = typer.Option("", help="Also compute (1-D simulation) full chunks with 2**L candidates: L,L,..."),
+    expected_gains: str = typer.Option("1.0,1.2", help="Target gains of the --expected chunks."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """How far the channel's samples are from exact: shift and variance along d, variance across, TV."""
     import torch
 
     from ..benchmarks.diffc_channel import channel_config
-    from ..benchmarks.fidelity import fidelity
+    from ..benchmarks.fidelity import expected_chunk, fidelity
     from ..codecs.diffc.config import CodecConfig
 
     torch.set_num_threads(1)
+    computed = [
+        expected_chunk(11.9, int(log2n), float(g), trials=max(200, (1 << 26) >> int(log2n)))
+        for log2n in filter(None, expected.split(","))
+        for g in expected_gains.split(",")
+    ]
+    for row in computed:
+        console.print(row, highlight=False)
     rows = []
     for spec in settings or ["12:12:1.2"]:
         for v in (int(x) for x in versions.split(",")):
             rows.append({"setting": spec, **fidelity(channel_config(CodecConfig(), spec), v,
                                                       [float(k) for k in step_kl.split(",")], seeds)})  # fmt: skip
             console.print(rows[-1], highlight=False)
-    emit({**run_info(), "rows": rows}, json_path)
+    emit({**run_info(), "rows": rows, "expected": computed}, json_path)
 
 
 def _on_val_images(measure, model: str, data: str, images: int, json_path: Path | None) -> None:

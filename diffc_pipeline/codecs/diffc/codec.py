@@ -53,7 +53,7 @@ class DiffcCodec(Codec):
     empty chunks and refuse to decode; :meth:`sweep` reconstructs from the encoder's samples).
 
     ``stream_version``: what :meth:`compress` writes - by default the newest version that has tables for the
-    channel setting (version 2 for the default setting and the documented opt-ins; version 1 otherwise).
+    channel setting (version 2 for the default setting, whose tables ship; version 1 for the others).
     Decoding follows each stream's header, so one codec reads both. The version is not a stream option and
     not in the fingerprint: every stream names its own, and archives written before version 2 keep their
     fingerprint. Set it to 1 only to reproduce old streams (the benchmarks compare the two side by side).
