@@ -129,10 +129,11 @@ class StepCode:
         code = (config.chunk_bits, config.candidate_log2, config.target_gain)
         if version == 1:
             return cls(1, *code)
-        # math.expm1 of a value computed from the config's own numbers: the same double on every IEEE-754
-        # platform; the product is then rounded to an integer, which is all either side uses
-        dlogsnr = (config.logsnr_end - config.logsnr_start) / config.num_steps
-        return cls(2, *code, drift_q=round(256 * 0.4 * math.expm1(dlogsnr)))
+        # expm1 by its Taylor polynomial: only +, * and / (correctly rounded on every IEEE-754 platform, where
+        # libm's expm1 may differ in the last bit), then rounded to an integer, which is all either side uses
+        x = (config.logsnr_end - config.logsnr_start) / config.num_steps
+        expm1 = x + x * x / 2 + x * x * x / 6 + x * x * x * x / 24
+        return cls(2, *code, drift_q=round(256 * 0.4 * expm1))
 
     @property
     def key(self) -> tuple[int, int, float]:
