@@ -52,3 +52,19 @@ def test_bench_speed_cli_writes_its_json(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["codec"]["model"]["name"].startswith("diffc-unet-tin64") and doc["runs"][0]["size"] == "64x64"
     assert doc["command"].startswith("diffc ")
+
+
+def test_bench_network_times_both_layouts_and_measures_memory_in_fresh_processes(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(widths=(16, 16), blocks_per_level=1, emb_dim=32, groups=8))
+    save_unet_model(tmp_path / "m", net, {"kind": "linear", "gamma_min": -13.3, "gamma_max": 5.0}, name="tiny")
+    out = tmp_path / "net.json"
+    args = ["bench", "network", "--model", str(tmp_path / "m"), "--threads", "1", "--repeats", "1"]
+    result = CliRunner().invoke(app, [*args, "--memory-sides", "64", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    shapes = [(r["batch"], r["height"], r["width"]) for r in data["timing"]]
+    assert shapes == [(16, 64, 64), (1, 256, 256), (1, 320, 480)]
+    assert all(r["contiguous_ms_per_mp"] > 0 and r["channels_last_speedup"] > 0 for r in data["timing"])
+    assert [m["tiled"] for m in data["memory"]] == [True, False]
+    assert all(m["peak_gb"] >= m["before_gb"] > 0 for m in data["memory"])

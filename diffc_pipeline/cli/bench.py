@@ -305,6 +305,48 @@ def _on_val_images(measure, model: str, data: str, images: int, json_path: Path 
     emit({**run_info(), "model": codec.describe()["model"], "rows": rows}, json_path)
 
 
+@bench_app.command("network")
+@friendly_errors
+def network(
+    model: str = typer.Option("builtin", help="Model: builtin or a diffc model directory."),
+    threads: str = typer.Option("1,2", help="Comma-separated torch thread counts to time."),
+    repeats: int = typer.Option(4, min=1, help="Timed rounds per case (minimum reported)."),
+    tiling_image: str = typer.Option(
+        "", help="An image file larger than 1 MP: the denoiser's MSE tiled vs untiled on it ('': skip)."
+    ),
+    memory_sides: str = typer.Option(
+        "1024,3456", help="Square input sides for the peak-memory runs, tiled and untiled up to 1024 ('': skip)."
+    ),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """The network's ms per megapixel per call (contiguous vs channels-last, side by side), peak memory of one
+    call tiled and untiled (fresh process each), and what tiling changes in the denoiser's output."""
+    from ..benchmarks.network import peak_memory, tiling_fidelity, time_layouts
+
+    result: dict = {**run_info(), "model": model}
+    cases = [(16, 64, 64), (1, 256, 256), (1, 320, 480)]
+    result["timing"] = time_layouts(model, cases, [int(t) for t in threads.split(",")], repeats)
+    for row in result["timing"]:
+        console.print(row, highlight=False)
+    if tiling_image:
+        import numpy as np
+
+        from ..images import decode_image
+        from ..models.tiling import Tiling
+
+        img = decode_image(Path(tiling_image).read_bytes())
+        img = img[: img.shape[0] // 8 * 8, : img.shape[1] // 8 * 8]
+        result["tiling"] = {"image": tiling_image, "shape": list(img.shape)}
+        result["tiling"]["rows"] = tiling_fidelity(model, np.ascontiguousarray(img), Tiling(), [-4.0, 0.0, 4.0])
+        console.print(result["tiling"], highlight=False)
+    result["memory"] = []
+    for side in (int(v) for v in memory_sides.split(",") if v):
+        for tiled in (True, False) if side <= 1024 else (True,):
+            result["memory"].append(peak_memory(model, side, tiled))
+            console.print(result["memory"][-1], highlight=False)
+    emit(result, json_path)
+
+
 @bench_app.command("faults")
 @friendly_errors
 def faults(
