@@ -316,7 +316,8 @@ def test_eval_a_progressive_codec_decodes_every_prefix_and_reports_its_estimate(
     sweep = {(r["image"], r["steps"]): r for r in doc["records"] if r["variant"] == "diffc-rcc-denoise"}
     for r in prefixes:  # the whole header plus k chunks (eval's DiffC rows charge 4 bytes of the header)
         same = sweep[(r["image"], r["setting"])]
-        assert r["stream_header_bytes"] == 26 and r["bits"] == 8 * (26 + same["bytes"] - same["header_bytes"])
+        # DiffC stream version 2 at 16x16: 22 bytes plus a one-byte shape
+        assert r["stream_header_bytes"] == 23 and r["bits"] == 8 * (23 + same["bytes"] - same["header_bytes"])
         assert r["estimated_bits"] == pytest.approx(same["kl_bits"])
     (point,) = doc["curves"]["diffc-denoise"]
     assert point["payload_over_estimate"] == pytest.approx(
@@ -371,7 +372,7 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
         rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == first and r["steps"] == k)
         real = PER_IMAGE_BYTES + sum(len(c) for c in stream.chunks[:k])
         assert rec["bytes"] == real and rec["header_bytes"] == 4 == PER_IMAGE_BYTES
-        assert rec["stream_header_bytes"] == len(stream.header) == 26
+        assert rec["stream_header_bytes"] == len(stream.header) == 23  # stream version 2, 16x16
         assert rec["bpp"] == pytest.approx(8 * real / 256)
         assert rec["kl_bits"] == pytest.approx(sum(stream.estimated_bits[:k]))
     # the ideal rate is the KL of the prefix, no bytes
