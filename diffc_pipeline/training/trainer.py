@@ -128,8 +128,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, images: list[bytes], photos: list[bytes] | None = None) -> None:
         self.config = config
         self._photos = photos or []
-        if (config.photo_batch or any(p.get("photo_batch") for p in config.phases)) and not self._photos:
-            raise DiffcError("this run mixes photo crops into its batches (photo_batch > 0): pass --photos")
         torch.manual_seed(config.seed)
         self.net = UNet(UNetConfig.from_dict(config.unet))
         self.ema = UNet(UNetConfig.from_dict(config.unet))
@@ -197,6 +195,8 @@ class Trainer:
         shape = self.config.shape_at(step)
         if not shape["photo_batch"]:
             return None
+        if not self._photos:  # checked when a batch needs them: exporting a checkpoint needs no data
+            raise DiffcError("this run mixes photo crops into its batches (photo_batch > 0): pass --photos")
         s = self._photo_sampler
         if s is None or (s.batch_size, s.crop) != (shape["photo_batch"], shape["photo_crop"]):
             self._photo_sampler = BatchSampler(
