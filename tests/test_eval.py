@@ -342,7 +342,6 @@ def test_eval_progress_prints_a_line_whenever_the_interval_has_passed(tmp_path):
 
 
 def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
-    from diffc_pipeline.evaluation.runner import PER_IMAGE_BYTES
     from diffc_pipeline.seeds import image_seed
 
     write_images(tmp_path / "imgs", 3, size=16)
@@ -370,8 +369,8 @@ def test_eval_diffc_with_the_gaussian_model_counts_real_bytes(tmp_path):
     stream = codec.compress(pixels[None], [image_seed(7, first)])[0]
     for k in (1, 4, 8):
         rec = next(r for r in diffc if r["variant"] == "diffc-rcc-flow" and r["image"] == first and r["steps"] == k)
-        real = PER_IMAGE_BYTES + sum(len(c) for c in stream.chunks[:k])
-        assert rec["bytes"] == real and rec["header_bytes"] == 4 == PER_IMAGE_BYTES
+        real = 1 + sum(len(c) for c in stream.chunks[:k])  # stream version 2: a 16x16 shape is one byte
+        assert rec["bytes"] == real and rec["header_bytes"] == 1 == stream.parsed.shape_bits // 8
         assert rec["stream_header_bytes"] == len(stream.header) == 23  # stream version 2, 16x16
         assert rec["bpp"] == pytest.approx(8 * real / 256)
         assert rec["kl_bits"] == pytest.approx(sum(stream.estimated_bits[:k]))

@@ -24,12 +24,12 @@ from .metrics import detail_ratio, ms_ssim, ms_ssim_scales, psnr
 from .perceptual import PerceptualMetrics
 
 # What one image needs besides its chunks, as the issue's rate asks ("everything needed to decode the image
-# except dataset-wide metadata"): height and width (u16 each). The seed is derived from the run seed and the
-# image id (:func:`~diffc_pipeline.seeds.image_seed`, as archives derive it from theirs), and the model id,
-# codec configuration, magic, version and CRC of DiffC's standalone stream header are the same for every
-# image, so they are dataset-wide; the whole 26-byte header's cost is reported apart as
+# except dataset-wide metadata"): its shape, as its stream header codes it (stream version 1: u16 height and
+# width, 4 bytes; version 2: a varint shape, 1 byte at 64x64; ``Header.shape_bits``). The seed is derived
+# from the run seed and the image id (:func:`~diffc_pipeline.seeds.image_seed`, as archives derive it from
+# theirs), and the model id, codec configuration, magic, version and CRC of DiffC's standalone stream header
+# are the same for every image, so they are dataset-wide; the whole header's cost is reported apart as
 # ``stream_header_bytes``. (Other codecs are charged their whole header: see :mod:`.grid`.)
-PER_IMAGE_BYTES = 4
 # DiffC's channels in eval: ``rcc`` is the registry's codec (the real bitstream), ``ideal`` its bits-free twin
 CHANNELS = ("rcc", "ideal")
 
@@ -168,8 +168,9 @@ def run_diffc(
 ) -> list[dict]:
     """One ``codec.sweep`` per batch and channel; a record per image, channel, method and prefix.
 
-    Rates: ``rcc`` counts the real bytes of the first ``k`` chunks plus the per-image fields (see
-    :data:`PER_IMAGE_BYTES`); the standalone stream header is reported apart in ``stream_header_bytes``;
+    Rates: ``rcc`` counts the real bytes of the first ``k`` chunks plus the shape bytes of the stream's
+    header (``Header.shape_bits``); the whole standalone stream header is reported apart in
+    ``stream_header_bytes``;
     ``ideal`` charges the sum of the first ``k`` steps' KL in bits, the paper's rate. ``stream_sha256`` (rcc)
     is the archive's row checksum of the whole stream: the same image and run seed give the same value in a
     ``diffc compress`` archive.
@@ -219,10 +220,11 @@ def prefix_rate(stream, k: int, channel: str, kl_bits: float) -> dict:
     if channel == "ideal":
         return {"bits": kl_bits, "kl_bits": kl_bits, "bytes": None, "header_bytes": None}
     payload = sum(len(c) for c in stream.chunks[:k])
+    shape_bytes = stream.parsed.shape_bits // 8
     return {
-        "bits": 8.0 * (PER_IMAGE_BYTES + payload),
+        "bits": 8.0 * (shape_bytes + payload),
         "kl_bits": kl_bits,
-        "bytes": PER_IMAGE_BYTES + payload,
-        "header_bytes": PER_IMAGE_BYTES,
+        "bytes": shape_bytes + payload,
+        "header_bytes": shape_bytes,
         "stream_header_bytes": len(stream.header),
     }
