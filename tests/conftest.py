@@ -42,3 +42,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def stand_in_lpips():
+    """A stand-in for LPIPS with its contract (distance of conv features, one value per image; the real
+    network's weights cannot be downloaded here), as a class: the eval's and the CDC trainer's tests export it.
+    """
+    import torch
+
+    class StandInLpips(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ((self.conv(x) - self.conv(y)) ** 2).mean(dim=(1, 2, 3))
+
+    return StandInLpips

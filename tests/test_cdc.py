@@ -283,7 +283,7 @@ def test_training_loss_decreases_and_resume_is_exact(tmp_path, images):
         CdcTrainer(replace(cfg, batch_size=2), tiny, [photo]).load(tmp_path / "run" / "checkpoint")
 
 
-def test_rho_trains_against_a_user_lpips_network(tmp_path, images):
+def test_rho_trains_against_a_user_lpips_network(tmp_path, images, stand_in_lpips):
     """rho > 0: the LPIPS term of a user's torch.export network enters the loss and its gradient reaches the
     decoder (not the frozen metric); the run records the network's hash and refuses another on resume."""
     import io
@@ -292,20 +292,11 @@ def test_rho_trains_against_a_user_lpips_network(tmp_path, images):
 
     from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig, cdc_loss, main
 
-    class Lpips(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = torch.nn.Conv2d(3, 8, 3)
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return ((self.conv(x) - self.conv(y)) ** 2).mean(dim=(1, 2, 3))
-
     side = {"min": 8, "max": 512}
     dims = {0: torch.export.Dim("b"), 2: torch.export.Dim("h", **side), 3: torch.export.Dim("w", **side)}
     example = torch.rand(2, 3, 32, 32)
     net_file = tmp_path / "lpips.pt2"
-    exported = torch.export.export(Lpips(), (example, example.clone()), dynamic_shapes={"x": dims, "y": dims})
+    exported = torch.export.export(stand_in_lpips(), (example, example.clone()), dynamic_shapes={"x": dims, "y": dims})
     torch.export.save(exported, str(net_file))
     lpips = torch.export.load(str(net_file)).module()
 

@@ -48,18 +48,6 @@ def test_frechet_distance_is_symmetric_and_a_prepared_fit_gives_the_same_value()
         GaussianFit.of(b[:1])
 
 
-class _Lpips(torch.nn.Module):
-    """A stand-in for LPIPS with the same contract: distance of conv features, one value per image."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ((self.conv(x) - self.conv(y)) ** 2).mean(dim=(1, 2, 3))
-
-
 class _Features(torch.nn.Module):
     """A stand-in for Inception features: pooled conv responses, (batch, 16)."""
 
@@ -73,15 +61,15 @@ class _Features(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def networks(tmp_path_factory) -> tuple[str, str]:
+def networks(tmp_path_factory, stand_in_lpips) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("nets")
     lpips, features = folder / "lpips.pt2", folder / "features.pt2"
     b, h, w = torch.export.Dim("b"), torch.export.Dim("h", min=8, max=4096), torch.export.Dim("w", min=8, max=4096)
     image = torch.rand(2, 3, 32, 32)
     dims = {0: b, 2: h, 3: w}
-    lp = torch.export.export(_Lpips(), (image, image.clone()), dynamic_shapes={"x": dims, "y": dims})
+    lp = torch.export.export(stand_in_lpips(), (image, image.clone()), dynamic_shapes={"x": dims, "y": dims})
     torch.export.save(lp, str(lpips))
-    aliased = torch.export.export(_Lpips(), (image, image), dynamic_shapes={"x": dims, "y": dims})
+    aliased = torch.export.export(stand_in_lpips(), (image, image), dynamic_shapes={"x": dims, "y": dims})
     torch.export.save(aliased, str(folder / "aliased.pt2"))  # traced as one input: compares y with y
     torch.export.save(torch.export.export(_Features(), (image,), dynamic_shapes={"x": dims}), str(features))
     return str(lpips), str(features)
