@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from ..errors import DiffcError
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -53,3 +56,22 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def refuse_changed_config(
+    directory: Path,
+    requested: Mapping[str, object],
+    saved: Mapping[str, object],
+    defaults: Mapping[str, object],
+    adjustable: Collection[str],
+    changed: Collection[str] = (),
+) -> None:
+    """Refuse to resume when a field of ``requested`` other than the ``adjustable`` ones differs from the
+    checkpoint's ``saved`` config (plus the fields in ``changed``, which the caller compared itself), naming
+    each. A field the checkpoint predates counts as its default in ``defaults``: that is what it trained with.
+    """
+    known = {**defaults, **saved}
+    fixed = sorted({k for k, v in requested.items() if k not in adjustable and known.get(k) != v} | set(changed))
+    if fixed:
+        diffs = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, requested {requested[k]!r})" for k in fixed)
+        raise DiffcError(f"{directory}: cannot resume with a different {diffs}")

@@ -23,7 +23,13 @@ from ..errors import DiffcError
 from ..models.base import LinearSchedule
 from ..models.storage import save_unet_model
 from ..models.unet import UNet, UNetConfig
-from .checkpointing import StopRequest, load_optimizer_tensors, optimizer_tensors, stop_on_signals
+from .checkpointing import (
+    StopRequest,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    refuse_changed_config,
+    stop_on_signals,
+)
 from .data import BatchSampler
 from .vdm import diffusion_loss, nats_to_bpd, prior_loss
 
@@ -223,21 +229,16 @@ class Trainer:
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
-        # fields this checkpoint predates hold their defaults (that is what it was trained with)
-        saved = asdict(TrainConfig()) | meta["config"]
-        fixed = sorted(
-            k
-            for k, v in asdict(self.config).items()
-            if k not in ADJUSTABLE_ON_RESUME and k != PHASES and saved.get(k) != v
-        )
+        saved = meta["config"]
         saved_phases = saved.get(PHASES, [])
-        if self.config.phases[: len(saved_phases)] != saved_phases:
-            fixed.append(PHASES)
-        if fixed:
-            diffs = ", ".join(
-                f"{k} (checkpoint {meta['config'].get(k)!r}, requested {getattr(self.config, k)!r})" for k in fixed
-            )
-            raise DiffcError(f"{directory}: cannot resume with a different {diffs}")
+        refuse_changed_config(
+            directory,
+            asdict(self.config),
+            saved,
+            asdict(TrainConfig()),
+            ADJUSTABLE_ON_RESUME | {PHASES},
+            changed=[PHASES] if self.config.phases[: len(saved_phases)] != saved_phases else [],
+        )
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
         load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))

@@ -34,7 +34,13 @@ from safetensors.torch import load_file, save_file
 
 from ...errors import DiffcError, InvalidImageError
 from ...images import decode_image
-from ...training.checkpointing import StopRequest, load_optimizer_tensors, optimizer_tensors, stop_on_signals
+from ...training.checkpointing import (
+    StopRequest,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    refuse_changed_config,
+    stop_on_signals,
+)
 from .config import ModelConfig
 from .model import CdcModel, alpha_bar, count_parameters
 
@@ -296,11 +302,7 @@ class CdcTrainer:
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
-        saved = meta["config"]
-        fixed = sorted(k for k, v in asdict(self.cfg).items() if k not in ADJUSTABLE_ON_RESUME and saved.get(k) != v)
-        if fixed:
-            diffs = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, requested {getattr(self.cfg, k)!r})" for k in fixed)
-            raise DiffcError(f"{directory}: cannot resume with a different {diffs}")
+        refuse_changed_config(directory, asdict(self.cfg), meta["config"], asdict(TrainConfig()), ADJUSTABLE_ON_RESUME)
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
         load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
