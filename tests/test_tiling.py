@@ -78,3 +78,39 @@ def test_a_tiled_image_decodes_exactly_in_another_codec() -> None:
     untiled = DiffcCodec(load_model("builtin"), config).compress(img, [7])
     bits = [sum(len(c) for c in s.chunks) * 8 for s in (streams[0], untiled[0])]
     assert abs(bits[0] - bits[1]) <= 0.05 * bits[1], bits
+
+
+def test_per_pixel_algebra_in_pieces_is_bit_identical_to_whole_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The denoiser, the chain's update and the reconstructions run in float64 pieces (bounded temporaries on
+    large photos): cutting them must not change a single bit, for one large image or a batch of small ones."""
+    from diffc_pipeline.codecs.diffc import reconstruct as rec
+    from diffc_pipeline.models import base
+
+    model = load_model("gaussian")
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(1, 3, 56, 72), (5, 3, 16, 16)]:
+        z = torch.randn(shape, generator=gen)
+        lam = torch.linspace(-2.0, 3.0, shape[0])
+        results = []
+        for piece in (1 << 20, 1000):  # whole images, then pieces of 1,000 elements (several per image)
+            monkeypatch.setattr(base, "PIECE_ELEMENTS", piece)
+            results.append(
+                [rec.reconstruct(model, z, lam, method, 3, list(range(shape[0])), 4.0) for method in rec.METHODS]
+            )
+        for whole, pieces in zip(*results, strict=True):
+            assert whole.dtype == torch.float32 and torch.equal(whole, pieces)
+
+
+def test_chunk_and_step_kl_in_blocks_match_the_whole_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffc_pipeline.codecs.diffc import channel
+
+    d = np.random.default_rng(5).standard_normal(3 * 40 * 56).astype(np.float32)
+    config = CodecConfig()
+    layout = channel.step_layout(d.size, 17, seed=9, step=3, config=config)
+    assert layout.seg_dims.dtype == np.int32 and sorted(layout.seg_dims[layout.seg_mask]) == list(range(d.size))
+    whole, whole_step = channel.chunk_kl_bits(d, layout), channel.step_kl_bits(d)
+    monkeypatch.setattr(channel, "_WORK_ENTRIES", 640)  # 10 segment rows, 640 values per block
+    assert np.array_equal(channel.chunk_kl_bits(d, layout), whole)
+    assert channel.step_kl_bits(d) == pytest.approx(whole_step, rel=1e-12)
+    assert whole.sum() == pytest.approx(whole_step, rel=1e-9)
+    assert whole_step == pytest.approx(0.5 * float(np.sum(d.astype(np.float64) ** 2)) / np.log(2), rel=1e-12)

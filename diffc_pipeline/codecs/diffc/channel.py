@@ -93,7 +93,7 @@ class StepLayout:
 
     num_chunks: int
     pool_width: int
-    seg_dims: np.ndarray  # (G, w) int64 dimension indices (0 where masked)
+    seg_dims: np.ndarray  # (G, w) int32 dimension indices (0 where masked)
     seg_mask: np.ndarray  # (G, w) bool: real dimensions
     seg_chunk: np.ndarray  # (G,) chunk of each segment (non-decreasing)
     seg_mult: np.ndarray  # (G,) odd multipliers
@@ -117,7 +117,11 @@ class StepLayout:
 
 
 def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecConfig) -> StepLayout:
-    perm = prng.rng(seed, step, prng.PERMUTE).permutation(dims)
+    # Dimension indices are int32 (a side is at most 65,535 pixels but the compress limit keeps images far
+    # below 2**31 values) and the masks, signs and index arrays are built in place: at 12 MP the (segments x
+    # width) arrays are 36 M entries each, and int64 or float64 temporaries of that size were ~0.3 GB apiece.
+    index_type = np.int32 if dims < 2**31 else np.int64
+    perm = prng.rng(seed, step, prng.PERMUTE).permutation(dims).astype(index_type)
     bounds = (np.arange(num_chunks + 1, dtype=np.int64) * dims) // num_chunks
     sizes = np.diff(bounds)
     w = _segment_width(sizes, config)
@@ -126,14 +130,20 @@ def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecC
     first_seg = np.concatenate([[0], np.cumsum(per_chunk)[:-1]])
     seg_start = bounds[seg_chunk] + w * (np.arange(len(seg_chunk)) - first_seg[seg_chunk])
     seg_len = np.minimum(w, bounds[seg_chunk + 1] - seg_start)
-    offs = np.arange(w)
-    seg_mask = offs[None, :] < seg_len[:, None]
-    seg_dims = perm[np.where(seg_mask, seg_start[:, None] + offs[None, :], 0)]
+    offs = np.arange(w, dtype=index_type)
+    seg_mask = offs[None, :] < seg_len[:, None].astype(index_type)
+    positions = seg_start.astype(index_type)[:, None] + offs[None, :]
+    positions[~seg_mask] = 0
+    seg_dims = perm[positions]
+    del perm, positions
     n = 1 << config.candidate_log2
     g = prng.rng(seed, step, prng.SEGMENTS)
     seg_mult = 2 * g.integers(0, max(1, n // 2), len(seg_chunk), dtype=np.int64) + 1
     seg_add = g.integers(0, n, len(seg_chunk), dtype=np.int64)
-    seg_sign = np.where(g.random((len(seg_chunk), w), dtype=np.float32) < 0.5, -1.0, 1.0).astype(np.float32)
+    seg_sign = g.random((len(seg_chunk), w), dtype=np.float32)
+    flip = seg_sign < 0.5
+    seg_sign.fill(1.0)
+    seg_sign[flip] = -1.0
     return StepLayout(
         num_chunks,
         w,
@@ -230,11 +240,26 @@ def chunk_gains(chunk_kl_bits: np.ndarray, config: CodecConfig) -> np.ndarray:
 
 
 def chunk_kl_bits(d: np.ndarray, layout: StepLayout) -> np.ndarray:
-    """KL of each chunk of ``layout`` (bits) for the normalised target ``d`` (flat)."""
-    sq = np.where(layout.seg_mask, d[layout.seg_dims].astype(np.float64), 0.0) ** 2
+    """KL of each chunk of ``layout`` (bits) for the normalised target ``d`` (flat); segment rows are summed
+    a block at a time, so the float64 squares never exceed :data:`_WORK_ENTRIES` entries."""
     out = np.zeros(layout.num_chunks)
-    np.add.at(out, layout.seg_chunk, sq.sum(axis=1))
+    rows = max(1, _WORK_ENTRIES // layout.pool_width)
+    for lo in range(0, len(layout.seg_chunk), rows):
+        sq = d[layout.seg_dims[lo : lo + rows]].astype(np.float64)
+        sq[~layout.seg_mask[lo : lo + rows]] = 0.0
+        sq *= sq
+        np.add.at(out, layout.seg_chunk[lo : lo + rows], sq.sum(axis=1))
     return 0.5 * out / LN2
+
+
+def step_kl_bits(d: np.ndarray) -> float:
+    """The step's KL ``|d|^2 / 2`` in bits, summed in float64 a block at a time (no whole-image copy)."""
+    flat = np.asarray(d).ravel()
+    total = 0.0
+    for lo in range(0, flat.size, _WORK_ENTRIES):
+        piece = flat[lo : lo + _WORK_ENTRIES].astype(np.float64)
+        total += float(np.dot(piece, piece))
+    return 0.5 * total / LN2
 
 
 def rcc_encode(
@@ -244,7 +269,7 @@ def rcc_encode(
 
     ``stream_version`` 1 scores every chunk against ``target_gain * d``; 2 against ``chunk_gains * d``."""
     d = np.asarray(d, dtype=np.float32).ravel()
-    kl_bits = 0.5 * float(np.dot(d.astype(np.float64), d)) / LN2
+    kl_bits = step_kl_bits(d)
     layout = step_layout(d.size, num_chunks_for(kl_bits, config), seed, step, config)
     pool, pool_t = _pool(step, config, layout.pool_width)  # (rows, w), (w, rows)
     n = 1 << config.candidate_log2
@@ -252,8 +277,11 @@ def rcc_encode(
         gain = np.float32(config.target_gain)
     else:
         gain = chunk_gains(chunk_kl_bits(d, layout), config).astype(np.float32)[layout.seg_chunk][:, None]
-    targets = np.where(layout.seg_mask, d[layout.seg_dims] * gain, 0.0) * layout.seg_sign
-    targets = torch.from_numpy(targets.astype(np.float32))
+    targets = d[layout.seg_dims]  # (G, w) float32, built in place
+    targets *= gain
+    targets[~layout.seg_mask] = 0.0
+    targets *= layout.seg_sign
+    targets = torch.from_numpy(targets)
     arrivals = OrderedArrivals(seed, step, n)
     # segments of chunk c are seg_first[c]:seg_first[c + 1] (seg_chunk is non-decreasing)
     seg_first = np.searchsorted(layout.seg_chunk, np.arange(layout.num_chunks + 1))
@@ -297,7 +325,8 @@ def rcc_decode(
 
 
 def _assemble(layout: StepLayout, pool: np.ndarray, indices: np.ndarray, dims: int) -> np.ndarray:
-    values = pool[layout.chosen_rows(indices)] * layout.seg_sign
+    values = pool[layout.chosen_rows(indices)]
+    values *= layout.seg_sign
     u = np.empty(dims, dtype=np.float32)
     u[layout.seg_dims[layout.seg_mask]] = values[layout.seg_mask]
     return u

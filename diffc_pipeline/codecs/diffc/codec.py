@@ -26,11 +26,11 @@ from ..base import Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
 from . import prng
 from .bitstream import STREAM_VERSION, EncodedImage, Header
-from .channel import LN2, chunk_kl_bits, ideal_sample, rcc_decode, rcc_encode, step_layout
+from .channel import chunk_kl_bits, ideal_sample, rcc_decode, rcc_encode, step_kl_bits, step_layout
 from .config import CodecConfig
 from .index_code import StepCode, StepReader, StepWriter, has_v2_tables
 from .reconstruct import METHODS, denoise, reconstruct
-from .steps import step_coefficients
+from .steps import normalised_target, step_coefficients, step_mean_plus_noise
 from .tables import TABLES_VERSION
 
 CHANNELS = ("rcc", "ideal")
@@ -182,10 +182,10 @@ class DiffcCodec(Codec):
             t_rcc = time.perf_counter()
             self.timings["network_s"] += t_rcc - t_net
             c = step_coefficients(lam_t, lam_s)
-            d = (c.c_x * (xp - x_hat) / c.std).numpy()
+            d = normalised_target(c, xp, x_hat).numpy()
             u = np.empty_like(d)
             for i, seed in enumerate(seeds):
-                kl_bits[i].append(0.5 * float(np.dot(d[i].ravel().astype(np.float64), d[i].ravel())) / LN2)
+                kl_bits[i].append(step_kl_bits(d[i]))
                 if self.channel == "ideal":
                     u[i] = ideal_sample(d[i], seed, k).reshape(d[i].shape)
                     continue
@@ -201,7 +201,7 @@ class DiffcCodec(Codec):
                          "end_bits": writers[i].bit_length()}
                     )  # fmt: skip
                 u[i] = sample.reshape(d[i].shape)
-            z = c.c_z * z + c.c_x * x_hat + c.std * torch.from_numpy(u)
+            z = step_mean_plus_noise(c, z, x_hat, torch.from_numpy(u))
             self.timings["channel_s"] += time.perf_counter() - t_rcc
             if k in capture:
                 latents[k] = z.clone()
@@ -301,7 +301,7 @@ class DiffcCodec(Codec):
                 previous[i] = count
                 readers[i].check_within(f"step {k}")
                 u[j] = rcc_decode(count, indices, u[j].size, seeds[i], k, self.config).reshape(shape)
-            z[idx] = c.c_z * z[idx] + c.c_x * x_hat + c.std * torch.from_numpy(u)
+            z[idx] = step_mean_plus_noise(c, z[idx], x_hat, torch.from_numpy(u))
             if k in capture:
                 latents[k] = z.clone()
         return z, latents

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ...errors import InvalidInputError
-from ...models.base import DiffusionModel, predict_x
+from ...models.base import DiffusionModel, map_in_pieces, predict_x
 from . import prng
-from .steps import alpha_sigma_of_logsnr, step_coefficients
+from .steps import alpha_sigma_of_logsnr, step_coefficients, step_mean_plus_noise
 
 Method = Literal["flow", "ancestral", "denoise"]
 METHODS: tuple[str, ...] = ("flow", "ancestral", "denoise")
@@ -46,6 +46,7 @@ def reconstruct(
         raise InvalidInputError(f"reconstruction needs at least one step, got {steps}")
     end = torch.full_like(logsnr, logsnr_end)
     end = torch.maximum(end, logsnr)
+    clip = getattr(model, "clip_denoised", True)
     for i in range(steps):
         lam_t = logsnr + (end - logsnr) * (i / steps)
         lam_s = logsnr + (end - logsnr) * ((i + 1) / steps)
@@ -53,16 +54,24 @@ def reconstruct(
         if method == "flow":
             a_t, s_t = alpha_sigma_of_logsnr(lam_t.double())
             a_s, s_s = alpha_sigma_of_logsnr(lam_s.double())
-            eps = (z.double() - a_t.view(-1, 1, 1, 1) * x_hat.double()) / s_t.view(-1, 1, 1, 1)
-            z = (a_s.view(-1, 1, 1, 1) * x_hat.double() + s_s.view(-1, 1, 1, 1) * eps).float()
+            z = map_in_pieces(_ddim_step, (z, x_hat), (a_t, s_t, a_s, s_s))
         else:
-            c = step_coefficients(lam_t, lam_s)
             noise = torch.from_numpy(
                 np.stack([prng.normals(seed, i, prng.ANCESTRAL, tuple(z.shape[1:])) for seed in seeds])
             )
-            z = c.c_z * z + c.c_x * x_hat + c.std * noise
+            z = step_mean_plus_noise(step_coefficients(lam_t, lam_s), z, x_hat, noise)
     a_end, _ = alpha_sigma_of_logsnr(end.double())
-    x = z.double() / a_end.view(-1, 1, 1, 1)
-    if getattr(model, "clip_denoised", True):
-        x = x.clamp(-1.0, 1.0)
-    return x.float()
+
+    def data_scale(zp: torch.Tensor, ap: torch.Tensor) -> torch.Tensor:
+        x = zp.double() / ap
+        return x.clamp(-1.0, 1.0) if clip else x
+
+    return map_in_pieces(data_scale, (z,), (a_end,))
+
+
+def _ddim_step(
+    z: torch.Tensor, x_hat: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor, a_s: torch.Tensor, s_s: torch.Tensor
+) -> torch.Tensor:
+    """One deterministic DDIM step (the probability-flow ODE's Euler step in log-SNR), in float64."""
+    eps = (z.double() - a_t * x_hat.double()) / s_t
+    return a_s * x_hat.double() + s_s * eps

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...models.base import map_in_pieces
+
 
 @dataclass(frozen=True)
 class StepCoefficients:
@@ -40,3 +42,26 @@ def step_coefficients(logsnr_t: torch.Tensor, logsnr_s: torch.Tensor) -> StepCoe
         return v.float().view(-1, 1, 1, 1)
 
     return StepCoefficients(shape(c_z), shape(c_x), shape(std))
+
+
+def step_mean_plus_noise(
+    c: StepCoefficients, z: torch.Tensor, x_hat: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """``c_z z + c_x x_hat + std noise``: the next latent, where ``noise`` is the channel's sample (the codec's
+    chain, both sides) or fresh noise (ancestral reconstruction). The one definition of the update, computed
+    in pieces (:func:`~diffc_pipeline.models.base.map_in_pieces`) so a 12 MP image holds no whole-image
+    temporaries."""
+
+    def update(zp: torch.Tensor, xp: torch.Tensor, up: torch.Tensor, cz, cx, sd) -> torch.Tensor:
+        return cz * zp + cx * xp + sd * up
+
+    return map_in_pieces(update, (z, x_hat, noise), (c.c_z.view(-1), c.c_x.view(-1), c.std.view(-1)))
+
+
+def normalised_target(c: StepCoefficients, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """``d = c_x (x - x_hat) / std``: the sender's target in noise units (see the module docstring)."""
+
+    def target(xp: torch.Tensor, hp: torch.Tensor, cx, sd) -> torch.Tensor:
+        return cx * (xp - hp) / sd
+
+    return map_in_pieces(target, (x, x_hat), (c.c_x.view(-1), c.std.view(-1)))
