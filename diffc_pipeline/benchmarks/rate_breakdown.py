@@ -18,6 +18,7 @@ the BD-rate (PSNR) of each real stream against the ideal one, over the whole ran
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from functools import cache
@@ -114,9 +115,21 @@ def breakdown(
     }
 
 
-def real_vs_ideal(model, images: np.ndarray, versions: Sequence[int], config: CodecConfig | None = None) -> dict:
+def real_vs_ideal(
+    model,
+    images: np.ndarray,
+    versions: Sequence[int],
+    config: CodecConfig | None = None,
+    prior_variance: str | None = None,
+    ancestral_images: int = 0,
+) -> dict:
     """DiffC-F at every 4th prefix for each stream version and for the ideal channel; BD-rate (PSNR) of each
-    version's real stream (shape + chunks, as ``diffc eval`` charges) against the ideal rate (the KL)."""
+    version's real stream (shape + chunks, as ``diffc eval`` charges) against the ideal rate (the KL).
+
+    ``prior_variance``: also each version coded against that prior variance (``v2+count``) and the ideal rate
+    against it (``ideal+count``: the ideal chain is the same - exact samples do not depend on the prior - so it
+    takes the ideal curve's PSNR and its own KL); each is also compared with its default counterpart.
+    ``ancestral_images``: DiffC-F minus DiffC-A at the last prefix on the first that many images, per channel."""
     from ..evaluation.bdrate import bd_rate
     from ..evaluation.metrics import psnr
 
@@ -124,30 +137,63 @@ def real_vs_ideal(model, images: np.ndarray, versions: Sequence[int], config: Co
     prefixes = list(range(4, config.num_steps + 1, 4))
     seeds = list(range(len(images)))
     pixels = images.shape[1] * images.shape[2]
+    codecs = [("ideal", DiffcCodec(model, config, channel="ideal"))]
+    codecs += [(f"v{v}", DiffcCodec(model, config, stream_version=v)) for v in versions]
+    if prior_variance is not None:
+        widened = dataclasses.replace(config, prior_variance=prior_variance)
+        codecs += [(f"v{v}+{prior_variance}", DiffcCodec(model, widened, stream_version=v)) for v in versions]
     curves = {}
-    for name, codec in [("ideal", DiffcCodec(model, config, channel="ideal"))] + [
-        (f"v{v}", DiffcCodec(model, config, stream_version=v)) for v in versions
-    ]:
+    for name, codec in codecs:
         res = codec.sweep(images, seeds, prefixes, methods=("flow",))
-        rates = []
-        for k in prefixes:
-            if name == "ideal":
-                bits = [sum(s.estimated_bits[:k]) for s in res.streams]
-            else:
-                bits = [s.parsed.shape_bits + 8 * sum(len(c) for c in s.chunks[:k]) for s in res.streams]
-            rates.append(float(np.mean(bits)) / pixels)
         quality = [float(np.mean([psnr(im, res.recon["flow"][k][i]) for i, im in enumerate(images)])) for k in prefixes]
-        curves[name] = {"bpp": [round(r, 4) for r in rates], "psnr": [round(q, 2) for q in quality]}
-    out = {"prefixes": prefixes, "curves": curves, "bd_rate": {}}
-    ideal = curves["ideal"]
-    for name, c in curves.items():
-        if name == "ideal":
-            continue
-        whole = bd_rate(ideal["bpp"], ideal["psnr"], c["bpp"], c["psnr"])
-        upper = bd_rate(ideal["bpp"], ideal["psnr"], c["bpp"], c["psnr"], min_quality=20.0)
-        out["bd_rate"][name] = {
-            "whole": None if whole is None else round(whole.percent, 1),
-            "from_20db": None if upper is None else round(upper.percent, 1),
-            "dpsnr_last": round(c["psnr"][-1] - ideal["psnr"][-1], 2),
+        curves[name] = {
+            "bpp": _rates(name == "ideal", res.streams, prefixes, pixels),
+            "psnr": [round(q, 2) for q in quality],
         }
+    if prior_variance is not None:
+        ideal_widened = DiffcCodec(model, widened, channel="ideal").compress(images, seeds)
+        curves[f"ideal+{prior_variance}"] = {
+            "bpp": _rates(True, ideal_widened, prefixes, pixels),
+            "psnr": curves["ideal"]["psnr"],
+        }
+    out = {"prefixes": prefixes, "curves": curves, "bd_rate": {}}
+    for name, c in curves.items():
+        for ref in ["ideal"] + ([name.split("+")[0]] if "+" in name else []):
+            if name == ref:
+                continue
+            r = curves[ref]
+            whole = bd_rate(r["bpp"], r["psnr"], c["bpp"], c["psnr"])
+            upper = bd_rate(r["bpp"], r["psnr"], c["bpp"], c["psnr"], min_quality=20.0)
+            out["bd_rate"][name if ref == "ideal" else f"{name} vs {ref}"] = {
+                "whole": None if whole is None else round(whole.percent, 1),
+                "from_20db": None if upper is None else round(upper.percent, 1),
+                "dpsnr_last": round(c["psnr"][-1] - r["psnr"][-1], 2),
+            }
+    if ancestral_images:
+        out["flow_minus_ancestral"] = _flow_minus_ancestral(codecs, images[:ancestral_images], prefixes[-1])
+    return out
+
+
+def _rates(ideal: bool, streams: Sequence, prefixes: Sequence[int], pixels: int) -> list[float]:
+    """Mean bpp after each prefix: the KL for the ideal channel, shape + chunk bytes for a real stream."""
+    rates = []
+    for k in prefixes:
+        if ideal:
+            bits = [sum(s.estimated_bits[:k]) for s in streams]
+        else:
+            bits = [s.parsed.shape_bits + 8 * sum(len(c) for c in s.chunks[:k]) for s in streams]
+        rates.append(round(float(np.mean(bits)) / pixels, 4))
+    return rates
+
+
+def _flow_minus_ancestral(codecs: Sequence[tuple[str, DiffcCodec]], images: np.ndarray, k: int) -> dict:
+    """Mean PSNR of DiffC-F and DiffC-A after ``k`` steps, and their difference, per codec."""
+    from ..evaluation.metrics import psnr
+
+    out = {}
+    for name, codec in codecs:
+        res = codec.sweep(images, list(range(len(images))), [k], methods=("flow", "ancestral"))
+        q = {m: float(np.mean([psnr(im, res.recon[m][k][i]) for i, im in enumerate(images)])) for m in res.recon}
+        out[name] = {"images": len(images), "flow": round(q["flow"], 2), "ancestral": round(q["ancestral"], 2),
+                     "flow_minus_ancestral": round(q["flow"] - q["ancestral"], 2)}  # fmt: skip
     return out

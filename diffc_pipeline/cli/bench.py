@@ -223,6 +223,10 @@ def rate_breakdown(
     tile_count: int = typer.Option(8, min=1, help="Tiles (a fixed-seed subset) from --tiles."),
     versions: str = typer.Option("1,2", help="Stream versions to encode side by side."),
     rd: bool = typer.Option(False, "--rd", help="Also decode every 4th prefix: BD-rate of each version against ideal."),
+    prior_variance: str = typer.Option(
+        "", help="Also each version against this prior variance (count), side by side ('': the default only)."
+    ),
+    ancestral: int = typer.Option(0, min=0, help="With --rd: DiffC-F minus DiffC-A at the last step, first N images."),
     model: str = typer.Option("builtin", help="DiffC's model."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
@@ -233,10 +237,12 @@ def rate_breakdown(
     from ..benchmarks.diffc_channel import val_images
     from ..benchmarks.rate_breakdown import breakdown, real_vs_ideal
     from ..codecs.diffc.codec import DiffcCodec
+    from ..codecs.diffc.config import CodecConfig
     from ..evaluation.data import ImageSource, choose_subset, load_eval_images
     from ..models import load_model
 
     torch.set_num_threads(1)
+    widened = CodecConfig(prior_variance=prior_variance) if prior_variance else None  # checked before the work
     m = load_model(model)
     sets = {"tinyimagenet_val": val_images(data, images)}
     if tiles:
@@ -246,12 +252,58 @@ def rate_breakdown(
     for name, x in sets.items():
         out: dict = {"images": len(x), "versions": {}}
         for v in (int(s) for s in versions.split(",")):
-            out["versions"][f"v{v}"] = breakdown(DiffcCodec(m, stream_version=v), x)
-            console.print(name, f"v{v}", out["versions"][f"v{v}"]["rows"], highlight=False)
+            for key, config in [(f"v{v}", None)] + ([(f"v{v}+{prior_variance}", widened)] if widened else []):
+                out["versions"][key] = breakdown(DiffcCodec(m, config, stream_version=v), x)
+                console.print(name, key, out["versions"][key]["rows"], highlight=False)
         if rd:
-            out["rd"] = real_vs_ideal(m, x, [int(s) for s in versions.split(",")])
+            out["rd"] = real_vs_ideal(
+                m, x, [int(s) for s in versions.split(",")], prior_variance=prior_variance or None,
+                ancestral_images=ancestral,
+            )  # fmt: skip
             console.print(name, out["rd"]["bd_rate"], highlight=False)
         result["sets"][name] = out
+    emit(result, json_path)
+
+
+@bench_app.command("prior-variance")
+@friendly_errors
+def prior_variance(
+    images: int = typer.Option(16, min=1, help="Tiny ImageNet val images (rows 100..)."),
+    data: str = VAL_DATA,
+    tiles: str = typer.Option("", help="Also these photos (CBSD68) as 64x64 tiles of the 3x box-downsampled image."),
+    tile_count: int = typer.Option(8, min=1, help="Tiles (a fixed-seed subset) from --tiles."),
+    step_kl: str = typer.Option("150,454,1024,3000", help="Step KLs (bits) of the fidelity profile steps."),
+    seeds: int = typer.Option(40, min=1, help="Seeds per profile step."),
+    norm_gains: str = typer.Option("1.0,1.5,2.0", help="Weights of the widened prior's norm term to compare."),
+    model: str = typer.Option("builtin", help="DiffC's model."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """The prior's variance (issue 20, item 4): ideal-rate savings on real chains and the channel's fidelity."""
+    import numpy as np
+    import torch
+
+    from ..benchmarks.diffc_channel import val_images
+    from ..benchmarks.prior_variance import chain_rates, widened_fidelity
+    from ..benchmarks.rate_breakdown import PREFIXES
+    from ..codecs.diffc.codec import DiffcCodec
+    from ..codecs.diffc.config import CodecConfig
+    from ..evaluation.data import ImageSource, choose_subset, load_eval_images
+    from ..models import load_model
+
+    torch.set_num_threads(1)
+    m = load_model(model)
+    sets = {"tinyimagenet_val": val_images(data, images)}
+    if tiles:
+        found = {t.id: t.pixels for t in load_eval_images(ImageSource(tiles, downsample=3, tile=64))}
+        sets["cbsd68_tiles"] = np.stack([found[i] for i in choose_subset(sorted(found), tile_count)])
+    result: dict = {**run_info(), "model": m.identity.short, "rates": {}}
+    for name, x in sets.items():
+        result["rates"][name] = chain_rates(DiffcCodec(m, channel="ideal"), x, PREFIXES)
+        console.print(name, result["rates"][name]["rows"], highlight=False)
+    gains = [float(g) for g in norm_gains.split(",")]
+    result["fidelity"] = widened_fidelity(CodecConfig(), [float(k) for k in step_kl.split(",")], seeds, gains)
+    for row in result["fidelity"]:
+        console.print(row, highlight=False)
     emit(result, json_path)
 
 

@@ -26,7 +26,7 @@ from ..base import Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
 from . import prng
 from .bitstream import STREAM_VERSION, EncodedImage, Header
-from .channel import chunk_kl_bits, ideal_sample, rcc_decode, rcc_encode, step_kl_bits, step_layout
+from .channel import chunk_kl_bits, ideal_sample, prior_s2, rcc_decode, rcc_encode, step_layout, step_prior
 from .config import CodecConfig
 from .index_code import StepCode, StepReader, StepWriter, has_v2_tables
 from .reconstruct import METHODS, denoise, reconstruct
@@ -185,7 +185,7 @@ class DiffcCodec(Codec):
             d = normalised_target(c, xp, x_hat).numpy()
             u = np.empty_like(d)
             for i, seed in enumerate(seeds):
-                kl_bits[i].append(step_kl_bits(d[i]))
+                kl_bits[i].append(step_prior(d[i], self.config)[2])  # against the prior in use
                 if self.channel == "ideal":
                     u[i] = ideal_sample(d[i], seed, k).reshape(d[i].shape)
                     continue
@@ -195,9 +195,10 @@ class DiffcCodec(Codec):
                 ends[i].append((writers[i].bit_length() + 7) // 8)
                 if log is not None:
                     layout = step_layout(d[i].size, count, seed, k, self.config)
+                    s2 = prior_s2(count, d[i].size, self.config)
                     log[i].append(
                         {"count": count, "kl_bits": kl_bits[i][-1], "count_bits": bits[0], "index_bits": bits[1],
-                         "chunk_kl_bits": chunk_kl_bits(d[i].ravel(), layout), "indices": indices,
+                         "chunk_kl_bits": chunk_kl_bits(d[i].ravel(), layout, s2), "indices": indices,
                          "end_bits": writers[i].bit_length()}
                     )  # fmt: skip
                 u[i] = sample.reshape(d[i].shape)
