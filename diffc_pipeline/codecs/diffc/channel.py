@@ -81,7 +81,7 @@ A whole step carries hundreds to thousands of bits, far beyond any one-shot samp
    2's (fitted to the model's prior; any table decodes). The sample still targets ``N(d, I)``: the ideal chain
    does not change, its rate does (1.7% less after 40 steps at 64x64, where a step's ``|d|^2 / n`` stays under
    0.09). With 2**12 candidates the selection leaves part of the prior's excess variance across ``d``
-   (variance across 1.013 at a 454-bit step, exact 1); weighting the norm term 1.5x removes it but costs
+   (variance across 1.012 at a 454-bit step, exact 1); weighting the norm term 1.5x removes it but costs
    index bits for no PSNR (measured end to end), so the codec scores the exact ratio (``docs/benchmarks.md``).
 
 The ``ideal`` channel draws ``u = d + e`` exactly and charges the KL (against the prior in use); both channels
@@ -368,6 +368,7 @@ def rcc_encode(
         segs = range(seg_first[c0], seg_first[c1])
         _add_projections(scores, targets, pool_t, layout, segs, c0, per_block, norms)
         indices[c0:c1] = scores.argmax(dim=1).numpy()
+    del targets, scores  # 0.14 GB each at 12 MP: free before the sample is assembled
     return layout.num_chunks, indices, _scaled(_assemble(layout, pool, indices, d.size), s2)
 
 
@@ -416,10 +417,16 @@ def _scaled(u: np.ndarray, s2: float) -> np.ndarray:
 
 
 def _assemble(layout: StepLayout, pool: np.ndarray, indices: np.ndarray, dims: int) -> np.ndarray:
-    values = pool[layout.chosen_rows(indices)]
-    values *= layout.seg_sign
+    """The chosen candidates' values in image order, a block of segments at a time: whole-step (segments x
+    width) temporaries were three arrays of 0.14 GB each at 12 MP."""
     u = np.empty(dims, dtype=np.float32)
-    u[layout.seg_dims[layout.seg_mask]] = values[layout.seg_mask]
+    rows = layout.chosen_rows(indices)
+    block = max(1, _WORK_ENTRIES // layout.pool_width)
+    for lo in range(0, len(rows), block):
+        values = pool[rows[lo : lo + block]]
+        values *= layout.seg_sign[lo : lo + block]
+        mask = layout.seg_mask[lo : lo + block]
+        u[layout.seg_dims[lo : lo + block][mask]] = values[mask]
     return u
 
 
