@@ -283,6 +283,43 @@ def test_training_loss_decreases_and_resume_is_exact(tmp_path, images):
         CdcTrainer(replace(cfg, batch_size=2), tiny, [photo]).load(tmp_path / "run" / "checkpoint")
 
 
+def test_larger_photo_crops_keep_the_batch_pixels_and_resume(tmp_path, images):
+    """``photo_crop`` 128 with 64x64 Tiny ImageNet images: the photo group is one 128x128 crop standing for
+    four 64x64 ones (the same pixels), the step trains on both groups, and a run started with 64x64 photo
+    crops resumes with larger ones (the data is adjustable on resume, the model is not)."""
+    import io
+
+    from PIL import Image
+
+    from diffc_pipeline.codecs.cdc.train import CdcBatches, CdcTrainer, TrainConfig, run_training
+
+    def jpeg(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=95)
+        return buf.getvalue()
+
+    tiny = [jpeg(im) for im in images]
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(np.tile(images[0], (3, 3, 1))))  # 192x192
+    cfg = TrainConfig(batch_size=8, crop=64, pool_photos=1, pool_crops=2, model=TINY_CFG.to_dict())
+    run_training(CdcTrainer(cfg, tiny, [photo]), tmp_path / "run", minutes=5, max_steps=2, log=lambda _m: None)
+
+    big = replace(cfg, photo_crop=128)
+    groups = CdcBatches(big, tiny, [photo], TINY_CFG.rates).batch(0)
+    assert [tuple(x.shape) for x, _ in groups] == [(1, 3, 128, 128), (4, 3, 64, 64)]
+    assert [tuple(r.shape) for _, r in groups] == [(1,), (4,)]
+    same = CdcBatches(cfg, tiny, [photo], TINY_CFG.rates).batch(0)
+    assert [tuple(x.shape) for x, _ in same] == [(8, 3, 64, 64)]  # equal sizes: one group, as before
+
+    resumed = CdcTrainer(big, tiny, [photo])
+    resumed.load(tmp_path / "run" / "checkpoint")
+    terms = resumed.train_step()
+    assert resumed.state.step == 3 and np.isfinite(terms["loss"])
+    assert terms["bpp"].shape == (5,) and terms["rate"].shape == (5,)
+    with pytest.raises(Exception, match="multiple of 64"):
+        CdcBatches(replace(cfg, photo_crop=100), tiny, [photo], TINY_CFG.rates)
+
+
 def test_rho_trains_against_a_user_lpips_network(tmp_path, images, stand_in_lpips):
     """rho > 0: the LPIPS term of a user's torch.export network enters the loss and its gradient reaches the
     decoder (not the frozen metric); the run records the network's hash and refuses another on resume."""

@@ -41,6 +41,7 @@ from ...training.checkpointing import (
     refuse_changed_config,
     stop_on_signals,
 )
+from ..tensors import to_float
 from .config import ModelConfig
 from .model import CdcModel, alpha_bar, count_parameters
 
@@ -56,7 +57,11 @@ DEFAULT_PHOTOS = "../shared/data/photos"
 class TrainConfig:
     batch_size: int = 16
     crop: int = 64
-    photo_fraction: float = 0.5  # share of each batch drawn from the photo crop pool
+    photo_fraction: float = 0.5  # share of each batch's pixels drawn from the photo crop pool
+    # Side of the photo crops (0: ``crop``). A 64x64 crop gives the hyperprior a 1x1 z and a 4x4 y, so its
+    # convolutions only ever see zero padding around them; full-size photos have z grids of 8x5 and more.
+    # Larger crops keep the batch's pixels: photo_fraction * batch_size * crop^2 / photo_crop^2 of them.
+    photo_crop: int = 0
     pool_photos: int = 48  # photos decoded per pool refresh
     pool_crops: int = 12  # crops kept per decoded photo
     pool_refresh: int = 300  # steps between pool refreshes
@@ -76,7 +81,17 @@ class TrainConfig:
 
 
 ADJUSTABLE_ON_RESUME = frozenset(
-    {"lr", "warmup_steps", "decay_start", "decay_end", "final_lr_frac", "ema_decay", "grad_clip", "diffusion_fraction"}
+    {
+        "lr",
+        "warmup_steps",
+        "decay_start",
+        "decay_end",
+        "final_lr_frac",
+        "ema_decay",
+        "grad_clip",
+        "diffusion_fraction",
+        "photo_crop",
+    }
 )
 
 
@@ -126,12 +141,19 @@ def _random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.nda
 
 
 class CdcBatches:
-    """Batch ``s`` is a pure function of ``(seed, s)``: tiny-imagenet images and photo-pool crops, rate indices."""
+    """Batch ``s`` is a pure function of ``(seed, s)``: Tiny ImageNet images and photo-pool crops, rate indices.
+
+    A batch is one or two groups of equal-size images (the photo crops may be larger than the Tiny ImageNet
+    ones), each ``(x, rate)``; the loss weighs them by pixels.
+    """
 
     def __init__(self, cfg: TrainConfig, tiny: list[bytes], photos: list[Path], rates: int) -> None:
         self.cfg, self.tiny, self.photos, self.rates = cfg, tiny, photos, rates
         self._pool_gen = -1
         self._pool: np.ndarray | None = None
+        self.photo_crop = cfg.photo_crop or cfg.crop
+        if self.photo_crop % 64:
+            raise DiffcError(f"photo_crop must be a multiple of 64 (the transform's stride), got {self.photo_crop}")
 
     def _pool_at(self, step: int) -> np.ndarray:
         gen = step // self.cfg.pool_refresh
@@ -143,30 +165,42 @@ class CdcBatches:
                 img = _decode(self.photos[int(idx)].read_bytes())
                 if img is None:
                     continue
-                crops.extend(_random_crop(img, self.cfg.crop, rng) for _ in range(self.cfg.pool_crops))
+                crops.extend(_random_crop(img, self.photo_crop, rng) for _ in range(self.cfg.pool_crops))
             self._pool = np.stack(crops)
             self._pool_gen = gen
         assert self._pool is not None
         return self._pool
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 1_000_003, step])
         n_photo = round(cfg.batch_size * cfg.photo_fraction) if self.photos else 0
-        out = np.empty((cfg.batch_size, cfg.crop, cfg.crop, 3), dtype=np.uint8)
+        n_tiny = cfg.batch_size - n_photo
+        groups: list[np.ndarray] = []
         if n_photo:
+            n_crops = max(1, round(n_photo * cfg.crop**2 / self.photo_crop**2))
             pool = self._pool_at(step)
-            for i, idx in enumerate(rng.integers(0, len(pool), size=n_photo)):
+            out = np.empty((n_crops, self.photo_crop, self.photo_crop, 3), dtype=np.uint8)
+            for i, idx in enumerate(rng.integers(0, len(pool), size=n_crops)):
                 img = pool[int(idx)]
                 out[i] = img[:, ::-1] if rng.random() < 0.5 else img
-        for i in range(n_photo, cfg.batch_size):
-            img = None
-            while img is None:
-                img = _decode(self.tiny[int(rng.integers(0, len(self.tiny)))])
-            out[i] = _random_crop(img, cfg.crop, rng)
-        rate = torch.from_numpy(rng.integers(0, self.rates, size=cfg.batch_size)).long()
-        x = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return x, rate
+            groups.append(out)
+        if n_tiny:
+            out = np.empty((n_tiny, cfg.crop, cfg.crop, 3), dtype=np.uint8)
+            for i in range(n_tiny):
+                img = None
+                while img is None:
+                    img = _decode(self.tiny[int(rng.integers(0, len(self.tiny)))])
+                out[i] = _random_crop(img, cfg.crop, rng)
+            groups.append(out)
+        if len(groups) == 2 and groups[0].shape[1] == groups[1].shape[1]:
+            groups = [np.concatenate(groups)]  # one forward pass when the sizes agree
+        rate = rng.integers(0, self.rates, size=sum(len(g) for g in groups))
+        batches, at = [], 0
+        for g in groups:
+            batches.append((to_float(g), torch.from_numpy(rate[at : at + len(g)]).long()))
+            at += len(g)
+        return batches
 
 
 # ---- loss ----------------------------------------------------------------------------------------------
@@ -266,15 +300,21 @@ class CdcTrainer:
     def train_step(self) -> dict:
         step = self.state.step
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        x, rate = self.data.batch(step)
+        batches = self.data.batch(step)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
         self.net.train()
-        terms = cdc_loss(
-            self.net, x, rate, gen, self.cfg.rho, self.cfg.prefix_drop, self.cfg.diffusion_fraction, self.lpips
-        )
+        parts = [
+            cdc_loss(self.net, x, r, gen, self.cfg.rho, self.cfg.prefix_drop, self.cfg.diffusion_fraction, self.lpips)
+            for x, r in batches
+        ]
+        pixels = [x.numel() for x, _ in batches]
+        # each group's mean loss weighted by its pixels: as if the batch were cut into tiles of one size
+        loss = sum(p["loss"] * n for p, n in zip(parts, pixels, strict=True)) / sum(pixels)
+        terms = {k: torch.cat([p[k] for p in parts]) for k in ("lpips", "bpp", "mse_mean", "mse_diff", "t")}
+        rate = torch.cat([r for _, r in batches])
         self.opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
@@ -282,7 +322,7 @@ class CdcTrainer:
             for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         self.state.step += 1
-        return {**terms, "rate": rate, "loss": float(terms["loss"].detach())}
+        return {**terms, "rate": rate, "loss": float(loss.detach())}
 
     def save(self, directory: Path) -> None:
         tmp = directory.with_name(directory.name + ".tmp")
@@ -412,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decay-end", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--diffusion-fraction", type=float, default=None, help="share of each batch training the U-Net")
+    p.add_argument("--photo-crop", type=int, default=None, help="side of the photo crops, a multiple of 64 (0: --crop)")
     p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
     p.add_argument("--rho", type=float, default=None, help="weight of the LPIPS term, 0..1 (new runs only)")
     p.add_argument("--lpips", default=None, help="LPIPS network as a torch.export archive (.pt2), for rho > 0")
@@ -423,7 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = checkpoint_config(ckpt) if resume else TrainConfig()
     if not resume and args.model_config:
         cfg.model = {**cfg.model, **json.loads(args.model_config)}
-    for name in ("batch_size", "lr", "warmup_steps", "decay_start", "decay_end", "seed", "diffusion_fraction"):
+    for name in (
+        "batch_size",
+        "lr",
+        "warmup_steps",
+        "decay_start",
+        "decay_end",
+        "seed",
+        "diffusion_fraction",
+        "photo_crop",
+    ):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
