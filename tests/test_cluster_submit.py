@@ -395,6 +395,39 @@ def test_unreachable_cluster_is_a_clear_error():
         sub.connect(f"http://127.0.0.1:{free_port()}")
 
 
+class _AgentLateClient:
+    """Stands in for a JobSubmissionClient whose head has not registered its job agent for the first
+    ``refusals`` calls: the real race cannot be produced on demand (it lasts ~10 s after ``ray start`` on a
+    loaded machine, and not at all on a quiet one), so its one observable, the SDK's error, is replayed."""
+
+    def __init__(
+        self,
+        refusals: int,
+        message: str = "Request failed with status code 500: No available agent to submit job, please try again later.",
+    ) -> None:
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def submit_job(self, **job) -> str:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise RuntimeError(self.message)
+        return job["submission_id"]
+
+
+def test_submission_waits_for_the_heads_job_agent():
+    late = _AgentLateClient(refusals=2)
+    sub.submit_when_agent_ready(late, wait_s=30, submission_id="x", entrypoint="true")
+    assert late.calls == 3
+    never = _AgentLateClient(refusals=10**6)
+    with pytest.raises(RuntimeError, match="No available agent"):
+        sub.submit_when_agent_ready(never, wait_s=1.5, submission_id="x", entrypoint="true")
+    assert 2 <= never.calls <= 4
+    other = _AgentLateClient(refusals=1, message="Request failed with status code 400: bad runtime_env")
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        sub.submit_when_agent_ready(other, wait_s=30, submission_id="x", entrypoint="true")
+    assert other.calls == 1  # any other refusal is not retried
+
+
 @pytest.mark.slow
 def test_token_authentication(head, tmp_path):
     """Without the token, or with a wrong one, the error says so; with --token-file the job is submitted,

@@ -326,6 +326,25 @@ def _job_or_none(client, submission_id: str):
 
 
 PROBE_TIMEOUT_S = 600.0  # a runtime env that pip-installs packages can take minutes to build
+# A head answers the Jobs API before its job agent has registered; until then Ray refuses every submission
+# with HTTP 500 "No available agent to submit job, please try again later" (it waits ~10 s itself). A nightly
+# job submitted right after its cluster came up would fail on that alone, so the refusal is retried this long.
+AGENT_WAIT_S = 120.0
+NO_AGENT = "No available agent to submit job"
+
+
+def submit_when_agent_ready(client, wait_s: float = AGENT_WAIT_S, **job) -> None:
+    """``client.submit_job(**job)``, retried while the head has no job agent yet (for at most ``wait_s``);
+    any other refusal, or that one after ``wait_s``, raises the SDK's RuntimeError."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as exc:
+            if NO_AGENT not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(1.0)
 
 
 def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -339,7 +358,8 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
     code = "import diffc_pipeline, diffc_pipeline.cli; print('diffc-pipeline', diffc_pipeline.__version__)"
     probe_id = f"diffc-probe-{os.urandom(6).hex()}"
     try:
-        client.submit_job(
+        submit_when_agent_ready(
+            client,
             entrypoint=shlex.join([*shlex.split(spec.python), "-c", code]),
             submission_id=probe_id,
             runtime_env=dict(spec.runtime_env) or None,
@@ -380,7 +400,8 @@ def submit(client, submission: Submission, check_python: bool = True) -> tuple[A
     if check_python:
         check_cluster_python(client, submission.spec)
     try:
-        client.submit_job(
+        submit_when_agent_ready(
+            client,
             entrypoint=submission.entrypoint,
             submission_id=submission.submission_id,
             runtime_env=dict(submission.spec.runtime_env) or None,
