@@ -61,3 +61,12 @@ def stand_in_lpips():
             return ((self.conv(x) - self.conv(y)) ** 2).mean(dim=(1, 2, 3))
 
     return StandInLpips
+
+
+@pytest.fixture(scope="session")
+def gaussian_model():
+    """The closed-form Gaussian stand-in for the diffusion network (``models/gaussian.py``): exact, fast, and
+    the same prior on both sides, for tests of the channel and the stream rather than of a trained model."""
+    from diffc_pipeline.models.gaussian import GaussianModel
+
+    return GaussianModel.default()

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from synthetic import smooth_images
 
 from diffc_pipeline.benchmarks.prior_variance import widened_fidelity
 from diffc_pipeline.benchmarks.rate_breakdown import real_vs_ideal
@@ -38,19 +39,6 @@ from diffc_pipeline.models.gaussian import GaussianModel
 
 SMALL = CodecConfig(num_steps=6, logsnr_start=-5.0, logsnr_end=3.0, flow_steps=4, ancestral_steps=4)
 WIDE = dataclasses.replace(SMALL, prior_variance="count")
-
-
-def _images(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(b, 3, 3, 4, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    x = x + 0.05 * torch.randn(b, 3, h, w, generator=g)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-@pytest.fixture(scope="module")
-def model() -> GaussianModel:
-    return GaussianModel.default()
 
 
 def test_widened_kl_against_theory() -> None:
@@ -95,36 +83,36 @@ def test_channel_round_trip_and_samples_are_scaled_candidates() -> None:
         np.testing.assert_array_equal(u, rcc_decode(count, indices, d.size, 9, 3, SMALL))
 
 
-def test_codec_round_trip_is_exact(model: GaussianModel) -> None:
+def test_codec_round_trip_is_exact(gaussian_model: GaussianModel) -> None:
     """The decoder's latents equal the encoder's at every step, and the streams differ from the default's."""
-    x = _images(2, 16, 24, seed=11)
-    codec = DiffcCodec(model, WIDE)
+    x = smooth_images(2, 16, 24, seed=11)
+    codec = DiffcCodec(gaussian_model, WIDE)
     steps = range(WIDE.num_steps + 1)
     streams, sent = codec._encode(to_float(x), [3, 4], capture=steps)
     _, got = codec._decode_latents(streams, [WIDE.num_steps] * 2, capture=steps)
     assert all(torch.equal(sent[k], got[k]) for k in steps)
-    default = DiffcCodec(model, SMALL).compress(x, [3, 4])
-    assert codec.fingerprint != DiffcCodec(model, SMALL).fingerprint
+    default = DiffcCodec(gaussian_model, SMALL).compress(x, [3, 4])
+    assert codec.fingerprint != DiffcCodec(gaussian_model, SMALL).fingerprint
     assert sum(len(c) for c in streams[0].chunks) < sum(len(c) for c in default[0].chunks)
     with pytest.raises(Exception, match="configuration"):  # a default codec refuses the widened streams
-        DiffcCodec(model, SMALL).decompress(streams)
+        DiffcCodec(gaussian_model, SMALL).decompress(streams)
 
 
-def test_ideal_chain_unchanged_and_its_rate_is_the_widened_kl(model: GaussianModel) -> None:
-    x = _images(2, 16, 16, seed=2)
+def test_ideal_chain_unchanged_and_its_rate_is_the_widened_kl(gaussian_model: GaussianModel) -> None:
+    x = smooth_images(2, 16, 16, seed=2)
     steps = range(SMALL.num_steps + 1)
-    narrow = DiffcCodec(model, SMALL, channel="ideal")._encode(to_float(x), [1, 2], capture=steps)
-    wide = DiffcCodec(model, WIDE, channel="ideal")._encode(to_float(x), [1, 2], capture=steps)
+    narrow = DiffcCodec(gaussian_model, SMALL, channel="ideal")._encode(to_float(x), [1, 2], capture=steps)
+    wide = DiffcCodec(gaussian_model, WIDE, channel="ideal")._encode(to_float(x), [1, 2], capture=steps)
     assert all(torch.equal(narrow[1][k], wide[1][k]) for k in steps)  # exact samples do not see the prior
     for a, b in zip(narrow[0], wide[0], strict=True):
         assert all(w <= n + 1e-9 for n, w in zip(a.estimated_bits, b.estimated_bits, strict=True))
         assert sum(b.estimated_bits) < 0.9 * sum(a.estimated_bits)  # 16x16 at log-SNR 3: large per-dim KLs
 
 
-def test_no_side_information_in_the_stream(model: GaussianModel) -> None:
+def test_no_side_information_in_the_stream(gaussian_model: GaussianModel) -> None:
     """The widened stream is exactly the step code of its counts and indices - nothing else is sent."""
-    x = _images(1, 16, 24, seed=5)
-    codec = DiffcCodec(model, WIDE)
+    x = smooth_images(1, 16, 24, seed=5)
+    codec = DiffcCodec(gaussian_model, WIDE)
     codec.step_log = []
     stream = codec.compress(x, [7])[0]
     writer, previous = StepWriter(), 0
@@ -135,9 +123,9 @@ def test_no_side_information_in_the_stream(model: GaussianModel) -> None:
     assert writer.to_bytes() == b"".join(stream.chunks)
 
 
-def test_pixels_independent_of_batch_and_process(model: GaussianModel, tmp_path) -> None:
-    x = _images(3, 16, 16, seed=8)
-    codec = DiffcCodec(model, WIDE)
+def test_pixels_independent_of_batch_and_process(gaussian_model: GaussianModel, tmp_path) -> None:
+    x = smooth_images(3, 16, 16, seed=8)
+    codec = DiffcCodec(gaussian_model, WIDE)
     batch = codec.compress(x, [10, 11, 12])
     alone = [codec.compress(x[i : i + 1], [10 + i])[0] for i in range(3)]
     assert [s.to_bytes() for s in batch] == [s.to_bytes() for s in alone]
@@ -160,13 +148,13 @@ def test_pixels_independent_of_batch_and_process(model: GaussianModel, tmp_path)
     assert out.stdout.strip() == hashlib.sha256(pixels[[2, 0]].tobytes()).hexdigest()
 
 
-def test_default_streams_unchanged(model: GaussianModel) -> None:
+def test_default_streams_unchanged(gaussian_model: GaussianModel) -> None:
     """Streams of the default configuration are bit-identical to the release before the option (hashes taken
     at commit 7877c51), and so are the fingerprints archives and the stream_v1 fixture carry."""
     assert CodecConfig().fingerprint() == "2b214d67a95b27b0f22587d0e64ace8d39d35885883fdde7e7b528b4e981e4bc"
-    codec = DiffcCodec(model, SMALL)
+    codec = DiffcCodec(gaussian_model, SMALL)
     assert codec.fingerprint == "ceefd704e08bff8b4604d9aaf47ec0cf7eb29d8d43d1668011a89f17b4b52635"  # stream_v1's
-    streams = codec.compress(_images(2, 16, 24, seed=11), [3, 4])
+    streams = codec.compress(smooth_images(2, 16, 24, seed=11), [3, 4])
     digest = hashlib.sha256(b"".join(s.to_bytes() for s in streams)).hexdigest()
     assert digest == "5b76ad4be67cabadbb9f77515ab5beac60182240bb4a8307e82b3494238cc6b2"
     pixels = hashlib.sha256(codec.decompress(streams).tobytes()).hexdigest()
@@ -193,11 +181,12 @@ def test_the_norm_term_acts_on_the_variance_across_d() -> None:
     assert rows["widened, norm gain 1.5"]["mean_count"] < rows["default"]["mean_count"]
 
 
-def test_real_vs_ideal_side_by_side(model: GaussianModel) -> None:
+def test_real_vs_ideal_side_by_side(gaussian_model: GaussianModel) -> None:
     """The benchmark's side-by-side curves: the widened ideal rate is the ideal curve's PSNR at fewer bits, and
     each widened real stream is compared with the ideal channel and with its default counterpart."""
     cfg = dataclasses.replace(SMALL, num_steps=12)
-    out = real_vs_ideal(model, _images(2, 16, 16, seed=3), [2], cfg, prior_variance="count", ancestral_images=1)
+    x = smooth_images(2, 16, 16, seed=3)
+    out = real_vs_ideal(gaussian_model, x, [2], cfg, prior_variance="count", ancestral_images=1)
     curves = out["curves"]
     assert set(curves) == {"ideal", "v2", "v2+count", "ideal+count"}
     assert curves["ideal+count"]["psnr"] == curves["ideal"]["psnr"]

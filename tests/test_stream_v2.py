@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
+from synthetic import smooth_images
 
 from diffc_pipeline.benchmarks.rate_breakdown import breakdown
 from diffc_pipeline.codecs import Encoded
@@ -21,19 +21,6 @@ from diffc_pipeline.errors import InvalidInputError, StreamError
 from diffc_pipeline.models.gaussian import GaussianModel
 
 SMALL = CodecConfig(num_steps=6, logsnr_start=-5.0, logsnr_end=3.0, flow_steps=4, ancestral_steps=4)
-
-
-def _images(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(b, 3, 3, 4, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    x = x + 0.05 * torch.randn(b, 3, h, w, generator=g)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-@pytest.fixture(scope="module")
-def model() -> GaussianModel:
-    return GaussianModel.default()
 
 
 def test_shape_field_and_header_lengths() -> None:
@@ -100,9 +87,9 @@ def test_near_certain_count_costs_under_a_bit() -> None:
     assert all(c < 0.5 for c, _ in total)
 
 
-def test_v2_round_trip_and_v1_on_request(model: GaussianModel) -> None:
-    x = _images(2, 12, 20)
-    v2, v1 = DiffcCodec(model, SMALL), DiffcCodec(model, SMALL, stream_version=1)
+def test_v2_round_trip_and_v1_on_request(gaussian_model: GaussianModel) -> None:
+    x = smooth_images(2, 12, 20)
+    v2, v1 = DiffcCodec(gaussian_model, SMALL), DiffcCodec(gaussian_model, SMALL, stream_version=1)
     assert v2.stream_version == 2 and v2.fingerprint == v1.fingerprint  # streams name their own version
     s2, s1 = v2.compress(x, [4, 5]), v1.compress(x, [4, 5])
     assert [s.version for s in s2 + s1] == [2, 2, 1, 1]
@@ -119,14 +106,15 @@ def test_v2_round_trip_and_v1_on_request(model: GaussianModel) -> None:
     with pytest.raises(StreamError, match="truncated"):
         v2.decompress([Encoded(header=s2[0].header, chunks=[*s2[0].chunks[:-1], s2[0].chunks[-1][:-2]])])
     with pytest.raises(InvalidInputError, match="stream version 3"):
-        DiffcCodec(model, SMALL, stream_version=3)
+        DiffcCodec(gaussian_model, SMALL, stream_version=3)
     no_tables = dataclasses.replace(SMALL, chunk_bits=8, candidate_log2=12, target_gain=1.25)
-    assert DiffcCodec(model, no_tables).stream_version == 1  # a setting without version-2 tables
+    assert DiffcCodec(gaussian_model, no_tables).stream_version == 1  # a setting without version-2 tables
 
 
-def test_breakdown_adds_up_and_v2_cuts_the_fixed_costs(model: GaussianModel) -> None:
-    x = _images(2, 16, 16, seed=4)
-    rows = {v: breakdown(DiffcCodec(model, SMALL, stream_version=v), x, (1, 3, 6), entropy_trials=200) for v in (1, 2)}
+def test_breakdown_adds_up_and_v2_cuts_the_fixed_costs(gaussian_model: GaussianModel) -> None:
+    x = smooth_images(2, 16, 16, seed=4)
+    codecs = {v: DiffcCodec(gaussian_model, SMALL, stream_version=v) for v in (1, 2)}
+    rows = {v: breakdown(codec, x, (1, 3, 6), entropy_trials=200) for v, codec in codecs.items()}
     for v, result in rows.items():
         assert result["stream_version"] == v
         for row in result["rows"]:
@@ -161,13 +149,13 @@ def test_an_edited_count_is_refused_before_any_large_code_is_built() -> None:
             StepReader(data).read_step(1, code)
 
 
-def test_a_step_with_more_chunks_than_dimensions_round_trips(model: GaussianModel) -> None:
+def test_a_step_with_more_chunks_than_dimensions_round_trips(gaussian_model: GaussianModel) -> None:
     """A 4x4 image sent to high SNR: late steps carry more than 12 bits per dimension, so more chunks than
     its 48 dimensions (some empty); the reader's count bound must not refuse them."""
     cfg = dataclasses.replace(SMALL, logsnr_end=12.0)
-    codec = DiffcCodec(model, cfg)
+    codec = DiffcCodec(gaussian_model, cfg)
     codec.step_log = []
-    x = _images(1, 4, 4, seed=9)
+    x = smooth_images(1, 4, 4, seed=9)
     s = codec.compress(x, [3])
     assert max(step["count"] for step in codec.step_log[0]) > 48
     again = codec.decompress([EncodedImage.from_bytes(s[0].to_bytes())], method="denoise")
