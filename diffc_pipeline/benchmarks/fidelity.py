@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..codecs.diffc.channel import LN2, rcc_decode, rcc_encode, step_layout
+from ..codecs.diffc.channel import LN2, StepLayout, rcc_decode, rcc_encode, step_layout
 from ..codecs.diffc.config import CodecConfig
 
 DIMS = 64 * 64 * 3
@@ -53,29 +53,36 @@ def tv_to_normal(t: np.ndarray, bins: int = 40) -> float:
     return float(0.5 * (np.abs(observed - expected).sum() + outside))
 
 
+def chunk_projections(d: np.ndarray, u: np.ndarray, layout: StepLayout) -> dict[str, list]:
+    """Per chunk of one coded step: ``t`` (the error ``u - d`` along the chunk's target, in noise standard
+    deviations), the chunk's KL in bits, the error's squared norm across the target and its dimensions."""
+    out: dict[str, list] = {"t": [], "kl": [], "across_sq": [], "dims": []}
+    for j in range(layout.num_chunks):
+        rows = layout.seg_chunk == j
+        dims = layout.seg_dims[rows][layout.seg_mask[rows]]
+        dj, ej = d[dims].astype(np.float64), (u[dims] - d[dims]).astype(np.float64)
+        unit = dj / np.linalg.norm(dj)
+        along = float(ej @ unit)
+        orth = ej - along * unit
+        out["t"].append(along)
+        out["kl"].append(0.5 * float(dj @ dj) / LN2)
+        out["across_sq"].append(float(orth @ orth))
+        out["dims"].append(len(dims) - 1)
+    return out
+
+
 def step_projections(config: CodecConfig, version: int, step_kl: float, seeds: int) -> dict:
-    """``t``, the orthogonal squared norm and its dimensions, and the KL of every chunk of the profile step
-    of ``step_kl`` bits over ``seeds`` seeds."""
-    t, kl, across_sq, across_dims = [], [], [], []
+    """:func:`chunk_projections` of every chunk of the profile step of ``step_kl`` bits over ``seeds`` seeds."""
+    pooled: dict[str, list] = {"t": [], "kl": [], "across_sq": [], "dims": []}
     for seed in range(seeds):
         d = profile_step(step_kl, seed)
         step = 1 + seed % 40  # the pool and permutation of every schedule step get used
         count, indices, u = rcc_encode(d, seed, step, config, version)
         if not np.array_equal(u, rcc_decode(count, indices, d.size, seed, step, config)):
             raise AssertionError("the decoder regenerated another sample")
-        layout = step_layout(d.size, count, seed, step, config)
-        for j in range(count):
-            rows = layout.seg_chunk == j
-            dims = layout.seg_dims[rows][layout.seg_mask[rows]]
-            dj, ej = d[dims].astype(np.float64), (u[dims] - d[dims]).astype(np.float64)
-            unit = dj / np.linalg.norm(dj)
-            along = float(ej @ unit)
-            orth = ej - along * unit
-            t.append(along)
-            kl.append(0.5 * float(dj @ dj) / LN2)
-            across_sq.append(float(orth @ orth))
-            across_dims.append(len(dims) - 1)
-    return {"t": np.array(t), "kl": np.array(kl), "across_sq": np.array(across_sq), "dims": np.array(across_dims)}
+        for key, values in chunk_projections(d, u, step_layout(d.size, count, seed, step, config)).items():
+            pooled[key] += values
+    return {key: np.array(values) for key, values in pooled.items()}
 
 
 def expected_chunk(chunk_kl_bits: float, candidate_log2: int, gain: float, trials: int) -> dict:

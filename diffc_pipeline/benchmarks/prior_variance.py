@@ -28,7 +28,6 @@ import torch
 
 from ..codecs.diffc.channel import (
     LN2,
-    StepLayout,
     ideal_sample,
     num_chunks_for,
     prior_s2,
@@ -42,7 +41,7 @@ from ..codecs.diffc.config import CodecConfig
 from ..codecs.diffc.reconstruct import denoise
 from ..codecs.diffc.steps import step_coefficients
 from ..codecs.tensors import to_float
-from .fidelity import profile_step, tv_to_normal
+from .fidelity import chunk_projections, profile_step, tv_to_normal
 
 
 def _chain_targets(codec: DiffcCodec, images: np.ndarray, seeds: Sequence[int]) -> list[np.ndarray]:
@@ -108,22 +107,6 @@ def chain_rates(codec: DiffcCodec, images: np.ndarray, prefixes: Sequence[int], 
     }
 
 
-def _chunk_stats(d: np.ndarray, u: np.ndarray, layout: StepLayout) -> tuple[list, list, list]:
-    """Per chunk: ``t`` (the error along its target), the error's squared norm across it and those dimensions."""
-    t, across_sq, across_dims = [], [], []
-    for j in range(layout.num_chunks):
-        rows = layout.seg_chunk == j
-        dims = layout.seg_dims[rows][layout.seg_mask[rows]]
-        dj, ej = d[dims].astype(np.float64), (u[dims] - d[dims]).astype(np.float64)
-        unit = dj / np.linalg.norm(dj)
-        along = float(ej @ unit)
-        orth = ej - along * unit
-        t.append(along)
-        across_sq.append(float(orth @ orth))
-        across_dims.append(len(dims) - 1)
-    return t, across_sq, across_dims
-
-
 def widened_fidelity(
     config: CodecConfig, step_kls: Sequence[float], seeds: int, norm_gains: Sequence[float] = (1.0,)
 ) -> list[dict]:
@@ -146,9 +129,10 @@ def widened_fidelity(
                 if not np.array_equal(u, rcc_decode(count, indices, d.size, seed, step, cfg)):
                     raise AssertionError("the decoder regenerated another sample")
                 layout = step_layout(d.size, count, seed, step, cfg)
-                parts = _chunk_stats(d, u, layout)
-                for acc, part in zip((t, across_sq, across_dims), parts, strict=True):
-                    acc += part
+                parts = chunk_projections(d, u, layout)
+                t += parts["t"]
+                across_sq += parts["across_sq"]
+                across_dims += parts["dims"]
                 counts.append(count)
             ta = np.array(t)
             out.append(
