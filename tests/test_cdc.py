@@ -4,6 +4,7 @@ and independent of trained weights; the tests marked ``shipped`` run on the rele
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffc_pipeline.codecs.cdc.codec import BUILTIN, CdcCodec, load_model, network_model
 from diffc_pipeline.codecs.cdc.config import CdcOptions, ModelConfig
@@ -29,6 +31,13 @@ SHIPPED = (BUILTIN / "model.safetensors").is_file()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _jpeg(a: np.ndarray) -> bytes:
+    """A training image as the trainer reads it: JPEG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
 
 
 def tiny_net(seed: int = 0) -> CdcModel:
@@ -235,20 +244,11 @@ def test_diffusion_decoder_follows_the_seed(tiny_model, images):
 
 
 def test_training_loss_decreases_and_resume_is_exact(tmp_path, images):
-    import io
-
-    from PIL import Image
-
     from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig, run_training
 
-    def jpeg(a: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=95)
-        return buf.getvalue()
-
-    tiny = [jpeg(im) for im in images]
+    tiny = [_jpeg(im) for im in images]
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(jpeg(np.concatenate([images[0], images[1]], axis=1)))
+    photo.write_bytes(_jpeg(np.concatenate([images[0], images[1]], axis=1)))
     cfg = TrainConfig(
         batch_size=4,
         crop=64,
@@ -287,20 +287,11 @@ def test_larger_photo_crops_keep_the_batch_pixels_and_resume(tmp_path, images):
     """``photo_crop`` 128 with 64x64 Tiny ImageNet images: the photo group is one 128x128 crop standing for
     four 64x64 ones (the same pixels), the step trains on both groups, and a run started with 64x64 photo
     crops resumes with larger ones (the data is adjustable on resume, the model is not)."""
-    import io
-
-    from PIL import Image
-
     from diffc_pipeline.codecs.cdc.train import CdcBatches, CdcTrainer, TrainConfig, run_training
 
-    def jpeg(a: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=95)
-        return buf.getvalue()
-
-    tiny = [jpeg(im) for im in images]
+    tiny = [_jpeg(im) for im in images]
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(jpeg(np.tile(images[0], (3, 3, 1))))  # 192x192
+    photo.write_bytes(_jpeg(np.tile(images[0], (3, 3, 1))))  # 192x192
     cfg = TrainConfig(batch_size=8, crop=64, pool_photos=1, pool_crops=2, model=TINY_CFG.to_dict())
     run_training(CdcTrainer(cfg, tiny, [photo]), tmp_path / "run", minutes=5, max_steps=2, log=lambda _m: None)
 
@@ -323,10 +314,6 @@ def test_larger_photo_crops_keep_the_batch_pixels_and_resume(tmp_path, images):
 def test_rho_trains_against_a_user_lpips_network(tmp_path, images, stand_in_lpips):
     """rho > 0: the LPIPS term of a user's torch.export network enters the loss and its gradient reaches the
     decoder (not the frozen metric); the run records the network's hash and refuses another on resume."""
-    import io
-
-    from PIL import Image
-
     from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig, cdc_loss, main
 
     side = {"min": 8, "max": 512}
@@ -351,17 +338,12 @@ def test_rho_trains_against_a_user_lpips_network(tmp_path, images, stand_in_lpip
     assert all(p.grad is None for p in lpips.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.net.unet.parameters())
 
-    def jpeg(a: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=95)
-        return buf.getvalue()
-
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"image": [jpeg(im) for im in images]}), tiny / "part-0.parquet")
+    pq.write_table(pa.table({"image": [_jpeg(im) for im in images]}), tiny / "part-0.parquet")
     args = ["--out", str(tmp_path / "run"), "--tiny", str(tiny), "--photos", "", "--threads", "1"]
     args += ["--batch-size", "2", "--model-config", json.dumps(TINY_CFG.to_dict())]
     assert main([*args, "--max-steps", "1", "--rho", "0.5", "--lpips", str(net_file)]) == 0
@@ -380,9 +362,6 @@ def test_export_writes_fp16_release(tmp_path, images):
     from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig
 
     cfg = TrainConfig(batch_size=2, crop=64, photo_fraction=0.0, model=TINY_CFG.to_dict())
-    import io
-
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(images[0]).save(buf, "PNG")
