@@ -76,6 +76,9 @@ class TrainConfig:
     lpips_sha256: str = ""  # the LPIPS network of the rho term (a run with rho > 0 must keep the same one)
     prefix_drop: float = 0.2  # share of images whose decoder sees only a random prefix of the slices
     diffusion_fraction: float = 1.0  # share of each batch that also trains the U-Net (its term is rescaled)
+    # Rate indices the images are drawn from (empty: all, uniformly). One index trains a fixed-rate model of
+    # the same architecture (its gain vector a free per-channel scale): the variable-rate model's yardstick.
+    train_rates: tuple[int, ...] = ()
     seed: int = 0
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
 
@@ -152,6 +155,8 @@ class CdcBatches:
         self._pool_gen = -1
         self._pool: np.ndarray | None = None
         self.photo_crop = cfg.photo_crop or cfg.crop
+        if any(not 0 <= r < rates for r in cfg.train_rates):
+            raise DiffcError(f"train_rates {list(cfg.train_rates)} outside the model's rate indices 0..{rates - 1}")
         if self.photo_crop % 64:
             raise DiffcError(f"photo_crop must be a multiple of 64 (the transform's stride), got {self.photo_crop}")
 
@@ -195,7 +200,11 @@ class CdcBatches:
             groups.append(out)
         if len(groups) == 2 and groups[0].shape[1] == groups[1].shape[1]:
             groups = [np.concatenate(groups)]  # one forward pass when the sizes agree
-        rate = rng.integers(0, self.rates, size=sum(len(g) for g in groups))
+        n_images = sum(len(g) for g in groups)
+        if cfg.train_rates:
+            rate = np.asarray(cfg.train_rates, dtype=np.int64)[rng.integers(0, len(cfg.train_rates), size=n_images)]
+        else:
+            rate = rng.integers(0, self.rates, size=n_images)
         batches, at = [], 0
         for g in groups:
             batches.append((to_float(g), torch.from_numpy(rate[at : at + len(g)]).long()))
@@ -342,7 +351,13 @@ class CdcTrainer:
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
-        refuse_changed_config(directory, asdict(self.cfg), meta["config"], asdict(TrainConfig()), ADJUSTABLE_ON_RESUME)
+
+        def as_saved(cfg: TrainConfig) -> dict:  # tuples are lists once in state.json
+            return json.loads(json.dumps(asdict(cfg)))
+
+        refuse_changed_config(
+            directory, as_saved(self.cfg), meta["config"], as_saved(TrainConfig()), ADJUSTABLE_ON_RESUME
+        )
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
         load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
@@ -454,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--diffusion-fraction", type=float, default=None, help="share of each batch training the U-Net")
     p.add_argument("--photo-crop", type=int, default=None, help="side of the photo crops, a multiple of 64 (0: --crop)")
     p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
+    p.add_argument(
+        "--train-rates", default=None, help="comma-separated rate indices to train (new runs only; default: all)"
+    )
     p.add_argument("--rho", type=float, default=None, help="weight of the LPIPS term, 0..1 (new runs only)")
     p.add_argument("--lpips", default=None, help="LPIPS network as a torch.export archive (.pt2), for rho > 0")
     p.add_argument("--fresh", action="store_true", help="start over even if OUT/checkpoint exists")
@@ -477,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
+    if args.train_rates is not None and not resume:
+        try:
+            cfg.train_rates = tuple(int(r) for r in args.train_rates.split(",") if r.strip())
+        except ValueError:
+            raise DiffcError(f"--train-rates takes comma-separated integers, got {args.train_rates!r}") from None
     if args.rho is not None and not resume:
         if not 0.0 <= args.rho <= 1.0:
             raise DiffcError(f"--rho must be in [0, 1], got {args.rho}")
