@@ -311,23 +311,24 @@ def test_larger_photo_crops_keep_the_batch_pixels_and_resume(tmp_path, images):
         CdcBatches(replace(cfg, photo_crop=100), tiny, [photo], TINY_CFG.rates)
 
 
-def test_a_fixed_rate_run_trains_one_rate_and_keeps_it_on_resume(tmp_path, images):
+def test_a_fixed_rate_run_trains_one_rate_and_branches_from_a_checkpoint(tmp_path, images):
     """``train_rates=(2,)``: every image of every batch is coded at rate 2 (a fixed-rate model of the same
-    architecture); the run resumes with it and refuses to resume as a variable-rate run."""
+    architecture); a variable-rate checkpoint branches into such a run from the same step and data, and
+    steps of both runs see the same images."""
     from diffc_pipeline.codecs.cdc.train import CdcBatches, CdcTrainer, TrainConfig, run_training
 
     tiny = [_jpeg(im) for im in images]
-    cfg = TrainConfig(batch_size=4, crop=64, photo_fraction=0.0, model=TINY_CFG.to_dict(), train_rates=(2,))
-    rates = torch.cat([r for s in range(20) for _, r in CdcBatches(cfg, tiny, [], TINY_CFG.rates).batch(s)])
-    assert rates.unique().tolist() == [2] and len(rates) == 80
-    variable = torch.cat(
-        [r for s in range(20) for _, r in CdcBatches(replace(cfg, train_rates=()), tiny, [], 4).batch(s)]
-    )
-    assert variable.unique().tolist() == [0, 1, 2, 3]
+    cfg = TrainConfig(batch_size=4, crop=64, photo_fraction=0.0, model=TINY_CFG.to_dict())
+    fixed = replace(cfg, train_rates=(2,))
+    fixed_batches = [CdcBatches(fixed, tiny, [], TINY_CFG.rates).batch(s)[0] for s in range(20)]
+    variable_batches = [CdcBatches(cfg, tiny, [], TINY_CFG.rates).batch(s)[0] for s in range(20)]
+    assert torch.cat([r for _, r in fixed_batches]).unique().tolist() == [2]
+    assert torch.cat([r for _, r in variable_batches]).unique().tolist() == [0, 1, 2, 3]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(fixed_batches, variable_batches, strict=True))
     run_training(CdcTrainer(cfg, tiny, []), tmp_path / "run", minutes=5, max_steps=1, log=lambda _m: None)
-    CdcTrainer(cfg, tiny, []).load(tmp_path / "run" / "checkpoint")  # the same run resumes
-    with pytest.raises(Exception, match="cannot resume with a different train_rates"):
-        CdcTrainer(replace(cfg, train_rates=()), tiny, []).load(tmp_path / "run" / "checkpoint")
+    branch = CdcTrainer(fixed, tiny, [])
+    branch.load(tmp_path / "run" / "checkpoint")
+    assert branch.train_step()["rate"].unique().tolist() == [2] and branch.state.step == 2
     with pytest.raises(Exception, match="outside the model's rate indices"):
         CdcBatches(replace(cfg, train_rates=(4,)), tiny, [], TINY_CFG.rates)
 

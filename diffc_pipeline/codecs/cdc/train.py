@@ -78,6 +78,7 @@ class TrainConfig:
     diffusion_fraction: float = 1.0  # share of each batch that also trains the U-Net (its term is rescaled)
     # Rate indices the images are drawn from (empty: all, uniformly). One index trains a fixed-rate model of
     # the same architecture (its gain vector a free per-channel scale): the variable-rate model's yardstick.
+    # Adjustable on resume, like the other data settings: a variable-rate checkpoint can branch to one rate.
     train_rates: tuple[int, ...] = ()
     seed: int = 0
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
@@ -94,6 +95,7 @@ ADJUSTABLE_ON_RESUME = frozenset(
         "grad_clip",
         "diffusion_fraction",
         "photo_crop",
+        "train_rates",
     }
 )
 
@@ -470,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photo-crop", type=int, default=None, help="side of the photo crops, a multiple of 64 (0: --crop)")
     p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
     p.add_argument(
-        "--train-rates", default=None, help="comma-separated rate indices to train (new runs only; default: all)"
+        "--train-rates",
+        default=None,
+        help="comma-separated rate indices to train (default: all; on resume it branches a run, e.g. to one rate)",
     )
     p.add_argument("--rho", type=float, default=None, help="weight of the LPIPS term, 0..1 (new runs only)")
     p.add_argument("--lpips", default=None, help="LPIPS network as a torch.export archive (.pt2), for rho > 0")
@@ -495,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
-    if args.train_rates is not None and not resume:
+    if args.train_rates is not None:
         try:
             cfg.train_rates = tuple(int(r) for r in args.train_rates.split(",") if r.strip())
         except ValueError:
