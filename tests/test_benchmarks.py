@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,17 @@ def test_bench_network_times_both_layouts_and_measures_memory_in_fresh_processes
     assert all(r["contiguous_ms_per_mp"] > 0 and r["channels_last_speedup"] > 0 for r in data["timing"])
     assert [m["tiled"] for m in data["memory"]] == [True, False]
     assert all(m["peak_gb"] >= m["before_gb"] > 0 for m in data["memory"])
+
+
+@pytest.mark.data
+def test_bench_prior_variance_cli_measures_both_image_sets(tmp_path):
+    out = tmp_path / "pv.json"
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    args = ["bench", "prior-variance", "--images", "2", "--data", str(data / "tinyimagenet" / "val")]
+    args += ["--tiles", str(data / "cbsd68"), "--tile-count", "1"]
+    args += ["--step-kl", "50", "--seeds", "1", "--norm-gains", "1.0", "--model", "gaussian", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert set(doc["rates"]) == {"tinyimagenet_val", "cbsd68_tiles"}
+    assert [r["variant"] for r in doc["fidelity"]] == ["default", "widened, norm gain 1.0"]

@@ -35,6 +35,19 @@ def val_images(data: str, n: int) -> np.ndarray:
     return np.stack([decode_image(b) for b in blobs])
 
 
+def image_sets(data: str, images: int, tiles: str = "", tile_count: int = 8) -> dict[str, np.ndarray]:
+    """The rate benches' image sets: ``images`` Tiny ImageNet val images (:func:`val_images`) and, with
+    ``tiles`` (a folder of photos, e.g. CBSD68), ``tile_count`` 64x64 tiles of the 3x box-downsampled photos,
+    a fixed-seed subset of all of them."""
+    from ..evaluation.data import ImageSource, choose_subset, load_eval_images
+
+    sets = {"tinyimagenet_val": val_images(data, images)}
+    if tiles:
+        found = {t.id: t.pixels for t in load_eval_images(ImageSource(tiles, downsample=3, tile=64))}
+        sets["cbsd68_tiles"] = np.stack([found[i] for i in choose_subset(sorted(found), tile_count)])
+    return sets
+
+
 def gaussian_theory(steps: int, chunk_bits: int, candidate_log2: int, gain: float, lam: float = 4.0) -> dict:
     """Unit-variance Gaussian data (two 3x24x24 images) sent to log-SNR ``lam`` through the real channel:
     measured distortion of DiffC-A and DiffC-F over the paper's closed forms (2 s^2 and

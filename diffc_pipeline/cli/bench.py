@@ -231,23 +231,18 @@ def rate_breakdown(
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """Where DiffC's bits go per prefix (header, shape, counts, indices, padding) against the KL, per version."""
-    import numpy as np
     import torch
 
-    from ..benchmarks.diffc_channel import val_images
+    from ..benchmarks.diffc_channel import image_sets
     from ..benchmarks.rate_breakdown import breakdown, real_vs_ideal
     from ..codecs.diffc.codec import DiffcCodec
     from ..codecs.diffc.config import CodecConfig
-    from ..evaluation.data import ImageSource, choose_subset, load_eval_images
     from ..models import load_model
 
     torch.set_num_threads(1)
     widened = CodecConfig(prior_variance=prior_variance) if prior_variance else None  # checked before the work
     m = load_model(model)
-    sets = {"tinyimagenet_val": val_images(data, images)}
-    if tiles:
-        found = {t.id: t.pixels for t in load_eval_images(ImageSource(tiles, downsample=3, tile=64))}
-        sets["cbsd68_tiles"] = np.stack([found[i] for i in choose_subset(sorted(found), tile_count)])
+    sets = image_sets(data, images, tiles, tile_count)
     result: dict = {**run_info(), "model": m.identity.short, "sets": {}}
     for name, x in sets.items():
         out: dict = {"images": len(x), "versions": {}}
@@ -279,23 +274,18 @@ def prior_variance(
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """The prior's variance (issue 20, item 4): ideal-rate savings on real chains and the channel's fidelity."""
-    import numpy as np
     import torch
 
-    from ..benchmarks.diffc_channel import val_images
+    from ..benchmarks.diffc_channel import image_sets
     from ..benchmarks.prior_variance import chain_rates, widened_fidelity
     from ..benchmarks.rate_breakdown import PREFIXES
     from ..codecs.diffc.codec import DiffcCodec
     from ..codecs.diffc.config import CodecConfig
-    from ..evaluation.data import ImageSource, choose_subset, load_eval_images
     from ..models import load_model
 
     torch.set_num_threads(1)
     m = load_model(model)
-    sets = {"tinyimagenet_val": val_images(data, images)}
-    if tiles:
-        found = {t.id: t.pixels for t in load_eval_images(ImageSource(tiles, downsample=3, tile=64))}
-        sets["cbsd68_tiles"] = np.stack([found[i] for i in choose_subset(sorted(found), tile_count)])
+    sets = image_sets(data, images, tiles, tile_count)
     result: dict = {**run_info(), "model": m.identity.short, "rates": {}}
     for name, x in sets.items():
         result["rates"][name] = chain_rates(DiffcCodec(m, channel="ideal"), x, PREFIXES)
