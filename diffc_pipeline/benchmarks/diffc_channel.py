@@ -162,7 +162,8 @@ def channel_rd(model, images: np.ndarray, specs: list[str]) -> list[dict]:
     decode at prefixes 4, 8, ..., 40 and the same images through the ideal channel; per setting the BD-rate
     (PSNR) of the real channel against the ideal one over the whole overlap and from k = 24 (about 21 dB)
     up, the PSNR difference and the rate ratio at k = 40, for DiffC-F and the denoiser. Rates as ``diffc
-    eval`` charges DiffC (chunk bytes + 4 bytes of image shape)."""
+    eval`` charges DiffC (chunk bytes + the shape bytes the stream header codes: 1 at 64x64 in stream version
+    2, 4 in version 1)."""
     from ..evaluation.bdrate import bd_rate
 
     ideal, _ = _curves(DiffcCodec(model, CodecConfig(), channel="ideal"), images)

@@ -47,7 +47,7 @@ def _diffc(out: Path, model: str, prefixes: list[int]) -> Table:
     archive = out / "archive"
     summary = _compress(archive, codec="diffc", model=model)
     console.print(f"DiffC: {summary.images} images, {summary.failures} failed, {summary.bpp:.3f} bpp")
-    table = Table(title="DiffC-F reconstructions (bpp includes the 26-byte per-image stream header)")
+    table = Table(title="DiffC-F reconstructions (bpp includes each stream header: 22 bytes + 1-2 of image shape)")
     table.add_column("image")
     psnrs = {}
     for p in prefixes:
