@@ -325,6 +325,25 @@ def _job_or_none(client, submission_id: str):
         raise
 
 
+LOG_SETTLE_S = 15.0
+RAY_ENTRYPOINT_LINE = "Running entrypoint for job"
+
+
+def _last_output_line(client, job_id: str, message: str | None) -> str:
+    """The last line a finished job printed. Its logs can lag its terminal status (seen on a loaded machine:
+    only Ray's own "Running entrypoint for job ..." line was there yet), so wait up to ``LOG_SETTLE_S`` for a
+    line of the job's own."""
+    deadline = time.monotonic() + LOG_SETTLE_S
+    while True:
+        logs = redact_text(client.get_job_logs(job_id) or "")
+        own = [ln.strip() for ln in logs.splitlines() if ln.strip() and not ln.startswith(RAY_ENTRYPOINT_LINE)]
+        if own:
+            return own[-1]
+        if time.monotonic() > deadline:
+            return redact_text(message or "") or "no output"
+        time.sleep(0.5)
+
+
 PROBE_TIMEOUT_S = 600.0  # a runtime env that pip-installs packages can take minutes to build
 # A head answers the Jobs API before its job agent has registered; until then Ray refuses every submission
 # with HTTP 500 "No available agent to submit job, please try again later" (it waits ~10 s itself). A nightly
@@ -377,8 +396,7 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
             raise SubmitError(f"the probe job {probe_id} did not finish in {timeout_s:.0f} s (runtime env setup?)")
         time.sleep(0.5)
     if details.status.value != "SUCCEEDED":
-        logs = redact_text(client.get_job_logs(probe_id) or details.message or "")
-        last = next((line for line in reversed(logs.strip().splitlines()) if line.strip()), "no output")
+        last = _last_output_line(client, probe_id, details.message)
         raise SubmitError(
             f"the cluster's Python ({spec.python!r}) cannot run diffc-pipeline: {last.strip()}. Install it on the "
             "cluster's image (pip install diffc-pipeline, with torch first), add it to the job's runtime env "
