@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -19,7 +21,7 @@ from PIL import Image
 from diffc_pipeline.codecs.cdc.codec import BUILTIN, CdcCodec, load_model, network_model
 from diffc_pipeline.codecs.cdc.config import CdcOptions, ModelConfig
 from diffc_pipeline.codecs.cdc.model import CdcModel
-from diffc_pipeline.errors import InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
+from diffc_pipeline.errors import DiffcError, InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -27,7 +29,9 @@ TINY_VAL = DATA / "tinyimagenet" / "val" / "part-00000.parquet"
 TINY_CFG = ModelConfig(
     channels=16, latent=20, hyper=8, slices=4, context=16, unet=(8, 8, 8), lambdas=(0.001, 0.004, 0.016, 0.064)
 )
-SHIPPED = (BUILTIN / "model.safetensors").is_file()
+SHIPPED = (BUILTIN / "config.json").is_file()
+# The id streams made with release 3 carry in their header (first 4 bytes of its weights' SHA-256).
+RELEASE_3_ID = "18e8712f"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -392,11 +396,57 @@ def test_export_writes_fp16_release(tmp_path, images):
     t.save(tmp_path / "ckpt")
     info = export(tmp_path / "ckpt", tmp_path / "rel")
     assert info["trained_steps"] == 1
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
-    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "rel" / "model.safetensors")).values())
-    c = CdcCodec(load_model(str(tmp_path / "rel")), CdcOptions(rate=1))
-    assert c.decompress(c.compress(images[:1], [0]), method="mean").shape == images[:1].shape
+    rel = tmp_path / "rel"
+    parts = {f: load_file(str(rel / f)) for f in ("encoder.safetensors", "decoder.safetensors")}
+    assert all(v.dtype == torch.float16 for part in parts.values() for v in part.values())
+    assert {k.split(".")[0] for k in parts["encoder.safetensors"]} == {"g_a", "h_a", "h_s", "z_prior"}
+    assert not (rel / "model.safetensors").exists()
+    split = load_model(str(rel))
+    c = CdcCodec(split, CdcOptions(rate=1))
+    enc = c.compress(images[:1], [0])
+    assert c.decompress(enc, method="mean").shape == images[:1].shape
+    # a directory in the one-file layout of earlier exports: same weights, same model id, same decode
+    one = tmp_path / "one"
+    one.mkdir()
+    for f in ("config.json", "tables.safetensors"):
+        (one / f).write_bytes((rel / f).read_bytes())
+    save_file({**parts["encoder.safetensors"], **parts["decoder.safetensors"]}, str(one / "model.safetensors"))
+    single = load_model(str(one))
+    assert single.sha256 == split.sha256 == hashlib.sha256((one / "model.safetensors").read_bytes()).hexdigest()
+    again = CdcCodec(single, CdcOptions(rate=1))
+    assert np.array_equal(again.decompress(enc, method="mean"), c.decompress(enc, method="mean"))
+    # a tensor in both files is refused by name, not silently overwritten
+    save_file(parts["encoder.safetensors"], str(rel / "decoder.safetensors"))
+    with pytest.raises(ModelLoadError, match="repeats tensors"):
+        load_model(str(rel))
+
+
+def test_a_run_starts_from_a_trained_model(tmp_path, images):
+    """``--init-from``: a new run whose weights and EMA are the model's, recorded in the checkpoint; resuming
+    with another source is refused by name."""
+    from diffc_pipeline.codecs.cdc.export import export
+    from diffc_pipeline.codecs.cdc.train import CdcTrainer, TrainConfig, run_training
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    cfg = TrainConfig(batch_size=2, crop=64, photo_fraction=0.0, model=TINY_CFG.to_dict())
+    tiny = [_jpeg(im) for im in images]
+    first = CdcTrainer(cfg, tiny, [])
+    run_training(first, tmp_path / "a", minutes=5, max_steps=2, log=lambda _m: None)
+    export(tmp_path / "a" / "checkpoint", tmp_path / "rel")
+    (tmp_path / "tiny").mkdir()
+    pq.write_table(pa.table({"image": pa.array(tiny, pa.binary())}), tmp_path / "tiny" / "part-00000.parquet")
+    args = ["--max-steps", "0", "--tiny", str(tmp_path / "tiny"), "--photos", "", "--threads", "1", "--batch-size", "2"]
+    assert train_main(["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "rel"), *args]) == 0
+    started = load_model(str(tmp_path / "b"))
+    released = load_model(str(tmp_path / "rel"))
+    assert all(torch.equal(started.net.state_dict()[k], v) for k, v in released.net.state_dict().items())
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state["config"]["init_from"] == {"name": "cdc-builtin", "sha256": released.sha256}
+    assert state["model"] == TINY_CFG.to_dict() and state["step"] == 0
+    with pytest.raises(DiffcError, match="only starts new runs"):
+        train_main(["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"), *args])
 
 
 # ---- on the shipped weights -------------------------------------------------------------------------------
@@ -418,6 +468,13 @@ def test_shipped_bits_match_estimate_and_prefixes_improve(images):
                 for k in range(1, c.num_chunks + 1)
             ]
             assert mse[-1] < mse[0]
+
+
+@shipped
+def test_shipped_weights_keep_their_id_and_fit_the_file_limit():
+    """Streams made with release 3 name it by id; each shipped file stays under the 10 MB a tracked file may be."""
+    assert load_model("builtin").sha256.startswith(RELEASE_3_ID)
+    assert all(p.stat().st_size < 10_000_000 for p in BUILTIN.iterdir())
 
 
 @shipped

@@ -91,15 +91,50 @@ def network_model(net: CdcModel, name: str = "cdc-in-memory") -> LoadedModel:
     return LoadedModel(net.cfg, state, name, h.hexdigest())
 
 
+# Release weights are stored in two files by role, each under the repository's 10 MB limit for a tracked file:
+# what the encoder and the entropy model need, and the synthesis side only the decoder needs. A model
+# directory written before the split holds one ``model.safetensors``; both layouts load the same.
+ENCODER_MODULES = ("g_a", "h_a", "h_s", "z_prior")
+WEIGHT_FILES = ("encoder.safetensors", "decoder.safetensors")
+SINGLE_FILE = "model.safetensors"
+
+
+def weight_file_of(tensor_name: str) -> str:
+    """The release file that holds ``tensor_name`` (``encoder.safetensors`` or ``decoder.safetensors``)."""
+    return WEIGHT_FILES[0] if tensor_name.split(".")[0] in ENCODER_MODULES else WEIGHT_FILES[1]
+
+
+def weights_id(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights' canonical one-file safetensors serialisation (tensors in safetensors' own order):
+    the same however the weights are split into files, and the digest a one-file export of them had, so a
+    stream's model id (its first 4 bytes) stays valid across the change of layout."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save({k: v.contiguous() for k, v in weights.items()})).hexdigest()
+
+
+def _read_weights(path: Path, files: Sequence[str]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as load_bytes
+
+    weights: dict[str, torch.Tensor] = {}
+    for fname in files:
+        part = load_bytes((path / fname).read_bytes())
+        if weights.keys() & part.keys():
+            raise ModelLoadError(f"{path}/{fname}: repeats tensors of another weight file")
+        weights.update(part)
+    return weights
+
+
 def load_model(spec: str | None) -> LoadedModel:
-    """``"builtin"`` (shipped weights), a model directory (``config.json`` + ``model.safetensors``), a training
-    checkpoint directory (``state.json`` + ``ema.safetensors``) or a run directory holding ``checkpoint/``."""
+    """``"builtin"`` (shipped weights), a model directory (``config.json``, ``encoder.safetensors`` +
+    ``decoder.safetensors`` or one ``model.safetensors``, ``tables.safetensors``), a training checkpoint
+    directory (``state.json`` + ``ema.safetensors``) or a run directory holding ``checkpoint/``."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 
     if spec in (None, "builtin"):
         path = BUILTIN
-        if not (path / "model.safetensors").is_file():
+        if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"no shipped CDC weights in {path} (release weights are not trained yet): {TRAIN_HINT}"
             )
@@ -119,29 +154,24 @@ def load_model(spec: str | None) -> LoadedModel:
             cfg = ModelConfig.from_dict(meta["model"])
             blob = (path / "ema.safetensors").read_bytes()  # one read: the hash and the weights agree
             return LoadedModel(cfg, load_bytes(blob), name, hashlib.sha256(blob).hexdigest())
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        files = WEIGHT_FILES if (path / WEIGHT_FILES[0]).is_file() else (SINGLE_FILE,)
+        if not (path / "config.json").is_file() or not all((path / f).is_file() for f in files):
             found = sorted(p.name for p in path.iterdir())
             raise ModelLoadError(
-                f"{path}: not a CDC model directory (needs config.json and model.safetensors; found "
-                f"{', '.join(found) or 'nothing'}; pickled checkpoints are refused)"
+                f"{path}: not a CDC model directory (needs config.json and {' + '.join(WEIGHT_FILES)} or "
+                f"{SINGLE_FILE}; found {', '.join(found) or 'nothing'}; pickled checkpoints are refused)"
             )
         meta = json.loads((path / "config.json").read_text())
         if meta.get("format") != "cdc-model":
             raise ModelLoadError(f"{path}/config.json: not a CDC model config (format {meta.get('format')!r})")
         cfg = ModelConfig.from_dict(meta["model"])
-        blob = (path / "model.safetensors").read_bytes()
+        weights = _read_weights(path, files)
         tables = None
         if (path / "tables.safetensors").is_file():
             from safetensors.numpy import load_file as load_np
 
             tables = load_np(str(path / "tables.safetensors"))
-        return LoadedModel(
-            cfg,
-            load_bytes(blob),
-            meta.get("name", name),
-            hashlib.sha256(blob).hexdigest(),
-            tables,
-        )
+        return LoadedModel(cfg, weights, meta.get("name", name), weights_id(weights), tables)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:

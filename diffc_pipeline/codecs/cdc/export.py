@@ -1,4 +1,5 @@
-"""Export a CDC training checkpoint to release weights: fp16 ``model.safetensors``, the integer/float tables
+"""Export a CDC training checkpoint to release weights: fp16 ``encoder.safetensors`` and ``decoder.safetensors``
+(split by role, each under the repository's 10 MB limit for a tracked file), the integer/float tables
 both coder sides use (``tables.safetensors``, computed from the fp16 weights as the decoder will load them)
 and ``config.json``.
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelLoadError
+from .codec import WEIGHT_FILES, weight_file_of
 from .config import ModelConfig
 from .entropy import scale_table, tabulate_prior
 from .model import CdcModel
@@ -25,8 +27,9 @@ from .model import CdcModel
 def write_model_dir(
     out: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], meta: dict | None = None, name: str = "cdc-builtin"
 ) -> None:
-    """Write ``out`` (config.json, model.safetensors in the weights' dtype, tables.safetensors computed from
-    the weights exactly as the decoder loads them), replacing it atomically."""
+    """Write ``out`` (config.json, the weights in their dtype split into encoder.safetensors and
+    decoder.safetensors, tables.safetensors computed from the weights exactly as the decoder loads them),
+    replacing it atomically."""
     from safetensors.numpy import save_file as save_np
     from safetensors.torch import save_file
 
@@ -41,7 +44,8 @@ def write_model_dir(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "model.safetensors"))
+    for fname in WEIGHT_FILES:
+        save_file({k: v for k, v in weights.items() if weight_file_of(k) == fname}, str(tmp / fname))
     save_np(tables, str(tmp / "tables.safetensors"))
     config = {"format": "cdc-model", "name": name, "model": cfg.to_dict(), **(meta or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=1))

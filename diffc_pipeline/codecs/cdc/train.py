@@ -82,6 +82,8 @@ class TrainConfig:
     train_rates: tuple[int, ...] = ()
     seed: int = 0
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+    # The model a run started from (``--init-from``; name and SHA-256), empty for a run from scratch.
+    init_from: dict = field(default_factory=dict)
 
 
 ADJUSTABLE_ON_RESUME = frozenset(
@@ -300,6 +302,13 @@ class CdcTrainer:
         self.data = CdcBatches(cfg, tiny, photos, self.model_cfg.rates)
         self.state = TrainState()
 
+    def start_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start the weights and their EMA at a trained model's (a released fp16 model or a checkpoint's EMA),
+        with a fresh optimizer: the warm-up then ramps the lr while Adam's moments build up again."""
+        state = {k: v.float() for k, v in weights.items()}
+        self.net.load_state_dict(state)
+        self.ema.load_state_dict(state)
+
     def lr_at(self, step: int) -> float:
         c = self.cfg
         lr = c.lr * min(1.0, (step + 1) / max(1, c.warmup_steps))
@@ -479,11 +488,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rho", type=float, default=None, help="weight of the LPIPS term, 0..1 (new runs only)")
     p.add_argument("--lpips", default=None, help="LPIPS network as a torch.export archive (.pt2), for rho > 0")
     p.add_argument("--fresh", action="store_true", help="start over even if OUT/checkpoint exists")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start a new run from a trained model: 'builtin', a model directory or a checkpoint (fresh optimizer)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     ckpt = args.out / "checkpoint"
     resume = ckpt.is_dir() and not args.fresh
     cfg = checkpoint_config(ckpt) if resume else TrainConfig()
+    init = None
+    if args.init_from is not None:
+        from .codec import load_model
+
+        init = load_model(args.init_from)
+        source = {"name": init.name, "sha256": init.sha256}
+        if resume and cfg.init_from != source:
+            raise DiffcError(
+                f"--init-from {args.init_from}: {ckpt} is a run started from {cfg.init_from or 'scratch'}; "
+                "--init-from only starts new runs (drop it to resume, or pass --fresh)"
+            )
+        if not resume:
+            if args.model_config:
+                raise DiffcError("--init-from takes the model's own architecture; drop --model-config")
+            cfg.model, cfg.init_from = init.cfg.to_dict(), source
     if not resume and args.model_config:
         cfg.model = {**cfg.model, **json.loads(args.model_config)}
     for name in (
@@ -524,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = CdcTrainer(cfg, tiny, photos, lpips)
     if resume:
         trainer.load(ckpt)
+    elif init is not None:
+        trainer.start_from(init.net.state_dict())
     args.out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
@@ -558,4 +589,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DiffcError as exc:  # a bad flag or input: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
