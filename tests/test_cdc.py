@@ -30,8 +30,11 @@ TINY_CFG = ModelConfig(
     channels=16, latent=20, hyper=8, slices=4, context=16, unet=(8, 8, 8), lambdas=(0.001, 0.004, 0.016, 0.064)
 )
 SHIPPED = (BUILTIN / "config.json").is_file()
-# The id streams made with release 3 carry in their header (first 4 bytes of its weights' SHA-256).
-RELEASE_3_ID = "18e8712f"
+# The shipped release's model id (first 4 bytes of its weights' SHA-256, in every stream's header) and its
+# default-options fingerprint (in every archive's manifest; an append compares it): pinned, so that a change of
+# file layout or config fields that would orphan the streams and archives already written fails here.
+SHIPPED_ID = "18e8712f"
+SHIPPED_FINGERPRINT = "c9d0e7aad4bb7d65"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -453,6 +456,33 @@ def test_a_run_starts_from_a_trained_model(tmp_path, images):
 shipped = pytest.mark.skipif(not SHIPPED, reason="no shipped CDC weights")
 
 
+def test_new_rates_start_from_the_nearest_trained_rate(tiny_model, images):
+    """``--lambdas`` with ``--init-from``: the trained rates keep their rows (a kept rate writes the very same
+    chunks under its new index), a new lower rate starts below its neighbour, and the default rate keeps its
+    lambda."""
+    from diffc_pipeline.codecs.cdc.train import remap_rates
+
+    src = tiny_model.cfg
+    lambdas = (src.lambdas[0] / 4, *src.lambdas)
+    weights, cfg = remap_rates(dict(tiny_model.net.state_dict()), src, lambdas)
+    assert cfg.lambdas == lambdas and cfg.lambdas[cfg.default_rate] == src.lambdas[src.default_rate]
+    gains = weights["log_gain"]
+    assert torch.allclose(gains[1:], tiny_model.net.log_gain)
+    assert torch.allclose(gains[0], tiny_model.net.log_gain[0] + 0.5 * np.log(0.25))
+    net = CdcModel(cfg)
+    net.load_state_dict(weights)
+    grown = network_model(net, "grown")
+    for old in range(src.rates):
+        a = CdcCodec(tiny_model, CdcOptions(rate=old)).compress(images[:1], [0])[0]
+        b = CdcCodec(grown, CdcOptions(rate=old + 1)).compress(images[:1], [0])[0]
+        assert a.chunks == b.chunks
+    low = CdcCodec(grown, CdcOptions(rate=0)).compress(images[:1], [0])[0]
+    assert sum(map(len, low.chunks)) < sum(map(len, a.chunks))
+    assert CdcCodec(grown).options.rate == src.default_rate + 1
+    with pytest.raises(DiffcError, match="strictly ascending"):
+        remap_rates(weights, src, tuple(reversed(lambdas)))
+
+
 @shipped
 def test_shipped_bits_match_estimate_and_prefixes_improve(images):
     model = load_model("builtin")
@@ -472,8 +502,12 @@ def test_shipped_bits_match_estimate_and_prefixes_improve(images):
 
 @shipped
 def test_shipped_weights_keep_their_id_and_fit_the_file_limit():
-    """Streams made with release 3 name it by id; each shipped file stays under the 10 MB a tracked file may be."""
-    assert load_model("builtin").sha256.startswith(RELEASE_3_ID)
+    """Streams and archives name the shipped model by id and fingerprint; each shipped file stays under the 10 MB
+    a tracked file may be."""
+    model = load_model("builtin")
+    assert model.sha256.startswith(SHIPPED_ID)
+    assert CdcCodec(model).fingerprint.startswith(SHIPPED_FINGERPRINT)
+    assert CdcCodec(model, CdcOptions(rate=model.cfg.default_rate)).fingerprint == CdcCodec(model).fingerprint
     assert all(p.stat().st_size < 10_000_000 for p in BUILTIN.iterdir())
 
 
@@ -496,6 +530,8 @@ def test_diffc_train_cdc_hands_its_options_to_the_cdc_trainer():
     assert result.exit_code == 0 and "--diffusion-fraction" in result.output and "--out" in result.output
     result = CliRunner().invoke(app, ["train-cdc"])  # --out is required: argparse's usage error, exit 2
     assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["train-cdc", "--out", "/nonexistent/run", "--lambdas", "0.1,0.01"])
+    assert result.exit_code == 2 and "strictly ascending" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CDC weights")

@@ -123,6 +123,7 @@ def train(
     console.print(f"stopped{why} at step {state.step}; checkpoint in {ckpt}, EMA model in {out / 'model'}")
 
 
+@friendly_errors
 def train_cdc(ctx: typer.Context) -> None:
     """Train (or resume) the CDC codec's model; every option is the CDC trainer's (`diffc train-cdc --help`).
 

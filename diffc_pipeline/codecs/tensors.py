@@ -18,7 +18,10 @@ def to_float(images: np.ndarray | torch.Tensor, channels: int = 3) -> torch.Tens
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise InvalidInputError(f"expected uint8 images, got {images.dtype}")
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        arr = np.ascontiguousarray(images)
+        # torch warns on every read-only array (np.asarray of a PIL image is one); a uint8 copy is a quarter
+        # of the float32 result this function makes anyway
+        images = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         raise InvalidInputError(f"expected uint8 images, got {getattr(images, 'dtype', type(images).__name__)}")
     if images.dim() != 4 or images.shape[3] != channels:

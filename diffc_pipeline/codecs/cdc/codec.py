@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -197,6 +197,8 @@ class CdcCodec(Codec):
     def __init__(self, model: LoadedModel, options: CdcOptions | None = None, device: str = "cpu") -> None:
         options = options or CdcOptions()
         cfg = model.cfg
+        if options.rate is None:
+            options = replace(options, rate=cfg.default_rate)
         if not 0 <= options.rate < cfg.rates:
             raise InvalidInputError(
                 f"cdc option rate={options.rate} out of range: this model has rates 0..{cfg.rates - 1}"
@@ -211,7 +213,9 @@ class CdcCodec(Codec):
         payload = json.dumps(
             {
                 "options": asdict(options),
-                "model": cfg.to_dict(),
+                # default_rate picks an option (resolved above) and changes no bits: outside the fingerprint,
+                # which stays that of the streams written before the field existed
+                "model": {k: v for k, v in cfg.to_dict().items() if k != "default_rate"},
                 "weights": model.sha256,
                 "tables": model.tables_sha256,
                 "stream": 1,

@@ -17,11 +17,12 @@ class CdcOptions:
     """Stream options of the CDC codec.
 
     ``rate``: rate index of the variable-rate model (0 = lowest rate; ``describe()['details']['lambdas']``
-    lists the lambdas). ``slices``: how many channel slices of the content latent to write (0 = all); fewer
-    slices give a smaller stream that decodes like a prefix of a full one.
+    lists the lambdas); None takes the model's ``default_rate``, so that the default quality stays the same
+    lambda when a release adds rates below it. ``slices``: how many channel slices of the content latent to
+    write (0 = all); fewer slices give a smaller stream that decodes like a prefix of a full one.
     """
 
-    rate: int = 3
+    rate: int | None = None
     slices: int = 0
 
 
@@ -42,6 +43,7 @@ class ModelConfig:
     scale_max: float = 64.0
     scale_levels: int = 64  # log-spaced scale table shipped with the model
     mean_grid: int = 64  # predicted means are rounded to multiples of 1/mean_grid (drift guard)
+    default_rate: int = 3  # the rate index a stream gets when none is asked for (lambda 0.0078 in release 3)
 
     @property
     def rates(self) -> int:

@@ -281,6 +281,45 @@ def psnr(mse01: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse01.clamp_min(1e-10))
 
 
+# ---- starting from a trained model ---------------------------------------------------------------------
+RATE_TENSORS = ("log_gain", "unet.temb.rate.weight")  # the only weights with one row per rate
+
+
+def remap_rates(
+    weights: dict[str, torch.Tensor], src: ModelConfig, lambdas: tuple[float, ...]
+) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """``src``'s weights and config for a model serving ``lambdas`` (ascending; rate 0 = the lowest): a rate
+    whose lambda ``src`` has keeps its gains and rate embedding, a new one starts from the nearest lambda's
+    (in log) with its gains scaled by ``(lambda / lambda_nearest)^(1/2)``, the rule the gains start from in a
+    new model. The default rate keeps its lambda (or the nearest one)."""
+    rates_config(lambdas)
+    logs = np.log(np.asarray(src.lambdas))
+
+    def nearest(lam: float) -> int:
+        return int(np.argmin(np.abs(logs - np.log(lam))))
+
+    rows = [nearest(lam) for lam in lambdas]
+    out = dict(weights)
+    gains = weights["log_gain"].float()
+    out["log_gain"] = torch.stack(
+        [gains[j] + 0.5 * float(np.log(lam / src.lambdas[j])) for lam, j in zip(lambdas, rows, strict=True)]
+    )
+    out["unet.temb.rate.weight"] = weights["unet.temb.rate.weight"].float()[rows]
+    return out, ModelConfig.from_dict({**src.to_dict(), **rates_config(lambdas, src.lambdas[src.default_rate])})
+
+
+def rates_config(lambdas: tuple[float, ...], default_lambda: float | None = None) -> dict:
+    """The model-config fields for ``lambdas``: the lambdas and a default rate at the one nearest
+    ``default_lambda`` (in log; the default config's default lambda if None). Refuses lambdas that are not
+    positive and strictly ascending."""
+    if not lambdas or any(lam <= 0 for lam in lambdas) or list(lambdas) != sorted(set(lambdas)):
+        raise DiffcError(f"--lambdas must be positive and strictly ascending (rate 0 = lowest), got {lambdas}")
+    if default_lambda is None:
+        default_lambda = ModelConfig().lambdas[ModelConfig().default_rate]
+    default = min(range(len(lambdas)), key=lambda i: abs(np.log(lambdas[i] / default_lambda)))
+    return {"lambdas": list(lambdas), "default_rate": default}
+
+
 # ---- trainer -------------------------------------------------------------------------------------------
 class CdcTrainer:
     def __init__(
@@ -481,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photo-crop", type=int, default=None, help="side of the photo crops, a multiple of 64 (0: --crop)")
     p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
     p.add_argument(
+        "--lambdas",
+        default=None,
+        help="comma-separated ascending lambdas, one per rate (new runs only; with --init-from, new rates start "
+        "from the nearest trained one)",
+    )
+    p.add_argument(
         "--train-rates",
         default=None,
         help="comma-separated rate indices to train (default: all; on resume it branches a run, e.g. to one rate)",
@@ -498,7 +543,15 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.out / "checkpoint"
     resume = ckpt.is_dir() and not args.fresh
     cfg = checkpoint_config(ckpt) if resume else TrainConfig()
-    init = None
+    lambdas = None
+    if args.lambdas is not None:
+        try:
+            lambdas = tuple(float(v) for v in args.lambdas.split(",") if v.strip())
+        except ValueError:
+            raise DiffcError(f"--lambdas takes comma-separated numbers, got {args.lambdas!r}") from None
+        if resume and tuple(cfg.model["lambdas"]) != lambdas:
+            raise DiffcError(f"--lambdas: {ckpt} trains lambdas {cfg.model['lambdas']}; they are fixed for a run")
+    init, init_weights = None, None
     if args.init_from is not None:
         from .codec import load_model
 
@@ -512,7 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         if not resume:
             if args.model_config:
                 raise DiffcError("--init-from takes the model's own architecture; drop --model-config")
-            cfg.model, cfg.init_from = init.cfg.to_dict(), source
+            init_weights, init_cfg = dict(init.net.state_dict()), init.cfg
+            if lambdas is not None and lambdas != init_cfg.lambdas:
+                init_weights, init_cfg = remap_rates(init_weights, init_cfg, lambdas)
+            cfg.model, cfg.init_from = init_cfg.to_dict(), source
+    elif lambdas is not None and not resume:
+        cfg.model = {**cfg.model, **rates_config(lambdas)}
     if not resume and args.model_config:
         cfg.model = {**cfg.model, **json.loads(args.model_config)}
     for name in (
@@ -553,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = CdcTrainer(cfg, tiny, photos, lpips)
     if resume:
         trainer.load(ckpt)
-    elif init is not None:
-        trainer.start_from(init.net.state_dict())
+    elif init_weights is not None:
+        trainer.start_from(init_weights)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
