@@ -420,3 +420,35 @@ def test_eval_and_compress_write_the_same_stream_for_the_same_image_and_seed(ray
         assert mine[0]["stream_sha256"] == row_checksum(row["header"], chunks) == row["checksum"]
         assert mine[0]["stream_header_bytes"] == len(row["header"])
         assert [r["bytes"] - r["header_bytes"] for r in mine] == [sum(map(len, chunks[:k])) for k in (1, 2, 3)]
+
+
+def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_path):
+    """Two runs of one codec at two grids of options: the run against itself is 0%, lower WebP qualities
+    against higher ones cover an overlap only, a run on other images is refused by name."""
+    write_images(tmp_path / "imgs", 2)
+    base = ["eval", str(tmp_path / "imgs"), "--channels", "none", "--anchors", "jpeg"]
+    for name, grid in (("a", "quality=20,40,60,80"), ("b", "quality=30,50,70,90")):
+        r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / name), "--codec", "webp", "--codec-grid", grid])
+        assert r.exit_code == 0, r.output
+    same = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "a"), "--json"])
+    assert same.exit_code == 0, same.output
+    rows = json.loads(same.output)
+    pairs = {(c, m) for c in ("jpeg", "webp") for m in ("psnr", "ms_ssim_db")}
+    assert {(r["curve"], r["metric"]) for r in rows} == pairs
+    assert all(r["bd_rate_percent"] == pytest.approx(0.0, abs=1e-9) for r in rows)
+    other = CliRunner().invoke(
+        app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b" / "results.json"), "--curve", "webp", "--json"]
+    )
+    rows = json.loads(other.output)
+    assert [r["metric"] for r in rows] == ["psnr", "ms_ssim_db"] and all(r["points"] == [4, 4] for r in rows)
+    assert all(abs(r["bd_rate_percent"]) < 15 for r in rows)  # one codec: the same curve, sampled elsewhere
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    lo, hi = rows[0]["overlap"]
+    psnrs = [p["psnr"] for p in doc["curves"]["webp"]]
+    assert min(psnrs) < lo < hi <= max(psnrs)
+    doc["records"] = [r for r in doc["records"] if r["image"] != "im1.png"]
+    (tmp_path / "fewer.json").write_text(json.dumps(doc))
+    refused = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "fewer.json")])
+    assert refused.exit_code == 2 and "different images" in " ".join(refused.output.split())
+    missing = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--curve", "avif"])
+    assert missing.exit_code == 2 and "not in both runs" in " ".join(missing.output.split())

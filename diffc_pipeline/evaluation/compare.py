@@ -1,0 +1,84 @@
+"""Two ``diffc eval`` runs side by side: the BD-rate of each curve of one run against the same curve of the other.
+
+Rates and qualities of a run are deterministic (every stream's seed comes from the run seed and the image id),
+so two runs on the same images compare as if they were one: e.g. a new model release against the shipped one
+(``--codec-model``), or one decode option against another, without re-running the anchors. Times are not
+compared: they are not deterministic, and a comparison of times belongs in one run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidInputError
+from .bdrate import bd_rate
+from .report import QUALITY_METRICS
+
+
+@dataclass(frozen=True)
+class CurveComparison:
+    curve: str
+    metric: str
+    bd_rate_percent: float | None  # of the ``test`` run's curve against the ``anchor`` run's; None: no overlap
+    overlap: tuple[float, float] | None
+    points: tuple[int, int]  # (anchor, test) points on the curve
+
+
+def load_run(path: Path) -> dict:
+    """``results.json`` of an eval run (``path`` is the run's directory or the file itself)."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{file}: not a readable diffc eval results.json ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("curves"), dict) or "records" not in doc:
+        raise InvalidInputError(f"{file}: not a diffc eval results.json (no curves and records)")
+    return doc
+
+
+def _images(doc: dict, curve: str) -> set[str]:
+    return {r["image"] for r in doc["records"] if r.get("variant") == curve}
+
+
+def compare_runs(anchor: dict, test: dict, curves: list[str] | None = None) -> list[CurveComparison]:
+    """BD-rate (PSNR and MS-SSIM in dB) of every curve both runs hold (or only ``curves``), ``test`` against
+    ``anchor``. Refuses curves measured on different images: their difference would be the images'."""
+    shared = sorted(set(anchor["curves"]) & set(test["curves"]))
+    if curves:
+        missing = sorted(set(curves) - set(shared))
+        if missing:
+            raise InvalidInputError(
+                f"curve {', '.join(missing)} is not in both runs; curves in both: {', '.join(shared) or 'none'}"
+            )
+        shared = [c for c in shared if c in curves]
+    if not shared:
+        raise InvalidInputError(
+            f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
+            f"test: {', '.join(sorted(test['curves']))})"
+        )
+    out = []
+    for curve in shared:
+        a_images, t_images = _images(anchor, curve), _images(test, curve)
+        if a_images != t_images:
+            only = sorted(a_images ^ t_images)
+            raise InvalidInputError(
+                f"curve {curve!r} was measured on different images in the two runs ({len(a_images)} vs "
+                f"{len(t_images)}; e.g. {', '.join(only[:3])} in one only): run both with the same images "
+                "and --limit"
+            )
+        a, t = anchor["curves"][curve], test["curves"][curve]
+        for metric in QUALITY_METRICS:
+            res = bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t])
+            out.append(
+                CurveComparison(
+                    curve,
+                    metric,
+                    None if res is None else res.percent,
+                    None if res is None else (res.quality_lo, res.quality_hi),
+                    (len(a), len(t)),
+                )
+            )
+    return out
