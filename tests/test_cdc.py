@@ -216,7 +216,7 @@ def test_wrong_model_and_bad_options(tiny_model, images):
     with pytest.raises(ModelMismatchError, match="model id"):
         other.decompress([e])
     c = codec(tiny_model)
-    with pytest.raises(InvalidInputError, match="valid decode options: method, steps, temperature"):
+    with pytest.raises(InvalidInputError, match="valid decode options: method, steps, temperature, time_power"):
         c.decompress([e], sampler="ddpm")
     with pytest.raises(InvalidInputError, match="not one of diffusion, mean"):
         c.decompress([e], method="flow")
@@ -248,6 +248,13 @@ def test_diffusion_decoder_follows_the_seed(tiny_model, images):
     assert not np.array_equal(da1, db)
     # temperature 0 ignores the seed
     assert np.array_equal(c.decompress([a], steps=3, temperature=0), c.decompress([b], steps=3, temperature=0))
+    # the time grid (1 - i/steps)^p: one step evaluates t = 1 only, whatever p; two steps meet at 0.5^p
+    one = [c.decompress([a], steps=1, time_power=p) for p in (1.0, 2.0)]
+    two = [c.decompress([a], steps=2, time_power=p) for p in (1.0, 2.0)]
+    assert np.array_equal(*one) and not np.array_equal(*two)
+    assert np.array_equal(two[0], c.decompress([a], steps=2))
+    with pytest.raises(InvalidInputError, match="time_power"):
+        c.decompress([a], time_power=0.5)
 
 
 def test_training_loss_decreases_and_resume_is_exact(tmp_path, images):
