@@ -449,6 +449,19 @@ def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_
     doc["records"] = [r for r in doc["records"] if r["image"] != "im1.png"]
     (tmp_path / "fewer.json").write_text(json.dumps(doc))
     refused = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "fewer.json")])
-    assert refused.exit_code == 2 and "different images" in " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "on other images" in " ".join(refused.output.split())
     missing = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--curve", "avif"])
     assert missing.exit_code == 2 and "not in both runs" in " ".join(missing.output.split())
+    # --against: a curve of the test run against another curve of the anchor run, as its own run would say
+    cross = CliRunner().invoke(
+        app,
+        ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--curve", "webp", "--against", "jpeg", "--json"],
+    )
+    rows = json.loads(cross.output)
+    own = {
+        b["metric"]: b["bd_rate_percent"]
+        for b in json.loads((tmp_path / "b" / "results.json").read_text())["bd_rates"]
+        if (b["test"], b["anchor"]) == ("webp", "jpeg") and b["from"] is None
+    }
+    assert [(r["curve"], r["against"]) for r in rows] == [("webp", "jpeg")] * 2
+    assert {r["metric"]: r["bd_rate_percent"] for r in rows} == pytest.approx(own)

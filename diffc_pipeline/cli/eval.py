@@ -145,13 +145,16 @@ def eval_compare(
     anchor: Path = typer.Argument(..., help="The eval run to compare against (its directory or results.json)."),
     test: Path = typer.Argument(..., help="The eval run to compare (same images, e.g. another --codec-model)."),
     curve: list[str] = typer.Option(None, help="Only this curve (repeatable; default: every curve in both)."),
+    against: str = typer.Option(
+        None, help="Compare TEST's curves with this one curve of ANCHOR (e.g. avif) instead of the same-named one."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """BD-rate of each curve of TEST against the same curve of ANCHOR: two `diffc eval` runs on the same images.
 
     Rates and qualities are deterministic, so a new model can be compared with the shipped one without running
-    the anchors again (e.g. `--anchors none --codec-model NEW` against an earlier run). Negative: TEST needs
-    fewer bits for the same quality.
+    the anchors again (e.g. `--anchors none --codec-model NEW` against an earlier run, `--against avif` for its
+    BD-rate against that run's AVIF curve). Negative: TEST needs fewer bits for the same quality.
     """
     import json
 
@@ -159,17 +162,17 @@ def eval_compare(
 
     from ..evaluation.compare import compare_runs, load_run
 
-    rows = compare_runs(load_run(anchor), load_run(test), curve or None)
+    rows = compare_runs(load_run(anchor), load_run(test), curve or None, against)
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in rows], indent=1))
         return
     table = Table(title=f"BD-rate of {test} against {anchor} (negative: fewer bits)")
-    for col in ("curve", "metric", "BD-rate", "overlap", "points"):
+    for col in ("curve", "against", "metric", "BD-rate", "overlap", "points (anchor / test)"):
         table.add_column(col)
     for r in rows:
         bd = "no overlap" if r.bd_rate_percent is None else f"{r.bd_rate_percent:+.1f}%"
         overlap = "-" if r.overlap is None else f"{r.overlap[0]:.2f}-{r.overlap[1]:.2f} dB"
-        table.add_row(r.curve, r.metric, bd, overlap, f"{r.points[0]} / {r.points[1]}")
+        table.add_row(r.curve, r.against, r.metric, bd, overlap, f"{r.points[0]} / {r.points[1]}")
     Console().print(table)
 
 

@@ -19,7 +19,8 @@ from .report import QUALITY_METRICS
 
 @dataclass(frozen=True)
 class CurveComparison:
-    curve: str
+    curve: str  # the test run's curve
+    against: str  # the anchor run's curve it is compared with (the same name unless ``against`` was given)
     metric: str
     bd_rate_percent: float | None  # of the ``test`` run's curve against the ``anchor`` run's; None: no overlap
     overlap: tuple[float, float] | None
@@ -43,38 +44,57 @@ def _images(doc: dict, curve: str) -> set[str]:
     return {r["image"] for r in doc["records"] if r.get("variant") == curve}
 
 
-def compare_runs(anchor: dict, test: dict, curves: list[str] | None = None) -> list[CurveComparison]:
+def compare_runs(
+    anchor: dict, test: dict, curves: list[str] | None = None, against: str | None = None
+) -> list[CurveComparison]:
     """BD-rate (PSNR and MS-SSIM in dB) of every curve both runs hold (or only ``curves``), ``test`` against
-    ``anchor``. Refuses curves measured on different images: their difference would be the images'."""
-    shared = sorted(set(anchor["curves"]) & set(test["curves"]))
-    if curves:
-        missing = sorted(set(curves) - set(shared))
+    ``anchor``; with ``against``, each chosen curve of ``test`` against that one curve of ``anchor`` (e.g. a
+    new codec run with ``--anchors none`` against the AVIF curve of an earlier run on the same images).
+    Refuses curves measured on different images: their difference would be the images'."""
+    if against is not None:
+        if against not in anchor["curves"]:
+            raise InvalidInputError(
+                f"curve {against!r} is not in the anchor run; it has: {', '.join(sorted(anchor['curves']))}"
+            )
+        chosen = curves or sorted(test["curves"])
+        missing = sorted(set(chosen) - set(test["curves"]))
         if missing:
             raise InvalidInputError(
-                f"curve {', '.join(missing)} is not in both runs; curves in both: {', '.join(shared) or 'none'}"
+                f"curve {', '.join(missing)} is not in the test run; it has: {', '.join(sorted(test['curves']))}"
             )
-        shared = [c for c in shared if c in curves]
-    if not shared:
-        raise InvalidInputError(
-            f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
-            f"test: {', '.join(sorted(test['curves']))})"
-        )
+        pairs = [(c, against) for c in chosen]
+    else:
+        shared = sorted(set(anchor["curves"]) & set(test["curves"]))
+        if curves:
+            missing = sorted(set(curves) - set(shared))
+            if missing:
+                raise InvalidInputError(
+                    f"curve {', '.join(missing)} is not in both runs; curves in both: {', '.join(shared) or 'none'}"
+                )
+            shared = [c for c in shared if c in curves]
+        if not shared:
+            raise InvalidInputError(
+                f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
+                f"test: {', '.join(sorted(test['curves']))}); --against CURVE compares with one anchor curve"
+            )
+        pairs = [(c, c) for c in shared]
     out = []
-    for curve in shared:
-        a_images, t_images = _images(anchor, curve), _images(test, curve)
+    for curve, base in pairs:
+        a_images, t_images = _images(anchor, base), _images(test, curve)
         if a_images != t_images:
             only = sorted(a_images ^ t_images)
             raise InvalidInputError(
-                f"curve {curve!r} was measured on different images in the two runs ({len(a_images)} vs "
-                f"{len(t_images)}; e.g. {', '.join(only[:3])} in one only): run both with the same images "
+                f"curve {curve!r} was measured on other images than {base!r} of the anchor run ({len(t_images)} "
+                f"vs {len(a_images)}; e.g. {', '.join(only[:3])} in one only): run both with the same images "
                 "and --limit"
             )
-        a, t = anchor["curves"][curve], test["curves"][curve]
+        a, t = anchor["curves"][base], test["curves"][curve]
         for metric in QUALITY_METRICS:
             res = bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t])
             out.append(
                 CurveComparison(
                     curve,
+                    base,
                     metric,
                     None if res is None else res.percent,
                     None if res is None else (res.quality_lo, res.quality_hi),
