@@ -38,9 +38,17 @@ def tiny_val(n: int, path: str = TINY_VAL) -> np.ndarray:
 
 
 def evaluate(
-    model_spec: str, n: int, steps: int, batch: int, photo: str | None, photo_rates: list[int] | None = None
+    model_spec: str,
+    n: int,
+    steps: int | None,
+    batch: int,
+    photo: str | None,
+    photo_rates: list[int] | None = None,
 ) -> dict:
+    """``steps`` None: the diffusion decoder's default; its other decode options are always the defaults."""
     model = load_model(model_spec)
+    if steps is None:
+        steps = CdcCodec.parse_decode_options({})["steps"]
     images = tiny_val(n) if n else np.zeros((0, 64, 64, 3), np.uint8)
     pixels = images.shape[1] * images.shape[2]
     rows = []
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffc_pipeline.codecs.cdc.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="builtin")
     p.add_argument("--images", type=int, default=100)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=None, help="diffusion decoder steps (default: the codec's)")
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--photo", default=PHOTO, help="CBSD68 folder or one photo for the encode-time measure ('' none)")
