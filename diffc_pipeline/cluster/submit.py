@@ -340,7 +340,7 @@ def _last_output_line(client, job_id: str, message: str | None) -> str:
         if own:
             return own[-1]
         if time.monotonic() > deadline:
-            return redact_text(message or "") or "no output"
+            return redact_text(message or "").strip() or "no output"
         time.sleep(0.5)
 
 
@@ -398,7 +398,7 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
     if details.status.value != "SUCCEEDED":
         last = _last_output_line(client, probe_id, details.message)
         raise SubmitError(
-            f"the cluster's Python ({spec.python!r}) cannot run diffc-pipeline: {last.strip()}. Install it on the "
+            f"the cluster's Python ({spec.python!r}) cannot run diffc-pipeline: {last}. Install it on the "
             "cluster's image (pip install diffc-pipeline, with torch first), add it to the job's runtime env "
             "(runtime_env: {pip: [diffc-pipeline]}), or point --python at a Python that has it. Nothing was "
             "submitted."
