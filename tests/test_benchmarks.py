@@ -55,7 +55,7 @@ def test_bench_speed_cli_writes_its_json(tmp_path):
     assert doc["command"].startswith("diffc ")
 
 
-def test_bench_network_times_both_layouts_and_measures_memory_in_fresh_processes(tmp_path):
+def test_bench_network_times_layouts_and_precisions_and_measures_memory_in_fresh_processes(tmp_path):
     torch.manual_seed(0)
     net = UNet(UNetConfig(widths=(16, 16), blocks_per_level=1, emb_dim=32, groups=8))
     save_unet_model(tmp_path / "m", net, {"kind": "linear", "gamma_min": -13.3, "gamma_max": 5.0}, name="tiny")
@@ -67,6 +67,7 @@ def test_bench_network_times_both_layouts_and_measures_memory_in_fresh_processes
     shapes = [(r["batch"], r["height"], r["width"]) for r in data["timing"]]
     assert shapes == [(16, 64, 64), (1, 256, 256), (1, 320, 480)]
     assert all(r["contiguous_ms_per_mp"] > 0 and r["channels_last_speedup"] > 0 for r in data["timing"])
+    assert all(r["bfloat16_ms_per_mp"] > 0 and r["bfloat16_channels_last_speedup"] > 0 for r in data["timing"])
     assert [m["tiled"] for m in data["memory"]] == [True, False]
     assert all(m["peak_gb"] >= m["before_gb"] > 0 for m in data["memory"])
 

@@ -96,9 +96,13 @@ def test_per_image_prefix_lengths(codec: DiffcCodec) -> None:
         assert np.abs(mixed[i].astype(int) - alone[0].astype(int)).max() <= 1
 
 
-def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path) -> None:
+@pytest.mark.parametrize("precision", [None, "bfloat16"])
+def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path, precision: str | None) -> None:
+    """Also with the network under bfloat16 autocast: the precision travels in the config, so the decoder's
+    network runs at the encoder's."""
     model = load_unet_model(tiny_unet_dir)
-    codec = DiffcCodec(model, SMALL)
+    config = dataclasses.replace(SMALL, network_precision=precision)
+    codec = DiffcCodec(model, config)
     x = _images(b=4, h=16, w=16, seed=3)
     streams = codec.compress(x, [11, 12, 13, 14])
     here = codec.decompress(streams, method="flow")
@@ -111,7 +115,7 @@ def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path) -> Non
         from diffc_pipeline.codecs.diffc.config import CodecConfig
         from diffc_pipeline.models.storage import load_unet_model
         torch.set_num_threads(1)
-        codec = DiffcCodec(load_unet_model({tiny_unet_dir!r}), CodecConfig.from_dict({SMALL.to_dict()!r}))
+        codec = DiffcCodec(load_unet_model({tiny_unet_dir!r}), CodecConfig.from_dict({config.to_dict()!r}))
         out = [codec.decompress([EncodedImage.from_bytes(open(f"{tmp_path}/{{i}}.dfc", "rb").read())], method="flow")
                for i in range(4)]
         np.save("{tmp_path}/out.npy", np.concatenate(out))
@@ -123,6 +127,27 @@ def test_fresh_process_different_batch_size(tiny_unet_dir: str, tmp_path) -> Non
         return 10 * math.log10(255**2 / _mse(a, x))
 
     assert abs(psnr(here) - psnr(there)) < 0.05
+
+
+def test_bfloat16_network_is_a_stream_option(tiny_unet_dir: str) -> None:
+    """``network_precision=bfloat16`` runs the network under autocast (eps close to, not equal to, float32),
+    is part of the configuration id (a float32 decoder refuses its streams by name), and "float32" spelled
+    out is the default: the same fingerprint as streams made before the option existed."""
+    model = load_unet_model(tiny_unet_dir)
+    fast = DiffcCodec(model, dataclasses.replace(SMALL, network_precision="bfloat16"))
+    plain = DiffcCodec(model, SMALL)
+    z, lam = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.full((2,), 1.0)
+    eps32, eps16 = plain.model.predict_eps(z, lam), fast.model.predict_eps(z, lam)
+    assert eps16.dtype == torch.float32 and not torch.equal(eps16, eps32)
+    assert float((eps16 - eps32).abs().max()) < 0.05 * float(eps32.abs().max())
+    assert fast.model.identity == plain.model.identity and fast.fingerprint != plain.fingerprint
+    spelled = CodecConfig(**{**dataclasses.asdict(SMALL), "network_precision": "float32"})
+    assert spelled.network_precision is None and spelled.fingerprint() == SMALL.fingerprint()
+    streams = fast.compress(_images(b=1, h=16, w=16), [3])
+    with pytest.raises(ModelMismatchError, match="config"):
+        plain.decompress(streams)
+    with pytest.raises(InvalidInputError, match="network_precision"):
+        CodecConfig(network_precision="float16")
 
 
 def test_real_bits_track_kl(codec: DiffcCodec) -> None:

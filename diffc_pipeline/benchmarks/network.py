@@ -19,28 +19,39 @@ from ..models import load_model
 from ..models.base import alpha_sigma
 from ..models.tiling import Tiling
 
+# (memory layout, autocast dtype or None) of each timed variant; "contiguous" float32 is the network as shipped
+VARIANTS = {
+    "contiguous": (torch.contiguous_format, None),
+    "channels_last": (torch.channels_last, None),
+    "bfloat16": (torch.contiguous_format, torch.bfloat16),
+    "bfloat16_channels_last": (torch.channels_last, torch.bfloat16),
+}
 
-def time_layouts(model_spec: str, cases: Sequence[tuple[int, int, int]], threads: Sequence[int], repeats: int) -> list:
-    """ms per megapixel per call for each ``(batch, height, width)`` and thread count: the default
-    (contiguous) layout against channels-last, interleaved."""
+
+def time_variants(
+    model_spec: str, cases: Sequence[tuple[int, int, int]], threads: Sequence[int], repeats: int
+) -> list:
+    """ms per megapixel per call for each ``(batch, height, width)`` and thread count, for each of
+    :data:`VARIANTS` (memory layout x float32 / bfloat16 autocast, the codec's ``network_precision``),
+    interleaved; speed-ups against the contiguous float32 network."""
     net = load_model(model_spec).net
     rows = []
     with torch.inference_mode():
         for batch, height, width in cases:
             x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
             lam = torch.full((batch,), 2.0)
-            inputs = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
             mp = batch * height * width / 1e6
             for n in threads:
                 torch.set_num_threads(n)
-                best = dict.fromkeys(inputs, float("inf"))
+                best = dict.fromkeys(VARIANTS, float("inf"))
                 for _ in range(repeats + 1):  # the first round warms up and is not counted
-                    for layout, xin in inputs.items():
-                        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                    for name, (fmt, dtype) in VARIANTS.items():
                         net.to(memory_format=fmt)
+                        xin = x.contiguous(memory_format=fmt)
                         t = time.perf_counter()
-                        net(xin, lam)
-                        best[layout] = min(best[layout], time.perf_counter() - t)
+                        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                            net(xin, lam)
+                        best[name] = min(best[name], time.perf_counter() - t)
                 net.to(memory_format=torch.contiguous_format)
                 rows.append(
                     {
@@ -49,7 +60,11 @@ def time_layouts(model_spec: str, cases: Sequence[tuple[int, int, int]], threads
                         "width": width,
                         "threads": n,
                         **{f"{k}_ms_per_mp": round(v * 1000 / mp, 1) for k, v in best.items()},
-                        "channels_last_speedup": round(best["contiguous"] / best["channels_last"], 3),
+                        **{
+                            f"{k}_speedup": round(best["contiguous"] / v, 3)
+                            for k, v in best.items()
+                            if k != "contiguous"
+                        },
                     }
                 )
     return rows

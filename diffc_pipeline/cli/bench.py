@@ -361,13 +361,14 @@ def network(
     ),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
-    """The network's ms per megapixel per call (contiguous vs channels-last, side by side), peak memory of one
-    call tiled and untiled (fresh process each), and what tiling changes in the denoiser's output."""
-    from ..benchmarks.network import peak_memory, tiling_fidelity, time_layouts
+    """The network's ms per megapixel per call (float32 vs bfloat16 autocast, contiguous vs channels-last, side
+    by side), peak memory of one call tiled and untiled (fresh process each), and what tiling changes in the
+    denoiser's output."""
+    from ..benchmarks.network import peak_memory, tiling_fidelity, time_variants
 
     result: dict = {**run_info(), "model": model}
     cases = [(16, 64, 64), (1, 256, 256), (1, 320, 480)]
-    result["timing"] = time_layouts(model, cases, [int(t) for t in threads.split(",")], repeats)
+    result["timing"] = time_variants(model, cases, [int(t) for t in threads.split(",")], repeats)
     for row in result["timing"]:
         console.print(row, highlight=False)
     if tiling_image:

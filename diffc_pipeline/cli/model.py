@@ -66,16 +66,23 @@ def eval_(
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
     device: str = typer.Option("cpu", help="Torch device of the model."),
     allow_pickle: bool = typer.Option(False, help="Load pickled weights (tensors only, weights_only=True)."),
+    network_precision: str = typer.Option(
+        "float32", help="Network arithmetic: float32 or bfloat16 (autocast; the codec's network_precision)."
+    ),
 ) -> None:
     """NELBO in bits/dim on held-out images: continuous time, discrete K-step schedules, and versus t."""
     from ..models import load_model
+    from ..models.precision import at_precision
     from ..training.data import load_encoded_images
     from ..training.evaluate import EvalConfig, evaluate
 
     if t_samples < 1 or batch_size < 1 or grid < 0 or any(k < 1 for k in steps):
         raise DiffcError("--t-samples, --batch-size and --steps must be >= 1, --grid >= 0")
     _set_threads(threads)
-    net = load_model(model, device=device, allow_pickle=allow_pickle)
+    try:
+        net = at_precision(load_model(model, device=device, allow_pickle=allow_pickle), network_precision)
+    except ValueError as exc:
+        raise DiffcError(f"--network-precision: {exc}") from None
     images = load_encoded_images(data, image_column=image_column, limit=limit or None)
     config = EvalConfig(
         t_samples=t_samples,
@@ -90,7 +97,8 @@ def eval_(
         TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         task = progress.add_task("eval", total=len(images))
-        result = evaluate(net, images, config, _model_info(net, model), on_batch=lambda n: progress.advance(task, n))
+        info = {**_model_info(net, model), "network_precision": network_precision}
+        result = evaluate(net, images, config, info, on_batch=lambda n: progress.advance(task, n))
     _print_result(result)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

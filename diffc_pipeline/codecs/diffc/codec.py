@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ...errors import InvalidInputError, ModelMismatchError, StreamError
 from ...models.base import DiffusionModel
+from ...models.precision import at_precision
 from ..base import Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
 from . import prng
@@ -83,8 +84,8 @@ class DiffcCodec(Codec):
     ) -> None:
         if channel not in CHANNELS:
             raise InvalidInputError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS)}")
-        self.model = model
         self.config = config or CodecConfig()
+        self.model = at_precision(model, self.config.network_precision)
         self.channel = channel
         self._logsnrs = torch.from_numpy(self.config.logsnrs())
         supported = has_v2_tables(self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)

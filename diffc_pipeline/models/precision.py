@@ -1,0 +1,51 @@
+"""The network's arithmetic precision: a model whose ``predict_eps`` runs under bfloat16 autocast.
+
+Why: on CPUs with bfloat16 instructions (AVX-512 BF16, AMX) oneDNN's bfloat16 convolutions run the built-in
+U-Net 1.5-2x faster than float32, and the codec's rate barely notices (on 100 Tiny ImageNet val images the
+40-step codec schedule's ideal rate rose 0.1%, its end point's PSNR fell 0.003 dB; docs/benchmarks.md). Only
+the network runs in bfloat16 (autocast keeps norms and softmax in float32): the codec's own algebra and the
+channel coder stay float32/float64, and the output is float32.
+
+A stream depends on the precision its encoder's network ran at (the chain's priors come from the network), so
+the precision is a stream option of the codec (``network_precision``), in its fingerprint and config id, and a
+decoder runs the network at the precision the stream names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import DiffusionModel
+
+PRECISIONS = {"bfloat16": torch.bfloat16}
+
+
+class AutocastModel:
+    """``model`` with its network under autocast to ``dtype``; every other attribute is ``model``'s own."""
+
+    def __init__(self, model: DiffusionModel, dtype: torch.dtype) -> None:
+        self._model = model
+        self._dtype = dtype
+        device = getattr(model, "device", torch.device("cpu"))
+        self._device_type = torch.device(device).type
+
+    def __getattr__(self, name: str) -> Any:  # channels, pad_multiple, identity, schedule, tiling, ...
+        if name == "_model":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+    def predict_eps(self, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self._device_type, dtype=self._dtype):
+            eps = self._model.predict_eps(z, logsnr)
+        return eps.float()
+
+
+def at_precision(model: DiffusionModel, precision: str | None) -> DiffusionModel:
+    """``model`` itself for float32 (``None``), else an :class:`AutocastModel` at ``precision``."""
+    if precision is None or precision == "float32":
+        return model
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown network precision {precision!r}; choose float32 or {', '.join(PRECISIONS)}")
+    return AutocastModel(model, PRECISIONS[precision])
