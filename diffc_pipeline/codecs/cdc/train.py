@@ -282,13 +282,11 @@ def psnr(mse01: torch.Tensor) -> torch.Tensor:
 
 
 # ---- starting from a trained model ---------------------------------------------------------------------
-RATE_TENSORS = ("log_gain", "unet.temb.rate.weight")  # the only weights with one row per rate
-
-
 def remap_rates(
     weights: dict[str, torch.Tensor], src: ModelConfig, lambdas: tuple[float, ...]
 ) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """``src``'s weights and config for a model serving ``lambdas`` (ascending; rate 0 = the lowest): a rate
+    """``src``'s weights and config for a model serving ``lambdas`` (ascending; rate 0 = the lowest). The gains
+    ``log_gain`` and the U-Net's rate embedding are the only weights with a row per rate: a rate
     whose lambda ``src`` has keeps its gains and rate embedding, a new one starts from the nearest lambda's
     (in log) with its gains scaled by ``(lambda / lambda_nearest)^(1/2)``, the rule the gains start from in a
     new model. The default rate keeps its lambda (or the nearest one)."""
