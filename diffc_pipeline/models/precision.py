@@ -1,8 +1,9 @@
 """The network's arithmetic precision: a model whose ``predict_eps`` runs under bfloat16 autocast.
 
 Why: on CPUs with bfloat16 instructions (AVX-512 BF16, AMX) oneDNN's bfloat16 convolutions run the built-in
-U-Net 1.5-2x faster than float32, and the codec's rate barely notices (on 100 Tiny ImageNet val images the
-40-step codec schedule's ideal rate rose 0.1%, its end point's PSNR fell 0.003 dB; docs/benchmarks.md). Only
+U-Net 1.5-2x faster than float32 for little rate: on 500 Tiny ImageNet val images the 40-step codec
+schedule's ideal rate rose 0.10% and its end point's PSNR fell 0.003 dB; real DiffC-F streams (coding and
+reconstruction in bfloat16) on 16 images need 1.4% more bits at equal PSNR (docs/benchmarks.md). Only
 the network runs in bfloat16 (autocast keeps norms and softmax in float32): the codec's own algebra and the
 channel coder stay float32/float64, and the output is float32.
 
