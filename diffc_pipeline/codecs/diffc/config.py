@@ -45,8 +45,8 @@ class CodecConfig:
     ideal rate after 40 steps at 64x64 (``docs/benchmarks.md``).
 
     ``network_precision``: ``None`` (float32, the streams written before it existed) or ``"bfloat16"``: the
-    network runs under bfloat16 autocast on both sides (:mod:`diffc_pipeline.models.precision`), 1.5-2x
-    faster on CPUs with bfloat16 instructions for +0.1% of ideal rate and +1.4% BD-rate on real DiffC-F
+    network runs under bfloat16 autocast on both sides (:mod:`diffc_pipeline.models.precision`), 2.0-2.6x
+    faster on CPUs with bfloat16 instructions for ~0.1% of ideal rate and ~1% BD-rate on real DiffC-F
     streams (Tiny ImageNet val; docs/benchmarks.md). ``"float32"`` is read as ``None``.
     """
 
