@@ -51,33 +51,23 @@ def compare_runs(
     ``anchor``; with ``against``, each chosen curve of ``test`` against that one curve of ``anchor`` (e.g. a
     new codec run with ``--anchors none`` against the AVIF curve of an earlier run on the same images).
     Refuses curves measured on different images: their difference would be the images'."""
-    if against is not None:
-        if against not in anchor["curves"]:
-            raise InvalidInputError(
-                f"curve {against!r} is not in the anchor run; it has: {', '.join(sorted(anchor['curves']))}"
-            )
-        chosen = curves or sorted(test["curves"])
-        missing = sorted(set(chosen) - set(test["curves"]))
-        if missing:
-            raise InvalidInputError(
-                f"curve {', '.join(missing)} is not in the test run; it has: {', '.join(sorted(test['curves']))}"
-            )
-        pairs = [(c, against) for c in chosen]
-    else:
-        shared = sorted(set(anchor["curves"]) & set(test["curves"]))
-        if curves:
-            missing = sorted(set(curves) - set(shared))
-            if missing:
-                raise InvalidInputError(
-                    f"curve {', '.join(missing)} is not in both runs; curves in both: {', '.join(shared) or 'none'}"
-                )
-            shared = [c for c in shared if c in curves]
-        if not shared:
-            raise InvalidInputError(
-                f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
-                f"test: {', '.join(sorted(test['curves']))}); --against CURVE compares with one anchor curve"
-            )
-        pairs = [(c, c) for c in shared]
+    if against is not None and against not in anchor["curves"]:
+        raise InvalidInputError(
+            f"curve {against!r} is not in the anchor run; it has: {', '.join(sorted(anchor['curves']))}"
+        )
+    # the test curves that can be compared: all of the test run's against one anchor curve, else those in both
+    available = sorted(test["curves"]) if against is not None else sorted(set(anchor["curves"]) & set(test["curves"]))
+    where = "the test run; it has" if against is not None else "both runs; curves in both"
+    missing = sorted(set(curves or ()) - set(available))
+    if missing:
+        raise InvalidInputError(f"curve {', '.join(missing)} is not in {where}: {', '.join(available) or 'none'}")
+    chosen = [c for c in available if c in curves] if curves else available
+    if not chosen:
+        raise InvalidInputError(
+            f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
+            f"test: {', '.join(sorted(test['curves']))}); --against CURVE compares with one anchor curve"
+        )
+    pairs = [(c, against or c) for c in chosen]
     out = []
     for curve, base in pairs:
         a_images, t_images = _images(anchor, base), _images(test, curve)

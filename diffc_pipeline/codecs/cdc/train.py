@@ -290,7 +290,7 @@ def remap_rates(
     whose lambda ``src`` has keeps its gains and rate embedding, a new one starts from the nearest lambda's
     (in log) with its gains scaled by ``(lambda / lambda_nearest)^(1/2)``, the rule the gains start from in a
     new model. The default rate keeps its lambda (or the nearest one)."""
-    rates_config(lambdas)
+    fields_for_rates = rates_config(lambdas, src.lambdas[src.default_rate])  # refuses bad lambdas first
     logs = np.log(np.asarray(src.lambdas))
 
     def nearest(lam: float) -> int:
@@ -303,7 +303,7 @@ def remap_rates(
         [gains[j] + 0.5 * float(np.log(lam / src.lambdas[j])) for lam, j in zip(lambdas, rows, strict=True)]
     )
     out["unet.temb.rate.weight"] = weights["unet.temb.rate.weight"].float()[rows]
-    return out, ModelConfig.from_dict({**src.to_dict(), **rates_config(lambdas, src.lambdas[src.default_rate])})
+    return out, ModelConfig.from_dict({**src.to_dict(), **fields_for_rates})
 
 
 def rates_config(lambdas: tuple[float, ...], default_lambda: float | None = None) -> dict:
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DiffcError(f"--lambdas takes comma-separated numbers, got {args.lambdas!r}") from None
         if resume and tuple(cfg.model["lambdas"]) != lambdas:
             raise DiffcError(f"--lambdas: {ckpt} trains lambdas {cfg.model['lambdas']}; they are fixed for a run")
-    init, init_weights = None, None
+    init_weights = None
     if args.init_from is not None:
         from .codec import load_model
 

@@ -19,7 +19,7 @@ from ..base import MAX_CHUNKS
 FORMAT_VERSION = 1
 RECONSTRUCTION_ONLY = ("flow_steps", "ancestral_steps")
 PRIOR_VARIANCES = (None, "count")
-NETWORK_PRECISIONS = (None, "bfloat16")
+NETWORK_PRECISIONS = (None, "bfloat16")  # names models/precision.py maps to dtypes; strings here: no torch import
 
 
 @dataclass(frozen=True)
