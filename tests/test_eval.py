@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from diffc_pipeline.cli import app
 from diffc_pipeline.codecs import resolve
 from diffc_pipeline.errors import DiffcError
-from diffc_pipeline.evaluation.bdrate import bd_rate, pareto_front
+from diffc_pipeline.evaluation.bdrate import bd_rate, pareto_front, rate_at_quality
 from diffc_pipeline.evaluation.classical import GRIDS, Anchor
 from diffc_pipeline.evaluation.data import ImageSource, choose_subset, load_eval_images
 from diffc_pipeline.evaluation.metrics import (
@@ -81,6 +81,16 @@ def test_bd_rate_from_a_quality_floor_averages_above_it_only():
 def test_bd_rate_says_none_without_overlap():
     assert bd_rate([1, 2, 4], [20, 25, 30], [0.1, 0.2], [10, 15]) is None
     assert bd_rate([1], [20], [1, 2], [20, 25]) is None  # one point is no curve
+
+
+def test_rate_at_quality_reads_the_log_rate_curve_inside_its_range_only():
+    """Log-rate linear in quality: PCHIP reproduces the line, so the interpolated rate is exact; a dominated
+    point is no part of the curve; outside the quality range there is no answer (no extrapolation)."""
+    rates, qualities = [1.0, math.e, math.e**2, 5.0], [20.0, 30.0, 40.0, 25.0]  # (5.0, 25) is dominated
+    assert rate_at_quality(rates, qualities, 35.0) == pytest.approx(math.e**1.5, rel=1e-12)
+    assert rate_at_quality(rates, qualities, 20.0) == pytest.approx(1.0, rel=1e-12)
+    assert rate_at_quality(rates, qualities, 19.9) is None and rate_at_quality(rates, qualities, 40.1) is None
+    assert rate_at_quality([1.0], [20.0], 20.0) is None
 
 
 def test_pareto_front_drops_dominated_points():
@@ -452,6 +462,29 @@ def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_
     assert refused.exit_code == 2 and "on other images" in " ".join(refused.output.split())
     missing = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--curve", "avif"])
     assert missing.exit_code == 2 and "not in both runs" in " ".join(missing.output.split())
+    # --points: each point against the anchor curve; a run's own Pareto points lie on its curve (0%), and
+    # b's points against a's curve are their bpp over the rate a's curve needs at their quality
+    own_points = CliRunner().invoke(
+        app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "a"), "--curve", "web*", "--points", "--json"]
+    )
+    assert own_points.exit_code == 0, own_points.output
+    pts = json.loads(own_points.output)
+    assert {(p["curve"], p["metric"]) for p in pts} == {("webp", "psnr"), ("webp", "ms_ssim_db")}
+    assert sorted(p["setting"] for p in pts if p["metric"] == "psnr") == [f"quality={q}" for q in (20, 40, 60, 80)]
+    assert all(p["excess_percent"] == pytest.approx(0.0, abs=1e-9) for p in pts)
+    cross_points = CliRunner().invoke(
+        app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--curve", "webp", "--points", "--json"]
+    )
+    a_curve = doc["curves"]["webp"]
+    for p in json.loads(cross_points.output):
+        need = rate_at_quality([q["bpp"] for q in a_curve], [q[p["metric"]] for q in a_curve], p["quality"])
+        if need is None:
+            assert p["anchor_bpp"] is None and p["excess_percent"] is None
+        else:
+            assert p["excess_percent"] == pytest.approx((p["bpp"] / need - 1) * 100)
+    assert any(p["excess_percent"] is None for p in json.loads(cross_points.output))  # q=90 is above a's q=80
+    unknown = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "a"), "--curve", "x*"])
+    assert unknown.exit_code == 2 and "x* is not in both runs" in " ".join(unknown.output.split())
     # --against: a curve of the test run against another curve of the anchor run, as its own run would say
     cross = CliRunner().invoke(
         app,

@@ -144,9 +144,14 @@ def eval_(
 def eval_compare(
     anchor: Path = typer.Argument(..., help="The eval run to compare against (its directory or results.json)."),
     test: Path = typer.Argument(..., help="The eval run to compare (same images, e.g. another --codec-model)."),
-    curve: list[str] = typer.Option(None, help="Only this curve (repeatable; default: every curve in both)."),
+    curve: list[str] = typer.Option(
+        None, help="Only this curve, or a shell-style pattern such as 'cdc-mean@*' (repeatable; default: all in both)."
+    ),
     against: str = typer.Option(
         None, help="Compare TEST's curves with this one curve of ANCHOR (e.g. avif) instead of the same-named one."
+    ),
+    points: bool = typer.Option(
+        False, "--points", help="Each point's rate against the anchor curve's at its quality, instead of BD-rates."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -154,17 +159,31 @@ def eval_compare(
 
     Rates and qualities are deterministic, so a new model can be compared with the shipped one without running
     the anchors again (e.g. `--anchors none --codec-model NEW` against an earlier run, `--against avif` for its
-    BD-rate against that run's AVIF curve). Negative: TEST needs fewer bits for the same quality.
+    BD-rate against that run's AVIF curve). Negative: TEST needs fewer bits for the same quality. `--points`
+    measures each point on its own, e.g. every prefix of a progressive codec against its direct curve: `diffc
+    eval-compare RUN RUN --curve 'cdc-mean@*' --against cdc-mean --points`.
     """
     import json
 
     from rich.table import Table
 
-    from ..evaluation.compare import compare_runs, load_run
+    from ..evaluation.compare import compare_points, compare_runs, load_run
 
-    rows = compare_runs(load_run(anchor), load_run(test), curve or None, against)
+    a, t = load_run(anchor), load_run(test)
+    rows = (compare_points if points else compare_runs)(a, t, curve or None, against)
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in rows], indent=1))
+        return
+    if points:
+        table = Table(title=f"Points of {test} against the curves of {anchor} (positive: more bits than the curve)")
+        for col in ("curve", "against", "metric", "setting", "bpp", "quality (dB)", "curve's bpp", "excess"):
+            table.add_column(col)
+        for p in rows:
+            need = "outside" if p.anchor_bpp is None else f"{p.anchor_bpp:.4f}"
+            excess = "-" if p.excess_percent is None else f"{p.excess_percent:+.1f}%"
+            cells = (str(p.setting), f"{p.bpp:.4f}", f"{p.quality:.2f}", need, excess)
+            table.add_row(p.curve, p.against, p.metric, *cells)
+        Console().print(table)
         return
     table = Table(title=f"BD-rate of {test} against {anchor} (negative: fewer bits)")
     for col in ("curve", "against", "metric", "BD-rate", "overlap", "points (anchor / test)"):

@@ -31,6 +31,16 @@ def pareto_front(rates: Sequence[float], qualities: Sequence[float]) -> tuple[np
     return arr[:, 0], arr[:, 1]
 
 
+def rate_at_quality(rates: Sequence[float], qualities: Sequence[float], quality: float) -> float | None:
+    """The rate the curve needs for ``quality``: its log-rate PCHIP-interpolated as in :func:`bd_rate`, so a
+    point's excess and a BD-rate read the same curve; ``None`` outside the curve's quality range (no
+    extrapolation) or where it has fewer than two Pareto points."""
+    r, q = pareto_front(rates, qualities)
+    if len(r) < 2 or r[0] <= 0 or not q[0] <= quality <= q[-1]:
+        return None
+    return float(np.exp(PchipInterpolator(q, np.log(r))(quality)))
+
+
 @dataclass(frozen=True)
 class BdRate:
     percent: float  # negative: the test curve needs fewer bits than the anchor at equal quality

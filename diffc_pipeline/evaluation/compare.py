@@ -8,12 +8,13 @@ compared: they are not deterministic, and a comparison of times belongs in one r
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .bdrate import bd_rate
+from .bdrate import bd_rate, rate_at_quality
 from .report import QUALITY_METRICS
 
 
@@ -44,13 +45,23 @@ def _images(doc: dict, curve: str) -> set[str]:
     return {r["image"] for r in doc["records"] if r.get("variant") == curve}
 
 
-def compare_runs(
-    anchor: dict, test: dict, curves: list[str] | None = None, against: str | None = None
-) -> list[CurveComparison]:
-    """BD-rate (PSNR and MS-SSIM in dB) of every curve both runs hold (or only ``curves``), ``test`` against
-    ``anchor``; with ``against``, each chosen curve of ``test`` against that one curve of ``anchor`` (e.g. a
-    new codec run with ``--anchors none`` against the AVIF curve of an earlier run on the same images).
-    Refuses curves measured on different images: their difference would be the images'."""
+@dataclass(frozen=True)
+class PointComparison:
+    curve: str  # the test run's curve the point lies on
+    against: str  # the anchor run's curve it is measured against
+    metric: str
+    setting: object  # the point's setting (a prefix length, a quality, a grid point)
+    bpp: float
+    quality: float
+    anchor_bpp: float | None  # the rate the anchor curve needs for the same quality; None: outside its range
+    excess_percent: float | None  # bpp / anchor_bpp - 1: positive, the point costs more bits than the curve
+
+
+def _select(anchor: dict, test: dict, curves: list[str] | None, against: str | None) -> list[tuple[str, str]]:
+    """(test curve, anchor curve) pairs: every curve both runs hold, or those matching ``curves`` (names or
+    shell-style patterns, e.g. ``cdc-mean@*`` for every prefix curve), each against the same-named anchor curve
+    or against the one curve ``against``. Refuses pairs measured on different images: their difference would be
+    the images'."""
     if against is not None and against not in anchor["curves"]:
         raise InvalidInputError(
             f"curve {against!r} is not in the anchor run; it has: {', '.join(sorted(anchor['curves']))}"
@@ -58,17 +69,16 @@ def compare_runs(
     # the test curves that can be compared: all of the test run's against one anchor curve, else those in both
     available = sorted(test["curves"]) if against is not None else sorted(set(anchor["curves"]) & set(test["curves"]))
     where = "the test run; it has" if against is not None else "both runs; curves in both"
-    missing = sorted(set(curves or ()) - set(available))
+    missing = [c for c in curves or () if not fnmatch.filter(available, c)]
     if missing:
         raise InvalidInputError(f"curve {', '.join(missing)} is not in {where}: {', '.join(available) or 'none'}")
-    chosen = [c for c in available if c in curves] if curves else available
+    chosen = [c for c in available if any(fnmatch.fnmatchcase(c, p) for p in curves)] if curves else available
     if not chosen:
         raise InvalidInputError(
             f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
             f"test: {', '.join(sorted(test['curves']))}); --against CURVE compares with one anchor curve"
         )
     pairs = [(c, against or c) for c in chosen]
-    out = []
     for curve, base in pairs:
         a_images, t_images = _images(anchor, base), _images(test, curve)
         if a_images != t_images:
@@ -78,6 +88,17 @@ def compare_runs(
                 f"vs {len(a_images)}; e.g. {', '.join(only[:3])} in one only): run both with the same images "
                 "and --limit"
             )
+    return pairs
+
+
+def compare_runs(
+    anchor: dict, test: dict, curves: list[str] | None = None, against: str | None = None
+) -> list[CurveComparison]:
+    """BD-rate (PSNR and MS-SSIM in dB) of every curve both runs hold (or only ``curves``), ``test`` against
+    ``anchor``; with ``against``, each chosen curve of ``test`` against that one curve of ``anchor`` (e.g. a
+    new codec run with ``--anchors none`` against the AVIF curve of an earlier run on the same images)."""
+    out = []
+    for curve, base in _select(anchor, test, curves, against):
         a, t = anchor["curves"][base], test["curves"][curve]
         for metric in QUALITY_METRICS:
             res = bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t])
@@ -91,4 +112,22 @@ def compare_runs(
                     (len(a), len(t)),
                 )
             )
+    return out
+
+
+def compare_points(
+    anchor: dict, test: dict, curves: list[str] | None = None, against: str | None = None
+) -> list[PointComparison]:
+    """Each point of the chosen test curves against the anchor curve, one by one: the rate the curve needs for
+    the point's quality and the point's excess over it. What a BD-rate averages away: e.g. how far each prefix
+    of a progressive stream lies from direct coding at that rate (``--curve 'cdc-mean@*' --against cdc-mean``,
+    one run given twice)."""
+    out = []
+    for curve, base in _select(anchor, test, curves, against):
+        a = anchor["curves"][base]
+        for metric in QUALITY_METRICS:
+            for p in test["curves"][curve]:
+                need = rate_at_quality([q["bpp"] for q in a], [q[metric] for q in a], p[metric])
+                excess = None if need is None else (p["bpp"] / need - 1.0) * 100.0
+                out.append(PointComparison(curve, base, metric, p.get("setting"), p["bpp"], p[metric], need, excess))
     return out
