@@ -64,6 +64,20 @@ def test_open_archive_describes_the_archive(archives) -> None:
     assert info["ok"] == 5 and info["codec"]["num_chunks"] == 1
 
 
+def test_an_archive_made_with_the_photo_model_names_it_and_decodes_with_it(ray_cluster, tmp_path) -> None:
+    """``model="photo"`` is recorded by name, so the archive decodes without naming its model again (in this
+    process and through the CLI alike); the built-in model is refused for it."""
+    write_images(tmp_path / "in", 2)
+    dp.compress(str(tmp_path / "in"), str(tmp_path / "a"), model="photo", codec_options={"num_steps": 2}, **FAST)
+    arch = dp.open_archive(str(tmp_path / "a"))
+    assert (arch.model["spec"], arch.model["name"]) == ("photo", "diffc-unet-photos")
+    alone = dict(arch.decode(step=2, recon_steps=2))
+    cli = _cli_decode(str(tmp_path / "a"), tmp_path / "cli", "--step", "2", "--decode-opt", "recon_steps=2")
+    assert set(alone) == set(cli) and all(np.array_equal(alone[k], cli[k]) for k in cli)
+    with pytest.raises(DiffcError, match="diffc-unet-photos"):
+        next(arch.decode(step=2, model="builtin"))
+
+
 def test_decode_by_bpp_reads_the_longest_prefix_within_the_rate(archives) -> None:
     rows = {r["id"]: r for r in dp.open_archive(archives["diffc"]).rows().to_pylist()}
     target = max(r["cum_bits"][1] / (r["height"] * r["width"]) for r in rows.values())

@@ -14,6 +14,7 @@ import torch
 from diffc_pipeline.errors import ModelLoadError
 from diffc_pipeline.models import (
     BUILTIN_DIR,
+    SHIPPED_MODELS,
     DiffusionModel,
     LinearSchedule,
     load_builtin,
@@ -54,6 +55,23 @@ def test_builtin_model_loads() -> None:
     eps = model.predict_eps(z, logsnr)
     assert eps.shape == z.shape and torch.isfinite(eps).all()
     assert len(model.identity.sha256) == 64
+
+
+# The photo model's identity, pinned: its figures in docs/benchmarks.md were measured with these weights.
+PHOTO_ID = "0cfec7a08782b820"
+
+
+def test_photo_model_is_a_second_shipped_model_of_the_same_network() -> None:
+    """``--model photo`` loads its own release (another identity: its streams are not the built-in model's)
+    with the built-in model's architecture, schedule and file layout."""
+    builtin, photo = load_model("builtin"), load_model("photo")
+    assert photo.identity.name == "diffc-unet-photos" and photo.identity.sha256.startswith(PHOTO_ID)
+    assert photo.identity.sha256 != builtin.identity.sha256
+    configs = [json.loads((SHIPPED_MODELS[m] / "config.json").read_text()) for m in ("builtin", "photo")]
+    assert configs[0]["unet"] == configs[1]["unet"] and configs[0]["schedule"] == configs[1]["schedule"]
+    assert configs[1]["init_from"]["name"] == "diffc-unet-tin64"  # trained from the built-in release
+    for directory in SHIPPED_MODELS.values():  # release weights: fp16, under the 10 MB rule
+        assert (directory / "model.safetensors").stat().st_size < 10_000_000
 
 
 def test_builtin_missing_weights_says_how_to_make_them(tmp_path: Path) -> None:
@@ -104,7 +122,7 @@ def test_fp16_model_is_smaller_and_close(tmp_path: Path) -> None:
 
 
 def test_unknown_model_specs_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="'builtin', 'gaussian' or a PATH"):
+    with pytest.raises(ModelLoadError, match="'builtin', 'photo', 'gaussian' or a PATH"):
         load_model(str(tmp_path / "missing"))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")

@@ -41,7 +41,7 @@ def emit(result: dict, json_path: Path | None) -> None:
 @bench_app.command("rcc")
 @friendly_errors
 def rcc(
-    model: str = typer.Option("builtin", help="Model for the speed part: builtin, gaussian or PATH."),
+    model: str = typer.Option("builtin", help="Model for the speed part: builtin, photo, gaussian or PATH."),
     configs: str = typer.Option(
         "12:12:1.2,12:13:1.2,8:12:1.25,8:12:1.0",
         help="Comma-separated chunk_bits:candidate_log2:target_gain channel settings to compare (first: the default).",
@@ -84,7 +84,7 @@ def rcc(
 def speed(
     codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
     codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
-    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or PATH (default: builtin)."),
+    model: str = typer.Option(None, help="The codec's model: builtin, photo, gaussian or PATH (default: builtin)."),
     data: str = typer.Option("", help="Parquet/image URL of the 64x64 images (default: bundled samples)."),
     images: int = typer.Option(16, min=1, help="64x64 images to encode and decode."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
@@ -121,7 +121,9 @@ def pipeline(
     sizes: str = typer.Option("16,48", help="Comma-separated image counts N for the pipeline runs."),
     codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
     codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
-    model: str = typer.Option(None, help="The codec's model: builtin, gaussian or a directory (default: builtin)."),
+    model: str = typer.Option(
+        None, help="The codec's model: builtin, photo, gaussian or a directory (default: builtin)."
+    ),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call (both sides)."),
     shard_size: int = typer.Option(1000, min=1, help="Images per shard."),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),

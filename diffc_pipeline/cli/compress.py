@@ -32,7 +32,9 @@ def compress(
     codec_opt: list[str] = typer.Option(
         [], "--codec-opt", help="Codec option KEY=VALUE (repeatable; `diffc codecs` lists each codec's)."
     ),
-    model: str = typer.Option(None, help="The codec's model: 'builtin', 'gaussian' or a directory (default: builtin)."),
+    model: str = typer.Option(
+        None, help="The codec's model: 'builtin', 'photo', 'gaussian' or a directory (default: builtin)."
+    ),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     seed: int = typer.Option(0, help="Dataset seed; each image's seed derives from it and the image id."),
     steps: int = typer.Option(None, min=1, help="DiffC's coding steps (same as --codec-opt num_steps=N)."),

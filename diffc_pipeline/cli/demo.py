@@ -15,7 +15,7 @@ from ._common import console, friendly_errors
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Folder for the archives and the decoded PNGs."),
-    model: str = typer.Option("builtin", help="DiffC's model: 'builtin', 'gaussian' or a model directory."),
+    model: str = typer.Option("builtin", help="DiffC's model: 'builtin', 'photo', 'gaussian' or a model directory."),
     steps: str = typer.Option("", help="Two DiffC prefixes to decode at, e.g. '10,40' (default: K/4, K)."),
     cdc: bool = typer.Option(True, help="Also run CDC (skipped with a note if its weights are not shipped)."),
 ) -> None:

@@ -43,7 +43,9 @@ def eval_(
         "jpeg,webp,avif",
         help="Classical anchors (registry codecs): jpeg, webp, avif, jxl; comma-separated, 'none' to skip.",
     ),
-    model: str = typer.Option("builtin", help="DiffC's diffusion model: 'builtin', 'gaussian' or a model directory."),
+    model: str = typer.Option(
+        "builtin", help="DiffC's diffusion model: 'builtin', 'photo', 'gaussian' or a model directory."
+    ),
     channels: str = typer.Option("rcc,ideal", help="DiffC channels: rcc (real bitstream), ideal ('none': no DiffC)."),
     methods: str = typer.Option("all", help="DiffC reconstructions, comma-separated ('all': flow,ancestral,denoise)."),
     steps: str = typer.Option("auto", help="DiffC prefixes: 'auto' (~8 spread), 'all', or e.g. '1,2,4,8,16'."),

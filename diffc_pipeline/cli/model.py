@@ -18,7 +18,9 @@ model_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-MODEL_HELP = "'builtin', 'gaussian', or a PATH to a model directory (diffc or diffusers)."
+MODEL_HELP = (
+    "'builtin', 'photo' (for full-size photos), 'gaussian', or a PATH to a model directory (diffc or diffusers)."
+)
 
 
 def _set_threads(threads: int) -> None:

@@ -1,10 +1,11 @@
 """Diffusion models behind one interface, and :func:`load_model`, which turns a ``--model`` value into one.
 
-``--model`` takes ``builtin`` (the weights shipped in ``models/builtin/``), ``gaussian`` (an analytic model,
-for tests and baselines), or a PATH: a diffc model directory (``config.json`` + ``model.safetensors``), its
-weight file, or a local diffusers folder (``UNet2DModel`` + scheduler config). Pickled weights are refused
-unless ``allow_pickle`` - and even then read with ``torch.load(weights_only=True)``, which unpickles tensors
-only.
+``--model`` takes ``builtin`` (the weights shipped in ``models/builtin/``, trained on Tiny ImageNet 64x64),
+``photo`` (``models/photo/``: the same network fine-tuned on crops of full-size photos), ``gaussian`` (an
+analytic model, for tests and baselines), or a PATH: a diffc model directory (``config.json`` +
+``model.safetensors``), its weight file, or a local diffusers folder (``UNet2DModel`` + scheduler config).
+Pickled weights are refused unless ``allow_pickle`` - and even then read with
+``torch.load(weights_only=True)``, which unpickles tensors only.
 """
 
 from __future__ import annotations
@@ -31,10 +32,17 @@ from .storage import (
     save_unet_model,
 )
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+# The models every installation ships, by the --model name that picks them (their directories are release
+# weights, committed); ``builtin`` is the default.
+SHIPPED_MODELS = {name: Path(__file__).resolve().parent / name for name in ("builtin", "photo")}
+BUILTIN_DIR = SHIPPED_MODELS["builtin"]
+# Names a --model value may take that every installation resolves the same way (an archive records them).
+NAMED_MODELS = (*SHIPPED_MODELS, "gaussian")
 
 __all__ = [
     "BUILTIN_DIR",
+    "NAMED_MODELS",
+    "SHIPPED_MODELS",
     "DiffusionModel",
     "LinearSchedule",
     "ModelIdentity",
@@ -49,14 +57,16 @@ __all__ = [
 
 
 def load_model(spec: str, device: str = "cpu", allow_pickle: bool = False) -> DiffusionModel:
-    """``builtin``, ``gaussian`` or a PATH (see the module docstring) -> a ready, eval-mode model."""
-    if spec == "builtin":
-        return load_builtin(BUILTIN_DIR, device)
+    """``builtin``, ``photo``, ``gaussian`` or a PATH (see the module docstring) -> a ready, eval-mode model."""
+    if spec in SHIPPED_MODELS:
+        return load_builtin(SHIPPED_MODELS[spec], device)
     if spec == "gaussian":
         return _load_gaussian()
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ModelLoadError(f"model {spec!r}: no such file or directory (expected 'builtin', 'gaussian' or a PATH)")
+        raise ModelLoadError(
+            f"model {spec!r}: no such file or directory (expected 'builtin', 'photo', 'gaussian' or a PATH)"
+        )
     if path.is_file():
         return _load_weight_file(path, device, allow_pickle)
     if _is_diffc_dir(path):
@@ -72,7 +82,7 @@ def load_model(spec: str, device: str = "cpu", allow_pickle: bool = False) -> Di
 
 
 def load_builtin(directory: Path, device: str = "cpu") -> DiffusionModel:
-    """The shipped model; until release weights exist, say how to make them instead of a bare file error."""
+    """A shipped model; until its release weights exist, say how to make them instead of a bare file error."""
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
         raise ModelLoadError(
             f"the built-in weights are not shipped yet ({directory} holds no {CONFIG_NAME} + "

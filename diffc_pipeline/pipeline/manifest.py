@@ -26,8 +26,6 @@ from ..errors import ArchiveError, ModelMismatchError
 from .archive import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
 
 MANIFEST_NAME = "manifest.json"
-# Model specs that name a model every installation has: the default for decoding an archive made with one.
-NAMED_MODELS = ("builtin", "gaussian")
 
 
 def now() -> str:
@@ -87,6 +85,9 @@ class Manifest:
         codec = {k: v for k, v in description.items() if k != "model"}
         model = description.get("model")
         if model is not None:
+            from ..models import NAMED_MODELS  # here, not at the top: reading a manifest needs no torch
+
+            # a name every installation has is the default for decoding the archive
             model = {**model, "spec": model_spec if model_spec in NAMED_MODELS else None}
         return cls(codec=codec, model=model, **fields)
 
