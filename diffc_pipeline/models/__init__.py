@@ -85,7 +85,7 @@ def load_builtin(directory: Path, device: str = "cpu") -> DiffusionModel:
     """A shipped model; until its release weights exist, say how to make them instead of a bare file error."""
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
         raise ModelLoadError(
-            f"the built-in weights are not shipped yet ({directory} holds no {CONFIG_NAME} + "
+            f"the {directory.name!r} model's weights are not shipped yet ({directory} holds no {CONFIG_NAME} + "
             f"{WEIGHTS_NAME}); "
             "train them with `diffc train --data URL --out RUN`, then `diffc model export RUN/checkpoint "
             f"{directory} --fp16`, or pass --model PATH to a model directory"
