@@ -64,9 +64,8 @@ def load_model(spec: str, device: str = "cpu", allow_pickle: bool = False) -> Di
         return _load_gaussian()
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ModelLoadError(
-            f"model {spec!r}: no such file or directory (expected 'builtin', 'photo', 'gaussian' or a PATH)"
-        )
+        names = ", ".join(repr(name) for name in NAMED_MODELS)
+        raise ModelLoadError(f"model {spec!r}: no such file or directory (expected {names} or a PATH)")
     if path.is_file():
         return _load_weight_file(path, device, allow_pickle)
     if _is_diffc_dir(path):
