@@ -94,6 +94,22 @@ def test_every_codec_keeps_the_contract(name: str) -> None:
         codec.decompress(items, codec.num_chunks + 1)
 
 
+# What eval charges of each codec's header: the image's own shape (DiffC v2: a one-byte varint for a side
+# <= 64 plus one for the width when not square; CDC: two u16), a classical codec's whole (empty) header.
+CHARGED_HEADER_BITS = {"diffc": 16, "cdc": 32}
+
+
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_eval_charges_each_codec_the_shape_its_header_codes(name: str) -> None:
+    codec = _build(name)
+    item = codec.compress(_images(1), [5])[0]
+    assert codec.image_header_bits(item) == CHARGED_HEADER_BITS.get(name, 0)
+    if item.header:  # the rest of the header (magic, ids, seed, checks) is what every image shares or derives
+        assert 8 * len(item.header) > codec.image_header_bits(item)
+        with pytest.raises(StreamError):
+            codec.image_header_bits(Encoded(item.header[:5], item.chunks))
+
+
 @pytest.mark.parametrize("name", [n for n in AVAILABLE if n not in ("diffc", "cdc")])
 def test_classical_codecs_decode_the_same_in_a_fresh_process(name: str, tmp_path: Path) -> None:
     codec = _build(name)

@@ -324,15 +324,16 @@ def test_eval_a_progressive_codec_decodes_every_prefix_and_reports_its_estimate(
         assert r["num_chunks"] == 3 and r["decode_options"] == {"method": "denoise", "recon_steps": 0}
         assert r["estimated_bits"] > 0 and r["bpp"] == pytest.approx(r["bits"] / 256)
     sweep = {(r["image"], r["steps"]): r for r in doc["records"] if r["variant"] == "diffc-rcc-denoise"}
-    for r in prefixes:  # the whole header plus k chunks (eval's DiffC rows charge 4 bytes of the header)
+    for r in prefixes:  # both paths charge the same bits: k chunks plus the shape the header codes
         same = sweep[(r["image"], r["setting"])]
-        # DiffC stream version 2 at 16x16: 22 bytes plus a one-byte shape
-        assert r["stream_header_bytes"] == 23 and r["bits"] == 8 * (23 + same["bytes"] - same["header_bytes"])
+        # DiffC stream version 2 at 16x16: 22 dataset-wide bytes plus a one-byte shape
+        assert r["stream_header_bytes"] == 23 and r["header_bytes"] == same["header_bytes"] == 1
+        assert r["bits"] == same["bits"] == 8 * same["bytes"]
         assert r["estimated_bits"] == pytest.approx(same["kl_bits"])
     (point,) = doc["curves"]["diffc-denoise"]
-    assert point["payload_over_estimate"] == pytest.approx(
-        (point["bpp"] - point["stream_header_bpp"]) / point["estimated_bpp"]
-    )
+    assert point["header_bpp"] == pytest.approx(8 / 256) and point["stream_header_bpp"] == pytest.approx(23 * 8 / 256)
+    payload = point["bpp"] - point["header_bpp"]
+    assert point["payload_over_estimate"] == pytest.approx(payload / point["estimated_bpp"])
     assert {r["image"]: r["stream_sha256"] for r in full} == {im: r["stream_sha256"] for (im, _), r in sweep.items()}
     assert ("diffc-denoise", "diffc-rcc-flow") not in {(b["test"], b["anchor"]) for b in doc["bd_rates"]}  # no flow
 

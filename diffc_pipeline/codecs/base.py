@@ -139,6 +139,19 @@ class Codec(ABC):
         :class:`~diffc_pipeline.errors.StreamError` when the header does not parse.
         """
 
+    def image_header_bits(self, item: Encoded) -> int:
+        """Bits of ``item``'s header that are this image's own information, not dataset-wide metadata.
+
+        Rate-distortion figures (``diffc eval``) charge an image these bits plus its chunks' bytes, the
+        project's definition of a rate: "everything needed to decode the image except dataset-wide metadata".
+        What an archive's manifest holds or derives for every image (magic, version, model and configuration
+        ids, options, the seed - derived from the run seed and the image id - and integrity checks) is not
+        charged; the whole header's size is reported beside the rate. The default charges the whole header,
+        which is right for codecs that write none (the classical ones: their file, headers and all, is the
+        chunk); the diffusion codecs charge the shape their header codes.
+        """
+        return 8 * len(item.header or b"")
+
     # ---- shared helpers ------------------------------------------------------------------------------
     @classmethod
     def parse_decode_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,10 @@ This is how a learned codec without DiffC's sweep capability (CDC: ``--codec cdc
 --decode-opt method=mean,diffusion``) gets curves beside DiffC and the anchors, through nothing but the codec
 contract: ``compress`` once per grid point, ``decompress`` per decode combination and prefix.
 
-Rates are the real bits of what a reader needs, :meth:`~diffc_pipeline.codecs.Encoded.prefix_bits` (the
-codec's per-image header plus the first ``k`` chunks), and where the codec reports its own estimate
-(``Encoded.estimated_bits``) it is recorded beside them.
+Rates are the real bits of what one image needs besides dataset-wide metadata, as DiffC's are charged: the
+first ``k`` chunks plus :meth:`~diffc_pipeline.codecs.Codec.image_header_bits` (the shape CDC's header codes;
+a classical codec's whole file). The whole stream header's size is recorded beside them
+(``stream_header_bytes``), and where the codec reports its own estimate (``Encoded.estimated_bits``), that too.
 
 Curves (variants): ``NAME[-DECODE]`` holds the whole streams, one point per grid point - the codec's RD curve,
 the one BD-rates are taken on; for a progressive codec ``NAME[-DECODE]@POINT`` holds the prefixes of one grid
@@ -137,7 +138,8 @@ def run_grid(
                     for i, image in enumerate(batch):
                         item = items[i]
                         pixels = image.pixels.shape[0] * image.pixels.shape[1]
-                        bits = item.prefix_bits(k)
+                        header_bits = codec.image_header_bits(item)
+                        bits = header_bits + item.prefix_bits(k) - 8 * len(item.header)
                         estimate = item.estimated_bits
                         rec = {
                             **quality_record(image, recon[i], perceptual),
@@ -148,6 +150,7 @@ def run_grid(
                             "num_chunks": len(item.chunks),
                             "bits": bits,
                             "bytes": bits // 8,
+                            "header_bytes": header_bits // 8,
                             "stream_header_bytes": len(item.header),
                             "bpp": bits / pixels,
                             "estimated_bits": float(sum(estimate[:k])) if len(estimate) >= k else None,

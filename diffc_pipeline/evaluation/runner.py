@@ -29,7 +29,7 @@ from .perceptual import PerceptualMetrics
 # from the run seed and the image id (:func:`~diffc_pipeline.seeds.image_seed`, as archives derive it from
 # theirs), and the model id, codec configuration, magic, version and CRC of DiffC's standalone stream header
 # are the same for every image, so they are dataset-wide; the whole header's cost is reported apart as
-# ``stream_header_bytes``. (Other codecs are charged their whole header: see :mod:`.grid`.)
+# ``stream_header_bytes``. Every codec in eval is charged this way (``Codec.image_header_bits``; :mod:`.grid`).
 # DiffC's channels in eval: ``rcc`` is the registry's codec (the real bitstream), ``ideal`` its bits-free twin
 CHANNELS = ("rcc", "ideal")
 

@@ -18,6 +18,9 @@ from ...errors import StreamError
 MAGIC = b"CDC"
 VERSION = 1
 _FIXED = struct.Struct(">3sB4sBBHHQ")
+# The header's own information about one image: its height and width (two u16). Everything else in it is the
+# same for every image of an archive or derived there (the seed: from the run seed and the image id).
+SHAPE_BITS = 32
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ...errors import InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
 from ..base import Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
-from .bitstream import Header, chunk_check
+from .bitstream import SHAPE_BITS, Header, chunk_check
 from .config import CdcOptions, ModelConfig
 from .entropy import PMF_TOTAL, ChunkReader, ChunkWriter, gaussian_bits, scale_indices, scale_table, tabulate_prior
 from .model import CdcModel, alpha_bar, count_parameters
@@ -279,6 +279,13 @@ class CdcCodec(Codec):
         """The size in the stream's header (checked: length, magic, version, CRC); nothing else is read."""
         h = Header.unpack(item.header)
         return h.height, h.width
+
+    def image_header_bits(self, item: Encoded) -> int:
+        """The image's shape as the header codes it (two u16, 32 bits); the rest of the header (magic,
+        version, model id, rate, chunk count, seed, checks, CRC) is what every image of an archive shares or
+        derives (see :meth:`Codec.image_header_bits`)."""
+        Header.unpack(item.header)
+        return SHAPE_BITS
 
     @torch.no_grad()
     def compress(self, images: np.ndarray, seeds: Sequence[int]) -> list[Encoded]:

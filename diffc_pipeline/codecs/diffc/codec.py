@@ -259,6 +259,11 @@ class DiffcCodec(Codec):
         header = Header.unpack(bytes(item.header or b""))
         return header.height, header.width
 
+    def image_header_bits(self, item: Encoded) -> int:
+        """The shape as the stream's header codes it (``Header.shape_bits``: a varint in version 2, one byte
+        at 64x64; 32 bits in version 1); see :meth:`Codec.image_header_bits`."""
+        return Header.unpack(bytes(item.header or b"")).shape_bits
+
     def _prefix_lengths(self, streams: Sequence[EncodedImage], prefix: int | Sequence[int] | None) -> list[int]:
         if not streams:
             raise InvalidInputError("no streams to decode")
