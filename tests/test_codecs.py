@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -166,6 +167,17 @@ def test_codecs_command_lists_options_and_decode_options() -> None:
     assert info["diffc"]["options"]["num_steps"] == 40 and info["diffc"]["progressive"] is True
     assert info["diffc"]["decode_options"]["method"]["choices"] == ["flow", "ancestral", "denoise"]
     assert info["webp"]["options"] == {"quality": 75} and info["webp"]["decode_options"] == {}
+    # the human listing, in a narrow terminal, still shows every option's name and default whole
+    env = {**os.environ, "COLUMNS": "60"}
+    listing = subprocess.run(
+        [sys.executable, "-m", "diffc_pipeline", "codecs"], capture_output=True, text=True, env=env, check=True
+    ).stderr
+    assert max(map(len, listing.splitlines())) <= 60
+    words = set(listing.replace(",", " ").split())
+    for c in info.values():
+        assert {f"{k}={v}" for k, v in c["options"].items()} <= words, c["name"]
+        decode = {f"{k}={v['default']}" for k, v in c["decode_options"].items() if isinstance(v, dict)}
+        assert decode <= words, c["name"]
 
 
 # ---- archives ------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ._common import console, friendly_errors
 
@@ -48,21 +47,21 @@ def codecs(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
     if as_json:
         typer.echo(json.dumps(info, indent=1, default=str))
         return
-    table = Table("codec", "progressive", "model", "--codec-opt (defaults)", "decode options", title="codecs")
+    # A block per codec rather than a table: its lines wrap between options, so a narrow terminal still shows
+    # every option's name and default (a five-column table had to cut them).
     for c in info:
-        table.add_row(
-            f"{c['name']}\n[dim]{escape(c['summary'])}[/dim]",
-            {True: "yes", False: "no", None: "?"}[c["progressive"]],
-            c["default_model"] or "-",
-            ", ".join(f"{k}={v}" for k, v in c["options"].items()),
-            ", ".join(
-                f"{k}={v['default']}" + (f" ({'|'.join(map(str, v['choices']))})" if v.get("choices") else "")
-                if isinstance(v, dict)
-                else f"{k}: {v}"
-                for k, v in c["decode_options"].items()
-            ),
+        progressive = {True: "progressive", False: "not progressive", None: "progressive: ?"}[c["progressive"]]
+        model = f", model {c['default_model']}" if c["default_model"] else ""
+        console.print(f"[bold]{c['name']}[/bold]: {escape(c['summary'])} [dim]({progressive}{model})[/dim]")
+        options = ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "none"
+        console.print(f"  --codec-opt: {escape(options)}")
+        decode = ", ".join(
+            f"{k}={v['default']}" + (f" ({'|'.join(map(str, v['choices']))})" if v.get("choices") else "")
+            if isinstance(v, dict)
+            else f"{k}: {v}"
+            for k, v in c["decode_options"].items()
         )
-    console.print(table)
+        console.print(f"  decode options: {escape(decode or 'none')}")
 
 
 def register(app: typer.Typer) -> None:
