@@ -518,6 +518,40 @@ def test_shipped_weights_keep_their_id_and_fit_the_file_limit():
     assert all(p.stat().st_size < 10_000_000 for p in BUILTIN.iterdir())
 
 
+def test_refinement_is_a_bounded_stream_option(tiny_model):
+    plain = codec(tiny_model, rate=1)
+    assert codec(tiny_model, rate=1, refine_steps=0).fingerprint == plain.fingerprint
+    assert codec(tiny_model, rate=1, refine_steps=5).fingerprint != plain.fingerprint  # archives record it
+    for bad in (-1, 2001):
+        with pytest.raises(InvalidInputError, match="refine_steps"):
+            codec(tiny_model, refine_steps=bad)
+
+
+@shipped
+def test_refinement_lowers_the_rate_distortion_loss_of_real_streams():
+    """The loss the model was trained on, on real bytes and real pixels (bpp charged as eval charges it, MSE of
+    the mean decoder): 60 refinement steps lower it on the bundled 64x64 samples (measured: -3.5%; 100 steps
+    -4.4%). Refinement changes only which latents the encoder writes: the streams decode with a codec built
+    without the option, and an image's stream does not depend on its batch."""
+    from diffc_pipeline.samples import SAMPLES_DIR
+
+    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(SAMPLES_DIR.glob("val_*.jpg"))])
+    model = load_model("builtin")
+    lam = model.cfg.lambdas[2]
+    plain, refined = CdcCodec(model, CdcOptions(rate=2)), CdcCodec(model, CdcOptions(rate=2, refine_steps=60))
+    seeds = list(range(len(x)))
+
+    def loss(c: CdcCodec, enc: list) -> float:
+        bits = sum(c.image_header_bits(e) + 8 * sum(map(len, e.chunks)) for e in enc)
+        mse = ((c.decompress(enc, method="mean").astype(float) - x) ** 2).mean()
+        return bits / x[..., 0].size + lam * mse
+
+    enc = refined.compress(x, seeds)
+    assert loss(refined, enc) < 0.98 * loss(plain, plain.compress(x, seeds))
+    assert refined.compress(x[1:2], seeds[1:2])[0] == enc[1]
+    assert np.array_equal(plain.decompress(enc[:2], steps=2), refined.decompress(enc[:2], steps=2))
+
+
 @shipped
 def test_shipped_decode_is_identical_across_batch_and_threads(images):
     c = CdcCodec(load_model("builtin"), CdcOptions(rate=2))

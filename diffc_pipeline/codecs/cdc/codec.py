@@ -36,8 +36,11 @@ from .bitstream import SHAPE_BITS, Header, chunk_check
 from .config import CdcOptions, ModelConfig
 from .entropy import PMF_TOTAL, ChunkReader, ChunkWriter, gaussian_bits, scale_indices, scale_table, tabulate_prior
 from .model import CdcModel, alpha_bar, count_parameters
+from .refine import refine_latents
 
 STRIDE = 64
+# Encoder effort is bounded: a stream option from a manifest elsewhere must not buy hours per image.
+MAX_REFINE_STEPS = 2000
 BUILTIN = Path(__file__).parent / "weights"
 TRAIN_HINT = (
     "train one with `python -m diffc_pipeline.codecs.cdc.train --out RUN` and export it with "
@@ -216,14 +219,21 @@ class CdcCodec(Codec):
             )
         if not 0 <= options.slices <= cfg.slices:
             raise InvalidInputError(f"cdc option slices={options.slices} out of range 0..{cfg.slices} (0 = all)")
+        if not 0 <= options.refine_steps <= MAX_REFINE_STEPS:
+            raise InvalidInputError(
+                f"cdc option refine_steps={options.refine_steps} out of range 0..{MAX_REFINE_STEPS} (0 = none)"
+            )
         if device != "cpu":
             raise InvalidInputError(f"the CDC codec runs on cpu only (got device {device!r})")
         self.model, self.options, self.cfg = model, options, cfg
         self._written = options.slices or cfg.slices
         self.model_id = bytes.fromhex(model.sha256)[:4]
+        stream_options = asdict(options)
+        if not options.refine_steps:  # added later: left out at 0, so earlier archives keep their fingerprint
+            del stream_options["refine_steps"]
         payload = json.dumps(
             {
-                "options": asdict(options),
+                "options": stream_options,
                 # default_rate picks an option (resolved above) and changes no bits: outside the fingerprint,
                 # which stays that of the streams written before the field existed
                 "model": {k: v for k, v in cfg.to_dict().items() if k != "default_rate"},
@@ -300,9 +310,14 @@ class CdcCodec(Codec):
             raise InvalidInputError(f"image of {h}x{w} pixels exceeds the CDC header's 65535 limit")
         xp = _pad(x)
         net = self.model.net
-        y = net.g_a(xp)
-        z = net.h_a(y)
-        return [self._encode_one(y[i : i + 1], z[i : i + 1], h, w, seeds[i]) for i in range(b)]
+        if self.options.refine_steps:  # one image at a time: its refined latents do not depend on the batch
+            rate, steps = self.options.rate, self.options.refine_steps
+            latents = [refine_latents(net, xp[i : i + 1], h, w, rate, steps) for i in range(b)]
+        else:
+            y = net.g_a(xp)
+            z = net.h_a(y)
+            latents = [(y[i : i + 1], z[i : i + 1]) for i in range(b)]
+        return [self._encode_one(y, z, h, w, seed) for (y, z), seed in zip(latents, seeds, strict=True)]
 
     def decompress(
         self, items: Sequence[Encoded], prefix: int | Sequence[int] | None = None, **options: Any
