@@ -527,6 +527,24 @@ def test_refinement_is_a_bounded_stream_option(tiny_model):
             codec(tiny_model, refine_steps=bad)
 
 
+def test_refinement_distortion_on_tiles_equals_the_whole_image():
+    """Refinement's memory bound: the synthesis runs on tiles of the latent grid with a halo of context; with
+    the default halo the loss and its gradient are the untiled ones, while too narrow a halo changes them (the
+    halo is what makes tiling exact, not an accident of this image)."""
+    from diffc_pipeline.codecs.cdc.refine import HALO, distortion_and_gradient
+
+    net = tiny_net(0).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 192, 256, generator=gen) * 2 - 1
+    y = torch.randn(1, TINY_CFG.latent, 12, 16, generator=gen)
+    whole, g_whole = distortion_and_gradient(net, y, x, 150, 250, 0.01, tile=100)
+    tiled, g_tiled = distortion_and_gradient(net, y, x, 150, 250, 0.01, tile=3, halo=HALO)
+    assert tiled == pytest.approx(whole, rel=1e-5)
+    assert torch.allclose(g_tiled, g_whole, rtol=1e-4, atol=1e-5 * g_whole.abs().max().item())
+    _, g_narrow = distortion_and_gradient(net, y, x, 150, 250, 0.01, tile=3, halo=0)
+    assert (g_narrow - g_whole).abs().max() > 0.1 * g_whole.abs().max()
+
+
 @shipped
 def test_refinement_lowers_the_rate_distortion_loss_of_real_streams():
     """The loss the model was trained on, on real bytes and real pixels (bpp charged as eval charges it, MSE of
