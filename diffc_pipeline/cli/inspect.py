@@ -35,7 +35,8 @@ def inspect(
     )
     malformed = f", malformed {info['malformed']} (left out of bpp)" if info["malformed"] else ""
     console.print(
-        f"images {info['images']} ({info['rows']} rows with older versions, of {info['planned_images']} planned), "
+        f"images {info['images']} of {info['planned_images']} planned ({info['rows']} rows, older versions "
+        "of changed sources included), "
         f"ok {info['ok']}, failures {info['failures']}{malformed}; "
         f"shards {info['shards']['committed']}/{info['shards']['planned']}; "
         f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"
