@@ -106,9 +106,8 @@ def _diffc_rate_parts(rs: Sequence[dict], bpp: float) -> dict:
 
 def _codec_rate_parts(rs: Sequence[dict], bpp: float) -> dict:
     """The charged header's and the whole header's share, and the real payload over the codec's own estimate
-    where it gives one. (Records of runs before ``header_bytes`` was recorded charged the whole header.)"""
-    charged = "header_bytes" if all("header_bytes" in r for r in rs) else "stream_header_bytes"
-    out = {"header_bpp": _mean_bpp(rs, charged, 8), "stream_header_bpp": _mean_bpp(rs, "stream_header_bytes", 8)}
+    where it gives one."""
+    out = {"header_bpp": _mean_bpp(rs, "header_bytes", 8), "stream_header_bpp": _mean_bpp(rs, "stream_header_bytes", 8)}
     if all(r["estimated_bits"] is not None for r in rs):
         out["estimated_bpp"] = _mean_bpp(rs, "estimated_bits")
         if out["estimated_bpp"] > 0:
