@@ -545,6 +545,60 @@ def test_refinement_distortion_on_tiles_equals_the_whole_image():
     assert (g_narrow - g_whole).abs().max() > 0.1 * g_whole.abs().max()
 
 
+def test_large_image_networks_run_on_windows_of_the_latent_grid():
+    """Bounded memory on large images: with a halo of 4 latent positions, the encoder's analysis and the mean
+    decoder's synthesis computed window by window are the whole-image ones (their receptive fields fit in the
+    halo); without a halo they are not, so the halo is what makes it exact."""
+    from diffc_pipeline.codecs.cdc.tiles import analysis, synthesise
+    from diffc_pipeline.models.tiling import Tiling
+
+    net = tiny_net(0).eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 3, 192, 256, generator=gen) * 2 - 1
+    small, narrow, whole = Tiling(tile=3, halo=4, above=16), Tiling(tile=3, halo=0, above=16), Tiling(above=10**9)
+    assert len(small.windows(12, 16)) == 4 * 6 and len(whole.windows(12, 16)) == 1
+    with torch.no_grad():
+        y = analysis(net, x, whole)
+        assert torch.allclose(analysis(net, x, small), y, atol=1e-5 * y.abs().max().item())
+        assert (analysis(net, x, narrow) - y).abs().max() > 1e-2 * y.abs().max()
+
+        def mean(y_window, _where):
+            return net.synthesis(y_window)["mean"]
+
+        m = synthesise(y, mean, whole)
+        assert m.shape == x.shape
+        assert torch.allclose(synthesise(y, mean, small), m, atol=1e-5 * m.abs().max().item())
+        assert (synthesise(y, mean, narrow) - m).abs().max() > 1e-2 * m.abs().max()
+        batch = x[:, :, :64, :64].repeat(3, 1, 1, 1) * torch.tensor([1.0, 0.5, -0.5])[:, None, None, None]
+        one_per_call = analysis(net, batch, small)  # 4 x 4 positions each: one image per call
+        assert torch.allclose(one_per_call, analysis(net, batch, whole), atol=1e-5 * y.abs().max().item())
+
+
+def test_an_image_over_one_megapixel_is_coded_on_the_grid(tiny_model):
+    """Above 1 MP (1088 x 1024 here: 68 x 64 latent positions, two windows) the codec encodes and decodes window
+    by window: the mean decoder gives the whole-image synthesis of the stream's latent (to a rounding), and the
+    diffusion decoder, whose U-Net sees one window at a time, gives the same pixels for any thread count."""
+    from diffc_pipeline.codecs.cdc.tiles import GRID
+    from diffc_pipeline.codecs.tensors import to_uint8
+    from diffc_pipeline.models.tiling import Tiling
+
+    # what large images decode to depends on these: pinned (a change needs a new model identity)
+    assert GRID == Tiling(tile=64, halo=4, above=4096)
+    assert len(GRID.windows(68, 64)) == 2 and len(GRID.windows(64, 64)) == 1
+    yy, xx = np.mgrid[0:1088, 0:1024]
+    img = np.stack([(yy * 0.2) % 256, (xx * 0.3) % 256, ((xx + yy) * 0.1) % 256], -1).astype(np.uint8)[None]
+    c = codec(tiny_model, rate=3)
+    enc = c.compress(img, [5])
+    y_hat = c._decode_latent(c._header(enc[0]), enc[0].chunks)
+    with torch.no_grad():
+        whole = to_uint8(tiny_model.net.synthesis(y_hat.float())["mean"])
+    assert np.abs(c.decompress(enc, method="mean").astype(int) - whole.astype(int)).max() <= 1
+    torch.set_num_threads(2)
+    two = c.decompress(enc, steps=2)
+    torch.set_num_threads(1)
+    assert two.shape == img.shape and np.array_equal(two, c.decompress(enc, steps=2))
+
+
 @shipped
 def test_refinement_lowers_the_rate_distortion_loss_of_real_streams():
     """The loss the model was trained on, on real bytes and real pixels (bpp charged as eval charges it, MSE of

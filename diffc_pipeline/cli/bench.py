@@ -392,6 +392,42 @@ def network(
     emit(result, json_path)
 
 
+@bench_app.command("large-image")
+@friendly_errors
+def large_image(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The photo (any image file)."),
+    size: str = typer.Option("4000x3000", help="Scale it to WxH first ('': as it is)."),
+    codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
+    codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
+    decode_opt: list[str] = typer.Option([], "--decode-opt", help="Decode option KEY=VALUE (repeatable)."),
+    model: str = typer.Option(None, help="The codec's model (default: the codec's own)."),
+    threads: int = typer.Option(1, min=1, help="Torch threads of the one model actor."),
+    work_dir: str = typer.Option(None, help="Where the input, archive and output go (default: a temporary folder)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """One large photo through `diffc compress` and `diffc decode` with one actor: peak actor RSS, time, bpp, PSNR."""
+    from ..benchmarks.large_image import bench_large_image
+    from ..codecs import resolve
+
+    scaled = None
+    if size:
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"--size must be WxH, e.g. 4000x3000 (got {size!r})") from None
+        scaled = (w, h)
+    result = bench_large_image(
+        image,
+        scaled,
+        resolve(codec, parse_pairs(codec_opt, "--codec-opt"), model),
+        parse_pairs(decode_opt, "--decode-opt"),
+        threads,
+        work_dir,
+        on_result=lambda key, value: console.print(f"{key}: {value}", highlight=False),
+    )
+    emit({**run_info(), **result}, json_path)
+
+
 @bench_app.command("faults")
 @friendly_errors
 def faults(

@@ -37,6 +37,7 @@ from .config import CdcOptions, ModelConfig
 from .entropy import PMF_TOTAL, ChunkReader, ChunkWriter, gaussian_bits, scale_indices, scale_table, tabulate_prior
 from .model import CdcModel, alpha_bar, count_parameters
 from .refine import refine_latents
+from .tiles import analysis, synthesise
 
 STRIDE = 64
 # Encoder effort is bounded: a stream option from a manifest elsewhere must not buy hours per image.
@@ -314,7 +315,7 @@ class CdcCodec(Codec):
             rate, steps = self.options.rate, self.options.refine_steps
             latents = [refine_latents(net, xp[i : i + 1], h, w, rate, steps) for i in range(b)]
         else:
-            y = net.g_a(xp)
+            y = analysis(net, xp)
             z = net.h_a(y)
             latents = [(y[i : i + 1], z[i : i + 1]) for i in range(b)]
         return [self._encode_one(y, z, h, w, seed) for (y, z), seed in zip(latents, seeds, strict=True)]
@@ -429,25 +430,31 @@ class CdcCodec(Codec):
 
     def _reconstruct(self, y_hat: torch.Tensor, hd: Header, opts: dict) -> np.ndarray:
         net = self.model.net
-        cond = net.synthesis(y_hat.float())
         if opts["method"] == "mean":
-            x = cond["mean"]
+            x = synthesise(y_hat.float(), lambda y, _where: net.synthesis(y)["mean"])
         else:
-            x = ddim(net, cond, hd.rate, hd.seed, opts["steps"], opts["temperature"], opts["time_power"])
+            gen = torch.Generator().manual_seed(hd.seed)
+            shape = (1, 3, _padded(hd.height), _padded(hd.width))
+            noise = torch.randn(shape, generator=gen) * opts["temperature"]
+
+            def render(y: torch.Tensor, where: tuple[slice, slice]) -> torch.Tensor:
+                start = noise[:, :, where[0], where[1]]
+                return ddim(net, net.synthesis(y), hd.rate, start, opts["steps"], opts["time_power"])
+
+            x = synthesise(y_hat.float(), render)
         return to_uint8(x[:, :, : hd.height, : hd.width])
 
 
 def ddim(
-    net: CdcModel, cond: dict, rate: int, seed: int, steps: int, temperature: float, time_power: float = 1.0
+    net: CdcModel, cond: dict, rate: int, noise: torch.Tensor, steps: int, time_power: float = 1.0
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) with the X-parameterised U-Net, from ``temperature`` x noise of ``seed``.
+    """Deterministic DDIM (eta = 0) with the X-parameterised U-Net, from ``noise`` (the seed's Gaussian noise
+    times the decode temperature, the shape of ``cond['mean']``).
 
     The output is the U-Net's ``x0`` at the last time of the grid, ``(1/steps)^time_power``: an MSE-trained
     ``x0`` is a posterior mean given ``x_t``, blurred below the noise level of that ``t``, so a grid that ends
     nearer 0 keeps finer detail for the same number of network evaluations."""
-    shape = cond["mean"].shape
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen) * temperature
+    x = noise.contiguous()
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** time_power
     r = torch.tensor([rate])
     x0 = x

@@ -25,6 +25,7 @@ import math
 import torch
 
 from .model import CdcModel, gaussian_likelihood
+from .tiles import PIXELS_PER_LATENT, analysis
 
 # Adam's step on the latents (in their own units, ~1 per quantisation bin in gain units) and the annealing of
 # the rounding temperature, 0.5 -> 0.5 e^-4 ~ 0.009 over the run: chosen on 8 Tiny ImageNet images and one
@@ -39,7 +40,6 @@ TAU_DECAY = 4.0
 # a halo of 4 reproduces the untiled values (tested); images up to 512 x 512 pixels are one tile.
 TILE = 32
 HALO = 4
-PIXELS_PER_LATENT = 16
 
 
 def sga_round(v: torch.Tensor, tau: float, gen: torch.Generator) -> torch.Tensor:
@@ -66,7 +66,7 @@ def refine_latents(
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        y0 = net.g_a(x)
+        y0 = analysis(net, x)
         z0 = net.h_a(y0)
     y = y0.clone().requires_grad_(True)
     z = z0.clone().requires_grad_(True)
