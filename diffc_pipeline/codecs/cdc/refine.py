@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from ...models.tiling import Tiling
 from .model import CdcModel, gaussian_likelihood
 from .tiles import PIXELS_PER_LATENT, analysis
 
@@ -114,23 +115,21 @@ def distortion_and_gradient(
     trainer's) and its gradient with respect to ``y_hat``, the synthesis run on tiles of ``tile`` latent
     positions with ``halo`` positions of context, one tile's graph at a time (see :data:`TILE`)."""
     y_leaf = y_hat.detach().requires_grad_(True)
-    rows, cols = y_leaf.shape[-2:]
     p = PIXELS_PER_LATENT
     scale = lam * 255.0**2 / (4.0 * 3 * height * width)
     total = 0.0
     with torch.enable_grad():
-        for i0 in range(0, rows, tile):
-            for j0 in range(0, cols, tile):
-                i1, j1 = min(i0 + tile, rows), min(j0 + tile, cols)
-                h_core, w_core = min(p * i1, height) - p * i0, min(p * j1, width) - p * j0
-                if h_core <= 0 or w_core <= 0:  # padding only
-                    continue
-                a0, b0 = max(i0 - halo, 0), max(j0 - halo, 0)
-                out = net.synthesis(y_leaf[..., a0 : min(i1 + halo, rows), b0 : min(j1 + halo, cols)])["mean"]
-                r0, c0 = p * (i0 - a0), p * (j0 - b0)
-                target = x[..., p * i0 : p * i0 + h_core, p * j0 : p * j0 + w_core]
-                diff = out[..., r0 : r0 + h_core, c0 : c0 + w_core] - target
-                part = scale * (diff**2).sum()
-                part.backward()
-                total += float(part.detach())
+        for rows, cols, core_rows, core_cols in Tiling(tile, halo, above=0).windows(*y_leaf.shape[-2:]):
+            top, left = rows.start + core_rows.start, cols.start + core_cols.start  # the core, in the image
+            h_core = min(p * (rows.start + core_rows.stop), height) - p * top
+            w_core = min(p * (cols.start + core_cols.stop), width) - p * left
+            if h_core <= 0 or w_core <= 0:  # padding only
+                continue
+            out = net.synthesis(y_leaf[..., rows, cols])["mean"]
+            r0, c0 = p * core_rows.start, p * core_cols.start
+            target = x[..., p * top : p * top + h_core, p * left : p * left + w_core]
+            diff = out[..., r0 : r0 + h_core, c0 : c0 + w_core] - target
+            part = scale * (diff**2).sum()
+            part.backward()
+            total += float(part.detach())
     return total, y_leaf.grad
