@@ -84,3 +84,24 @@ def test_bench_prior_variance_cli_measures_both_image_sets(tmp_path):
     doc = json.loads(out.read_text())
     assert set(doc["rates"]) == {"tinyimagenet_val", "cbsd68_tiles"}
     assert [r["variant"] for r in doc["fidelity"]] == ["default", "widened, norm gain 1.0"]
+
+
+def test_bench_large_image_takes_one_photo_through_compress_and_decode(tmp_path):
+    """The end-to-end large-image benchmark on a cheap setting (a sample scaled to 200x120, WebP): the input is
+    scaled as asked, both jobs run with one actor whose peak memory is sampled, and the decoded image is
+    compared with the input."""
+    from diffc_pipeline.samples import SAMPLES_DIR
+
+    out = tmp_path / "large.json"
+    photo = str(SAMPLES_DIR / "cbsd68_101085_crop96.png")
+    args = ["bench", "large-image", photo, "--size", "200x120", "--codec", "webp", "--codec-opt", "quality=90"]
+    result = CliRunner().invoke(app, [*args, "--work-dir", str(tmp_path / "work"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert (doc["width"], doc["height"], doc["threads"]) == (200, 120, 1)
+    assert doc["codec"]["options"] == {"quality": 90}
+    assert doc["decode"]["bpp"] == pytest.approx(doc["compress"]["bpp"]) and doc["compress"]["bpp"] > 0
+    assert doc["decode"]["psnr_db"] > 30
+    assert doc["compress"]["peak_actor_rss_mb"] > 50 and doc["decode"]["peak_actor_rss_mb"] > 50
+    bad = CliRunner().invoke(app, ["bench", "large-image", photo, "--size", "200by120"])
+    assert bad.exit_code != 0 and "--size must be WxH" in bad.output and "Traceback" not in bad.output
