@@ -102,6 +102,10 @@ def test_bench_large_image_takes_one_photo_through_compress_and_decode(tmp_path)
     assert doc["codec"]["options"] == {"quality": 90}
     assert doc["decode"]["bpp"] == pytest.approx(doc["compress"]["bpp"]) and doc["compress"]["bpp"] > 0
     assert doc["decode"]["psnr_db"] > 30
-    assert doc["compress"]["peak_actor_rss_mb"] > 50 and doc["decode"]["peak_actor_rss_mb"] > 50
-    bad = CliRunner().invoke(app, ["bench", "large-image", photo, "--size", "200by120"])
-    assert bad.exit_code != 0 and "--size must be WxH" in bad.output and "Traceback" not in bad.output
+    # the model actors' own peaks (a Ray worker with torch and numpy loaded holds more than 200 MB)
+    assert doc["compress"]["peak_actor_rss_mb"] > 200 and doc["decode"]["peak_actor_rss_mb"] > 200
+    for size in ("200by120", "0x120"):
+        bad = CliRunner().invoke(app, ["bench", "large-image", photo, "--size", size])
+        assert bad.exit_code != 0 and "--size must be WxH" in bad.output and "Traceback" not in bad.output
+    again = CliRunner().invoke(app, [*args, "--work-dir", str(tmp_path / "work")])  # would resume: refused
+    assert again.exit_code != 0 and "is not empty" in again.output and "Traceback" not in again.output

@@ -569,33 +569,66 @@ def test_large_image_networks_run_on_windows_of_the_latent_grid():
         assert m.shape == x.shape
         assert torch.allclose(synthesise(y, mean, small), m, atol=1e-5 * m.abs().max().item())
         assert (synthesise(y, mean, narrow) - m).abs().max() > 1e-2 * m.abs().max()
+        two = torch.cat([x, -x])  # a batch of large images: window by window, image by image
+        both = torch.cat([analysis(net, x, whole), analysis(net, -x, whole)])
+        assert torch.allclose(analysis(net, two, small), both, atol=1e-5 * y.abs().max().item())
         batch = x[:, :, :64, :64].repeat(3, 1, 1, 1) * torch.tensor([1.0, 0.5, -0.5])[:, None, None, None]
-        one_per_call = analysis(net, batch, small)  # 4 x 4 positions each: one image per call
-        assert torch.allclose(one_per_call, analysis(net, batch, whole), atol=1e-5 * y.abs().max().item())
+        per_image = torch.cat([analysis(net, batch[i : i + 1], small) for i in range(3)])
+        assert torch.allclose(analysis(net, batch, small), per_image, atol=1e-5 * y.abs().max().item())
 
 
 def test_an_image_over_one_megapixel_is_coded_on_the_grid(tiny_model):
-    """Above 1 MP (1088 x 1024 here: 68 x 64 latent positions, two windows) the codec encodes and decodes window
-    by window: the mean decoder gives the whole-image synthesis of the stream's latent (to a rounding), and the
-    diffusion decoder, whose U-Net sees one window at a time, gives the same pixels for any thread count."""
+    """Above 1 MP (1088 x 1024 here: 68 x 64 latent positions, two windows of 34 + 4 rows) the codec encodes and
+    decodes window by window (the networks' inputs are windows, seen through hooks): the mean decoder gives the
+    whole-image synthesis of the stream's latent (to a rounding), and each window's DDIM chain starts from that
+    window's part of the image's seeded noise. Images up to 1 MP are one window, whose chain starts from the
+    whole noise as before the grid existed; and a decode gives the same pixels again."""
+    from diffc_pipeline.codecs.cdc.codec import _padded, ddim
     from diffc_pipeline.codecs.cdc.tiles import GRID
     from diffc_pipeline.codecs.tensors import to_uint8
 
     # what large images decode to depends on these: pinned (a change needs a new model identity)
-    assert (GRID.tile, GRID.halo, GRID.above) == (64, 4, 4096)
-    assert len(GRID.windows(68, 64)) == 2 and len(GRID.windows(64, 64)) == 1
+    assert (GRID.tile, GRID.halo, GRID.above, GRID.balanced) == (64, 4, 4096, True)
+    windows = GRID.windows(68, 64)
+    assert [(w[0], w[2]) for w in windows] == [(slice(0, 38), slice(0, 34)), (slice(30, 68), slice(4, 38))]
+    assert len(GRID.windows(64, 64)) == 1
     yy, xx = np.mgrid[0:1088, 0:1024]
     img = np.stack([(yy * 0.2) % 256, (xx * 0.3) % 256, ((xx + yy) * 0.1) % 256], -1).astype(np.uint8)[None]
-    c = codec(tiny_model, rate=3)
-    enc = c.compress(img, [5])
+    net, c = tiny_model.net, codec(tiny_model, rate=3)
+    seen: dict[str, list] = {"g_a": [], "start": []}
+
+    def first_step(_module, args):
+        if float(args[1][0]) == 1.0:  # t = 1: the chain's starting noise
+            seen["start"].append(args[0].clone())
+
+    hooks = [
+        net.g_a.register_forward_pre_hook(lambda _m, args: seen["g_a"].append(tuple(args[0].shape[-2:]))),
+        net.unet.register_forward_pre_hook(first_step),
+    ]
+    try:
+        enc = c.compress(img, [5])
+        decoded = c.decompress(enc, steps=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen["g_a"] == [(608, 1024), (608, 1024)]  # 38 positions of 16 px: a window, not the image
+    noise = torch.randn((1, 3, 1088, 1024), generator=torch.Generator().manual_seed(5))  # temperature 1
+    assert len(seen["start"]) == 2
+    for (rows, cols, _, _), start in zip(windows, seen["start"], strict=True):
+        assert torch.equal(start, noise[:, :, rows.start * 16 : rows.stop * 16, cols.start * 16 : cols.stop * 16])
+    assert decoded.shape == img.shape and np.array_equal(decoded, c.decompress(enc, steps=2))
     y_hat = c._decode_latent(c._header(enc[0]), enc[0].chunks)
     with torch.no_grad():
-        whole = to_uint8(tiny_model.net.synthesis(y_hat.float())["mean"])
+        whole = to_uint8(net.synthesis(y_hat.float())["mean"])
     assert np.abs(c.decompress(enc, method="mean").astype(int) - whole.astype(int)).max() <= 1
-    torch.set_num_threads(2)
-    two = c.decompress(enc, steps=2)
-    torch.set_num_threads(1)
-    assert two.shape == img.shape and np.array_equal(two, c.decompress(enc, steps=2))
+    # one window: the chain of the whole image, from the whole image's noise
+    small = img[:, :200, :300]
+    enc = c.compress(small, [9])
+    y_hat = c._decode_latent(c._header(enc[0]), enc[0].chunks)
+    noise = torch.randn((1, 3, _padded(200), _padded(300)), generator=torch.Generator().manual_seed(9)) * 0.7
+    with torch.no_grad():
+        direct = to_uint8(ddim(net, net.synthesis(y_hat.float()), 3, noise, 2, 2.0)[:, :, :200, :300])
+    assert np.array_equal(c.decompress(enc, steps=2, temperature=0.7), direct)
 
 
 @shipped

@@ -48,8 +48,10 @@ class _BatchClock(JobProgress):
         return sum(n for _, n in self.arrivals[1:]) / (t_last - t_first)
 
 
-def ray_worker_rss() -> tuple[int, int]:
-    """``(total, largest)`` resident bytes of the Ray worker processes (``ray::...``) this process started.
+def ray_worker_rss(title: bytes = b"ray::", field: str = "VmRSS") -> tuple[int, int]:
+    """``(total, largest)`` resident bytes of the Ray worker processes this process started whose title starts
+    with ``title`` (``ray::``: all of them; ``ray::MapWorker(MapBatches(Encoder))``: the compress job's model
+    actors). ``field``: ``VmRSS`` (now) or ``VmHWM`` (the process's peak so far, kept by the kernel).
 
     Read from /proc (Linux) rather than psutil, to keep a benchmark-only dependency out of the package;
     only descendants of this process count, so other Ray clusters on the machine are left out.
@@ -60,11 +62,11 @@ def ray_worker_rss() -> tuple[int, int]:
             with open(f"/proc/{pid}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                name[int(pid)] = f.read(5)
+                name[int(pid)] = f.read(len(title))
         except OSError:
             continue
         parent[int(pid)] = int(fields["PPid"])
-        rss[int(pid)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        rss[int(pid)] = int(fields.get(field, "0 kB").split()[0]) * 1024
 
     def ours(pid: int) -> bool:
         while pid > 1:
@@ -73,19 +75,20 @@ def ray_worker_rss() -> tuple[int, int]:
                 return True
         return False
 
-    workers = [rss[p] for p in rss if name.get(p, b"").startswith(b"ray::") and ours(p)]
+    workers = [rss[p] for p in rss if name.get(p, b"") == title and ours(p)]
     return sum(workers), max(workers, default=0)
 
 
 @contextmanager
-def peak_rss(interval_s: float = 0.25) -> Iterator[dict]:
-    """Sample worker RSS in a thread while the block runs; yields a dict filled with the peaks."""
+def peak_rss(interval_s: float = 0.25, title: bytes = b"ray::", field: str = "VmRSS") -> Iterator[dict]:
+    """Sample the RSS of the matching workers (:func:`ray_worker_rss`) in a thread while the block runs;
+    yields a dict filled with the peaks."""
     peaks = {"total": 0, "largest": 0}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            total, largest = ray_worker_rss()
+            total, largest = ray_worker_rss(title, field)
             peaks["total"], peaks["largest"] = max(peaks["total"], total), max(peaks["largest"], largest)
             stop.wait(interval_s)
 

@@ -396,13 +396,15 @@ def network(
 @friendly_errors
 def large_image(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The photo (any image file)."),
-    size: str = typer.Option("4000x3000", help="Scale it to WxH first ('': as it is)."),
+    size: str = typer.Option("", help="Scale it to WxH first, e.g. 4000x3000 (default: as it is)."),
     codec: str = typer.Option("diffc", "--codec", help="Codec name (see `diffc codecs`)."),
     codec_opt: list[str] = typer.Option([], "--codec-opt", help="Codec option KEY=VALUE (repeatable)."),
     decode_opt: list[str] = typer.Option([], "--decode-opt", help="Decode option KEY=VALUE (repeatable)."),
     model: str = typer.Option(None, help="The codec's model (default: the codec's own)."),
     threads: int = typer.Option(1, min=1, help="Torch threads of the one model actor."),
-    work_dir: str = typer.Option(None, help="Where the input, archive and output go (default: a temporary folder)."),
+    work_dir: str = typer.Option(
+        None, help="A new folder for the input, archive and output, kept (default: a temporary one, removed)."
+    ),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """One large photo through `diffc compress` and `diffc decode` with one actor: peak actor RSS, time, bpp, PSNR."""
@@ -414,7 +416,9 @@ def large_image(
         try:
             w, h = (int(v) for v in size.lower().split("x"))
         except ValueError:
-            raise typer.BadParameter(f"--size must be WxH, e.g. 4000x3000 (got {size!r})") from None
+            w = h = 0
+        if w <= 0 or h <= 0:
+            raise typer.BadParameter(f"--size must be WxH of positive integers, e.g. 4000x3000 (got {size!r})")
         scaled = (w, h)
     result = bench_large_image(
         image,

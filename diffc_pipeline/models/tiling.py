@@ -18,6 +18,7 @@ wrapper's contract: a change needs a new model identity or stream version, never
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,11 +27,25 @@ import torch
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tile grid of the network's evaluation; ``tile`` and ``halo`` are multiples of the pad multiple."""
+    """Tile grid of the network's evaluation; ``tile`` and ``halo`` are multiples of the pad multiple.
+
+    ``balanced``: cut each side into the fewest cores of at most ``tile`` and of (near) equal size, instead of
+    full ``tile`` cores and a remainder: no thin last row or column, where a network that normalises per
+    window (GroupNorm) would see statistics of a sliver. DiffC's grid keeps the plain cut (its large-image
+    streams depend on it); CDC's grid is balanced.
+    """
 
     tile: int = 768
     halo: int = 32
     above: int = 1024 * 1024  # images with more pixels than this are tiled
+    balanced: bool = False
+
+    def cuts(self, n: int) -> list[int]:
+        """Core boundaries along a side of ``n``: ``[0, ..., n]``."""
+        if not self.balanced:
+            return [*range(0, n, self.tile), n]
+        parts = -(-n // self.tile)
+        return [round(i * n / parts) for i in range(parts + 1)]
 
     def windows(self, height: int, width: int) -> list[tuple[slice, slice, slice, slice]]:
         """``(rows, cols, core rows, core cols)`` per tile: the window to evaluate and, inside the window's
@@ -38,11 +53,10 @@ class Tiling:
         if height * width <= self.above:
             return [(slice(0, height), slice(0, width), slice(0, height), slice(0, width))]
         out = []
-        for r0 in range(0, height, self.tile):
-            r1 = min(height, r0 + self.tile)
+        row_cuts, col_cuts = self.cuts(height), self.cuts(width)
+        for r0, r1 in itertools.pairwise(row_cuts):
             wr0, wr1 = max(0, r0 - self.halo), min(height, r1 + self.halo)
-            for c0 in range(0, width, self.tile):
-                c1 = min(width, c0 + self.tile)
+            for c0, c1 in itertools.pairwise(col_cuts):
                 wc0, wc1 = max(0, c0 - self.halo), min(width, c1 + self.halo)
                 out.append((slice(wr0, wr1), slice(wc0, wc1), slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0)))
         return out
