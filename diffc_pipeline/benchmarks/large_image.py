@@ -65,7 +65,8 @@ def bench_large_image(
         raise DiffcError(f"--work-dir {work_dir} is not empty: give a new folder (a run there would resume)")
     work = Path(work_dir or tempfile.mkdtemp(prefix="diffc-bench-large-"))
     try:
-        return _run(image, size, spec, decode_options, threads, work, on_result)
+        result = _run(image, size, spec, decode_options, threads, work, on_result)
+        return {**result, "work_dir": work_dir} if work_dir else result
     finally:
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -127,7 +128,6 @@ def _run(image, size, spec, decode_options, threads, work, on_result) -> dict:
             "peak_actor_rss_mb": _actor_peak(peaks, "decoder"),
         }
         on_result("decode", result["decode"])
-    result["work_dir"] = str(work)
     return result
 
 
