@@ -499,3 +499,22 @@ def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_
     }
     assert [(r["curve"], r["against"]) for r in rows] == [("webp", "jpeg")] * 2
     assert {r["metric"]: r["bd_rate_percent"] for r in rows} == pytest.approx(own)
+    # the table, in an 80-column terminal: long curve names fold whole into their column (no ellipsis), and
+    # the against column appears only where a row is compared with another curve than its own
+    long = "webp@quality=20,40,60,80-of-a-long-grid"
+    for name in ("a", "b"):
+        doc = json.loads((tmp_path / name / "results.json").read_text())
+        doc["curves"][long] = doc["curves"].pop("webp")
+        for r in doc["records"]:
+            r["variant"] = long if r.get("variant") == "webp" else r.get("variant")
+        (tmp_path / f"{name}-long.json").write_text(json.dumps(doc))
+    runs = [str(tmp_path / "a-long.json"), str(tmp_path / "b-long.json")]
+    for extra, against_shown in (([], False), (["--against", "jpeg"], True), (["--points"], False)):
+        shown = CliRunner().invoke(app, ["eval-compare", *runs, "--curve", long, *extra], env={"COLUMNS": "80"})
+        assert shown.exit_code == 0, shown.output
+        lines = shown.output.splitlines()
+        assert max(map(len, lines)) <= 80 and "…" not in shown.output
+        first_column = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
+        assert first_column.startswith(long + long)  # psnr and ms_ssim_db rows, each name whole
+        header = " ".join(line for line in lines if line.startswith("┃"))
+        assert ("against" in header) == against_shown

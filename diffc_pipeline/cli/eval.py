@@ -176,24 +176,46 @@ def eval_compare(
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in rows], indent=1))
         return
+    # Curve names are long (``cdc-diffusion@temperature=0.8``): cells fold instead of ending in an ellipsis,
+    # and the ``against`` column is shown only where some row compares with another curve than its own.
+    show_against = any(r.against != r.curve for r in rows)
     if points:
-        table = Table(title=f"Points of {test} against the curves of {anchor} (positive: more bits than the curve)")
-        for col in ("curve", "against", "metric", "setting", "bpp", "quality (dB)", "curve's bpp", "excess"):
-            table.add_column(col)
-        for p in rows:
-            need = "outside" if p.anchor_bpp is None else f"{p.anchor_bpp:.4f}"
-            excess = "-" if p.excess_percent is None else f"{p.excess_percent:+.1f}%"
-            cells = (str(p.setting), f"{p.bpp:.4f}", f"{p.quality:.2f}", need, excess)
-            table.add_row(p.curve, p.against, p.metric, *cells)
-        Console().print(table)
-        return
-    table = Table(title=f"BD-rate of {test} against {anchor} (negative: fewer bits)")
-    for col in ("curve", "against", "metric", "BD-rate", "overlap", "points (anchor / test)"):
-        table.add_column(col)
-    for r in rows:
-        bd = "no overlap" if r.bd_rate_percent is None else f"{r.bd_rate_percent:+.1f}%"
-        overlap = "-" if r.overlap is None else f"{r.overlap[0]:.2f}-{r.overlap[1]:.2f} dB"
-        table.add_row(r.curve, r.against, r.metric, bd, overlap, f"{r.points[0]} / {r.points[1]}")
+        title = f"Points of {test} against the curves of {anchor} (positive: more bits than the curve)"
+        cols = ("curve", "against", "metric", "setting", "bpp", "dB", "curve's bpp", "excess")
+        cells = [
+            (
+                p.curve,
+                p.against,
+                p.metric,
+                str(p.setting),
+                f"{p.bpp:.4f}",
+                f"{p.quality:.2f}",
+                "outside" if p.anchor_bpp is None else f"{p.anchor_bpp:.4f}",
+                "-" if p.excess_percent is None else f"{p.excess_percent:+.1f}%",
+            )
+            for p in rows
+        ]
+    else:
+        title = f"BD-rate of {test} against {anchor} (negative: fewer bits)"
+        cols = ("curve", "against", "metric", "BD-rate", "overlap (dB)", "points (anchor / test)")
+        cells = [
+            (
+                r.curve,
+                r.against,
+                r.metric,
+                "no overlap" if r.bd_rate_percent is None else f"{r.bd_rate_percent:+.1f}%",
+                "-" if r.overlap is None else f"{r.overlap[0]:.2f}-{r.overlap[1]:.2f}",
+                f"{r.points[0]} / {r.points[1]}",
+            )
+            for r in rows
+        ]
+    keep = [i for i, col in enumerate(cols) if col != "against" or show_against]
+    numbers = {"bpp", "dB", "curve's bpp", "excess", "BD-rate", "overlap (dB)"}
+    table = Table(title=title)
+    for i in keep:
+        table.add_column(cols[i], overflow="fold", no_wrap=cols[i] in numbers)
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
     Console().print(table)
 
 
