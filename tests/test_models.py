@@ -57,7 +57,8 @@ def test_builtin_model_loads() -> None:
     assert len(model.identity.sha256) == 64
 
 
-# The photo model's identity, pinned: its figures in docs/benchmarks.md were measured with these weights.
+# The shipped models' identities, pinned: their figures in docs/benchmarks.md were measured with these weights.
+BUILTIN_ID = "9b4c1c627e7b7a30"  # release 8
 PHOTO_ID = "0cfec7a08782b820"
 
 
@@ -66,10 +67,12 @@ def test_photo_model_is_a_second_shipped_model_of_the_same_network() -> None:
     with the built-in model's architecture, schedule and file layout."""
     builtin, photo = load_model("builtin"), load_model("photo")
     assert photo.identity.name == "diffc-unet-photos" and photo.identity.sha256.startswith(PHOTO_ID)
+    assert builtin.identity.name == "diffc-unet-tin64" and builtin.identity.sha256.startswith(BUILTIN_ID)
     assert photo.identity.sha256 != builtin.identity.sha256
     configs = [json.loads((SHIPPED_MODELS[m] / "config.json").read_text()) for m in ("builtin", "photo")]
     assert configs[0]["unet"] == configs[1]["unet"] and configs[0]["schedule"] == configs[1]["schedule"]
-    assert configs[1]["init_from"]["name"] == "diffc-unet-tin64"  # trained from the built-in release
+    assert configs[1]["init_from"]["name"] == "diffc-unet-tin64"  # trained from release 7
+    assert configs[0]["init_from"]["sha256"] == photo.identity.sha256  # release 8 continues the photo model
     for directory in SHIPPED_MODELS.values():  # release weights: fp16, under the 10 MB rule
         assert (directory / "model.safetensors").stat().st_size < 10_000_000
 
