@@ -31,6 +31,7 @@ from diffc_pipeline.evaluation.metrics import (
     ms_ssim_scales,
     psnr,
 )
+from diffc_pipeline.evaluation.report import summary_tables
 
 
 def natural_image(seed: int, size: int = 32) -> np.ndarray:
@@ -518,3 +519,20 @@ def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_
         assert first_column.startswith(long + long)  # psnr and ms_ssim_db rows, each name whole
         header = " ".join(line for line in lines if line.startswith("┃"))
         assert ("against" in header) == against_shown
+
+
+def test_eval_summary_tables_show_long_curve_names_whole_in_80_columns():
+    """`diffc eval`'s terminal tables fold a long variant name within its column instead of cutting it."""
+    name = "cdc-diffusion@temperature=0.8,time_power=2"
+    points = [{"bpp": 0.1, "psnr": 25.0, "ms_ssim": 0.9}, {"bpp": 1.0, "psnr": 30.0, "ms_ssim": 0.97}]
+    bd = [
+        {"test": name, "anchor": "webp", "metric": m, "from": None, "bd_rate_percent": -12.0, "overlap": (24, 30)}
+        for m in ("psnr", "ms_ssim_db")
+    ]
+    for table in summary_tables({name: points, "webp": points}, bd, {}):
+        out = io.StringIO()
+        Console(file=out, width=80).print(table)
+        lines = out.getvalue().splitlines()
+        assert max(map(len, lines)) <= 80 and "…" not in out.getvalue()
+        first_column = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
+        assert first_column.startswith(name)

@@ -314,10 +314,13 @@ def write_html(directory: Path, showcase: Showcase, title: str) -> None:
 
 
 def summary_tables(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dict) -> list[Table]:
-    """A curve table (one row per variant) and a BD-rate table (one row per pair), narrow enough for a terminal."""
+    """A curve table (one row per variant) and a BD-rate table (one row per pair), narrow enough for a terminal.
+
+    Cells fold within their column: a long name (``cdc-diffusion@temperature=0.8``) would otherwise end in an
+    ellipsis in an 80-column terminal."""
     curves_table = Table(title="Rate-distortion curves (means over images)")
     for col in ("variant", "points", "bpp range", "PSNR (dB)", "MS-SSIM"):
-        curves_table.add_column(col, justify="left" if col == "variant" else "right")
+        curves_table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
     for variant, points in curve_map.items():
         floor = f" (floor {lowest[variant]['mean_lowest_bpp']:.2f})" if variant in lowest else ""
         curves_table.add_row(
@@ -329,7 +332,7 @@ def summary_tables(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dic
         )
     bd_table = Table(title="BD-rate (negative = fewer bits than the anchor at equal quality)")
     for col in ("test", "anchor", "PSNR", "PSNR overlap", "MS-SSIM"):
-        bd_table.add_column(col, justify="left" if col in ("test", "anchor") else "right")
+        bd_table.add_column(col, justify="left" if col in ("test", "anchor") else "right", overflow="fold")
     for test, anchor, p, m in _full_range_pairs(bd):
         bd_table.add_row(
             test,
