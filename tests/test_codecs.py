@@ -105,6 +105,8 @@ def test_eval_charges_each_codec_the_shape_its_header_codes(name: str) -> None:
     codec = _build(name)
     item = codec.compress(_images(1), [5])[0]
     assert codec.image_header_bits(item) == CHARGED_HEADER_BITS.get(name, 0)
+    for k in range(1, len(item.chunks) + 1):  # a prefix: that shape plus the bytes of its chunks, exactly
+        assert codec.charged_bits(item, k) == CHARGED_HEADER_BITS.get(name, 0) + 8 * sum(map(len, item.chunks[:k]))
     if item.header:  # the rest of the header (magic, ids, seed, checks) is what every image shares or derives
         assert 8 * len(item.header) > codec.image_header_bits(item)
         with pytest.raises(StreamError):

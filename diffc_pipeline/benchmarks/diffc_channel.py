@@ -193,10 +193,8 @@ def _curves(codec: DiffcCodec, images: np.ndarray) -> tuple[dict, float]:
     for method in CHANNEL_RD_METHODS:
         rates, quality = [], []
         for k in CHANNEL_RD_PREFIXES:
-            rates.append(
-                np.mean([prefix_rate(s, k, codec.channel, sum(s.estimated_bits[:k]))["bits"] for s in res.streams])
-                / pixels
-            )
+            bits = [prefix_rate(codec, s, k, codec.channel, sum(s.estimated_bits[:k]))["bits"] for s in res.streams]
+            rates.append(np.mean(bits) / pixels)
             quality.append(np.mean([psnr(im, res.recon[method][k][i]) for i, im in enumerate(images)]))
         out[method] = (rates, quality)
     return out, time.perf_counter() - t0

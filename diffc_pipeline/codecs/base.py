@@ -152,6 +152,12 @@ class Codec(ABC):
         """
         return 8 * len(item.header or b"")
 
+    def charged_bits(self, item: Encoded, k: int | None = None) -> int:
+        """What a rate-distortion figure charges ``item`` for its first ``k`` chunks (all by default): the
+        header's own bits (:meth:`image_header_bits`) plus the chunks' bytes. Every curve of ``diffc eval``
+        and the benchmarks counts through here, so all codecs are charged alike."""
+        return self.image_header_bits(item) + prefix_bits(b"", item.chunks, k)
+
     # ---- shared helpers ------------------------------------------------------------------------------
     @classmethod
     def parse_decode_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:

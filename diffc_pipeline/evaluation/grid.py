@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs import Codec, CodecSpec, prefix_bits, resolve
+from ..codecs import Codec, CodecSpec, resolve
 from ..codecs.registry import entry
 from ..errors import DiffcError
 from ..pipeline.archive import row_checksum
@@ -139,7 +139,7 @@ def run_grid(
                         item = items[i]
                         pixels = image.pixels.shape[0] * image.pixels.shape[1]
                         header_bits = codec.image_header_bits(item)
-                        bits = header_bits + prefix_bits(b"", item.chunks, k)
+                        bits = codec.charged_bits(item, k)
                         estimate = item.estimated_bits
                         rec = {
                             **quality_record(image, recon[i], perceptual),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codecs import Codec, SupportsSweep
+from ..codecs import Codec, Encoded, SupportsSweep
 from ..errors import InvalidInputError
 from ..pipeline.archive import row_checksum
 from ..seeds import image_seed
@@ -29,7 +29,7 @@ from .perceptual import PerceptualMetrics
 # from the run seed and the image id (:func:`~diffc_pipeline.seeds.image_seed`, as archives derive it from
 # theirs), and the model id, codec configuration, magic, version and CRC of DiffC's standalone stream header
 # are the same for every image, so they are dataset-wide; the whole header's cost is reported apart as
-# ``stream_header_bytes``. Every codec in eval is charged this way (``Codec.image_header_bits``; :mod:`.grid`).
+# ``stream_header_bytes``. Every codec in eval is charged this way (``Codec.charged_bits``; :mod:`.grid`).
 # DiffC's channels in eval: ``rcc`` is the registry's codec (the real bitstream), ``ideal`` its bits-free twin
 CHANNELS = ("rcc", "ideal")
 
@@ -168,9 +168,9 @@ def run_diffc(
 ) -> list[dict]:
     """One ``codec.sweep`` per batch and channel; a record per image, channel, method and prefix.
 
-    Rates: ``rcc`` counts the real bytes of the first ``k`` chunks plus the shape bytes of the stream's
-    header (``Header.shape_bits``); the whole standalone stream header is reported apart in
-    ``stream_header_bytes``;
+    Rates: ``rcc`` charges what ``codec.charged_bits`` does, as for every other codec: the shape the
+    stream's header codes plus the real bytes of the first ``k`` chunks; the whole standalone stream header
+    is reported apart in ``stream_header_bytes``;
     ``ideal`` charges the sum of the first ``k`` steps' KL in bits, the paper's rate. ``stream_sha256`` (rcc)
     is the archive's row checksum of the whole stream: the same image and run seed give the same value in a
     ``diffc compress`` archive.
@@ -192,7 +192,7 @@ def run_diffc(
                 pixels = image.pixels.shape[0] * image.pixels.shape[1]
                 digest = {"stream_sha256": row_checksum(stream.header, stream.chunks)} if channel == "rcc" else {}
                 for k in prefixes:
-                    rate = prefix_rate(stream, k, channel, float(kl_cum[k - 1]))
+                    rate = prefix_rate(codec, stream, k, channel, float(kl_cum[k - 1]))
                     for method in methods:
                         recon = result.recon[method][k][i]
                         rec = {
@@ -215,16 +215,16 @@ def run_diffc(
     return records
 
 
-def prefix_rate(stream, k: int, channel: str, kl_bits: float) -> dict:
-    """Bits charged for the first ``k`` steps, with the parts they are made of."""
+def prefix_rate(codec: Codec, stream: Encoded, k: int, channel: str, kl_bits: float) -> dict:
+    """Bits charged for the first ``k`` steps, with the parts they are made of: the KL on the ideal channel,
+    else what ``codec.charged_bits`` charges (the shape its header codes plus the chunks' bytes)."""
     if channel == "ideal":
         return {"bits": kl_bits, "kl_bits": kl_bits, "bytes": None, "header_bytes": None}
-    payload = sum(len(c) for c in stream.chunks[:k])
-    shape_bytes = stream.parsed.shape_bits // 8
+    bits = codec.charged_bits(stream, k)
     return {
-        "bits": 8.0 * (shape_bytes + payload),
+        "bits": float(bits),
         "kl_bits": kl_bits,
-        "bytes": shape_bytes + payload,
-        "header_bytes": shape_bytes,
+        "bytes": bits // 8,
+        "header_bytes": codec.image_header_bits(stream) // 8,
         "stream_header_bytes": len(stream.header),
     }
