@@ -31,3 +31,13 @@ class ArchiveError(DiffcError):
 
 class ClusterError(DiffcError):
     """The Ray cluster cannot be reached or started: not the user's input, so a scheduler may retry."""
+
+
+def check_at_least(options: object, **lowest: float) -> None:
+    """Raise :class:`InvalidInputError` naming the first attribute of ``options`` below its lowest value
+    (``shard_size=1``: at least 1), so that an API caller gets the same one-line error a CLI user gets from
+    the option's range."""
+    for name, low in lowest.items():
+        value = getattr(options, name)
+        if value < low:
+            raise InvalidInputError(f"{name} must be at least {low}, got {value}")

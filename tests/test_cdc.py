@@ -230,8 +230,10 @@ def test_builtin_or_missing_model_errors(tmp_path):
     if not SHIPPED:
         with pytest.raises(ModelLoadError, match=r"codecs\.cdc\.train"):
             load_model("builtin")
-    with pytest.raises(ModelLoadError, match="no such directory"):
+    with pytest.raises(ModelLoadError, match="not a directory, and CDC's only built-in model is 'builtin'"):
         load_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match="train-cdc"):
+        load_model("photo")  # DiffC's photo model is no CDC model
     (tmp_path / "pickle").mkdir()
     (tmp_path / "pickle" / "model.pt").write_bytes(b"\x80\x04")
     with pytest.raises(ModelLoadError, match="pickled checkpoints are refused"):

@@ -173,7 +173,7 @@ def test_codecs_command_lists_options_and_decode_options() -> None:
     env = {**os.environ, "COLUMNS": "60"}
     listing = subprocess.run(
         [sys.executable, "-m", "diffc_pipeline", "codecs"], capture_output=True, text=True, env=env, check=True
-    ).stderr
+    ).stdout  # a listing is a result: stdout, so that it pipes
     assert max(map(len, listing.splitlines())) <= 60
     words = set(listing.replace(",", " ").split())
     for c in info.values():
@@ -211,7 +211,7 @@ def test_format1_archive_decodes_bit_identically_and_inspects(ray_cluster, tmp_p
     result = runner.invoke(app, ["inspect", str(FIXTURE / "archive"), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["format_version"] == 2 and info["codec"]["name"] == "diffc" and info["codec"]["num_chunks"] == 6
+    assert info["format_version"] == 1 and info["codec"]["name"] == "diffc" and info["codec"]["num_chunks"] == 6
     assert [c["chunk"] for c in info["bpp_per_chunk"]] == [1, 2, 3, 4, 5, 6] and info["ok"] == 4
 
 

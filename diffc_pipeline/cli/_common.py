@@ -9,10 +9,14 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ClusterError, DiffcError
 
+# Messages (errors, warnings, progress) go to stderr; results (the summary tables, inspect's report, the codec
+# list) to stdout, so that `diffc inspect ARCHIVE > report.txt` and pipes get the report and only the report.
 console = Console(stderr=True)
+report = Console()
 F = TypeVar("F", bound=Callable)
 
 EXIT_OK = 0
@@ -30,13 +34,25 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DiffcError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            print_error(exc)
             raise typer.Exit(EXIT_FAILED if isinstance(exc, ClusterError) else EXIT_USAGE) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]")
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_error(exc: BaseException) -> None:
+    """One red ``error:`` line. The message is escaped: it quotes user input (paths, options, --where
+    clauses) and Rich would read ``[...]`` in it as markup - eating ``[jxl]`` from an install hint, or failing
+    on ``[/x]``."""
+    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+
+
+def warn(message: str) -> None:
+    """One yellow line on stderr, ``message`` escaped as in :func:`print_error`."""
+    console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
 
 
 def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import json
 import typer
 from rich.markup import escape
 
-from ._common import console, friendly_errors
+from ._common import friendly_errors, report
 
 
 def describe_codecs() -> list[dict]:
@@ -52,16 +52,16 @@ def codecs(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
     for c in info:
         progressive = {True: "progressive", False: "not progressive", None: "progressive: ?"}[c["progressive"]]
         model = f", model {c['default_model']}" if c["default_model"] else ""
-        console.print(f"[bold]{c['name']}[/bold]: {escape(c['summary'])} [dim]({progressive}{model})[/dim]")
+        report.print(f"[bold]{c['name']}[/bold]: {escape(c['summary'])} [dim]({progressive}{model})[/dim]")
         options = ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "none"
-        console.print(f"  --codec-opt: {escape(options)}")
+        report.print(f"  --codec-opt: {escape(options)}")
         decode = ", ".join(
             f"{k}={v['default']}" + (f" ({'|'.join(map(str, v['choices']))})" if v.get("choices") else "")
             if isinstance(v, dict)
             else f"{k}: {v}"
             for k, v in c["decode_options"].items()
         )
-        console.print(f"  decode options: {escape(decode or 'none')}")
+        report.print(f"  decode options: {escape(decode or 'none')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,10 +10,14 @@ import typer
 from rich.table import Table
 
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
-from ._common import EXIT_FAILED, EXIT_PARTIAL, console, friendly_errors, parse_pairs
+from ._common import EXIT_FAILED, EXIT_PARTIAL, friendly_errors, parse_pairs, print_error, report, warn
 
 INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "deleted_examples")
 STORAGE_HELP = "fsspec storage option KEY=VALUE for INPUT and OUTPUT (repeatable; a.b=c nests). Never printed."
+ARCHIVE_STORAGE_HELP = (
+    "fsspec storage option KEY=VALUE for ARCHIVE and OUTPUT (repeatable; a.b=c nests). "
+    "Never printed."
+)
 
 
 @friendly_errors
@@ -33,12 +37,14 @@ def compress(
         [], "--codec-opt", help="Codec option KEY=VALUE (repeatable; `diffc codecs` lists each codec's)."
     ),
     model: str = typer.Option(
-        None, help="The codec's model: 'builtin', 'photo', 'gaussian' or a directory (default: builtin)."
+        None,
+        help="The codec's model: a directory, or a built-in name - DiffC: 'builtin' (default), 'photo', "
+        "'gaussian'; CDC: 'builtin'.",
     ),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     seed: int = typer.Option(0, help="Dataset seed; each image's seed derives from it and the image id."),
     steps: int = typer.Option(None, min=1, help="DiffC's coding steps (same as --codec-opt num_steps=N)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Reject larger images (decompression bombs)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Reject larger images (decompression bombs)."),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
     batch_pixels: int = typer.Option(
         DEFAULT_BATCH_PIXELS, min=1, help="At most this many pixels per codec call (bounds memory on large photos)."
@@ -91,15 +97,15 @@ def compress(
         lock_timeout=lock_timeout,
     )
     if dry_run:
-        report = api.compress(input, output, dry_run=True, **kwargs)
-        todo = report.pop("to_do")
-        report["to_do"] = todo[:10] + ([f"... {len(todo) - 10} more"] if len(todo) > 10 else [])
-        typer.echo(json.dumps(report, indent=1))
+        plan = api.compress(input, output, dry_run=True, **kwargs)
+        todo = plan.pop("to_do")
+        plan["to_do"] = todo[:10] + ([f"... {len(todo) - 10} more"] if len(todo) > 10 else [])
+        typer.echo(json.dumps(plan, indent=1))
         return
     try:
-        summary = api.compress(input, output, progress=True, log=_warn, **kwargs)
+        summary = api.compress(input, output, progress=True, log=warn, **kwargs)
     except ArchiveLockedError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
     fields = dataclasses.asdict(summary)
     if not incremental:
@@ -108,20 +114,15 @@ def compress(
     table = Table(title="compress summary", show_header=False)
     for key, value in fields.items():
         table.add_row(key.replace("_", " "), format_value(value))
-    console.print(table)
+    report.print(table)
     if summary.deleted:
-        console.print(
-            f"[yellow]{summary.deleted} archived source(s) are no longer listed (kept in the archive), e.g. "
-            f"{', '.join(summary.deleted_examples)}[/yellow]",
-            highlight=False,
+        warn(
+            f"{summary.deleted} archived source(s) are no longer listed (kept in the archive), e.g. "
+            f"{', '.join(summary.deleted_examples)}"
         )
     if summary.failures:
-        console.print(f"[yellow]{summary.failures} image(s) failed; see the error column (diffc inspect)[/yellow]")
+        warn(f"{summary.failures} image(s) failed; see the error column (diffc inspect)")
         raise typer.Exit(EXIT_PARTIAL)
-
-
-def _warn(message: str) -> None:
-    console.print(f"[yellow]{message}[/yellow]", highlight=False)
 
 
 def format_value(value: object) -> str:

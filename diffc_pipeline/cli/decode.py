@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..images import DEFAULT_MAX_PIXELS
-from ._common import EXIT_PARTIAL, console, friendly_errors, parse_pairs
-from .compress import STORAGE_HELP, format_value
+from ._common import EXIT_PARTIAL, friendly_errors, parse_pairs, report, warn
+from .compress import ARCHIVE_STORAGE_HELP, format_value
 
 
 @friendly_errors
@@ -28,7 +28,9 @@ def decode(
     where: str = typer.Option(None, help="Filter, e.g. \"width >= 64 AND id LIKE 'val_1%'\"."),
     limit: int = typer.Option(0, min=0, help="At most N images (after --ids/--where; 0: all)."),
     method: str = typer.Option(
-        None, help="Decode option 'method': DiffC flow (DiffC-F, default), ancestral (DiffC-A) or denoise."
+        None,
+        help="Decode option 'method': DiffC flow (DiffC-F, default), ancestral (DiffC-A) or denoise; CDC diffusion "
+        "(default) or mean.",
     ),
     decode_opt: list[str] = typer.Option(
         [], "--decode-opt", help="Codec decode option KEY=VALUE (repeatable; `diffc codecs` lists them)."
@@ -43,7 +45,7 @@ def decode(
         help="Refuse (as an error row) a stream claiming more pixels, or another size than its row: an archive "
         "from elsewhere may be edited.",
     ),
-    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=ARCHIVE_STORAGE_HELP),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     batch_size: int = typer.Option(8, min=1, help="Images per codec call."),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
@@ -75,9 +77,9 @@ def decode(
     table = Table(title="decode summary", show_header=False)
     for key, value in dataclasses.asdict(summary).items():
         table.add_row(key.replace("_", " "), format_value(value))
-    console.print(table)
+    report.print(table)
     if summary.failures:
-        console.print(f"[yellow]{summary.failures} image(s) could not be decoded[/yellow]")
+        warn(f"{summary.failures} image(s) could not be decoded")
         raise typer.Exit(EXIT_PARTIAL)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import console, friendly_errors
+from ._common import console, friendly_errors, report, warn
 
 
 @friendly_errors
@@ -21,8 +21,8 @@ def demo(
 ) -> None:
     """Compress the bundled sample images with DiffC and CDC, decode them, print bpp and PSNR per image.
 
-    The demo's archives under ``OUT`` are rebuilt on every run (archives of the bundled samples only, so
-    nothing of the user's is replaced): after an upgrade ships new weights, ``make demo`` must show them.
+    The demo's archives under OUT are rebuilt on every run (archives of the bundled samples only, so nothing
+    of the user's is replaced): after an upgrade ships new weights, `make demo` shows them.
     """
     from ..codecs.diffc.config import CodecConfig
     from ..pipeline.runtime import ray_session
@@ -34,9 +34,9 @@ def demo(
     with ray_session(None):
         diffc_table = _diffc(out, model, prefixes)
         cdc_table = _cdc(out) if cdc else None
-    console.print(diffc_table)
+    report.print(diffc_table)
     if cdc_table is not None:
-        console.print(cdc_table)
+        report.print(cdc_table)
     console.print(f"PNGs in {out}/*/; inspect an archive with `diffc inspect {out / 'archive'}`")
 
 
@@ -76,7 +76,7 @@ def _cdc(out: Path) -> Table | None:
     try:
         codec = resolve("cdc").build()
     except (ModelLoadError, ImportError) as exc:  # no shipped weights (or a build without CDC)
-        console.print(f"[yellow]CDC skipped: {exc}[/yellow]", highlight=False)
+        warn(f"CDC skipped: {exc}")
         return None
     archive = out / "archive-cdc"
     summary = _compress(archive, codec="cdc")

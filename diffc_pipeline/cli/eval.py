@@ -55,7 +55,7 @@ def eval_(
         help="DiffC stream option KEY=VALUE, as for compress (repeatable; --codec takes --codec-grid).",
     ),
     diffc_limit: int = typer.Option(
-        0, help="Run DiffC on a fixed subset of N of the images only (it is ~1000x slower than Pillow; 0: all)."
+        0, min=0, help="Run DiffC on a fixed subset of N of the images only (it is ~1000x slower than Pillow; 0: all)."
     ),
     codec: str = typer.Option(
         None,
@@ -76,14 +76,16 @@ def eval_(
     codec_prefixes: str = typer.Option(
         "all", help="Prefixes of a progressive --codec to decode: 'all', 'full' (whole streams only) or e.g. '1,2,4'."
     ),
-    limit: int = typer.Option(0, help="Evaluate a fixed subset of N source images (fixed-seed choice; 0: all)."),
-    batch_size: int = typer.Option(16, help="Images per codec call (one image size per call)."),
+    limit: int = typer.Option(0, min=0, help="Evaluate a fixed subset of N source images (fixed-seed choice; 0: all)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per codec call (one image size per call)."),
     seed: int = typer.Option(0, help="Run seed; each image's stream seed derives from it and the image id."),
-    downsample: int = typer.Option(1, help="Area-downsample by this integer factor first (e.g. lossless CBSD68)."),
-    tile: int = typer.Option(0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."),
+    downsample: int = typer.Option(
+        1, min=1, help="Area-downsample by this integer factor first (e.g. lossless CBSD68)."
+    ),
+    tile: int = typer.Option(0, min=0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
     id_column: str = typer.Option("id", help="Id column of a Parquet dataset."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default; 1 per Ray worker)."),
+    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0: torch's default; 1 per Ray worker)."),
     workers: int = typer.Option(
         0, min=0, help="Run DiffC on N Ray actors (one model each; 0: in this process, no Ray)."
     ),

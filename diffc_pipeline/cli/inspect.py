@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ._common import console, friendly_errors
-from .compress import STORAGE_HELP
+from ._common import friendly_errors, report
 
 
 @friendly_errors
 def inspect(
     archive: str = typer.Argument(..., help="fsspec URL of a diffc archive."),
-    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
+    storage_option: list[str] = typer.Option(
+        [], "--storage-option", "-S", help="fsspec storage option KEY=VALUE for ARCHIVE (repeatable; a.b=c nests)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise an archive without decoding anything."""
@@ -26,15 +28,16 @@ def inspect(
         typer.echo(json.dumps(info, indent=1))
         return
     model, codec = info["model"], info["codec"]
-    console.print(f"[bold]{info['archive']}[/bold]  format v{info['format_version']}, tool {info['tool_version']}")
-    console.print(
+    archive_line = f"format v{info['format_version']}, tool {info['tool_version']}"
+    report.print(f"[bold]{escape(info['archive'])}[/bold]  {archive_line}")
+    report.print(
         f"codec {codec['name']} ({codec['fingerprint'][:12]}, {codec['num_chunks']} chunk(s)"
         f"{', progressive' if codec['progressive'] else ''})  model "
-        f"{model['name'] + '@' + model['sha256'][:12] if model else 'none'}  options {codec['options']}",
+        f"{model['name'] + '@' + model['sha256'][:12] if model else 'none'}  options {escape(str(codec['options']))}",
         highlight=False,
     )
     malformed = f", malformed {info['malformed']} (left out of bpp)" if info["malformed"] else ""
-    console.print(
+    report.print(
         f"images {info['images']} of {info['planned_images']} planned ({info['rows']} rows, older versions "
         "of changed sources included), "
         f"ok {info['ok']}, failures {info['failures']}{malformed}; "
@@ -57,18 +60,20 @@ def inspect(
             *([f"{row['logsnr']:.2f}"] if has_logsnr else []),
             *(f"{row[k]:.4f}" for k in ("bpp", "p10", "p50", "p90")),
         )
-    console.print(table)
+    report.print(table)
     if info["runs"]:
-        console.print("[bold]incremental runs[/bold] (oldest first)")
+        report.print("[bold]incremental runs[/bold] (oldest first)")
     for r in info["runs"]:
         counts = ", ".join(f"{k} {r.get(k)}" for k in ("new", "changed", "unchanged", "deleted", "failed"))
-        console.print(
+        report.print(
             f"run {r['run_id']} {r['started_at']} -> {r.get('finished_at') or '?'} {r['status']}: {counts}; "
             f"tool {r.get('tool_version')}, model {r.get('model')}",
             highlight=False,
         )
     for message, count in info["top_errors"]:
-        console.print(f"[yellow]{count} x[/yellow] {message}", highlight=False)
+        ids = info["top_error_ids"][message]
+        examples = f" (e.g. {', '.join(ids)}{', ...' if count > len(ids) else ''})"
+        report.print(f"[yellow]{count} x[/yellow] {escape(message + examples)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

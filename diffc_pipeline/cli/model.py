@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import DiffcError
-from ._common import console, friendly_errors
+from ._common import console, friendly_errors, report
 
 model_app = typer.Typer(
     help="Evaluate, export and inspect diffusion models.",
@@ -140,7 +140,7 @@ def _print_result(result) -> None:
             f"{b.prior_bpd:.5f}",
             f"{b.reconstruction_bpd:.4f}",
         )
-    console.print(table)
+    report.print(table)
     if result.by_t:
         curve = Table(title="rate to reach t from t = 1, and the denoised x_hat(z_t)")
         for col in ("t", "-log SNR", "bits/dim from 1", "bits/dim per unit -log SNR", "PSNR x_hat (dB)"):
@@ -217,7 +217,7 @@ def info(
             key,
             json.dumps(value) if isinstance(value, dict) else f"{value:,}" if key == "params" else str(value),
         )
-    console.print(table)
+    report.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 
 from .. import __version__
 from ..codecs import Codec, CodecSpec, resolve
-from ..errors import ArchiveError
+from ..errors import ArchiveError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from . import faults
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
 from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
+from .destinations import check_output_folder, removed_if_left_empty
 from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
 from .lock import LOCK_NAME, archive_lock
 from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
@@ -57,6 +58,14 @@ class CompressOptions:
     incremental: bool = False  # compress only new/changed sources into new shards
     wait_lock: float = 0.0  # seconds to wait for another run's lock (every run holds the archive lock)
     lock_timeout: float = 6 * 3600.0  # a lock older than this is stale and broken
+
+    def __post_init__(self) -> None:
+        """Numbers out of range fail here, naming the option, before Ray starts or anything is written (the
+        CLI's own ranges catch them for its users; the Python API comes straight here)."""
+        check_at_least(
+            self,
+            shard_size=1, batch_size=1, batch_pixels=1, max_pixels=1, threads=0, actors=0, limit=0, wait_lock=0,
+        )  # fmt: skip
 
 
 @dataclass
@@ -120,6 +129,7 @@ class CompressSummary:
     shards_written: int
     shards_skipped: int
     actors: str
+    skipped_non_image_files: int = 0  # files in the input folder without an image extension (not listed)
     run_id: str = ""  # incremental runs only, like the counts below
     new: int = 0
     changed: int = 0
@@ -172,10 +182,15 @@ def prepare(opts: CompressOptions, codec: Codec, run_id: str = "") -> PreparedJo
         if shard is None or marker.get("ids_sha256") != shard.ids_sha256:
             raise ArchiveError(
                 f"committed shard {name} of {where} holds other images than this run plans for it (the input "
-                "changed since it was written); use another OUTPUT or --overwrite"
+                "changed since it was written); add --incremental to code only what is new or changed, or use "
+                "another OUTPUT or --overwrite"
             )
     pending = [s for s in plan.shards if s.name not in committed]
     return PreparedJob(plan, manifest, spec, committed, pending, False, fs, root)
+
+
+def _without_limit(source: dict) -> dict:
+    return {k: v for k, v in source.items() if k != "limit"}
 
 
 def _check_empty(fs: fsspec.AbstractFileSystem, root: str, where: str) -> None:
@@ -213,10 +228,14 @@ def _prepare_incremental(
         check_same_codec(existing, description, where, "use the same --codec, --model and --codec-opt")
         if existing.model and existing.model.get("spec") and manifest.model and not manifest.model.get("spec"):
             manifest.model["spec"] = existing.model["spec"]  # a model PATH that is the archive's named model
-        theirs = {"input": existing.source, "seed": existing.seed}
-        mine = {"input": manifest.source, "seed": opts.seed}
-        if theirs != mine:
-            raise ArchiveError(f"{where} was made from {theirs}, this run is {mine}; use another OUTPUT")
+        # the input must be the same; a --limit may change (an incremental run codes whatever is new in its
+        # listing, so a trial archive made with --limit 3 grows into the whole dataset)
+        theirs = {**_without_limit(existing.source), "seed": existing.seed}
+        mine = {**_without_limit(manifest.source), "seed": opts.seed}
+        differ = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        if differ:
+            details = "; ".join(f"{k}: archive has {theirs.get(k)!r}, this run {mine.get(k)!r}" for k in differ)
+            raise ArchiveError(f"{where} was made from another input ({details}); use another OUTPUT")
         manifest.created_at = existing.created_at
         manifest.runs = existing.runs
         for r in manifest.runs:  # we hold the lock: a run still marked running was killed
@@ -256,8 +275,12 @@ def run_compress(
     codec = codec or codec_spec(opts).build()
     probe_cluster(opts.address)  # before the archive is touched: a dead address leaves no manifest behind
     fs, root = open_fs(opts.output, opts.storage_options)
+    root = root.rstrip("/")
+    check_output_folder(fs, root, opts.output)
     run_id = new_run_id()
-    with archive_lock(fs, root.rstrip("/"), run_id, opts.wait_lock, opts.lock_timeout, say):
+    # bad input (no images, a missing folder) fails in prepare(), inside the lock: the folder the lock made
+    # for a new archive goes again
+    with removed_if_left_empty(fs, root), archive_lock(fs, root, run_id, opts.wait_lock, opts.lock_timeout, say):
         if not opts.incremental:
             return _run(prepare(opts, codec), opts, progress)
         job = prepare(opts, codec, run_id)
@@ -284,8 +307,9 @@ def _run(job: PreparedJob, opts: CompressOptions, progress: JobProgress) -> Comp
     discard_uncommitted(fs, root, set(job.committed))
     _sync_manifest(job)
     skipped = len(job.committed)
+    ignored = job.plan.source.skipped
     if not job.pending:
-        return CompressSummary(0, 0, 0, float("nan"), 0.0, 0.0, 0, skipped, "none")
+        return CompressSummary(0, 0, 0, float("nan"), 0.0, 0.0, 0, skipped, "none", ignored)
     progress.start(sum(s.size for s in job.pending))
     try:
         with ray_session(opts.address):
@@ -304,6 +328,7 @@ def _run(job: PreparedJob, opts: CompressOptions, progress: JobProgress) -> Comp
         len(job.pending),
         skipped,
         sizing.describe(),
+        ignored,
     )
 
 

@@ -25,9 +25,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..codecs import Codec, Encoded, prefix_bits
-from ..errors import ArchiveError, DiffcError
+from ..errors import ArchiveError, DiffcError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
+from .destinations import check_output_folder, check_outside_archive
 from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -98,6 +99,10 @@ class DecodeOptions:
     threads: int = 0
     actors: int = 0
 
+    def __post_init__(self) -> None:
+        """As :class:`~diffc_pipeline.pipeline.compress_job.CompressOptions`: out-of-range numbers fail at once."""
+        check_at_least(self, batch_size=1, threads=0, actors=0, limit=0)
+
 
 @dataclass
 class DecodeSummary:
@@ -120,6 +125,12 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
         raise DecodeTargetError("give at most one of --bpp and --step")
     if opts.max_pixels < 1:
         raise DecodeTargetError(f"--max-pixels must be >= 1, got {opts.max_pixels}")
+    if opts.bpp is not None and not opts.bpp > 0:  # not "> 0" also catches NaN
+        raise DecodeTargetError(f"--bpp must be > 0, got {opts.bpp}")
+    most = archive.manifest.num_chunks
+    if opts.step is not None and not 0 <= opts.step <= most:
+        # a step past the end would silently decode whole streams, and the user asked for something else
+        raise DecodeTargetError(f"--step must lie in 0..{most} (the archive's streams have {most} chunk(s))")
     index, index_bytes = read_index(archive, with_bits=opts.bpp is not None)
     index = latest_rows(index)  # incremental archives hold older versions of changed sources
     if opts.ids:
@@ -148,9 +159,7 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
                 + (", or --step 0 for what the decoder makes of the seed alone" if m.codec.get("progressive") else "")
             )
     elif opts.step is not None:
-        if opts.step < 0:
-            raise DecodeTargetError("--step must be >= 0")
-        steps = [min(opts.step, m.num_chunks)] * index.num_rows
+        steps = [opts.step] * index.num_rows
     else:
         steps = [m.num_chunks] * index.num_rows
     if not m.codec.get("progressive", True):
@@ -370,6 +379,9 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     if opts.format not in ("png", "parquet"):
         raise DecodeTargetError("--format must be png or parquet")
     archive = open_archive(opts.archive, opts.storage_options)
+    out_fs, out_root = open_fs(opts.output, opts.storage_options)
+    check_output_folder(out_fs, out_root, opts.output)
+    check_outside_archive(out_fs, out_root, archive.fs, archive.root)
     spec = archive.manifest.codec_spec(opts.model)
     codec = spec.build()
     decode_options = codec.parse_decode_options(opts.decode_options)

@@ -13,6 +13,8 @@ from .incremental import latest_rows
 from .reader import open_archive, read_index
 
 QUANTILES = (0.1, 0.5, 0.9)
+TOP_ERRORS = 5
+EXAMPLE_IDS = 3  # ids shown per error message: enough to find the images, few enough for one line
 
 
 def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
@@ -53,12 +55,11 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
                     **{f"p{int(p * 100)}": float(v) for p, v in zip(QUANTILES, q, strict=True)},
                 }
             )
-    errors = Counter(
-        e.split(":", 1)[0] + ": " + e.split(":", 1)[-1].strip()[:80] for e in failed.column("error").to_pylist() if e
-    )
+    errors, examples = _error_counts(failed.column("id").to_pylist(), failed.column("error").to_pylist())
+    top_errors = errors.most_common(TOP_ERRORS)
     return {
         "archive": archive.url,
-        "format_version": m.format_version,
+        "format_version": m.read_from_format or m.format_version,  # as stored: a format-1 manifest reads as 2
         "tool_version": m.tool_version,
         "created_at": m.created_at,
         "source": m.source,
@@ -75,8 +76,25 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "file_bytes": sum(s.get("file_bytes", 0) for s in archive.shards.values()),
         "payload_bytes": sum(s.get("payload_bytes", 0) for s in archive.shards.values()),
         "bpp_per_chunk": per_chunk,
-        "top_errors": errors.most_common(5),
+        "top_errors": top_errors,  # [(message, count)], most frequent first
+        "top_error_ids": {message: examples[message] for message, _ in top_errors},  # a few ids per message
     }
+
+
+def _error_counts(ids: list[str], errors: list[str | None]) -> tuple[Counter, dict[str, list[str]]]:
+    """Error rows grouped by message (the stage and the first 80 characters of the reason): how many, and the
+    first few ids of each, so that a user can find the failed images and not only read what went wrong."""
+    counts: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    for image_id, error in zip(ids, errors, strict=True):
+        if not error:
+            continue
+        parts = error.split(":", 1)
+        message = f"{parts[0]}: {parts[-1].strip()[:80]}"
+        counts[message] += 1
+        if len(examples.setdefault(message, [])) < EXAMPLE_IDS:
+            examples[message].append(image_id)
+    return counts, examples
 
 
 def _planned_shards(m, committed: Mapping[str, dict]) -> int:

@@ -200,6 +200,6 @@ def check_same_plan(existing: Manifest, source: dict, seed: int, shard_size: int
     if diff:
         details = "; ".join(f"{k}: archive has {theirs[k]!r}, this run {mine[k]!r}" for k in diff)
         raise ArchiveError(
-            f"{where} was made from another plan ({details}); resume with the same options, "
-            "choose another OUTPUT, or pass --overwrite"
+            f"{where} was made from another plan ({details}); resume with the same options, add --incremental "
+            "to code only what it does not hold yet, choose another OUTPUT, or pass --overwrite"
         )

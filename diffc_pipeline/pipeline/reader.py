@@ -11,7 +11,8 @@ import bisect
 import io
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
@@ -37,6 +38,10 @@ class Archive:
 
     def shard_path(self, name: str) -> str:
         return data_path(self.root, name)
+
+    def shard_url(self, name: str) -> str:
+        """Where shard ``name`` lies, as the user named the archive (no credentials): for messages."""
+        return self.url.rstrip("/") + self.shard_path(name)[len(self.root) :]
 
 
 def open_archive(url: str, storage_options: Mapping[str, object]) -> Archive:
@@ -87,8 +92,13 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
     columns = [*INDEX_COLUMNS, "cum_bits"] if with_bits else INDEX_COLUMNS
     tables, nbytes = [], 0
     for name in sorted(archive.shards):
-        with archive.fs.open(archive.shard_path(name), "rb", cache_type="none") as raw, CountingFile(raw) as f:
-            metadata = read_footer(f)
+        path = archive.shard_path(name)
+        with (
+            shard_errors(archive.shard_url(name)),
+            archive.fs.open(path, "rb", cache_type="none") as raw,
+            CountingFile(raw) as f,
+        ):
+            metadata = read_footer(f, archive.shard_url(name))
             _check_shard(archive, name, metadata)
             t = pq.ParquetFile(f, metadata=metadata).read(columns=columns)
             nbytes += f.bytes_read
@@ -116,17 +126,35 @@ def _check_shard(archive: Archive, name: str, metadata: pq.FileMetaData) -> None
         )
 
 
-def read_footer(f) -> pq.FileMetaData:
-    """Read a Parquet footer with exactly two small reads.
+@contextmanager
+def shard_errors(where: str) -> Iterator[None]:
+    """A shard file that is gone, cut short or garbled becomes one :class:`ArchiveError` naming it (``where``),
+    not a ``FileNotFoundError`` or Arrow traceback: archives get copied, synced and pruned by hand."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ArchiveError(
+            f"shard file {where} is missing (its commit marker says it was written; restore the file, or delete "
+            "the marker and compress again to redo that shard)"
+        ) from None
+    except (OSError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
+        raise ArchiveError(f"shard file {where} is truncated or corrupt: {exc}") from None
+
+
+def read_footer(f, where: str) -> pq.FileMetaData:
+    """Read the Parquet footer of the shard file ``where`` (named in errors) with exactly two small reads.
 
     pyarrow's own open reads the last 64 KiB speculatively, which for a small shard would be more than the
     chunks a low-bitrate decode needs.
     """
+    length = f.seek(0, io.SEEK_END)
+    if length < 12:  # magic, footer length, magic
+        raise ArchiveError(f"shard file {where} is truncated: {length} bytes, too short for Parquet")
     f.seek(-8, io.SEEK_END)
     tail = f.read(8)
-    if tail[4:] != b"PAR1":
-        raise ArchiveError("shard file is not Parquet (bad footer magic)")
     size = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or size > length - 12:
+        raise ArchiveError(f"shard file {where} is truncated or not Parquet (no Parquet footer at its end)")
     f.seek(-8 - size, io.SEEK_END)
     return pq.read_metadata(pa.BufferReader(b"PAR1" + f.read(size) + tail))
 
@@ -138,8 +166,9 @@ def read_prefixes(fs: fsspec.AbstractFileSystem, path: str, rows: list[int], chu
     fetched.
     """
     columns = payload_columns(chunks)
-    with fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
-        pf = pq.ParquetFile(f, metadata=read_footer(f))
+    where = fs.unstrip_protocol(path)
+    with shard_errors(where), fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
+        pf = pq.ParquetFile(f, metadata=read_footer(f, where))
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         starts = [0, *itertools.accumulate(sizes)]
         group_of = {r: bisect.bisect_right(starts, r) - 1 for r in rows}

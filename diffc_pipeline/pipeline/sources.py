@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +26,20 @@ from ..images import IMAGE_EXTENSIONS
 
 class SourceError(DiffcError):
     """The input URL is missing, empty, unreadable, or not an image folder or Parquet dataset."""
+
+
+# A Parquet input without this column gets FILE:ROW ids; a column named otherwise must exist. The CLI and API
+# pass the default as a string, so this name is the one that may be absent.
+DEFAULT_ID_COLUMN = "id"
+
+# What to do about remote failures users meet first, by exception class name (botocore's classes are not
+# imported: s3fs is optional).
+REMOTE_HINTS = {
+    "NoCredentialsError": "set credentials: AWS_* variables, a profile, or -S key=... -S secret=...; "
+    "or -S anon=true for a public bucket",
+    "EndpointConnectionError": "check -S client_kwargs.endpoint_url and the network",
+}
+SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "credential")
 
 
 ITEM_SCHEMA = pa.schema(
@@ -110,7 +125,7 @@ def list_source(
     url: str,
     storage_options: Mapping[str, object],
     image_column: str = "image",
-    id_column: str = "id",
+    id_column: str = DEFAULT_ID_COLUMN,
     limit: int = 0,
 ) -> Source:
     """List every image under ``url`` (a folder, a glob, an image file, or Parquet file(s)).
@@ -118,7 +133,8 @@ def list_source(
     ``limit`` keeps the first N in sorted order (a sample of a dataset, e.g. for benchmarks).
     """
     fs, path = open_fs(url, storage_options)
-    files, skipped = _find_files(fs, path, url)
+    with _remote_errors("list", url, storage_options):
+        files, skipped = _find_files(fs, path, url)
     parquet = sorted(p for p in files if p.lower().endswith(".parquet"))
     images = sorted(p for p in files if p.lower().endswith(IMAGE_EXTENSIONS))
     if parquet and images:
@@ -127,7 +143,7 @@ def list_source(
             "(a glob such as '.../*.png' selects the images)"
         )
     if parquet:
-        items = _parquet_items(fs, parquet, image_column, id_column)
+        items = _parquet_items(fs, parquet, image_column, id_column, storage_options)
         kind = "parquet"
     else:
         root = _root_of(fs, path)
@@ -142,6 +158,38 @@ def list_source(
         items = items.slice(0, limit)
     _check_unique_ids(items)
     return Source(public_url(url), kind, image_column, id_column, items, skipped, limit)
+
+
+@contextmanager
+def _remote_errors(action: str, url: str, storage_options: Mapping[str, object]) -> Iterator[None]:
+    """Turn any failure of the filesystem (botocore, aiohttp, OSError, Arrow: many unrelated types) into one
+    :class:`SourceError` naming the URL and the cause, instead of a traceback from deep in the client.
+
+    :class:`DiffcError` passes as raised (it already names the problem), and so does ``KeyboardInterrupt``
+    (not an ``Exception``). The message holds the public URL and the exception, never the storage options,
+    and any secret option value that the client quoted is masked.
+    """
+    try:
+        yield
+    except DiffcError:
+        raise
+    except Exception as exc:
+        name = type(exc).__name__
+        detail = _masked(str(exc).strip() or name, storage_options)
+        hint = REMOTE_HINTS.get(name)
+        raise SourceError(
+            f"cannot {action} {public_url(url)}: {name}: {detail}" + (f" ({hint})" if hint else "")
+        ) from None
+
+
+def _masked(text: str, storage_options: Mapping[str, object]) -> str:
+    """``text`` with the values of secret-looking storage options (keys, tokens, passwords) replaced by ***."""
+    for key, value in storage_options.items():
+        if isinstance(value, Mapping):
+            text = _masked(text, value)
+        elif isinstance(value, str) and value and any(w in key.lower() for w in SECRET_OPTION_WORDS):
+            text = text.replace(value, "***")
+    return text
 
 
 def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dict[str, dict], int]:
@@ -188,21 +236,36 @@ def _image_items(fs: fsspec.AbstractFileSystem, images: list[str], info: dict[st
     return _table(rows)
 
 
-def _parquet_items(fs: fsspec.AbstractFileSystem, files: list[str], image_column: str, id_column: str) -> pa.Table:
-    """One item per row; rows keep their file order so a read task touches one row group at a time."""
+def _parquet_items(
+    fs: fsspec.AbstractFileSystem,
+    files: list[str],
+    image_column: str,
+    id_column: str,
+    storage_options: Mapping[str, object],
+) -> pa.Table:
+    """One item per row; rows keep their file order so a read task touches one row group at a time.
+
+    Without the default id column a file's rows get FILE:ROW ids; a column the user named must be there, or
+    every id would silently be FILE:ROW instead of theirs."""
     rows = []
     for p in files:
         uri = fs.unstrip_protocol(p)
-        mtime, etag = _version_of(fs.info(p))
-        with fs.open(p, "rb") as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            if image_column not in names:
-                raise SourceError(
-                    f"{uri} has no column {image_column!r} (columns: {', '.join(names)}); "
-                    "name the image-bytes column with --image-column"
-                )
-            ids = pf.read(columns=[id_column]).column(0).to_pylist() if id_column in names else None
+        with _remote_errors("read", uri, storage_options):
+            mtime, etag = _version_of(fs.info(p))
+            with fs.open(p, "rb") as f:
+                pf = pq.ParquetFile(f)
+                names = pf.schema_arrow.names
+                if image_column not in names:
+                    raise SourceError(
+                        f"{uri} has no column {image_column!r} (columns: {', '.join(names)}); "
+                        "name the image-bytes column with --image-column"
+                    )
+                if id_column not in names and id_column != DEFAULT_ID_COLUMN:
+                    raise SourceError(
+                        f"{uri} has no column {id_column!r} (columns: {', '.join(names)}); "
+                        "name the id column with --id-column, or leave it out for FILE:ROW ids"
+                    )
+                ids = pf.read(columns=[id_column]).column(0).to_pylist() if id_column in names else None
             row = 0
             for rg in range(pf.metadata.num_row_groups):
                 for _ in range(pf.metadata.row_group(rg).num_rows):

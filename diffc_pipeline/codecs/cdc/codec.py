@@ -147,7 +147,10 @@ def load_model(spec: str | None) -> LoadedModel:
         path = Path(spec)
         name = str(path)
         if not path.is_dir():
-            raise ModelLoadError(f"CDC model {spec!r}: no such directory; {TRAIN_HINT}")
+            raise ModelLoadError(
+                f"CDC model {spec!r}: not a directory, and CDC's only built-in model is 'builtin' (the default); "
+                "give a directory of CDC weights or a training run (`diffc train-cdc --out RUN`)"
+            )
     if not (path / "state.json").is_file() and (path / "checkpoint" / "state.json").is_file():
         path = path / "checkpoint"
     try:

@@ -1,0 +1,51 @@
+"""Checks on where a job writes (``OUTPUT``), made before anything is written, and the clean-up of a folder a
+failed run created and left empty.
+
+A job that fails on bad input must leave nothing behind it did not find (an empty ``OUTPUT`` folder makes the
+next run's "not empty / not an archive" checks and a user's listing lie), and must never write where it would
+pollute or overwrite an archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import fsspec
+
+from ..errors import ArchiveError
+from .sources import public_url
+
+
+def check_output_folder(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
+    """Refuse an ``OUTPUT`` that exists as a file: a job writes a folder there."""
+    if fs.isfile(root):
+        raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
+
+
+def check_outside_archive(
+    out_fs: fsspec.AbstractFileSystem, out_root: str, archive_fs: fsspec.AbstractFileSystem, archive_root: str
+) -> None:
+    """Refuse decoding into the archive's own folder or below it: decoded files would mix with its shards."""
+    if out_fs.protocol != archive_fs.protocol:
+        return
+    out, arc = out_root.rstrip("/"), archive_root.rstrip("/")
+    if out == arc or out.startswith(arc + "/"):
+        raise ArchiveError(f"OUTPUT {out_root} lies inside the archive {archive_root}; decode into another folder")
+
+
+@contextmanager
+def removed_if_left_empty(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[None]:
+    """Run the body; if it fails and ``root`` did not exist before it, remove ``root`` again when the failure
+    left it empty (a run that wrote anything keeps it: nothing already written is lost)."""
+    existed = fs.exists(root)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            try:
+                if fs.isdir(root) and not fs.ls(root, detail=False):
+                    fs.rmdir(root)
+            except OSError:  # best effort: the original error is the one to report
+                pass
+        raise

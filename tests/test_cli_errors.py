@@ -1,0 +1,109 @@
+"""What a user gets for plausible mistakes: one clear line naming the problem, nothing left behind, results on
+stdout. Each case here came from a new user's walkthrough of the README (2026-12-03)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pipeline_data.make import write_images
+from typer.testing import CliRunner
+
+import diffc_pipeline as dp
+from diffc_pipeline.cli import app
+from diffc_pipeline.errors import ArchiveError, DiffcError, InvalidInputError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "format1" / "archive"
+FAST = {"threads": 1, "actors": 1}
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_error_messages_keep_square_brackets_literally(tmp_path: Path) -> None:
+    # Rich markup read "[/x]" as a closing tag and crashed the error handler; "[jxl]" vanished from hints
+    result = _cli("compress", str(tmp_path), str(tmp_path / "out"), "--codec-opt", "[/x]")
+    assert result.exit_code == 2, result.output
+    assert "--codec-opt '[/x]': expected KEY=VALUE" in result.output and "Traceback" not in result.output
+    missing = tmp_path / "shots [2024]"
+    result = _cli("compress", str(missing), str(tmp_path / "out2"), "--codec", "webp")
+    assert result.exit_code == 2 and "shots [2024]" in result.output, result.output
+
+
+def test_inspect_prints_its_report_on_stdout() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "diffc_pipeline", "inspect", str(FIXTURE)], capture_output=True, text=True, check=True
+    )
+    assert "bits per pixel after each chunk" in done.stdout and "codec diffc" in done.stdout
+    assert "bits per pixel" not in done.stderr  # `diffc inspect ARCHIVE > report.txt` gets the report
+
+
+def test_decode_refuses_a_step_past_the_streams_and_a_bpp_not_above_zero() -> None:
+    arch = dp.open_archive(str(FIXTURE))
+    most = arch.manifest["codec"]["num_chunks"]
+    with pytest.raises(DiffcError, match=rf"--step must lie in 0\.\.{most} \(the archive's streams have {most} chunk"):
+        next(arch.decode(step=most + 1))
+    for bpp in (-1.0, 0.0, float("nan")):
+        with pytest.raises(DiffcError, match="--bpp must be > 0"):
+            next(arch.decode(bpp=bpp))
+
+
+def test_compress_refuses_an_output_that_is_a_file_and_bad_numbers_before_any_work(tmp_path: Path) -> None:
+    write_images(tmp_path / "in", 2)
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    with pytest.raises(ArchiveError, match=r"afile\.txt is a file"):
+        dp.compress(str(tmp_path / "in"), str(afile), codec="webp", **FAST)
+    assert afile.read_text() == "mine"
+    for bad in ({"shard_size": 0}, {"batch_size": 0}, {"threads": -2}, {"max_pixels": 0}):
+        name = next(iter(bad))
+        with pytest.raises(InvalidInputError, match=f"{name} must be at least"):
+            dp.compress(str(tmp_path / "in"), str(tmp_path / "x"), codec="webp", **{**FAST, **bad})
+    assert not (tmp_path / "x").exists()
+    result = _cli("compress", str(tmp_path / "in"), str(tmp_path / "y"), "--codec", "webp", "--max-pixels", "0")
+    assert result.exit_code == 2 and "--max-pixels" in result.output
+
+
+@pytest.mark.parametrize("make_input", ["missing", "empty"])
+def test_a_run_that_fails_on_its_input_leaves_no_output_folder(tmp_path: Path, make_input: str) -> None:
+    source = tmp_path / "in"
+    if make_input == "empty":
+        source.mkdir()
+    with pytest.raises(DiffcError):
+        dp.compress(str(source), str(tmp_path / "out"), codec="webp", **FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_decode_refuses_to_write_into_the_archive_or_onto_a_file(tmp_path: Path) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    with pytest.raises(ArchiveError, match="is a file"):
+        dp.decode(str(FIXTURE), str(afile), **FAST)
+    for inside in (FIXTURE, FIXTURE / "decoded"):
+        with pytest.raises(ArchiveError, match="lies inside the archive"):
+            dp.decode(str(FIXTURE), str(inside), **FAST)
+    assert not (FIXTURE / "decoded").exists()
+
+
+def test_a_limited_trial_archive_grows_with_incremental_and_the_summary_counts_skipped_files(
+    ray_cluster, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "in", 5)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    out = str(tmp_path / "out")
+    first = dp.compress(str(tmp_path / "in"), out, codec="webp", limit=2, **FAST)
+    assert (first.images, first.skipped_non_image_files) == (2, 1)
+    with pytest.raises(ArchiveError, match="add --incremental"):  # a plain rerun must plan the same shards
+        dp.compress(str(tmp_path / "in"), out, codec="webp", **FAST)
+    grown = dp.compress(str(tmp_path / "in"), out, codec="webp", incremental=True, **FAST)
+    assert (grown.new, grown.unchanged, grown.images) == (3, 2, 3)
+    assert dp.open_archive(out).rows().num_rows == 5
+
+
+def test_cli_ranges_refuse_negative_counts(tmp_path: Path) -> None:
+    for args in (["--threads", "-2"], ["--limit", "-1"], ["--tile", "-5"]):
+        result = _cli("eval", str(tmp_path), "--out", str(tmp_path / "e"), *args)
+        assert result.exit_code == 2 and "Invalid value" in result.output, (args, result.output)
