@@ -23,8 +23,8 @@ $D eval $TIN --out eval-tin-fa --limit 500 --diffc-limit 100 --anchors none --me
 rm -rf demo-out && make demo                                                                         # 5 min
 $D eval $CBSD --out eval-cbsd-tiles --downsample 3 --tile 64 --diffc-limit 24 \
     --steps 4,8,16,24,32,40 --batch-size 12 --workers 2 --threads 1                                  # 7 min
-$D eval $CBSD --out eval-cbsd-full --limit 4 --channels rcc,ideal --methods flow,denoise \
-    --steps 16,24,32,40 --batch-size 1 --workers 2 --threads 1                                       # 12 min
+$D eval $CBSD --out eval-cbsd12 --limit 12 --channels rcc,ideal --methods flow \
+    --steps 16,24,32,40 --batch-size 1 --workers 2 --threads 1                                       # ~55 min
 $D bench rate-breakdown --images 50 --tiles $CBSD --tile-count 16 --json bench/rate_breakdown.json  # 18 min
 $D bench rate-breakdown --images 16 --tiles $CBSD --tile-count 8 --rd --json bench/rate_breakdown_rd.json  # 40 min
 # $D bench speed --data $TIN --images 16 --batch-size 16 --large $CBSD --large-count 1 --threads 2 \
