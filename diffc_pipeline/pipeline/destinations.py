@@ -37,8 +37,12 @@ def check_outside_archive(
 @contextmanager
 def removed_if_left_empty(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[None]:
     """Run the body; if it fails and ``root`` did not exist before it, remove ``root`` again when the failure
-    left it empty (a run that wrote anything keeps it: nothing already written is lost)."""
-    existed = fs.exists(root)
+    left it empty (a run that wrote anything keeps it: nothing already written is lost).
+
+    Local folders only: an object store has no empty folders to leave behind, and removing a "directory" there
+    can mean deleting a bucket."""
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    existed = not local or fs.exists(root)
     try:
         yield
     except BaseException:
