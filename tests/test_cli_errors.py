@@ -107,3 +107,20 @@ def test_cli_ranges_refuse_negative_counts(tmp_path: Path) -> None:
     for args in (["--threads", "-2"], ["--limit", "-1"], ["--tile", "-5"]):
         result = _cli("eval", str(tmp_path), "--out", str(tmp_path / "e"), *args)
         assert result.exit_code == 2 and "Invalid value" in result.output, (args, result.output)
+
+
+def test_progress_lines_say_dash_for_the_bpp_of_nothing_yet() -> None:
+    import io
+
+    from rich.console import Console
+
+    from diffc_pipeline.pipeline.progress import JobProgress
+
+    out = io.StringIO()
+    progress = JobProgress("compress", Console(file=out, width=200))  # not a terminal: plain lines
+    progress.start(4)
+    progress.add(2, 0, 2 * 64 * 64, 2 * 64 * 64)
+    progress.stop()
+    first, last = out.getvalue().splitlines()[0], out.getvalue().splitlines()[-1]
+    assert "0/4 images" in first and " - bpp" in first and "nan" not in first
+    assert "2/4 images" in last and "1.000 bpp" in last

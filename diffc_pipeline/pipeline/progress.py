@@ -4,6 +4,7 @@ would print nothing until the end."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ class JobProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[ips]:.2f} img/s"),
-                TextColumn("{task.fields[bpp]:.3f} bpp"),
+                TextColumn("{task.fields[bpp]} bpp"),
                 TextColumn("{task.fields[fail]} failed"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
@@ -85,7 +86,7 @@ class JobProgress:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("job", total=total, ips=0.0, bpp=float("nan"), fail=0)
+            self._task = self._progress.add_task("job", total=total, ips=0.0, bpp=_bpp_text(float("nan")), fail=0)
         elif self._enabled:
             self._line("started")
 
@@ -93,7 +94,8 @@ class JobProgress:
         self.tally.add(images, failures, bits, pixels)
         t = self.tally
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=t.images, ips=t.images_per_s, bpp=t.bpp, fail=t.failures)
+            fields = {"ips": t.images_per_s, "bpp": _bpp_text(t.bpp), "fail": t.failures}
+            self._progress.update(self._task, completed=t.images, **fields)
         elif self._enabled and time.perf_counter() - self._last_line >= LOG_EVERY_S:
             self._line("")
 
@@ -108,8 +110,13 @@ class JobProgress:
         self._last_line = time.perf_counter()
         t = self.tally
         self._console.print(
-            f"{self.label}: {t.images}/{self._total} images, {t.images_per_s:.2f} img/s, {t.bpp:.3f} bpp, "
+            f"{self.label}: {t.images}/{self._total} images, {t.images_per_s:.2f} img/s, {_bpp_text(t.bpp)} bpp, "
             f"{t.failures} failed, {t.wall_s:.0f} s{' ' + note if note else ''}",
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _bpp_text(bpp: float) -> str:
+    """``-`` until an image is coded (the mean of nothing is NaN, which read as an error), else 3 decimals."""
+    return "-" if math.isnan(bpp) else f"{bpp:.3f}"
