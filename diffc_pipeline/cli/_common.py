@@ -47,12 +47,12 @@ def print_error(exc: BaseException) -> None:
     """One red ``error:`` line. The message is escaped: it quotes user input (paths, options, --where
     clauses) and Rich would read ``[...]`` in it as markup - eating ``[jxl]`` from an install hint, or failing
     on ``[/x]``."""
-    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)  # paths stay whole
 
 
 def warn(message: str) -> None:
     """One yellow line on stderr, ``message`` escaped as in :func:`print_error`."""
-    console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+    console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
 
 def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:

@@ -138,7 +138,8 @@ def shard_errors(where: str) -> Iterator[None]:
             "the marker and compress again to redo that shard)"
         ) from None
     except (OSError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
-        raise ArchiveError(f"shard file {where} is truncated or corrupt: {exc}") from None
+        cause = " ".join(str(exc).split()) or type(exc).__name__  # Arrow's messages span lines
+        raise ArchiveError(f"shard file {where} is truncated or corrupt: {cause}") from None
 
 
 def read_footer(f, where: str) -> pq.FileMetaData:
