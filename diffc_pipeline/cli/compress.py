@@ -13,11 +13,14 @@ from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from ._common import EXIT_FAILED, EXIT_PARTIAL, friendly_errors, parse_pairs, print_error, report, warn
 
 INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "deleted_examples")
-STORAGE_HELP = "fsspec storage option KEY=VALUE for INPUT and OUTPUT (repeatable; a.b=c nests). Never printed."
-ARCHIVE_STORAGE_HELP = (
-    "fsspec storage option KEY=VALUE for ARCHIVE and OUTPUT (repeatable; a.b=c nests). "
-    "Never printed."
-)
+
+
+def storage_help(targets: str) -> str:
+    """``-S``'s help, naming the ``targets`` (arguments) it applies to in each command."""
+    return f"fsspec storage option KEY=VALUE for {targets} (repeatable; a.b=c nests). Never printed."
+
+
+STORAGE_HELP = storage_help("INPUT and OUTPUT")
 
 
 @friendly_errors

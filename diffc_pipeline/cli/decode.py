@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..images import DEFAULT_MAX_PIXELS
 from ._common import EXIT_PARTIAL, friendly_errors, parse_pairs, report, warn
-from .compress import ARCHIVE_STORAGE_HELP, format_value
+from .compress import format_value, storage_help
 
 
 @friendly_errors
@@ -45,7 +45,7 @@ def decode(
         help="Refuse (as an error row) a stream claiming more pixels, or another size than its row: an archive "
         "from elsewhere may be edited.",
     ),
-    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=ARCHIVE_STORAGE_HELP),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=storage_help("ARCHIVE and OUTPUT")),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     batch_size: int = typer.Option(8, min=1, help="Images per codec call."),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),

@@ -9,14 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._common import friendly_errors, report
+from .compress import storage_help
 
 
 @friendly_errors
 def inspect(
     archive: str = typer.Argument(..., help="fsspec URL of a diffc archive."),
-    storage_option: list[str] = typer.Option(
-        [], "--storage-option", "-S", help="fsspec storage option KEY=VALUE for ARCHIVE (repeatable; a.b=c nests)."
-    ),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=storage_help("ARCHIVE")),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise an archive without decoding anything."""

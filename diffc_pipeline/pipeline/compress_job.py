@@ -27,7 +27,15 @@ from .commit import commit_shard, committed_shards, discard_uncommitted, remove_
 from .destinations import check_output_folder, removed_if_left_empty
 from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
 from .lock import LOCK_NAME, archive_lock
-from .manifest import Manifest, check_same_codec, check_same_plan, now, read_manifest, write_manifest
+from .manifest import (
+    Manifest,
+    check_same_codec,
+    check_same_plan,
+    differences,
+    now,
+    read_manifest,
+    write_manifest,
+)
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, probe_cluster, ray_session
@@ -232,9 +240,8 @@ def _prepare_incremental(
         # listing, so a trial archive made with --limit 3 grows into the whole dataset)
         theirs = {**_without_limit(existing.source), "seed": existing.seed}
         mine = {**_without_limit(manifest.source), "seed": opts.seed}
-        differ = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
-        if differ:
-            details = "; ".join(f"{k}: archive has {theirs.get(k)!r}, this run {mine.get(k)!r}" for k in differ)
+        details = differences(theirs, mine)
+        if details:
             raise ArchiveError(f"{where} was made from another input ({details}); use another OUTPUT")
         manifest.created_at = existing.created_at
         manifest.runs = existing.runs

@@ -196,10 +196,16 @@ def check_same_plan(existing: Manifest, source: dict, seed: int, shard_size: int
     """A resumed run must cut the same shards, or committed shards and new ones would overlap."""
     mine = {"input": source, "seed": seed, "shard size": shard_size}
     theirs = {"input": existing.source, "seed": existing.seed, "shard size": existing.shard_size}
-    diff = [k for k in mine if mine[k] != theirs[k]]
-    if diff:
-        details = "; ".join(f"{k}: archive has {theirs[k]!r}, this run {mine[k]!r}" for k in diff)
+    details = differences(theirs, mine)
+    if details:
         raise ArchiveError(
             f"{where} was made from another plan ({details}); resume with the same options, add --incremental "
             "to code only what it does not hold yet, choose another OUTPUT, or pass --overwrite"
         )
+
+
+def differences(theirs: dict, mine: dict) -> str:
+    """``"key: archive has X, this run Y; ..."`` for every key whose values differ ("" when none do): what a
+    refusal to resume or extend an archive names."""
+    keys = [k for k in dict.fromkeys([*theirs, *mine]) if theirs.get(k) != mine.get(k)]
+    return "; ".join(f"{k}: archive has {theirs.get(k)!r}, this run {mine.get(k)!r}" for k in keys)

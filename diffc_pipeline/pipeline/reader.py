@@ -92,13 +92,9 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
     columns = [*INDEX_COLUMNS, "cum_bits"] if with_bits else INDEX_COLUMNS
     tables, nbytes = [], 0
     for name in sorted(archive.shards):
-        path = archive.shard_path(name)
-        with (
-            shard_errors(archive.shard_url(name)),
-            archive.fs.open(path, "rb", cache_type="none") as raw,
-            CountingFile(raw) as f,
-        ):
-            metadata = read_footer(f, archive.shard_url(name))
+        path, where = archive.shard_path(name), archive.shard_url(name)
+        with shard_errors(where), archive.fs.open(path, "rb", cache_type="none") as raw, CountingFile(raw) as f:
+            metadata = read_footer(f, where)
             _check_shard(archive, name, metadata)
             t = pq.ParquetFile(f, metadata=metadata).read(columns=columns)
             nbytes += f.bytes_read
