@@ -56,7 +56,7 @@ def compress(
     overwrite: bool = False,
     limit: int = 0,
     image_column: str = "image",
-    id_column: str = "id",
+    id_column: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     batch_size: int = 16,
     batch_pixels: int = DEFAULT_BATCH_PIXELS,

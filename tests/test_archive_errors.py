@@ -144,6 +144,13 @@ def test_default_id_column_falls_back_to_file_row_ids(tmp_path):
     write_parquet(path, 2)
     pq.write_table(pq.read_table(path).drop_columns(["id"]), path)
     assert list_source(str(tmp_path / "data"), {}).items.column("id").to_pylist() == ["part-0:0", "part-0:1"]
+    # naming the default column explicitly is a request for it, not for the fallback
+    with pytest.raises(SourceError, match=r"has no column 'id' \(columns: label, image\)"):
+        list_source(str(tmp_path / "data"), {}, id_column="id")
+    result = CliRunner().invoke(app, ["compress", str(tmp_path / "data"), str(tmp_path / "out"), "--id-column", "id"])
+    assert result.exit_code == 2, result.output
+    assert "has no column 'id'" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_inspect_reports_the_archive_own_format_version():

@@ -104,6 +104,18 @@ def test_duplicate_ids_are_refused(tmp_path):
 def test_storage_options_and_urls_hide_secrets():
     opts = parse_storage_options(["key=AKIA", "client_kwargs.endpoint_url=http://h:1", "anon=false"])
     assert opts == {"key": "AKIA", "client_kwargs": {"endpoint_url": "http://h:1"}, "anon": False}
+    # numbers reach the client as numbers (botocore compares retries with an int), credentials stay strings
+    typed = parse_storage_options(
+        ["config_kwargs.retries.max_attempts=3", "block_size=1e6", "secret=0123", "token=42", 'region="7"', "x=nan"]
+    )
+    assert typed == {
+        "config_kwargs": {"retries": {"max_attempts": 3}},
+        "block_size": 1e6,
+        "secret": "0123",
+        "token": "42",
+        "region": "7",
+        "x": "nan",
+    }
     assert public_url("s3://user:secret@bucket/x") == "s3://bucket/x"
     with pytest.raises(SourceError):
         parse_storage_options(["novalue"])

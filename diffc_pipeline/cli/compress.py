@@ -17,7 +17,10 @@ INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "delet
 
 def storage_help(targets: str) -> str:
     """``-S``'s help, naming the ``targets`` (arguments) it applies to in each command."""
-    return f"fsspec storage option KEY=VALUE for {targets} (repeatable; a.b=c nests). Never printed."
+    return (
+        f"fsspec storage option KEY=VALUE for {targets} (repeatable; a.b=c nests; true/false and numbers are "
+        'typed, except credentials; "..." keeps a string). Never printed.'
+    )
 
 
 STORAGE_HELP = storage_help("INPUT and OUTPUT")
@@ -28,7 +31,9 @@ def compress(
     input: str = typer.Argument(..., help="fsspec URL: image folder/glob (recursive) or Parquet dataset."),
     output: str = typer.Argument(..., help="fsspec URL of the archive folder (created; resumed if it exists)."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet input."),
-    id_column: str = typer.Option("id", help="Id column of a Parquet input (default ids: FILE:ROW)."),
+    id_column: str | None = typer.Option(
+        None, help="Id column of a Parquet input (default: 'id' where there is one, else FILE:ROW ids)."
+    ),
     storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=STORAGE_HELP),
     shard_size: int = typer.Option(1000, min=1, help="Images per shard (part of the plan: keep it to resume)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (inputs, shards, done) and exit."),

@@ -49,7 +49,7 @@ class CompressOptions:
     output: str
     storage_options: dict = field(default_factory=dict, repr=False)  # secrets: never printed or stored
     image_column: str = "image"
-    id_column: str = "id"
+    id_column: str | None = None  # None: the "id" column if there is one, else FILE:ROW ids
     shard_size: int = 1000
     seed: int = 0
     codec: str = "diffc"  # a name in the codec registry

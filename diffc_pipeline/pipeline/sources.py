@@ -10,6 +10,7 @@ dataset is never materialised as a whole.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ class SourceError(DiffcError):
     """The input URL is missing, empty, unreadable, or not an image folder or Parquet dataset."""
 
 
-# A Parquet input without this column gets FILE:ROW ids; a column named otherwise must exist. The CLI and API
-# pass the default as a string, so this name is the one that may be absent.
+# A Parquet input without this column gets FILE:ROW ids when no id column is named (id_column=None); a column
+# the user named, this one included, must exist.
 DEFAULT_ID_COLUMN = "id"
 
 # What to do about remote failures users meet first, by exception class name (botocore's classes are not
@@ -40,6 +41,9 @@ REMOTE_HINTS = {
     "EndpointConnectionError": "check -S client_kwargs.endpoint_url and the network",
 }
 SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "credential")
+# Numbers in storage option values: decimal only (not "nan", "inf" or "1_000", which Python would also accept)
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
 
 
 ITEM_SCHEMA = pa.schema(
@@ -79,7 +83,8 @@ class Source:
 
 
 def parse_storage_options(pairs: list[str]) -> dict[str, object]:
-    """``["key=value", ...]`` -> dict; ``a.b=c`` nests (``client_kwargs.endpoint_url=...``)."""
+    """``["key=value", ...]`` -> dict; ``a.b=c`` nests (``client_kwargs.endpoint_url=...``); values are typed
+    by :func:`_typed`."""
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -91,15 +96,30 @@ def parse_storage_options(pairs: list[str]) -> dict[str, object]:
             node = node.setdefault(parent, {})  # type: ignore[assignment]
             if not isinstance(node, dict):
                 raise SourceError(f"--storage-option {key}: {parent} is both a value and a group")
-        node[leaf] = _typed(value)
+        node[leaf] = _typed(leaf, value)
     return options
 
 
-def _typed(value: str) -> object:
-    """Options such as ``anon=true`` or ``use_ssl=false`` must reach fsspec as booleans, not strings."""
+def is_secret_option(name: str) -> bool:
+    """Whether a storage option's name says it holds a credential (its value is masked and never typed)."""
+    return any(word in name.lower() for word in SECRET_OPTION_WORDS)
+
+
+def _typed(name: str, value: str) -> object:
+    """The value as the filesystem expects it: ``anon=true`` / ``use_ssl=false`` as booleans and
+    ``config_kwargs.retries.max_attempts=3`` as a number (botocore compares it with an int; a string fails
+    deep inside the client). A credential stays the string it was typed as (a numeric password must not
+    lose its leading zeros), and so does a value in double quotes (``-S 'region="1"'``), quotes removed."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
     lowered = value.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    if not is_secret_option(name):
+        if _INT.fullmatch(value):
+            return int(value)
+        if _FLOAT.fullmatch(value):
+            return float(value)
     return value
 
 
@@ -125,12 +145,13 @@ def list_source(
     url: str,
     storage_options: Mapping[str, object],
     image_column: str = "image",
-    id_column: str = DEFAULT_ID_COLUMN,
+    id_column: str | None = None,
     limit: int = 0,
 ) -> Source:
     """List every image under ``url`` (a folder, a glob, an image file, or Parquet file(s)).
 
-    ``limit`` keeps the first N in sorted order (a sample of a dataset, e.g. for benchmarks).
+    ``limit`` keeps the first N in sorted order (a sample of a dataset, e.g. for benchmarks). ``id_column``
+    ``None``: a Parquet input's ``id`` column if it has one, else FILE:ROW ids.
     """
     fs, path = open_fs(url, storage_options)
     with _remote_errors("list", url, storage_options):
@@ -157,7 +178,7 @@ def list_source(
     if limit:
         items = items.slice(0, limit)
     _check_unique_ids(items)
-    return Source(public_url(url), kind, image_column, id_column, items, skipped, limit)
+    return Source(public_url(url), kind, image_column, id_column or DEFAULT_ID_COLUMN, items, skipped, limit)
 
 
 @contextmanager
@@ -187,7 +208,7 @@ def _masked(text: str, storage_options: Mapping[str, object]) -> str:
     for key, value in storage_options.items():
         if isinstance(value, Mapping):
             text = _masked(text, value)
-        elif isinstance(value, str) and value and any(w in key.lower() for w in SECRET_OPTION_WORDS):
+        elif isinstance(value, str) and value and is_secret_option(key):
             text = text.replace(value, "***")
     return text
 
@@ -240,13 +261,14 @@ def _parquet_items(
     fs: fsspec.AbstractFileSystem,
     files: list[str],
     image_column: str,
-    id_column: str,
+    id_column: str | None,
     storage_options: Mapping[str, object],
 ) -> pa.Table:
     """One item per row; rows keep their file order so a read task touches one row group at a time.
 
-    Without the default id column a file's rows get FILE:ROW ids; a column the user named must be there, or
-    every id would silently be FILE:ROW instead of theirs."""
+    Without an ``id`` column (and none named) a file's rows get FILE:ROW ids; a column the user named must be
+    there, or every id would silently be FILE:ROW instead of theirs."""
+    column = id_column or DEFAULT_ID_COLUMN
     rows = []
     for p in files:
         uri = fs.unstrip_protocol(p)
@@ -260,12 +282,12 @@ def _parquet_items(
                         f"{uri} has no column {image_column!r} (columns: {', '.join(names)}); "
                         "name the image-bytes column with --image-column"
                     )
-                if id_column not in names and id_column != DEFAULT_ID_COLUMN:
+                if id_column is not None and id_column not in names:
                     raise SourceError(
                         f"{uri} has no column {id_column!r} (columns: {', '.join(names)}); "
                         "name the id column with --id-column, or leave it out for FILE:ROW ids"
                     )
-                ids = pf.read(columns=[id_column]).column(0).to_pylist() if id_column in names else None
+                ids = pf.read(columns=[column]).column(0).to_pylist() if column in names else None
             row = 0
             for rg in range(pf.metadata.num_row_groups):
                 for _ in range(pf.metadata.row_group(rg).num_rows):
