@@ -10,6 +10,7 @@ more chunks than an archive may hold or than they have.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import io
 import json
@@ -211,3 +212,35 @@ def test_a_classical_file_s_claimed_size_is_read_from_its_header_only() -> None:
     t0 = time.monotonic()
     assert codec.stream_size(Encoded(b"", [bytes(data)])) == (9000, 9000)
     assert time.monotonic() - t0 < 1
+
+
+def test_a_shard_with_damaged_pages_gives_error_rows_and_the_other_shard_decodes(ray_cluster, tmp_path) -> None:
+    """Damage inside a shard's data pages (footer intact, so listing and planning pass) is found by the read
+    task: that shard's rows become error rows naming the file, the other shard decodes bit for bit, and the
+    CLI names the failed images (PNG output has no error column). It used to abort the whole job with a Ray
+    traceback."""
+    fixture = Path(__file__).parent / "fixtures" / "format1"
+    arc = tmp_path / "arc"
+    shutil.copytree(fixture / "archive", arc)
+    shard = arc / "shards" / "shard-000000.parquet"
+    meta = pq.ParquetFile(shard).metadata
+    damaged_ids = pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+    header = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                  if meta.row_group(0).column(i).path_in_schema == "header")  # fmt: skip
+    data = bytearray(shard.read_bytes())
+    start = header.data_page_offset
+    data[start : start + header.total_compressed_size] = b"\xab" * header.total_compressed_size
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["decode", str(arc), str(out), *FAST])  # the whole stream reads `header`
+    assert result.exit_code == 3, result.output
+    text = " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert f"{len(damaged_ids)} image(s) could not be decoded:" in text
+    for image_id in damaged_ids:
+        assert f"{image_id}: archive: shard file file://{shard} is truncated or corrupt: " in text
+    expected = json.loads((fixture / "expected.json").read_text())["dec_full"]
+    decoded = {p.name: hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest() for p in out.glob("*.png")}
+    assert decoded == {name: h for name, h in expected.items() if name not in damaged_ids} and decoded
+    with pytest.raises(DiffcError, match=f"image '{damaged_ids[0]}' .* shard file .* is truncated or corrupt"):
+        dict(dp.open_archive(str(arc)).decode(ids=[damaged_ids[0]]))

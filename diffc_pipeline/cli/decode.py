@@ -76,10 +76,17 @@ def decode(
     )
     table = Table(title="decode summary", show_header=False)
     for key, value in dataclasses.asdict(summary).items():
-        table.add_row(key.replace("_", " "), format_value(value))
+        if key != "error_examples":
+            table.add_row(key.replace("_", " "), format_value(value))
     report.print(table)
     if summary.failures:
-        warn(f"{summary.failures} image(s) could not be decoded")
+        shown = len(summary.error_examples)
+        warn(
+            f"{summary.failures} image(s) could not be decoded"
+            + (f"; the first {shown}:" if shown < summary.failures else ":")
+        )
+        for example in summary.error_examples:
+            warn(f"  {example}")
         raise typer.Exit(EXIT_PARTIAL)
 
 

@@ -41,6 +41,7 @@ from .where import parse_where
 ROWS_PER_READ = 64
 ROWS_PER_PART = 1000
 
+ERROR_EXAMPLES = 5  # failed images a decode summary names
 PAYLOAD_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),
@@ -52,6 +53,7 @@ PAYLOAD_SCHEMA = pa.schema(
         pa.field("chunks", pa.list_(pa.binary())),
         pa.field("crcs", pa.list_(pa.uint32())),
         pa.field("read_bytes", pa.int64()),
+        pa.field("error", pa.string()),  # the payload could not be read (null: it was)
     ]
 )
 
@@ -115,6 +117,7 @@ class DecodeSummary:
     bytes_needed: int  # header + chunk bytes of the chosen prefixes
     wall_s: float
     images_per_s: float
+    error_examples: list[str] = field(default_factory=list)  # "ID: error" of the first failed images
 
 
 def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
@@ -241,7 +244,17 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
     """Ray task: fetch the prefixes of one unit's rows (only their row groups and steps)."""
     fs, p = open_fs(unit.column("path")[0].as_py(), storage_options)
     steps = unit.column("step").to_pylist()
-    payload, nbytes = read_prefixes(fs, p, unit.column("row").to_pylist(), max(steps))
+    try:
+        payload, nbytes = read_prefixes(fs, p, unit.column("row").to_pylist(), max(steps))
+    except ArchiveError as exc:  # damaged pages of one shard: its rows are error rows, the job goes on
+        return pa.Table.from_pylist(
+            [
+                {"id": m["id"], "height": m["height"], "width": m["width"], "step": m["step"], "bits": 0,
+                 "header": b"", "chunks": [], "crcs": [], "read_bytes": 0, "error": str(exc)}
+                for m in unit.select(["id", "height", "width", "step"]).to_pylist()
+            ],
+            schema=PAYLOAD_SCHEMA,
+        )  # fmt: skip
     out = []
     for i, (meta, row) in enumerate(zip(unit.to_pylist(), payload.to_pylist(), strict=True)):
         k = meta["step"]
@@ -256,6 +269,7 @@ def read_payloads(unit: pa.Table, storage_options: Mapping[str, object]) -> pa.T
                 "chunks": [row[chunk_column(j)] for j in range(1, k + 1)],
                 "crcs": [row[crc_column(j)] for j in range(1, k + 1)],
                 "read_bytes": nbytes if i == 0 else 0,
+                "error": None,
             }
         )
     return pa.Table.from_pylist(out, schema=PAYLOAD_SCHEMA)
@@ -265,14 +279,17 @@ def decode_rows(codec: Codec, rows: list[dict], decode_options: dict, max_pixels
     """Decode payload rows (``id``, ``height``, ``width``, ``step``, ``bits``, ``header``, ``chunks``, ``crcs``)
     in place: each gets ``bpp`` and ``status``, and ``pixels`` ((H, W, 3) uint8) or an ``error``.
 
-    Each row is checked first (chunk CRCs, then :func:`check_stream_size` against ``max_pixels``). One codec
-    call per image size and :data:`~diffc_pipeline.images.DEFAULT_BATCH_PIXELS` (each image its own
-    prefix); if a call fails, image by image, so one bad row is one
-    error row. Shared by the decoder actors and :meth:`~diffc_pipeline.api.ArchiveReader.decode`.
+    Each row is checked first (its payload was read, chunk CRCs, then :func:`check_stream_size` against
+    ``max_pixels``). One codec call per image size and :data:`~diffc_pipeline.images.DEFAULT_BATCH_PIXELS`
+    (each image its own prefix); if a call fails, image by image, so one bad row is one error row. Shared by
+    the decoder actors and :meth:`~diffc_pipeline.api.ArchiveReader.decode`.
     """
     groups: dict[tuple[int, int], list[tuple[dict, Encoded]]] = defaultdict(list)
     for row in rows:
         pixels = row_pixels(row["height"], row["width"])
+        if row.get("error"):  # read_payloads could not read it
+            row.update(bpp=math.nan, status=STATUS_ERROR, error=f"archive: {row['error']}")
+            continue
         row.update(bpp=row["bits"] / pixels if pixels else math.nan, status=STATUS_OK)
         try:
             verify_prefix(row["id"], row["header"], row["chunks"], row["crcs"])
@@ -395,14 +412,14 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     try:
         with ray_session(opts.address):
             sizing = cluster_sizing(opts.threads, opts.actors)
-            bytes_read, needed = _drain(
+            bytes_read, needed, examples = _drain(
                 _build_dataset(archive, selection, opts, sizing, spec.to_dict(), decode_options), opts, progress
             )
     finally:
         progress.stop()
     t = progress.tally
     return DecodeSummary(
-        t.images, t.failures, skipped, t.bpp, index_bytes, bytes_read, needed, t.wall_s, t.images_per_s
+        t.images, t.failures, skipped, t.bpp, index_bytes, bytes_read, needed, t.wall_s, t.images_per_s, examples
     )
 
 
@@ -459,11 +476,13 @@ def _build_dataset(
     return ds
 
 
-def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int]:
+def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int, list[str]]:
     """Consume decoded rows: count progress, write Parquet parts when asked.
 
-    Returns the bytes the read tasks fetched and the bytes of the prefixes decoded (header + chunks).
+    Returns the bytes the read tasks fetched, the bytes of the prefixes decoded (header + chunks), and
+    "ID: error" for the first :data:`ERROR_EXAMPLES` failed images (PNG output keeps no error column).
     """
+    examples: list[str] = []
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     pending: list[pa.Table] = []
@@ -478,6 +497,10 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int]:
             pc.sum(pc.if_else(ok, batch.column("bits"), 0)).as_py() or 0,
             pc.sum(pc.if_else(ok, pixels, 0)).as_py() or 0,
         )
+        if len(examples) < ERROR_EXAMPLES:
+            failed = batch.filter(pc.invert(ok)).slice(0, ERROR_EXAMPLES - len(examples))
+            ids, errors = failed.column("id").to_pylist(), failed.column("error").to_pylist()
+            examples += [f"{image_id}: {error}" for image_id, error in zip(ids, errors, strict=True)]
         bytes_read += pc.sum(batch.column("read_bytes")).as_py() or 0
         bits += pc.sum(batch.column("bits")).as_py() or 0
         if opts.format == "parquet":
@@ -487,7 +510,7 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int]:
                 part, pending = part + 1, []
     if opts.format == "parquet" and pending:
         _write_part(fs, root, part, pending)
-    return bytes_read, bits // 8
+    return bytes_read, bits // 8, examples
 
 
 def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:
