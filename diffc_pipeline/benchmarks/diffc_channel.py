@@ -157,40 +157,56 @@ CHANNEL_RD_PREFIXES = (4, 8, 12, 16, 20, 24, 28, 32, 36, 40)
 CHANNEL_RD_METHODS = ("flow", "denoise")
 
 
-def channel_rd(model, images: np.ndarray, specs: list[str]) -> list[dict]:
+def channel_rd(
+    model, images: np.ndarray, specs: list[str], stream_version: int | None = None, ancestral: bool = False
+) -> list[dict]:
     """Real channel against the ideal one, end to end, per channel setting ``C:L:G[:M:W]``: one real encode +
     decode at prefixes 4, 8, ..., 40 and the same images through the ideal channel; per setting the BD-rate
     (PSNR) of the real channel against the ideal one over the whole overlap and from k = 24 (about 21 dB)
     up, the PSNR difference and the rate ratio at k = 40, for DiffC-F and the denoiser. Rates as ``diffc
     eval`` charges DiffC (chunk bytes + the shape bytes the stream header codes: 1 at 64x64 in stream version
-    2, 4 in version 1)."""
+    2, 4 in version 1). ``stream_version``: every setting in that version (default: 2 where its tables are
+    shipped, else 1). ``ancestral``: DiffC-A too (every prefix, from the same encode), and DiffC-F minus
+    DiffC-A at k = 40 for each setting and the ideal channel."""
     from ..evaluation.bdrate import bd_rate
 
-    ideal, _ = _curves(DiffcCodec(model, CodecConfig(), channel="ideal"), images)
+    methods = CHANNEL_RD_METHODS + (("ancestral",) if ancestral else ())
+    ideal, _ = _curves(DiffcCodec(model, CodecConfig(), channel="ideal"), images, methods)
     rows = []
+    if ancestral:
+        rows.append({"config": "ideal", "flow_minus_ancestral_k40": _flow_minus_ancestral(ideal)})
     for spec in specs:
-        real, seconds = _curves(DiffcCodec(model, channel_config(CodecConfig(), spec)), images)
-        row: dict = {"config": spec, "sweep_s": round(seconds, 1)}
-        for m in CHANNEL_RD_METHODS:
+        codec = DiffcCodec(model, channel_config(CodecConfig(), spec), stream_version=stream_version)
+        real, seconds = _curves(codec, images, methods)
+        row: dict = {"config": spec, "stream_version": codec.stream_version, "sweep_s": round(seconds, 1)}
+        for m in methods:
             row[m] = {
                 "bd_rate": round(bd_rate(*ideal[m], *real[m]).percent, 1),
                 "bd_rate_k24_up": round(bd_rate(*_upper(ideal[m]), *_upper(real[m])).percent, 1),
                 "dpsnr_k40": round(real[m][1][-1] - ideal[m][1][-1], 2),
                 "rate_ratio_k40": round(real[m][0][-1] / ideal[m][0][-1], 3),
             }
+        if ancestral:
+            row["flow_minus_ancestral_k40"] = _flow_minus_ancestral(real)
         rows.append(row)
     return rows
 
 
-def _curves(codec: DiffcCodec, images: np.ndarray) -> tuple[dict, float]:
+def _flow_minus_ancestral(curves: dict) -> dict:
+    """DiffC-F and DiffC-A (mean PSNR) after the last prefix, and their difference."""
+    flow, ancestral = curves["flow"][1][-1], curves["ancestral"][1][-1]
+    return {"flow": round(flow, 2), "ancestral": round(ancestral, 2), "difference": round(flow - ancestral, 2)}
+
+
+def _curves(codec: DiffcCodec, images: np.ndarray, methods: tuple[str, ...]) -> tuple[dict, float]:
     from ..evaluation.metrics import psnr
     from ..evaluation.runner import prefix_rate
 
     t0 = time.perf_counter()
-    res = codec.sweep(images, list(range(len(images))), CHANNEL_RD_PREFIXES, methods=CHANNEL_RD_METHODS)
+    res = codec.sweep(images, list(range(len(images))), CHANNEL_RD_PREFIXES, methods=methods)
     pixels = images.shape[1] * images.shape[2]
     out = {}
-    for method in CHANNEL_RD_METHODS:
+    for method in methods:
         rates, quality = [], []
         for k in CHANNEL_RD_PREFIXES:
             bits = [prefix_rate(codec, s, k, codec.channel, sum(s.estimated_bits[:k]))["bits"] for s in res.streams]

@@ -193,12 +193,19 @@ def channel_rd(
     images: int = VAL_IMAGES,
     data: str = VAL_DATA,
     model: str = typer.Option("builtin", help="DiffC's model."),
+    stream_version: int | None = typer.Option(
+        None, min=1, max=2, help="Code every setting in this stream version (default: 2 where it can, else 1)."
+    ),
+    ancestral: bool = typer.Option(False, help="DiffC-A too (every prefix) and DiffC-F minus DiffC-A at k=40."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """DiffC's real channel against the ideal one (BD-rate, PSNR and rate at k=40) per channel setting."""
     from ..benchmarks.diffc_channel import channel_rd as measure
 
-    _on_val_images(lambda codec, x: measure(codec.model, x, list(settings)), model, data, images, json_path)
+    _on_val_images(
+        lambda codec, x: measure(codec.model, x, list(settings), stream_version, ancestral), model, data, images,
+        json_path,
+    )  # fmt: skip
 
 
 @bench_app.command("exact-tail")
