@@ -194,8 +194,9 @@ def channel_rd(
 
 def _flow_minus_ancestral(curves: dict) -> dict:
     """DiffC-F and DiffC-A (mean PSNR) after the last prefix, and their difference."""
-    flow, ancestral = curves["flow"][1][-1], curves["ancestral"][1][-1]
-    return {"flow": round(flow, 2), "ancestral": round(ancestral, 2), "difference": round(flow - ancestral, 2)}
+    from .rate_breakdown import flow_minus_ancestral_row
+
+    return flow_minus_ancestral_row(curves["flow"][1][-1], curves["ancestral"][1][-1])
 
 
 def _curves(codec: DiffcCodec, images: np.ndarray, methods: tuple[str, ...]) -> tuple[dict, float]:

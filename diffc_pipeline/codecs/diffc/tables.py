@@ -7,8 +7,8 @@ under it, and a random partition spreads them), scaled by ``target_gain**2`` as 
 The counts are stored as integers: both sides must build identical Huffman codes.
 
 Run ``python -m diffc_pipeline.codecs.diffc.tables [--trials N] C L GAIN [C L GAIN ...]`` to add tables (``N``
-simulated chunks per table, default 20,000); they change the stream format, so ``TABLES_VERSION`` (hashed into
-every stream) must be bumped when an existing table changes.
+simulated chunks per table, default 20,000; ``--trials N v2 ...`` below, default 200,000); they change the
+stream format, so ``TABLES_VERSION`` (hashed into every stream) must be bumped when an existing table changes.
 
 Stream version 2's tables (``tables/index_v2.json``; the stream version pins them, so they never change
 within a version) are conditional: one bucket table per *chunk count* group of the step (1, 2, 3, 4-7, 8+
@@ -165,6 +165,9 @@ def fit_counts_on_images(data: str, images: int) -> tuple[dict[str, list[int]], 
 
 
 def main(argv: list[str]) -> None:
+    trials = None  # simulated chunks per table; dense settings (2**22 candidates: ~0.25 s each) want fewer
+    if argv[:1] == ["--trials"]:
+        trials, argv = int(argv[1]), argv[2:]
     if argv and argv[0] == "v2-counts":
         data = json.loads(OUT_V2.read_text())
         data["counts"], data["one_chunk_kl"] = fit_counts_on_images(argv[1], int(argv[2]))
@@ -175,16 +178,13 @@ def main(argv: list[str]) -> None:
         data = json.loads(OUT_V2.read_text())
         for c, log2n, gain in zip(argv[1::3], argv[2::3], argv[3::3], strict=True):
             key = table_key(int(c), int(log2n), float(gain))
-            data["index"][key] = v2_bucket_tables(int(c), int(log2n), float(gain), trials=200_000)
+            data["index"][key] = v2_bucket_tables(int(c), int(log2n), float(gain), trials=trials or 200_000)
             OUT_V2.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         return
-    trials = 20_000
-    if argv[:1] == ["--trials"]:  # dense settings: 2**22 candidates per trial take ~0.25 s each
-        trials, argv = int(argv[1]), argv[2:]
     data = json.loads(OUT.read_text()) if OUT.exists() else {"version": TABLES_VERSION, "tables": {}}
     for c, log2n, gain in zip(argv[::3], argv[1::3], argv[2::3], strict=True):
         key = table_key(int(c), int(log2n), float(gain))
-        data["tables"][key] = bucket_table(int(c), int(log2n), float(gain), trials)
+        data["tables"][key] = bucket_table(int(c), int(log2n), float(gain), trials or 20_000)
         print(f"table {key}: {data['tables'][key]}", flush=True)
         OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
