@@ -64,7 +64,7 @@ def compress(
     actors: int = 0,
     address: str | None = None,
     wait_lock: float = 0.0,
-    lock_timeout: float = 6 * 3600.0,
+    lock_timeout: float = 3600.0,
     progress: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] | None = None,
@@ -221,14 +221,14 @@ class ArchiveReader:
 
         opts = DecodeOptions(
             self.url, "", bpp=bpp, step=step, ids=list(ids), where=where, limit=limit, model=model,
-            max_pixels=max_pixels, decode_options=dict(decode_options),
+            max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size,
         )  # fmt: skip
         codec, options = _codec_for(self._archive, model, opts.decode_options)
         selection, _, _ = select(self._archive, opts)
         for unit in read_units(self._archive, selection):
             payload = read_payloads(unit, self.storage_options).to_pylist()
-            for start in range(0, len(payload), batch_size):
-                rows = payload[start : start + batch_size]
+            for start in range(0, len(payload), opts.batch_size):
+                rows = payload[start : start + opts.batch_size]
                 decode_rows(codec, rows, options, opts.max_pixels)
                 for row in rows:
                     if row["status"] != "ok":
@@ -283,7 +283,8 @@ def read_archive(
     archive = open_pipeline_archive(url, storage)
     opts = DecodeOptions(
         url, "", bpp=bpp, step=step, ids=list(ids), where=where, limit=limit, model=model,
-        max_pixels=max_pixels, decode_options=dict(decode_options),
+        max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size, threads=threads,
+        actors=actors,
     )  # fmt: skip
     _, options = _codec_for(archive, model, opts.decode_options)  # the driver checks the model before any work
     selection, _, _ = select(archive, opts)

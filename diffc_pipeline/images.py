@@ -56,7 +56,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 def _to_rgb8(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        # 16-bit modes are 0..65535 whatever the content (a dark scan is not an 8-bit image). Mode "I" (32-bit
+        # integers, e.g. some TIFFs) says nothing of its range: values up to 255 are read as 8-bit, else 16-bit.
+        scale = 65535.0 if img.mode != "I" or arr.max(initial=0) > 255 else 255.0
         gray = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":

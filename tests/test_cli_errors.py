@@ -124,3 +124,99 @@ def test_progress_lines_say_dash_for_the_bpp_of_nothing_yet() -> None:
     first, last = out.getvalue().splitlines()[0], out.getvalue().splitlines()[-1]
     assert "0/4 images" in first and " - bpp" in first and "nan" not in first
     assert "2/4 images" in last and "1.000 bpp" in last
+
+
+def test_compress_refuses_an_output_inside_its_input_folder(tmp_path: Path) -> None:
+    # the first run used to work, and every rerun then listed the archive's own shards as input
+    source = tmp_path / "in"
+    write_images(source, 2)
+    for given in (str(source), str(source / "*.png")):
+        with pytest.raises(ArchiveError, match="lies inside the input folder"):
+            dp.compress(given, str(source / "arch"), codec="webp", **FAST)
+    assert sorted(p.name for p in source.iterdir()) == ["img000.png", "img001.png"]
+    result = _cli("compress", str(source), str(source), "--codec", "webp")
+    assert result.exit_code == 2 and "lies inside the input folder" in result.output, result.output
+
+
+def test_a_where_filter_of_the_wrong_type_is_one_line_not_an_arrow_traceback(tmp_path: Path) -> None:
+    for clause in ("width = '64'", "id > 3"):
+        result = _cli("decode", str(FIXTURE), str(tmp_path / "out"), "--where", clause)
+        assert result.exit_code == 2, result.output
+        assert "does not fit the columns' types" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_api_decode_checks_its_batch_size() -> None:
+    reader = dp.open_archive(str(FIXTURE))
+    for bad in (0, -1):  # -1 used to yield nothing, silently; 0 raised a bare ValueError
+        with pytest.raises(InvalidInputError, match="batch_size must be at least 1"):
+            next(reader.decode(step=1, batch_size=bad))
+
+
+def test_a_diffc_channel_setting_without_index_tables_is_refused_before_any_work(tmp_path: Path) -> None:
+    # it used to start Ray and write an archive of nothing but "no index table" error rows
+    write_images(tmp_path / "in", 1)
+    result = _cli("compress", str(tmp_path / "in"), str(tmp_path / "out"), "--codec-opt", "target_gain=1.3")
+    assert result.exit_code == 2, result.output
+    assert "no index table for chunk_bits=12, candidate_log2=12, target_gain=1.3" in result.output
+    assert "12,12,1.20" in result.output  # the settings that can be coded
+    assert not (tmp_path / "out").exists()
+
+
+def test_decode_to_png_refuses_ids_that_would_share_a_file(ray_cluster, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pipeline_data.make import png_bytes, rgb
+
+    ids = ["a", "a.png", "b"]  # "a" is written as a.png: it used to overwrite the other one silently
+    (tmp_path / "in").mkdir()
+    table = pa.table({"id": ids, "image": [png_bytes(rgb(5 + i)) for i in range(3)]})
+    pq.write_table(table, tmp_path / "in" / "data.parquet")
+    archive = str(tmp_path / "arch")
+    dp.compress(str(tmp_path / "in"), archive, codec="webp", **FAST)
+    with pytest.raises(DiffcError, match=r"'a' and 'a.png' -> a.png.*--format parquet"):
+        dp.decode(archive, str(tmp_path / "png"), **FAST)
+    assert not (tmp_path / "png").exists()
+    done = dp.decode(archive, str(tmp_path / "one"), ids=["a", "b"], **FAST)  # apart, they decode
+    assert done.images == 2 and sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.png", "b.png"]
+
+
+def test_an_incremental_run_names_a_damaged_shard_instead_of_an_arrow_traceback(ray_cluster, tmp_path: Path) -> None:
+    write_images(tmp_path / "in", 2)
+    archive = tmp_path / "arch"
+    dp.compress(str(tmp_path / "in"), str(archive), codec="webp", incremental=True, **FAST)
+    (shard,) = (archive / "shards").glob("*.parquet")
+    shard.write_bytes(shard.read_bytes()[:-100])  # cut short: the footer is gone
+    result = _cli("compress", str(tmp_path / "in"), str(archive), "--codec", "webp", "--incremental")
+    assert result.exit_code == 2, result.output
+    assert f"{shard.name} is truncated or corrupt" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_demo_refuses_prefixes_it_cannot_show(tmp_path: Path) -> None:
+    for steps, why in (("x", "'x' is not a whole number"), ("0,40", "0 is outside 1..40"), ("10,41", "41 is outside")):
+        result = _cli("demo", "--out", str(tmp_path / "d"), "--steps", steps)
+        assert result.exit_code == 2 and why in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_train_states_its_defaults_and_refuses_negative_numbers(tmp_path: Path) -> None:
+    shown = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
+    assert "(default: 64, or the checkpoint's)" in shown  # "[default: ...]" was eaten as Rich markup
+    for args in (["--threads", "-1"], ["--batch-size", "0"], ["--crop", "-4"], ["--minutes", "-1"]):
+        result = _cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *args)
+        assert result.exit_code == 2 and "Invalid value" in result.output, (args, result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_inspect_survives_a_foreign_manifest_with_a_short_schedule(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "archive"
+    shutil.copytree(FIXTURE, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["codec"]["logsnrs"] = [0.0]  # fewer log-SNRs than the streams' chunks: indexing it crashed
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    report = dp.inspect(str(copy))
+    assert report["bpp_per_chunk"] and all("logsnr" not in row for row in report["bpp_per_chunk"])

@@ -215,6 +215,24 @@ def test_parquet_subset_downsample_and_tiles(tmp_path):
     assert np.all(np.abs(tiled[0].pixels[0, 0] - block_mean) <= 1)
 
 
+def test_eval_lists_and_names_images_as_compress_does(tmp_path):
+    """One listing for both: eval once had its own (no globs, dot-files read, an id column required)."""
+    from diffc_pipeline.pipeline.sources import list_source
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(natural_image(i, 16)).save(folder / f"im{i}.png")
+    (folder / ".hidden.png").write_bytes(b"not even an image")  # skipped, as compress skips it
+    whole = [im.id for im in load_eval_images(ImageSource(str(folder)))]
+    assert whole == [im.id for im in load_eval_images(ImageSource(str(folder / "*.png")))]
+    assert whole == list_source(str(folder), {}).items.column("id").to_pylist() == ["im0.png", "im1.png", "im2.png"]
+    buf = io.BytesIO()
+    Image.fromarray(natural_image(9, 16)).save(buf, "PNG")
+    pq.write_table(pa.table({"image": [buf.getvalue()] * 2}), tmp_path / "noid.parquet")  # no id column
+    assert [im.id for im in load_eval_images(ImageSource(str(tmp_path / "noid.parquet")))] == ["noid:0", "noid:1"]
+
+
 # --- the command ---
 
 

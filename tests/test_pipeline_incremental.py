@@ -20,6 +20,7 @@ from pipeline_data.make import png_bytes, rgb, write_images
 from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
+from diffc_pipeline.errors import ArchiveError
 from diffc_pipeline.pipeline.decode_job import DecodeOptions, select
 from diffc_pipeline.pipeline.inspect_archive import inspect_archive
 from diffc_pipeline.pipeline.lock import LOCK_NAME, ArchiveLockedError, archive_lock
@@ -142,15 +143,30 @@ def test_held_lock_fails_the_second_run_and_leaves_the_archive_alone(runs):
 
 
 def test_stale_lock_is_broken(runs):
-    stale = {"run_id": "crashed-run", "host": "gone", "time": time.time() - 3600}
+    stale = {"run_id": "crashed-run", "host": "gone", "time": time.time() - 1800}
     (runs["arc"] / LOCK_NAME).write_text(json.dumps(stale))
-    refused = _compress(runs["inp"], runs["arc"])  # 1 h old is not stale under the 6 h default
+    refused = _compress(runs["inp"], runs["arc"])  # 30 min without a beat is not stale under the 1 h default
     assert refused.exit_code == 1 and "crashed-run" in _flat(refused.output)
     result = _compress(runs["inp"], runs["arc"], "--lock-timeout", "60")
     assert result.exit_code == 0, result.output
     assert "stale lock" in _flat(result.output) and "crashed-run" in _flat(result.output)
     assert not (runs["arc"] / LOCK_NAME).exists()
     assert json.loads((runs["arc"] / "manifest.json").read_text())["runs"][-1]["unchanged"] == 6
+
+
+def test_a_live_holder_keeps_its_lock_past_the_timeout_by_refreshing_it(tmp_path):
+    """The heartbeat: a run longer than --lock-timeout is not taken for dead (the old lock had no heartbeat,
+    so any run longer than the timeout lost its lock to the next one)."""
+    fs, root = open_fs(str(tmp_path / "arc"), {})
+    with archive_lock(fs, root, "long-run", stale_s=3.0) as holder:  # beats every 0.3 s
+        taken = holder["time"]
+        time.sleep(4.5)  # past the timeout since the lock was taken
+        with pytest.raises(ArchiveLockedError, match="long-run"), archive_lock(fs, root, "nightly", stale_s=3.0):
+            pass
+        assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["time"] > taken + 3.0
+    assert not (tmp_path / "arc" / LOCK_NAME).exists()
+    with pytest.raises(ArchiveError, match="lock-timeout must be > 0"), archive_lock(fs, root, "careless", stale_s=0):
+        pass
 
 
 def test_lock_of_a_dead_process_on_this_host_is_broken_at_once(runs):

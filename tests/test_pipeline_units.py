@@ -162,6 +162,26 @@ def test_decode_stage_turns_bad_files_into_error_rows_and_converts_layouts(tmp_p
     assert (ok["height"], ok["width"], len(ok["pixels"])) == (16, 16, 16 * 16 * 3)
 
 
+def test_16_bit_images_scale_by_their_bit_depth_not_their_content():
+    """A dark 16-bit scan is 16-bit: 200/65535 is near black, not 200/255 (78% grey)."""
+    import io
+
+    from PIL import Image
+
+    from diffc_pipeline.images import decode_image
+
+    def png16(value: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 5), value, np.uint16)).save(buf, "PNG")
+        return buf.getvalue()
+
+    assert Image.open(io.BytesIO(png16(200))).mode == "I;16"
+    for value, expected in ((200, 1), (60000, 233), (65535, 255), (0, 0)):
+        out = decode_image(png16(value))
+        assert out.shape == (4, 5, 3) and out.dtype == np.uint8
+        assert (out == expected).all(), (value, out[0, 0])
+
+
 def test_decode_stage_reads_parquet_rows(tmp_path):
     write_parquet(tmp_path / "part-0.parquet", 6, row_group_size=4)
     plan = make_plan(list_source(str(tmp_path), {}), shard_size=100, seed=0)

@@ -70,7 +70,9 @@ def compress(
         0.0, min=0, help="Wait up to SECONDS for another run's archive lock (every run holds one while it writes)."
     ),
     lock_timeout: float = typer.Option(
-        6 * 3600.0, min=0, help="Break an archive lock older than SECONDS (a run that died holding it)."
+        3600.0,
+        min=1,
+        help="Break an archive lock not refreshed for SECONDS (its run died; a live run refreshes it every minute).",
     ),
 ) -> None:
     """Compress a dataset into Parquet shards plus a manifest; rerun to resume.

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..errors import InvalidInputError
 from ._common import console, friendly_errors, report, warn
 
 
@@ -29,7 +30,7 @@ def demo(
     from ..samples import sample_paths
 
     k = CodecConfig().num_steps
-    prefixes = [int(s) for s in steps.split(",")] if steps else [max(1, k // 4), k]
+    prefixes = parse_prefixes(steps, k) if steps else [max(1, k // 4), k]
     console.print(f"{len(sample_paths())} bundled images; one embedded Ray cluster for every job below")
     with ray_session(None):
         diffc_table = _diffc(out, model, prefixes)
@@ -38,6 +39,21 @@ def demo(
     if cdc_table is not None:
         report.print(cdc_table)
     console.print(f"PNGs in {out}/*/; inspect an archive with `diffc inspect {out / 'archive'}`")
+
+
+def parse_prefixes(text: str, most: int) -> list[int]:
+    """``--steps`` as a list of prefixes in ``1..most``, or :class:`InvalidInputError` naming the bad one (a
+    ``0`` decoded the whole stream while its row showed the whole stream's bpp: the table lied)."""
+    prefixes = []
+    for part in text.split(","):
+        try:
+            p = int(part)
+        except ValueError:
+            raise InvalidInputError(f"--steps {text!r}: {part.strip()!r} is not a whole number") from None
+        if not 1 <= p <= most:
+            raise InvalidInputError(f"--steps {text!r}: {p} is outside 1..{most} (the codec's steps)")
+        prefixes.append(p)
+    return prefixes
 
 
 def _diffc(out: Path, model: str, prefixes: list[int]) -> Table:

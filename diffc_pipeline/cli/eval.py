@@ -15,6 +15,7 @@ from rich.console import Console
 
 from ..errors import DiffcError
 from ._common import console, friendly_errors, parse_pairs
+from .compress import storage_help
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -84,7 +85,10 @@ def eval_(
     ),
     tile: int = typer.Option(0, min=0, help="Cut images into non-overlapping TILE x TILE squares (0: whole images)."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
-    id_column: str = typer.Option("id", help="Id column of a Parquet dataset."),
+    id_column: str | None = typer.Option(
+        None, help="Id column of a Parquet dataset (default: 'id' where there is one, else FILE:ROW ids)."
+    ),
+    storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=storage_help("IMAGES")),
     threads: int = typer.Option(0, min=0, help="Torch CPU threads (0: torch's default; 1 per Ray worker)."),
     workers: int = typer.Option(
         0, min=0, help="Run DiffC on N Ray actors (one model each; 0: in this process, no Ray)."
@@ -101,6 +105,7 @@ def eval_(
     from ..evaluation.grid import CodecGrid
     from ..evaluation.progress import EvalProgress
     from ..evaluation.run import EvalOptions, run_eval
+    from ..pipeline.sources import parse_storage_options
 
     if codec is None and (codec_grid or decode_opt or codec_model):
         raise DiffcError("--codec-grid, --decode-opt and --codec-model need --codec NAME")
@@ -131,6 +136,7 @@ def eval_(
         tile=tile,
         image_column=image_column,
         id_column=id_column,
+        storage_options=parse_storage_options(storage_option),
         threads=threads,
         workers=workers,
         address=address,

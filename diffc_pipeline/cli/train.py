@@ -16,33 +16,41 @@ from ._common import console, friendly_errors
 def train(
     data: str = typer.Option(..., help="fsspec URL of training images: a Parquet dataset or an image folder."),
     out: Path = typer.Option(..., help="Output directory: checkpoint/ (resumable) and model/ (EMA weights)."),
-    minutes: float = typer.Option(60.0, help="Stop after this many minutes (a checkpoint is written at the end)."),
-    max_steps: int = typer.Option(0, help="Stop at this total step count (0: no limit)."),
+    minutes: float = typer.Option(
+        60.0, min=0, help="Stop after this many minutes (a checkpoint is written at the end)."
+    ),
+    max_steps: int = typer.Option(0, min=0, help="Stop at this total step count (0: no limit)."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint if it exists."),
-    batch_size: int | None = typer.Option(None, help="Images per step [default: 64, or the checkpoint's]."),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per step (default: 64, or the checkpoint's)."),
     crop: int | None = typer.Option(
-        None, help="Random square crop size in pixels [default: 32, or the checkpoint's; another on resume: a phase]."
+        None,
+        min=1,
+        help="Random square crop size in pixels (default: 32, or the checkpoint's; another on resume: a phase).",
     ),
-    lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 5e-4, or the checkpoint's]."),
+    lr: float | None = typer.Option(
+        None, min=0, help="Peak learning rate (AdamW) (default: 5e-4, or the checkpoint's)."
+    ),
     decay_start: int | None = typer.Option(
-        None, help="Step at which a linear cool-down of the learning rate to zero begins (see --decay-end)."
+        None, min=0, help="Step at which a linear cool-down of the learning rate to zero begins (see --decay-end)."
     ),
-    decay_end: int | None = typer.Option(None, help="Step at which the cool-down reaches zero (0: no cool-down)."),
+    decay_end: int | None = typer.Option(
+        None, min=0, help="Step at which the cool-down reaches zero (0: no cool-down)."
+    ),
     seed: int | None = typer.Option(
-        None, help="Seed of every random draw; with it a run is reproducible [default: 0, or the checkpoint's]."
+        None, help="Seed of every random draw; with it a run is reproducible (default: 0, or the checkpoint's)."
     ),
-    checkpoint_minutes: float = typer.Option(5.0, help="Minutes between checkpoints."),
+    checkpoint_minutes: float = typer.Option(5.0, min=0.01, help="Minutes between checkpoints."),
     image_column: str = typer.Option("image", help="Image-bytes column of a Parquet dataset."),
-    limit: int = typer.Option(0, help="Use only the first N images (0: all)."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    limit: int = typer.Option(0, min=0, help="Use only the first N images (0: all)."),
+    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0: torch's default)."),
     photos: str = typer.Option(
         "", help="fsspec URL of native-resolution photos whose random crops are mixed into every batch."
     ),
     photo_batch: int | None = typer.Option(
-        None, help="Photo crops per step [default: 0, or the checkpoint's; another on resume: a phase]."
+        None, min=0, help="Photo crops per step (default: 0, or the checkpoint's; another on resume: a phase)."
     ),
     photo_crop: int | None = typer.Option(
-        None, help="Photo crop size in pixels [default: 128, or the checkpoint's; another on resume: a phase]."
+        None, min=1, help="Photo crop size in pixels (default: 128, or the checkpoint's; another on resume: a phase)."
     ),
     init_from: Path | None = typer.Option(
         None, help="Start a new run from this diffc model directory's weights (e.g. the built-in model's)."

@@ -199,6 +199,11 @@ class SupportsSweep(Protocol):
 
     def sweep(self, images: np.ndarray, seeds: Sequence[int], prefixes: Sequence[int], **options: Any) -> Any: ...
 
+    def ideal(self) -> SupportsSweep:
+        """The same codec and model over a bits-free ideal channel that charges the information it sends (the
+        rate the paper reports): eval's reference curve, sharing the loaded model."""
+        ...
+
 
 # ---- typed codec options ------------------------------------------------------------------------------
 def options_from_strings(config_cls: type, options: Mapping[str, Any], what: str) -> Any:

@@ -7,7 +7,6 @@ import no torch). Adding a codec is one package (or module) plus one entry in :d
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 from collections.abc import Mapping
@@ -107,11 +106,6 @@ def resolve(name: str = "diffc", options: Mapping[str, Any] | None = None, model
         raise InvalidInputError(f"codec {name!r} takes no model (got --model {model!r})")
     given = {k: _jsonable(getattr(config, k)) for k in (options or {})}
     return CodecSpec(name, given, model if model is not None else e.default_model)
-
-
-def option_names(name: str) -> list[str]:
-    """The stream options the codec ``name`` accepts (for help texts and error messages)."""
-    return [f.name for f in dataclasses.fields(entry(name).options_class()) if f.init]
 
 
 def _jsonable(v: Any) -> Any:

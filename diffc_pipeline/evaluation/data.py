@@ -11,18 +11,17 @@ integer box filter that also averages away most sensor noise) and cut into ``til
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 from PIL import Image
 
 from ..errors import DiffcError
 from ..images import DEFAULT_MAX_PIXELS, decode_image
+from ..pipeline.sources import list_source, read_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SUBSET_SEED = 20221  # fixed: the subset must not depend on anything but the dataset and --limit
 
 
@@ -39,20 +38,20 @@ class ImageSource:
     url: str
     limit: int | None = None
     image_column: str = "image"
-    id_column: str = "id"
+    id_column: str | None = None  # None: a Parquet input's "id" column if it has one, else FILE:ROW ids
     downsample: int = 1
     tile: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    storage_options: Mapping[str, object] = field(default_factory=dict, repr=False)
 
 
-def load_eval_images(source: ImageSource, **storage_options) -> list[EvalImage]:
+def load_eval_images(source: ImageSource) -> list[EvalImage]:
     """Decode the chosen subset, downsampled and tiled as asked, in id order."""
     if source.downsample < 1:
         raise DiffcError(f"--downsample must be >= 1, got {source.downsample}")
     if source.tile is not None and source.tile < 1:
         raise DiffcError(f"--tile must be >= 1, got {source.tile}")
-    fs, root = fsspec.url_to_fs(source.url, **storage_options)
-    encoded = _read_encoded(fs, root, source)
+    encoded = _read_encoded(source)
     out: list[EvalImage] = []
     for image_id in sorted(encoded):
         pixels = decode_image(encoded[image_id], source.max_pixels)
@@ -94,48 +93,19 @@ def tiles(pixels: np.ndarray, size: int) -> list[np.ndarray]:
     ]
 
 
-def _read_encoded(fs: fsspec.AbstractFileSystem, root: str, source: ImageSource) -> dict[str, bytes]:
-    if fs.isfile(root):
-        paths = [root]
-    elif fs.isdir(root):
-        paths = sorted(p for p in fs.find(root) if p.lower().endswith((".parquet", *IMAGE_SUFFIXES)))
-    else:
-        raise DiffcError(f"{source.url}: no such file or directory")
-    parquet = [p for p in paths if p.lower().endswith(".parquet")]
-    if parquet:
-        return _read_parquet(fs, parquet, source)
-    files = [p for p in paths if p.lower().endswith(IMAGE_SUFFIXES)]
-    if not files:
-        raise DiffcError(f"no Parquet or image files under {source.url}")
-    by_id = {_file_id(p, root): p for p in files}
-    return {i: fs.cat_file(by_id[i]) for i in choose_subset(list(by_id), source.limit)}
-
-
-def _file_id(path: str, root: str) -> str:
-    """The path relative to the folder, suffix kept: the id ``diffc compress`` gives the same file, so that
-    the same image and run seed give the same stream in both."""
-    rel = PurePosixPath(path).relative_to(root) if path != root else PurePosixPath(PurePosixPath(path).name)
-    return str(rel)
-
-
-def _read_parquet(fs: fsspec.AbstractFileSystem, paths: list[str], source: ImageSource) -> dict[str, bytes]:
-    """Read ids first (cheap), then only the image bytes of the chosen rows."""
-    ids_per_file: list[list[str]] = []
-    for path in paths:
-        with fs.open(path, "rb") as f:
-            schema = pq.read_schema(f)
-            missing = {source.id_column, source.image_column} - set(schema.names)
-            if missing:
-                raise DiffcError(f"{path}: no column(s) {sorted(missing)} (columns: {schema.names})")
-            f.seek(0)
-            ids_per_file.append([str(v) for v in pq.read_table(f, columns=[source.id_column]).column(0).to_pylist()])
-    chosen = set(choose_subset([i for ids in ids_per_file for i in ids], source.limit))
+def _read_encoded(source: ImageSource) -> dict[str, bytes]:
+    """The encoded bytes of the chosen subset by id. The listing and the ids are ``diffc compress``'s own
+    (:func:`~diffc_pipeline.pipeline.sources.list_source`): the same files, globs, Parquet layouts and errors,
+    and the same ids - so the same image and run seed give the same stream in eval and in an archive."""
+    listed = list_source(source.url, source.storage_options, source.image_column, source.id_column)
+    ids = listed.items.column("id").to_pylist()
+    chosen = set(choose_subset(ids, source.limit))
+    rows = listed.items.take(pa.array([i for i, image_id in enumerate(ids) if image_id in chosen], pa.int64()))
     out: dict[str, bytes] = {}
-    for path, ids in zip(paths, ids_per_file, strict=True):
-        rows = [k for k, i in enumerate(ids) if i in chosen]
-        if not rows:
-            continue
-        with fs.open(path, "rb") as f:
-            column = pq.read_table(f, columns=[source.image_column]).column(0).take(rows)
-        out.update(zip((ids[k] for k in rows), column.to_pylist(), strict=True))
+    for image_id, data in zip(
+        rows.column("id").to_pylist(), read_bytes(rows, source.storage_options, source.image_column), strict=True
+    ):
+        if isinstance(data, Exception):
+            raise DiffcError(f"cannot read image {image_id!r} of {listed.url}: {data}")
+        out[image_id] = data
     return out

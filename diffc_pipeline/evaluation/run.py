@@ -50,7 +50,8 @@ class EvalOptions:
     downsample: int = 1
     tile: int = 0
     image_column: str = "image"
-    id_column: str = "id"
+    id_column: str | None = None  # None: a Parquet input's "id" column if it has one, else FILE:ROW ids
+    storage_options: dict = field(default_factory=dict, repr=False)  # for IMAGES; never written to results
     threads: int = 0  # torch threads here (0: torch's default)
     workers: int = 0  # DiffC on N Ray actors (0: in this process)
     address: str | None = None
@@ -61,6 +62,7 @@ class EvalOptions:
         """The options as JSON for results.json (what reproduces the run besides the code)."""
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
+        del d["storage_options"]  # credentials stay out of results.json
         return d
 
 
@@ -114,6 +116,7 @@ def run_eval(opts: EvalOptions, progress: EvalProgress, command: str | None = No
         id_column=opts.id_column,
         downsample=opts.downsample,
         tile=opts.tile or None,
+        storage_options=opts.storage_options,
     )
     eval_images = load_eval_images(source)
     progress.console.print(f"{len(eval_images)} images from {opts.images}", highlight=False)

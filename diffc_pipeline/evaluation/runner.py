@@ -29,7 +29,7 @@ from .perceptual import PerceptualMetrics
 # from the run seed and the image id (:func:`~diffc_pipeline.seeds.image_seed`, as archives derive it from
 # theirs), and the model id, codec configuration, magic, version and CRC of DiffC's standalone stream header
 # are the same for every image, so they are dataset-wide; the whole header's cost is reported apart as
-# ``stream_header_bytes``. Every codec in eval is charged this way (``Codec.charged_bits``; :mod:`.grid`).
+# ``stream_header_bytes``. Every codec in eval is charged this way (``Codec.image_header_bits``; :mod:`.grid`).
 # DiffC's channels in eval: ``rcc`` is the registry's codec (the real bitstream), ``ideal`` its bits-free twin
 CHANNELS = ("rcc", "ideal")
 
@@ -142,17 +142,7 @@ def sweep_codecs(codec: Codec, channels: Sequence[str]) -> dict[str, SupportsSwe
     prefix sweep and goes through the generic loop (:mod:`.grid`) instead."""
     if not isinstance(codec, SupportsSweep):
         raise InvalidInputError(f"codec {codec.name!r} has no sweep capability (use --codec {codec.name})")
-    return {ch: codec if ch == "rcc" else ideal_channel(codec) for ch in channels}
-
-
-def ideal_channel(codec: Codec) -> SupportsSweep:
-    """DiffC's ideal channel over the same model and options (no second model load): the one place eval
-    names DiffC's class, because the ideal channel is DiffC's business and the contract has no word for it."""
-    from ..codecs.diffc.codec import DiffcCodec
-
-    if not isinstance(codec, DiffcCodec):
-        raise InvalidInputError(f"the ideal channel exists for DiffC only, not for codec {codec.name!r}")
-    return DiffcCodec(codec.model, codec.config, channel="ideal")
+    return {ch: codec if ch == "rcc" else codec.ideal() for ch in channels}
 
 
 def run_diffc(

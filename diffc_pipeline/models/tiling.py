@@ -18,6 +18,9 @@ wrapper's contract: a change needs a new model identity or stream version, never
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,4 +82,29 @@ def evaluate_tiled(
         for rows, cols, core_rows, core_cols in windows:
             part = fn(zi[:, :, rows, cols].contiguous(), li)
             oi[:, :, rows, cols][:, :, core_rows, core_cols] = part[:, :, core_rows, core_cols]
+        del part
+    if len(windows) > 1:
+        release_freed_heap()
     return out
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim, nothing kept either
+        return None
+
+
+def release_freed_heap() -> None:
+    """Give the heap memory a large network call freed back to the OS (glibc's ``malloc_trim``).
+
+    glibc serves allocations under its mmap threshold (which adapts up to 32 MB) from its arenas and keeps
+    what they free: after one tiled call on a 1600x1600 image the process stayed 0.46 GB above where it
+    started until trimmed (2026-12-03, 1 thread). The next network call would reuse that memory, but the
+    codec's channel and algebra between calls need their own and would stand on top of it: at 12 MP the
+    encoder's peak included it. A trim costs milliseconds against a call of minutes; small images are never
+    tiled and never trimmed (their calls would only fault the memory back in). Changes no value computed."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

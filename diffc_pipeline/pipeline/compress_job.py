@@ -24,9 +24,9 @@ from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from . import faults
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
 from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
-from .destinations import check_output_folder, removed_if_left_empty
+from .destinations import check_output_folder, check_outside, removed_if_left_empty
 from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
-from .lock import LOCK_NAME, archive_lock
+from .lock import DEFAULT_STALE_S, LOCK_NAME, archive_lock
 from .manifest import (
     Manifest,
     check_same_codec,
@@ -39,7 +39,7 @@ from .manifest import (
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, probe_cluster, ray_session
-from .sources import list_source, open_fs, public_url
+from .sources import list_source, listed_folder, open_fs, public_url
 from .stages import Encoder, read_and_decode
 
 
@@ -65,7 +65,7 @@ class CompressOptions:
     limit: int = 0  # only the first N inputs in plan order (0: all)
     incremental: bool = False  # compress only new/changed sources into new shards
     wait_lock: float = 0.0  # seconds to wait for another run's lock (every run holds the archive lock)
-    lock_timeout: float = 6 * 3600.0  # a lock older than this is stale and broken
+    lock_timeout: float = DEFAULT_STALE_S  # a lock not refreshed for this long is stale and broken
 
     def __post_init__(self) -> None:
         """Numbers out of range fail here, naming the option, before Ray starts or anything is written (the
@@ -73,6 +73,7 @@ class CompressOptions:
         check_at_least(
             self,
             shard_size=1, batch_size=1, batch_pixels=1, max_pixels=1, threads=0, actors=0, limit=0, wait_lock=0,
+            lock_timeout=1,
         )  # fmt: skip
 
 
@@ -284,6 +285,10 @@ def run_compress(
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     check_output_folder(fs, root, opts.output)
+    listed = listed_folder(opts.input, opts.storage_options)
+    if listed is not None:
+        advice = "write the archive elsewhere: the next run would list its shards as input"
+        check_outside(fs, root, *listed, "the input folder", advice)
     run_id = new_run_id()
     # bad input (no images, a missing folder) fails in prepare(), inside the lock: the folder the lock made
     # for a new archive goes again

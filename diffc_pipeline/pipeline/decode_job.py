@@ -28,7 +28,7 @@ from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DiffcError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
-from .destinations import check_output_folder, check_outside_archive
+from .destinations import check_output_folder, check_outside
 from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -36,7 +36,7 @@ from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
 from .sources import open_fs
 from .stages import error_text, load_codec, split_by_pixels
-from .where import parse_where
+from .where import filter_rows
 
 ROWS_PER_READ = 64
 ROWS_PER_PART = 1000
@@ -142,7 +142,7 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
         if missing:
             raise DecodeTargetError(f"ids not in {archive.url}: {', '.join(sorted(missing)[:5])}")
     if opts.where:
-        index = index.filter(parse_where(opts.where, [c for c in index.column_names if c != "cum_bits"]))
+        index = filter_rows(index, opts.where, [c for c in index.column_names if c != "cum_bits"])
     if opts.limit:
         index = index.slice(0, opts.limit)
     ok = pc.equal(index.column("status"), STATUS_OK)
@@ -222,6 +222,24 @@ def output_name(image_id: str) -> str:
     parts = [p for p in image_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     name = "/".join(parts) or "image"
     return name if name.lower().endswith(".png") else f"{name}.png"
+
+
+def check_distinct_names(ids: list[str]) -> None:
+    """Refuse a PNG decode in which two selected ids share a file name (``a`` and ``a.png``, ``x/../a`` and
+    ``a``): one image would silently overwrite the other. Checked on the driver, before any decoding."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for image_id in ids:
+        name = output_name(image_id)
+        if name in seen:
+            clashes.append(f"{seen[name]!r} and {image_id!r} -> {name}")
+        else:
+            seen[name] = image_id
+    if clashes:
+        raise DecodeTargetError(
+            f"{len(clashes)} selected id(s) would write the same PNG file as another ({'; '.join(clashes[:3])}); "
+            "decode with --format parquet (it keeps ids), or select them apart with --ids / --where"
+        )
 
 
 def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
@@ -398,7 +416,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     archive = open_archive(opts.archive, opts.storage_options)
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
     check_output_folder(out_fs, out_root, opts.output)
-    check_outside_archive(out_fs, out_root, archive.fs, archive.root)
+    check_outside(out_fs, out_root, archive.fs, archive.root, "the archive", "decode into another folder")
     spec = archive.manifest.codec_spec(opts.model)
     codec = spec.build()
     decode_options = codec.parse_decode_options(opts.decode_options)
@@ -408,6 +426,8 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     selection, skipped, index_bytes = select(archive, opts)
     if selection.num_rows == 0:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
+    if opts.format == "png":
+        check_distinct_names(selection.column("id").to_pylist())
     progress.start(selection.num_rows)
     try:
         with ray_session(opts.address):

@@ -23,15 +23,21 @@ def check_output_folder(fs: fsspec.AbstractFileSystem, root: str, url: str) -> N
         raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
 
 
-def check_outside_archive(
-    out_fs: fsspec.AbstractFileSystem, out_root: str, archive_fs: fsspec.AbstractFileSystem, archive_root: str
+def check_outside(
+    out_fs: fsspec.AbstractFileSystem,
+    out_root: str,
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    what: str,
+    advice: str,
 ) -> None:
-    """Refuse decoding into the archive's own folder or below it: decoded files would mix with its shards."""
-    if out_fs.protocol != archive_fs.protocol:
+    """Refuse an ``OUTPUT`` at or below the folder ``root`` (``what``: the archive being decoded, a compress
+    job's input folder): what a job writes there would mix with what it reads."""
+    if out_fs.protocol != fs.protocol:
         return
-    out, arc = out_root.rstrip("/"), archive_root.rstrip("/")
-    if out == arc or out.startswith(arc + "/"):
-        raise ArchiveError(f"OUTPUT {out_root} lies inside the archive {archive_root}; decode into another folder")
+    out, inner = out_root.rstrip("/"), root.rstrip("/")
+    if out == inner or out.startswith(inner + "/"):
+        raise ArchiveError(f"OUTPUT {out_root} lies inside {what} {root}; {advice}")
 
 
 @contextmanager

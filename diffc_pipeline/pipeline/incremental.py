@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .commit import data_path
+from .reader import shard_errors
 
 SIGNATURE = ["source_uri", "source_size", "source_mtime", "source_etag"]  # "same source" = all equal
 EXAMPLES = 5  # names of deleted sources reported
@@ -42,7 +43,8 @@ def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) ->
     """The latest version of each id held by the committed ``shards``: id, shard and the source signature."""
     tables = []
     for name in sorted(shards):
-        with fs.open(data_path(root, name), "rb") as f:
+        path = data_path(root, name)
+        with shard_errors(fs.unstrip_protocol(path)), fs.open(path, "rb") as f:
             t = pq.read_table(f, columns=["id", *SIGNATURE])
         tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
     if not tables:

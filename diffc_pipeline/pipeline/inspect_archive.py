@@ -29,6 +29,8 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     failed = index.filter(pc.not_equal(index.column("status"), STATUS_OK))
     per_chunk = []
     logsnrs = m.codec.get("details", {}).get("logsnrs")
+    if not isinstance(logsnrs, list) or len(logsnrs) != m.codec["num_chunks"] + 1:  # absent, or a foreign manifest's
+        logsnrs = None
     # An archive may come from elsewhere: a row without a positive size or with another number of bit counts
     # than the manifest's chunks is counted as malformed and left out of the rates, not a crash.
     sizes = zip(ok.column("height").to_pylist(), ok.column("width").to_pylist(), strict=True)

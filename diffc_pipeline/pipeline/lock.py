@@ -8,8 +8,9 @@ The name starts with an underscore so Parquet readers of the archive skip it.
 A run that died holding the lock (SIGKILL, a lost node) leaves it behind. The lock names its holder's
 host, pid and process start time, so a run on the same host breaks it at once when that process is gone
 (the usual case: a resumed laptop run, a cron job on one head node). From another host it cannot tell, so
-a lock older than the stale timeout is broken; there is no heartbeat, so that timeout must exceed the
-longest run.
+a lock not refreshed for the stale timeout is broken: the holder rewrites the lock's time every
+``refresh_s`` (a heartbeat thread), so a live run keeps its lock however long it runs, and a dead one's lock
+goes stale a timeout after its last beat.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import datetime as dt
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +31,8 @@ from ..errors import ArchiveError
 
 LOCK_NAME = "_lock.json"
 POLL_S = 1.0
+DEFAULT_STALE_S = 3600.0  # a lock not refreshed for this long is broken (--lock-timeout)
+REFRESH_S = 60.0  # the holder's heartbeat, at most (a tenth of the stale timeout when that is shorter)
 
 
 class ArchiveLockedError(ArchiveError):
@@ -45,10 +49,13 @@ def archive_lock(
     root: str,
     run_id: str,
     wait_s: float = 0.0,
-    stale_s: float = 6 * 3600,
+    stale_s: float = DEFAULT_STALE_S,
     say: Callable[[str], None] = print,
 ) -> Iterator[dict]:
-    """Hold the lock for the block; waits up to ``wait_s``, breaks a lock older than ``stale_s`` (saying so)."""
+    """Hold the lock for the block, refreshing it (:func:`_heartbeat`); waits up to ``wait_s``, breaks a lock
+    not refreshed for ``stale_s`` (saying so)."""
+    if not stale_s > 0:
+        raise ArchiveError(f"--lock-timeout must be > 0 seconds, got {stale_s}")
     holder = {"run_id": run_id, "host": socket.gethostname(), "time": time.time(), **_this_process()}
     path = lock_path(root)
     fs.makedirs(root, exist_ok=True)
@@ -63,7 +70,7 @@ def archive_lock(
             # Not atomic (no conditional delete): re-reading first narrows the window in which two runs
             # breaking the same lock could remove each other's new one.
             if _read(fs, path) == theirs:
-                why = "its process is gone" if dead else f"{age / 3600:.1f} h old, over --lock-timeout"
+                why = "its process is gone" if dead else f"not refreshed for {age:.0f} s, over --lock-timeout"
                 say(f"breaking a stale lock of {_describe(theirs)} ({why})")
                 fs.rm_file(path)
             continue
@@ -73,11 +80,29 @@ def archive_lock(
                 "(wait with --wait-lock SECONDS; a lock older than --lock-timeout is broken)"
             )
         time.sleep(POLL_S)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(fs, path, holder, stop, min(REFRESH_S, stale_s / 10)), daemon=True)
+    beat.start()
     try:
         yield holder
     finally:
+        stop.set()
+        beat.join()
         if (_read(fs, path) or {}).get("run_id") == run_id:  # never remove a lock another run took after a break
             fs.rm_file(path)
+
+
+def _heartbeat(fs: fsspec.AbstractFileSystem, path: str, holder: dict, stop: threading.Event, every_s: float) -> None:
+    """Rewrite the lock's ``time`` every ``every_s`` until ``stop``, while it is still ours (a run that broke it
+    as stale owns it now). A write that fails (a network blip) is retried at the next beat; a reader that
+    catches a rewrite half-done counts the lock as fresh (:func:`_read`)."""
+    while not stop.wait(every_s):
+        try:
+            if (_read(fs, path) or {}).get("run_id") == holder["run_id"]:
+                holder["time"] = time.time()
+                fs.pipe_file(path, json.dumps(holder).encode())
+        except Exception:  # the next beat retries: the run must not die of its lock's refresh
+            continue
 
 
 def _try_create(fs: fsspec.AbstractFileSystem, path: str, holder: dict) -> bool:

@@ -234,6 +234,16 @@ def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dic
     return usable, len(files) - len(usable)
 
 
+def listed_folder(url: str, storage_options: Mapping[str, object]) -> tuple[fsspec.AbstractFileSystem, str] | None:
+    """The folder a listing of ``url`` walks - the folder itself, or a glob's root - or ``None`` for a single
+    file: an archive written below it would be listed as input by the next run."""
+    fs, path = open_fs(url, storage_options)
+    with _remote_errors("list", url, storage_options):
+        if has_magic(path) or fs.isdir(path):
+            return fs, _root_of(fs, path)
+    return None
+
+
 def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Ids are paths relative to this folder: the input folder, or the part of a glob before any wildcard."""
     if has_magic(path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import re
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DiffcError
@@ -53,6 +54,17 @@ def parse_where(text: str, columns: list[str]) -> pc.Expression:
     except SyntaxError as exc:
         raise FilterError(f"cannot parse --where {text!r}: {exc.msg}") from None
     return _Converter(text, columns).visit(tree.body)
+
+
+def filter_rows(table: pa.Table, text: str, columns: list[str]) -> pa.Table:
+    """The rows of ``table`` that ``--where`` ``text`` keeps. A filter that parses but does not fit the columns'
+    types (``width = '64'``, ``id > 3``) is a :class:`FilterError` naming the problem, not an Arrow traceback."""
+    expression = parse_where(text, columns)
+    try:
+        return table.filter(expression)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        detail = str(exc).splitlines()[0]
+        raise FilterError(f"--where {text!r} does not fit the columns' types ({detail})") from None
 
 
 class _Converter(ast.NodeVisitor):

@@ -18,8 +18,6 @@ from torch import nn
 
 from .config import ModelConfig
 
-LOG2 = math.log(2.0)
-
 
 # ---- building blocks -----------------------------------------------------------------------------------
 class GDN(nn.Module):

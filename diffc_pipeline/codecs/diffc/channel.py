@@ -117,7 +117,7 @@ class StepLayout:
     seg_chunk: np.ndarray  # (G,) chunk of each segment (non-decreasing)
     seg_mult: np.ndarray  # (G,) odd multipliers
     seg_add: np.ndarray  # (G,) offsets
-    seg_sign: np.ndarray  # (G, w) float32 +-1
+    seg_sign: np.ndarray  # (G, w) int8 +-1
     candidate_log2: int
     row_shift: int  # candidate n takes pool row ((a_g n + b_g) mod N) >> row_shift in segment g
 
@@ -159,10 +159,9 @@ def step_layout(dims: int, num_chunks: int, seed: int, step: int, config: CodecC
     g = prng.rng(seed, step, prng.SEGMENTS)
     seg_mult = 2 * g.integers(0, max(1, n // 2), len(seg_chunk), dtype=np.int64) + 1
     seg_add = g.integers(0, n, len(seg_chunk), dtype=np.int64)
-    seg_sign = g.random((len(seg_chunk), w), dtype=np.float32)
-    flip = seg_sign < 0.5
-    seg_sign.fill(1.0)
-    seg_sign[flip] = -1.0
+    # drawn as float32 uniforms (the streams' definition), kept as int8 +-1: a quarter of the memory, and
+    # exact in every product it enters
+    seg_sign = np.where(g.random((len(seg_chunk), w), dtype=np.float32) < 0.5, np.int8(-1), np.int8(1))
     return StepLayout(
         num_chunks,
         w,
@@ -332,8 +331,10 @@ def rcc_encode(
     config: CodecConfig,
     stream_version: int = 1,
     norm_gain: float = 1.0,
+    out: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """Choose candidates for ``N(d, I)``; returns ``(J, indices, u)`` with ``u`` the communicated sample.
+    """Choose candidates for ``N(d, I)``; returns ``(J, indices, u)`` with ``u`` the communicated sample
+    (written into ``out``, flat float32 of ``d``'s size, when given: the caller's batch array, no copy).
 
     ``stream_version`` 1 scores every chunk against ``target_gain * d``; 2 against ``chunk_gains * d``. With the
     widened prior (``config.prior_variance``) the candidates are ``s c`` (module docstring, item 6);
@@ -352,11 +353,6 @@ def rcc_encode(
     if s2 != 1.0:  # s <c, g d>: the target scaled by s; the norm term per segment length, scaled once
         gain = gain * np.float32(math.sqrt(s2))
         norms = _pool_norms(step, config.pool_rows, config.pool_width) * np.float32(-0.5 * norm_gain * (s2 - 1))
-    targets = d[layout.seg_dims]  # (G, w) float32, built in place
-    targets *= gain
-    targets[~layout.seg_mask] = 0.0
-    targets *= layout.seg_sign
-    targets = torch.from_numpy(targets)
     arrivals = OrderedArrivals(seed, step, n)
     # segments of chunk c are seg_first[c]:seg_first[c + 1] (seg_chunk is non-decreasing)
     seg_first = np.searchsorted(layout.seg_chunk, np.arange(layout.num_chunks + 1))
@@ -366,15 +362,26 @@ def rcc_encode(
         c1 = min(c0 + per_block, layout.num_chunks)
         scores = torch.from_numpy(arrivals.next_log_rows(c1 - c0))
         segs = range(seg_first[c0], seg_first[c1])
-        _add_projections(scores, targets, pool_t, layout, segs, c0, per_block, norms)
+        _add_projections(scores, d, gain, pool_t, layout, segs, c0, per_block, norms)
         indices[c0:c1] = scores.argmax(dim=1).numpy()
-    del targets  # 0.14 GB at 12 MP: freed before the sample is assembled
-    return layout.num_chunks, indices, _scaled(_assemble(layout, pool, indices, d.size), s2)
+    return layout.num_chunks, indices, _scaled(_assemble(layout, pool, indices, d.size, out), s2)
+
+
+def _segment_targets(d: np.ndarray, gain: np.ndarray | np.float32, layout: StepLayout, lo: int, hi: int) -> np.ndarray:
+    """``(hi - lo, w)`` float32: segments ``lo:hi`` of the scaled, signed target, zero where masked. Built per
+    block of segments, never for the whole step (a whole-step copy was 0.14 GB at 12 MP); elementwise, so the
+    values are the same however the segments are blocked."""
+    targets = d[layout.seg_dims[lo:hi]]
+    targets *= gain if np.ndim(gain) == 0 else gain[lo:hi]
+    targets[~layout.seg_mask[lo:hi]] = 0.0
+    targets *= layout.seg_sign[lo:hi]
+    return targets
 
 
 def _add_projections(
     scores: torch.Tensor,
-    targets: torch.Tensor,
+    d: np.ndarray,
+    gain: np.ndarray | np.float32,
     pool_t: torch.Tensor,
     layout: StepLayout,
     segs: range,
@@ -382,7 +389,7 @@ def _add_projections(
     per_block: int,
     norms: torch.Tensor | None = None,
 ) -> None:
-    """Add each segment's candidate projections ``<c_n segment, target segment>`` to its chunk's scores, and
+    """Add each segment's candidate projections ``<c_n segment, gain d segment>`` to its chunk's scores, and
     with ``norms`` (the widened prior's scaled :func:`_pool_norms`) each segment's norm term."""
     cand = torch.arange(scores.shape[1], dtype=torch.int64)
     seg_chunk = torch.from_numpy(layout.seg_chunk[segs.start : segs.stop] - c0)  # chunk of each segment, in block
@@ -392,7 +399,7 @@ def _add_projections(
         hi = min(lo + per_block, segs.stop)
         # (Gb, rows): each segment target against every pool row, laid out contiguously per segment so the
         # gather below stays in cache
-        proj = targets[lo:hi] @ pool_t
+        proj = torch.from_numpy(_segment_targets(d, gain, layout, lo, hi)) @ pool_t
         if norms is not None:
             proj += norms[seg_len[lo - segs.start : hi - segs.start]]
         rows = layout.seg_rows(cand, lo, hi)
@@ -416,10 +423,12 @@ def _scaled(u: np.ndarray, s2: float) -> np.ndarray:
     return u
 
 
-def _assemble(layout: StepLayout, pool: np.ndarray, indices: np.ndarray, dims: int) -> np.ndarray:
-    """The chosen candidates' values in image order, a block of segments at a time: whole-step (segments x
-    width) temporaries were three arrays of 0.14 GB each at 12 MP."""
-    u = np.empty(dims, dtype=np.float32)
+def _assemble(
+    layout: StepLayout, pool: np.ndarray, indices: np.ndarray, dims: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The chosen candidates' values in image order (into ``out`` when given), a block of segments at a time:
+    whole-step (segments x width) temporaries were three arrays of 0.14 GB each at 12 MP."""
+    u = np.empty(dims, dtype=np.float32) if out is None else out
     rows = layout.chosen_rows(indices)
     block = max(1, _WORK_ENTRIES // layout.pool_width)
     for lo in range(0, len(rows), block):

@@ -29,10 +29,10 @@ from . import prng
 from .bitstream import STREAM_VERSION, EncodedImage, Header
 from .channel import chunk_kl_bits, ideal_sample, prior_s2, rcc_decode, rcc_encode, step_layout, step_prior
 from .config import CodecConfig
-from .index_code import StepCode, StepReader, StepWriter, has_v2_tables
+from .index_code import StepCode, StepReader, StepWriter, coded_settings, has_v2_tables
 from .reconstruct import METHODS, denoise, reconstruct
 from .steps import normalised_target, step_coefficients, step_mean_plus_noise
-from .tables import TABLES_VERSION
+from .tables import TABLES_VERSION, table_key
 
 CHANNELS = ("rcc", "ideal")
 
@@ -88,7 +88,16 @@ class DiffcCodec(Codec):
         self.model = at_precision(model, self.config.network_precision)
         self.channel = channel
         self._logsnrs = torch.from_numpy(self.config.logsnrs())
-        supported = has_v2_tables(self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
+        setting = (self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
+        if channel == "rcc" and table_key(*setting) not in coded_settings():  # refused before any image is read
+            raise InvalidInputError(
+                "no index table for chunk_bits={}, candidate_log2={}, target_gain={}: the channel cannot code this "
+                "setting. Settings with tables (chunk_bits,candidate_log2,target_gain): {}; build one with "
+                "`python -m diffc_pipeline.codecs.diffc.tables {} {} {}`".format(
+                    *setting, " ".join(coded_settings()), *setting
+                )
+            )
+        supported = has_v2_tables(*setting)
         if stream_version is None:
             stream_version = STREAM_VERSION if supported else 1
         if stream_version not in (1, 2) or (stream_version == 2 and not supported):
@@ -106,13 +115,15 @@ class DiffcCodec(Codec):
         self.step_log: list[list[dict]] | None = None
 
     @classmethod
-    def from_options(
-        cls, options: CodecConfig, model: str | None, device: str = "cpu", channel: str = "rcc"
-    ) -> DiffcCodec:
+    def from_options(cls, options: CodecConfig, model: str | None, device: str = "cpu") -> DiffcCodec:
         """Load ``model`` (``builtin``, ``gaussian`` or a PATH) and wrap it: the registry's constructor."""
         from ...models import load_model
 
-        return cls(load_model(model or "builtin", device=device), options, channel=channel)
+        return cls(load_model(model or "builtin", device=device), options)
+
+    def ideal(self) -> DiffcCodec:
+        """This codec over the ideal channel (exact samples, KL charged), on the same loaded model."""
+        return DiffcCodec(self.model, self.config, channel="ideal")
 
     @property
     def num_steps(self) -> int:
@@ -190,7 +201,7 @@ class DiffcCodec(Codec):
                 if self.channel == "ideal":
                     u[i] = ideal_sample(d[i], seed, k).reshape(d[i].shape)
                     continue
-                count, indices, sample = rcc_encode(d[i], seed, k, self.config, code.version)
+                count, indices, _ = rcc_encode(d[i], seed, k, self.config, code.version, out=u[i].reshape(-1))
                 bits = writers[i].write_step(count, counts[i], indices, code)
                 counts[i] = count
                 ends[i].append((writers[i].bit_length() + 7) // 8)
@@ -202,8 +213,10 @@ class DiffcCodec(Codec):
                          "chunk_kl_bits": chunk_kl_bits(d[i].ravel(), layout, s2), "indices": indices,
                          "end_bits": writers[i].bit_length()}
                     )  # fmt: skip
-                u[i] = sample.reshape(d[i].shape)
             z = step_mean_plus_noise(c, z, x_hat, torch.from_numpy(u))
+            # dropped before the next network call, not when rebound after it: at 12 MP these three are
+            # 0.43 GB that the call's own working set would otherwise stand on
+            del x_hat, d, u
             self.timings["channel_s"] += time.perf_counter() - t_rcc
             if k in capture:
                 latents[k] = z.clone()

@@ -58,6 +58,11 @@ def _tables_v2() -> dict:
     return json.loads(resources.files(__package__).joinpath("tables", _TABLE_FILE_V2).read_text())
 
 
+def coded_settings() -> list[str]:
+    """The channel settings ``chunk_bits,candidate_log2,target_gain`` that shipped index tables can code."""
+    return sorted(_tables(), key=lambda k: tuple(float(v) for v in k.split(",")))
+
+
 def has_v2_tables(chunk_bits: int, candidate_log2: int, gain: float) -> bool:
     """Whether stream version 2 can code this channel setting (its index tables are shipped)."""
     return table_key(chunk_bits, candidate_log2, gain) in _tables_v2()["index"]

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ from ...models.base import DiffusionModel, map_in_pieces, predict_x
 from . import prng
 from .steps import alpha_sigma_of_logsnr, step_coefficients, step_mean_plus_noise
 
-Method = Literal["flow", "ancestral", "denoise"]
 METHODS: tuple[str, ...] = ("flow", "ancestral", "denoise")
 
 
