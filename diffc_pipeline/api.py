@@ -73,7 +73,7 @@ def compress(
     ``output``, resumably: what ``diffc compress`` does. Returns the job's summary (``images``, ``failures``,
     ``bpp``, ...); failed images are error rows, not exceptions. ``dry_run``: write nothing and return the
     plan (inputs, shards, what is done) as a dict. ``log`` receives warnings (e.g. a stale lock broken)."""
-    from .pipeline.compress_job import CompressOptions, codec_spec, prepare, run_compress
+    from .pipeline.compress_job import CompressOptions, check_destination, codec_spec, prepare, run_compress
 
     opts = CompressOptions(
         input=input,
@@ -99,6 +99,7 @@ def compress(
         lock_timeout=lock_timeout,
     )
     if dry_run:
+        check_destination(opts)
         return prepare(opts, codec_spec(opts).build()).describe()
     return run_compress(opts, _progress("compress", progress), say=log or (lambda _: None))
 
@@ -109,7 +110,7 @@ def decode(
     *,
     bpp: float | None = None,
     step: int | None = None,
-    ids: Sequence[str] = (),
+    ids: str | Sequence[str] = (),
     where: str | None = None,
     limit: int = 0,
     format: str = "png",
@@ -133,7 +134,7 @@ def decode(
         output=output,
         bpp=bpp,
         step=step,
-        ids=list(ids),
+        ids=_id_list(ids),
         where=where,
         limit=limit,
         decode_options=dict(decode_options or {}),
@@ -192,8 +193,9 @@ class ArchiveReader:
         return m.read_from_format or m.format_version
 
     def rows(self) -> pa.Table:
-        """One row per image (latest versions): ``id``, ``height``, ``width``, ``seed``, ``status``, ``error``,
-        ``cum_bits`` (bits of each prefix, header included), ``shard`` and the source columns."""
+        """One row per image (latest versions): ``id``, ``height``, ``width``, ``channels`` (of the source
+        image), ``seed``, ``status``, ``error``, ``cum_bits`` (bits of each prefix, header included), ``shard``,
+        ``source_uri`` and ``source_size`` (bytes read)."""
         from .pipeline.incremental import latest_rows
         from .pipeline.reader import read_index
 
@@ -205,7 +207,7 @@ class ArchiveReader:
         *,
         bpp: float | None = None,
         step: int | None = None,
-        ids: Sequence[str] = (),
+        ids: str | Sequence[str] = (),
         where: str | None = None,
         limit: int = 0,
         model: str | None = None,
@@ -220,7 +222,7 @@ class ArchiveReader:
         from .pipeline.decode_job import DecodeOptions, decode_rows, read_payloads, read_units, select
 
         opts = DecodeOptions(
-            self.url, "", bpp=bpp, step=step, ids=list(ids), where=where, limit=limit, model=model,
+            self.url, "", bpp=bpp, step=step, ids=_id_list(ids), where=where, limit=limit, model=model,
             max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size,
         )  # fmt: skip
         codec, options = _codec_for(self._archive, model, opts.decode_options)
@@ -246,7 +248,7 @@ def read_archive(
     *,
     bpp: float | None = None,
     step: int | None = None,
-    ids: Sequence[str] = (),
+    ids: str | Sequence[str] = (),
     where: str | None = None,
     limit: int = 0,
     columns: Sequence[str] = DEFAULT_COLUMNS,
@@ -282,7 +284,7 @@ def read_archive(
     storage = dict(storage_options or {})
     archive = open_pipeline_archive(url, storage)
     opts = DecodeOptions(
-        url, "", bpp=bpp, step=step, ids=list(ids), where=where, limit=limit, model=model,
+        url, "", bpp=bpp, step=step, ids=_id_list(ids), where=where, limit=limit, model=model,
         max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size, threads=threads,
         actors=actors,
     )  # fmt: skip
@@ -294,6 +296,11 @@ def read_archive(
     spec = archive.manifest.codec_spec(model).to_dict()
     sizing = cluster_sizing(threads, actors)
     return decoded_dataset(archive, selection, storage, batch_size, sizing, spec, options, max_pixels, list(columns))
+
+
+def _id_list(ids: str | Sequence[str]) -> list[str]:
+    """``ids`` as a list: one id given as a plain string is that id, not its characters."""
+    return [ids] if isinstance(ids, str) else list(ids)
 
 
 def _codec_for(archive, model: str | None, decode_options: dict) -> tuple[Any, dict]:

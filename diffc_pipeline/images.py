@@ -1,9 +1,10 @@
 """Decode image bytes into RGB uint8 arrays, safely.
 
 Shared by the pipeline, training and evaluation so that every part of the tool accepts and rejects exactly
-the same inputs. Policy (documented in docs/format.md): grayscale, palette, CMYK, 16-bit and alpha images
-are converted to 8-bit RGB (alpha is dropped after compositing on black - DiffC codes 3 channels); images
-above ``max_pixels`` are rejected before their pixels are decoded, so a decompression bomb costs nothing.
+the same inputs. Policy (documented in docs/format.md): an EXIF orientation is applied; grayscale, palette,
+CMYK, 16-bit and alpha images are converted to 8-bit RGB (alpha is dropped after compositing on black -
+DiffC codes 3 channels); images above ``max_pixels`` are rejected before their pixels are decoded, so a
+decompression bomb costs nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
 
@@ -42,6 +43,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             if w == 0 or h == 0:
                 raise InvalidImageError(f"image has no pixels ({w}x{h})")
             img.load()
+            # as viewers show it: a camera's portrait photo is stored landscape with an EXIF orientation tag
+            img = ImageOps.exif_transpose(img)
     except InvalidImageError:
         raise
     except UnidentifiedImageError:

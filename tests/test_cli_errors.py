@@ -136,6 +136,8 @@ def test_compress_refuses_an_output_inside_its_input_folder(tmp_path: Path) -> N
     assert sorted(p.name for p in source.iterdir()) == ["img000.png", "img001.png"]
     result = _cli("compress", str(source), str(source), "--codec", "webp")
     assert result.exit_code == 2 and "lies inside the input folder" in result.output, result.output
+    with pytest.raises(ArchiveError, match="lies inside the input folder"):  # a dry run promises no such run
+        dp.compress(f"{source}/./", str(source / "arch"), codec="webp", dry_run=True)
 
 
 def test_a_where_filter_of_the_wrong_type_is_one_line_not_an_arrow_traceback(tmp_path: Path) -> None:
@@ -220,3 +222,35 @@ def test_inspect_survives_a_foreign_manifest_with_a_short_schedule(tmp_path: Pat
     (copy / "manifest.json").write_text(json.dumps(manifest))
     report = dp.inspect(str(copy))
     assert report["bpp_per_chunk"] and all("logsnr" not in row for row in report["bpp_per_chunk"])
+
+
+def test_decode_limit_counts_decodable_images_and_options_must_agree(ray_cluster, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    write_images(source, 2)
+    (source / "a_broken.png").write_bytes(b"not an image")  # listed first: its error row came first too
+    archive = str(tmp_path / "arch")
+    dp.compress(str(source), archive, codec="webp", **FAST)
+    done = dp.decode(archive, str(tmp_path / "one"), limit=1, **FAST)  # was: "no decodable image selected"
+    assert done.images == 1 and [p.name for p in (tmp_path / "one").iterdir()] == ["img000.png"]
+    reader = dp.open_archive(archive)
+    assert [i for i, _ in reader.decode(limit=2)] == ["img000.png", "img001.png"]
+    assert [i for i, _ in reader.decode(ids="img001.png")] == ["img001.png"]  # one id as a plain string
+    result = _cli("decode", archive, str(tmp_path / "x"), "--method", "denoise", "--decode-opt", "method=flow")
+    assert result.exit_code == 2 and "disagree" in result.output, result.output
+
+
+def test_decode_options_refuse_nan_and_unbounded_work() -> None:
+    from diffc_pipeline.codecs.diffc.codec import DiffcCodec
+
+    options = {o.name: o for o in DiffcCodec.decode_options}
+    with pytest.raises(InvalidInputError, match="recon_steps=1000000000 must be <= 4096"):
+        options["recon_steps"].parse("1000000000")  # ran for minutes on one 64x64 image
+    from diffc_pipeline.codecs.cdc.codec import CdcCodec
+
+    options = {o.name: o for o in CdcCodec.decode_options}
+    for name, value in (("temperature", "nan"), ("time_power", "inf")):  # nan decoded to an all-black "ok" image
+        with pytest.raises(InvalidInputError, match="must be a finite number"):
+            options[name].parse(value)
+    for bad in ({"logsnr_end": "inf"}, {"logsnr_start": "nan"}, {"pool_width": "0"}, {"flow_steps": "0"}):
+        with pytest.raises(InvalidInputError, match=f"{next(iter(bad))} must be in"):
+            dp.compress("unused", "unused", codec_options=bad, dry_run=True)

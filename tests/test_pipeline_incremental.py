@@ -254,3 +254,23 @@ def test_lock_excludes_concurrent_holders(where, tmp_path, request):
         with pytest.raises(ArchiveLockedError, match="run holder on host"):
             second.__enter__()
     assert not fs.exists(f"{root}/{LOCK_NAME}")
+
+
+def test_a_parquet_input_is_unchanged_on_the_next_run_and_its_path_may_be_spelled_otherwise(ray_cluster, tmp_path):
+    """Nightly runs over a Parquet dataset re-coded every row (the listing knows no per-row size) and the same
+    folder named './in/' instead of 'in' was 'another input'."""
+    from pipeline_data.make import write_parquet
+
+    write_parquet(tmp_path / "in" / "part-0.parquet", 5, row_group_size=2)
+    arc = tmp_path / "arc"
+    first = _compress(tmp_path / "in", arc)
+    assert first.exit_code == 0, first.output
+    before = _state(arc)
+    second = CliRunner().invoke(app, ["compress", f"{tmp_path}/./in/", str(arc), "--incremental", *FAST])
+    assert second.exit_code == 0, second.output
+    run = json.loads((arc / "manifest.json").read_text())["runs"][-1]
+    assert (run["new"], run["changed"], run["unchanged"]) == (0, 0, 5)
+    assert {k: v for k, v in _state(arc).items() if k != "manifest.json"} == {
+        k: v for k, v in before.items() if k != "manifest.json"
+    }
+    assert json.loads((arc / "manifest.json").read_text())["source"]["url"] == str(tmp_path / "in")

@@ -409,3 +409,23 @@ def test_replayed_rows_are_dropped_once_seen():
     replay = pa.table({"shard": pa.array([0, 1, 1], pa.int32()), "id": ["b", "c", "d"]})
     assert _new_rows(replay, seen).column("id").to_pylist() == ["d"]
     assert seen == {0: {"a", "b"}, 1: {"c", "d"}}
+
+
+def test_exif_orientation_is_applied():
+    """A camera stores a portrait photo landscape plus an orientation tag; viewers (and now the codecs) show it
+    upright. It was coded sideways."""
+    import io
+
+    from PIL import Image
+
+    from diffc_pipeline.images import decode_image
+
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :8] = 255  # a white band on the stored image's left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    out = decode_image(buf.getvalue())
+    assert out.shape == (64, 32, 3)
+    assert out[:8].mean() > 200 and out[-8:].mean() < 50  # the band is now the top edge

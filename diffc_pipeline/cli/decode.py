@@ -7,6 +7,7 @@ import dataclasses
 import typer
 from rich.table import Table
 
+from ..errors import InvalidInputError
 from ..images import DEFAULT_MAX_PIXELS
 from ._common import EXIT_PARTIAL, friendly_errors, parse_pairs, report, warn
 from .compress import format_value, storage_help
@@ -26,7 +27,9 @@ def decode(
     ),
     ids: list[str] = typer.Option([], "--ids", help="Only these image ids (repeatable)."),
     where: str = typer.Option(None, help="Filter, e.g. \"width >= 64 AND id LIKE 'val_1%'\"."),
-    limit: int = typer.Option(0, min=0, help="At most N images (after --ids/--where; 0: all)."),
+    limit: int = typer.Option(
+        0, min=0, help="The first N decodable images (after --ids/--where; error rows do not count; 0: all)."
+    ),
     method: str = typer.Option(
         None,
         help="Decode option 'method': DiffC flow (DiffC-F, default), ancestral (DiffC-A) or denoise; CDC diffusion "
@@ -55,6 +58,9 @@ def decode(
     from .. import api
     from ..pipeline.sources import parse_storage_options
 
+    decode_options = parse_pairs(decode_opt, "--decode-opt")
+    if method and decode_options.get("method", method) != method:
+        raise InvalidInputError(f"--method {method} and --decode-opt method={decode_options['method']} disagree")
     summary = api.decode(
         archive,
         output,
@@ -63,7 +69,7 @@ def decode(
         ids=list(ids),
         where=where,
         limit=limit,
-        decode_options={**parse_pairs(decode_opt, "--decode-opt"), **({"method": method} if method else {})},
+        decode_options={**decode_options, **({"method": method} if method else {})},
         format=format,
         model=model,
         max_pixels=max_pixels,

@@ -13,6 +13,7 @@ archive manifest; ``--codec-opt KEY=VALUE``) and *decode options* change only th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -72,6 +73,7 @@ class DecodeOption:
     help: str
     choices: tuple | None = None
     minimum: float | None = None
+    maximum: float | None = None  # what bounds a decode's work (network calls) on an archive from elsewhere
 
     def parse(self, value: Any) -> Any:
         try:
@@ -84,8 +86,12 @@ class DecodeOption:
             raise InvalidInputError(
                 f"decode option {self.name}={v!r} is not one of {', '.join(map(str, self.choices))}"
             )
+        if isinstance(v, float) and not math.isfinite(v):  # NaN passes every comparison below
+            raise InvalidInputError(f"decode option {self.name}={v!r} must be a finite number")
         if self.minimum is not None and v < self.minimum:
             raise InvalidInputError(f"decode option {self.name}={v!r} must be >= {self.minimum}")
+        if self.maximum is not None and v > self.maximum:
+            raise InvalidInputError(f"decode option {self.name}={v!r} must be <= {self.maximum}")
         return v
 
 

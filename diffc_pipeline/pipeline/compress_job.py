@@ -31,6 +31,7 @@ from .manifest import (
     Manifest,
     check_same_codec,
     check_same_plan,
+    comparable_source,
     differences,
     now,
     read_manifest,
@@ -199,7 +200,7 @@ def prepare(opts: CompressOptions, codec: Codec, run_id: str = "") -> PreparedJo
 
 
 def _without_limit(source: dict) -> dict:
-    return {k: v for k, v in source.items() if k != "limit"}
+    return {k: v for k, v in comparable_source(source).items() if k != "limit"}
 
 
 def _check_empty(fs: fsspec.AbstractFileSystem, root: str, where: str) -> None:
@@ -270,6 +271,19 @@ def _prepare_incremental(
     return PreparedJob(plan, manifest, spec, committed, list(plan.shards), False, fs, root, delta, run)
 
 
+def check_destination(opts: CompressOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The archive's filesystem and root, once ``OUTPUT`` is known to be a folder outside the input's (what
+    a dry run checks too: it must not promise a run that would be refused)."""
+    fs, root = open_fs(opts.output, opts.storage_options)
+    root = root.rstrip("/")
+    check_output_folder(fs, root, opts.output)
+    listed = listed_folder(opts.input, opts.storage_options)
+    if listed is not None:
+        advice = "write the archive elsewhere: the next run would list its shards as input"
+        check_outside(fs, root, *listed, "the input folder", advice)
+    return fs, root
+
+
 def run_compress(
     opts: CompressOptions, progress: JobProgress, codec: Codec | None = None, say: Callable[[str], None] = print
 ) -> CompressSummary:
@@ -282,13 +296,7 @@ def run_compress(
     """
     codec = codec or codec_spec(opts).build()
     probe_cluster(opts.address)  # before the archive is touched: a dead address leaves no manifest behind
-    fs, root = open_fs(opts.output, opts.storage_options)
-    root = root.rstrip("/")
-    check_output_folder(fs, root, opts.output)
-    listed = listed_folder(opts.input, opts.storage_options)
-    if listed is not None:
-        advice = "write the archive elsewhere: the next run would list its shards as input"
-        check_outside(fs, root, *listed, "the input folder", advice)
+    fs, root = check_destination(opts)
     run_id = new_run_id()
     # bad input (no images, a missing folder) fails in prepare(), inside the lock: the folder the lock made
     # for a new archive goes again

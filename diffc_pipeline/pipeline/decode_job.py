@@ -143,11 +143,11 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
             raise DecodeTargetError(f"ids not in {archive.url}: {', '.join(sorted(missing)[:5])}")
     if opts.where:
         index = filter_rows(index, opts.where, [c for c in index.column_names if c != "cum_bits"])
-    if opts.limit:
-        index = index.slice(0, opts.limit)
     ok = pc.equal(index.column("status"), STATUS_OK)
     errors = index.num_rows - pc.sum(ok).as_py() if index.num_rows else 0
     index = index.filter(ok)
+    if opts.limit:  # the first N decodable images: the archive's error rows do not use up the limit
+        index = index.slice(0, opts.limit)
     m = archive.manifest
     if opts.bpp is not None:
         sizes = zip(index.column("height").to_pylist(), index.column("width").to_pylist(), strict=True)

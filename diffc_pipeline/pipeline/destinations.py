@@ -8,6 +8,7 @@ pollute or overwrite an archive.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,7 +36,7 @@ def check_outside(
     job's input folder): what a job writes there would mix with what it reads."""
     if out_fs.protocol != fs.protocol:
         return
-    out, inner = out_root.rstrip("/"), root.rstrip("/")
+    out, inner = posixpath.normpath(out_root), posixpath.normpath(root)  # "a/./b/" is "a/b"
     if out == inner or out.startswith(inner + "/"):
         raise ArchiveError(f"OUTPUT {out_root} lies inside {what} {root}; {advice}")
 

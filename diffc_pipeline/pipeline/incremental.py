@@ -64,12 +64,17 @@ class Delta:
 
 
 def compare(items: pa.Table, held: pa.Table) -> Delta:
-    """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed."""
+    """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed.
+
+    A size the listing does not know (-1: a Parquet row, whose bytes only a read would tell; an archive row
+    holds the bytes it read) is not compared: such a row is the same when its file's URI#row, mtime and ETag
+    are. Comparing it made every Parquet row "changed" on every run, and each nightly run re-coded the set."""
     known = {row["id"]: row for row in held.select(["id", *SIGNATURE]).to_pylist()} if held.num_rows else {}
     keep, new, changed = [], 0, 0
     for row in items.select(["id", *SIGNATURE]).to_pylist():
         old = known.get(row["id"])
-        differs = old is not None and any(old[k] != row[k] for k in SIGNATURE)
+        fields = [k for k in SIGNATURE if not (k == "source_size" and row[k] < 0)]
+        differs = old is not None and any(old[k] != row[k] for k in fields)
         new += old is None
         changed += differs
         keep.append(old is None or differs)

@@ -24,6 +24,7 @@ from .. import __version__
 from ..codecs.base import MAX_CHUNKS
 from ..errors import ArchiveError, ModelMismatchError
 from .archive import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
+from .sources import canonical_url
 
 MANIFEST_NAME = "manifest.json"
 
@@ -192,10 +193,16 @@ def check_same_codec(existing: Manifest, description: dict, where: str, hint: st
         )
 
 
+def comparable_source(source: dict) -> dict:
+    """A manifest's ``source`` with its URL canonical (:func:`~.sources.canonical_url`): archives made before
+    URLs were stored canonical hold them as typed, and ``data/`` is the input ``/abs/data`` names."""
+    return {**source, "url": canonical_url(source["url"])} if isinstance(source.get("url"), str) else source
+
+
 def check_same_plan(existing: Manifest, source: dict, seed: int, shard_size: int, where: str) -> None:
     """A resumed run must cut the same shards, or committed shards and new ones would overlap."""
-    mine = {"input": source, "seed": seed, "shard size": shard_size}
-    theirs = {"input": existing.source, "seed": existing.seed, "shard size": existing.shard_size}
+    mine = {"input": comparable_source(source), "seed": seed, "shard size": shard_size}
+    theirs = {"input": comparable_source(existing.source), "seed": existing.seed, "shard size": existing.shard_size}
     details = differences(theirs, mine)
     if details:
         raise ArchiveError(

@@ -10,6 +10,7 @@ dataset is never materialised as a whole.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -134,6 +135,20 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def canonical_url(url: str) -> str:
+    """``url`` spelled one way, for the manifest and for telling whether two runs read the same input: a local
+    path made absolute (``data``, ``./data/`` and ``/home/me/data`` are one input; a relative path run from
+    another folder is another; ``..`` and ``.`` resolved), ``file://`` dropped, a trailing ``/`` dropped.
+    Remote URLs keep their protocol (and any credentials: :func:`public_url` drops those) and are otherwise
+    as given. A listing reads the canonical URL, so the same files get the same source URIs whichever way
+    the input was spelled."""
+    local = url[len("file://") :] if url.startswith("file://") else url
+    if "://" not in local:
+        local = os.path.abspath(os.path.expanduser(local))
+        return local if local == "/" else local.rstrip("/")
+    return url.rstrip("/") if not url.endswith("://") else url
+
+
 def open_fs(url: str, storage_options: Mapping[str, object]) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
         return fsspec.url_to_fs(url, **dict(storage_options))
@@ -153,6 +168,7 @@ def list_source(
     ``limit`` keeps the first N in sorted order (a sample of a dataset, e.g. for benchmarks). ``id_column``
     ``None``: a Parquet input's ``id`` column if it has one, else FILE:ROW ids.
     """
+    url = canonical_url(url)
     fs, path = open_fs(url, storage_options)
     with _remote_errors("list", url, storage_options):
         files, skipped = _find_files(fs, path, url)
@@ -237,7 +253,7 @@ def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dic
 def listed_folder(url: str, storage_options: Mapping[str, object]) -> tuple[fsspec.AbstractFileSystem, str] | None:
     """The folder a listing of ``url`` walks - the folder itself, or a glob's root - or ``None`` for a single
     file: an archive written below it would be listed as input by the next run."""
-    fs, path = open_fs(url, storage_options)
+    fs, path = open_fs(canonical_url(url), storage_options)
     with _remote_errors("list", url, storage_options):
         if has_magic(path) or fs.isdir(path):
             return fs, _root_of(fs, path)

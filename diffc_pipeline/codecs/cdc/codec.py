@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
-from ..base import Codec, DecodeOption, Encoded
+from ..base import MAX_CHUNKS, Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
 from .bitstream import SHAPE_BITS, Header, chunk_check
 from .config import CdcOptions, ModelConfig
@@ -200,7 +200,14 @@ class CdcCodec(Codec):
         # The defaults are the realism setting: on 12 CBSD68 photos they keep the detail ratio at 1.00-1.06 of
         # the original's at every rate, ~2 dB below the mean decoder (4 steps, temperature 0.8 and a uniform
         # grid gave the mean decoder's blur at its PSNR); docs/cdc.md, *Measured figures*.
-        DecodeOption("steps", int, 8, "DDIM steps of the diffusion decoder (= network evaluations)", minimum=1),
+        DecodeOption(
+            "steps",
+            int,
+            8,
+            "DDIM steps of the diffusion decoder (= network evaluations)",
+            minimum=1,
+            maximum=MAX_CHUNKS,  # bounds the work an archive from elsewhere can ask of a decoder
+        ),
         DecodeOption("temperature", float, 1.0, "scale of the diffusion decoder's start noise (gamma)", minimum=0.0),
         DecodeOption(
             "time_power",

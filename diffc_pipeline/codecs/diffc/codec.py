@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...errors import InvalidInputError, ModelMismatchError, StreamError
 from ...models.base import DiffusionModel
 from ...models.precision import at_precision
-from ..base import Codec, DecodeOption, Encoded
+from ..base import MAX_CHUNKS, Codec, DecodeOption, Encoded
 from ..tensors import to_float, to_uint8
 from . import prng
 from .bitstream import STREAM_VERSION, EncodedImage, Header
@@ -71,7 +71,12 @@ class DiffcCodec(Codec):
             choices=METHODS,
         ),
         DecodeOption(
-            "recon_steps", int, 0, "ODE or sampler steps (0: the codec's flow_steps / ancestral_steps)", minimum=0
+            "recon_steps",
+            int,
+            0,
+            "ODE or sampler steps (0: the codec's flow_steps / ancestral_steps)",
+            minimum=0,
+            maximum=MAX_CHUNKS,
         ),
     )
 

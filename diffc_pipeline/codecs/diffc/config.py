@@ -18,6 +18,10 @@ from ..base import MAX_CHUNKS
 
 FORMAT_VERSION = 1
 RECONSTRUCTION_ONLY = ("flow_steps", "ancestral_steps")
+# log-SNR bounds of a schedule: far beyond any trained model's range (the built-in one: -5 .. 4.5 coded, 13 in
+# its bound), and finite - an infinite end made every image's encode fail on a float conversion
+LOGSNR_LIMIT = 30.0
+MAX_POOL_WIDTH = 4096  # the pool is rows x width float32 per step: wider buys nothing (a segment is a chunk part)
 PRIOR_VARIANCES = (None, "count")
 NETWORK_PRECISIONS = (None, "bfloat16")  # names models/precision.py maps to dtypes; strings here: no torch import
 
@@ -74,10 +78,17 @@ class CodecConfig:
         if not 1 <= self.num_steps <= MAX_CHUNKS:
             raise InvalidInputError(f"num_steps must be in [1, {MAX_CHUNKS}], got {self.num_steps}")
         for name in RECONSTRUCTION_ONLY:  # a decode makes this many network calls: bounded like the coding steps
-            if getattr(self, name) > MAX_CHUNKS:
-                raise InvalidInputError(f"{name} must be at most {MAX_CHUNKS}, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_CHUNKS:
+                raise InvalidInputError(f"{name} must be in [1, {MAX_CHUNKS}], got {getattr(self, name)}")
+        for name in ("logsnr_start", "logsnr_end"):  # NaN and infinities fail here, not in every image's encode
+            if not -LOGSNR_LIMIT <= getattr(self, name) <= LOGSNR_LIMIT:
+                raise InvalidInputError(
+                    f"{name} must be in [-{LOGSNR_LIMIT:g}, {LOGSNR_LIMIT:g}], got {getattr(self, name)}"
+                )
         if not self.logsnr_end > self.logsnr_start:
             raise InvalidInputError("logsnr_end must be larger than logsnr_start (less noise at the end)")
+        if not 1 <= self.pool_width <= MAX_POOL_WIDTH:
+            raise InvalidInputError(f"pool_width must be in [1, {MAX_POOL_WIDTH}], got {self.pool_width}")
         if not 1 <= self.chunk_bits <= self.candidate_log2 <= 24:
             raise InvalidInputError("need 1 <= chunk_bits <= candidate_log2 <= 24")
         if self.pool_rows_log2 is not None and not 1 <= self.pool_rows_log2 <= self.candidate_log2:
