@@ -413,6 +413,7 @@ def large_image(
         None, help="A new folder for the input, archive and output, kept (default: a temporary one, removed)."
     ),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+    decode: bool = typer.Option(True, help="Also decode it (--no-decode: the compress job only)."),
 ) -> None:
     """One large photo through `diffc compress` and `diffc decode` with one actor: peak actor RSS, time, bpp, PSNR."""
     from ..benchmarks.large_image import bench_large_image
@@ -435,6 +436,7 @@ def large_image(
         threads,
         work_dir,
         on_result=lambda key, value: console.print(f"{key}: {value}", highlight=False),
+        decode=decode,
     )
     emit({**run_info(), **result}, json_path)
 

@@ -32,17 +32,13 @@ from typing import Any
 import yaml
 
 from ..errors import DiffcError
+from ..redaction import looks_secret
 
 REDACTED = "***"
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 
-# Option names whose value is a credential. Matching is on the name, so `--aws-secret-key x` is masked
-# whatever command defines it.
-_SECRET_NAME = re.compile(
-    r"secret|token|passw|credential|auth(?!or)|api[-_]?key|access[-_]?key|private[-_]?key|^--key$", re.I
-)
 # Options of the form KEY=VALUE where VALUE may be a credential: the key stays readable, the value not.
 # `-S` is the short form of diffc's own --storage-option.
 _KEY_VALUE_OPTIONS = frozenset({"--storage-option", "--storage-options", "-S"})
@@ -132,7 +128,7 @@ def redact_args(args: Sequence[str]) -> list[str]:
                 if following is not None:
                     out.append(_mask_key_value(following))
                     i += 1
-        elif arg.startswith("-") and _SECRET_NAME.search(name):
+        elif arg.startswith("-") and looks_secret(name):  # by name: `--aws-secret-key x`, whatever defines it
             out.append(f"{name}={REDACTED}" if sep else arg)
             if not sep and following is not None and not following.startswith("-"):
                 out.append(REDACTED)

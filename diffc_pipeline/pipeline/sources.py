@@ -24,6 +24,7 @@ from fsspec.core import has_magic
 
 from ..errors import DiffcError
 from ..images import IMAGE_EXTENSIONS
+from ..redaction import looks_secret
 
 
 class SourceError(DiffcError):
@@ -41,7 +42,6 @@ REMOTE_HINTS = {
     "or -S anon=true for a public bucket",
     "EndpointConnectionError": "check -S client_kwargs.endpoint_url and the network",
 }
-SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "credential")
 # Numbers in storage option values: decimal only (not "nan", "inf" or "1_000", which Python would also accept)
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
@@ -103,7 +103,7 @@ def parse_storage_options(pairs: list[str]) -> dict[str, object]:
 
 def is_secret_option(name: str) -> bool:
     """Whether a storage option's name says it holds a credential (its value is masked and never typed)."""
-    return any(word in name.lower() for word in SECRET_OPTION_WORDS)
+    return looks_secret(name)
 
 
 def _typed(name: str, value: str) -> object:
@@ -255,9 +255,9 @@ def listed_folder(url: str, storage_options: Mapping[str, object]) -> tuple[fssp
     file: an archive written below it would be listed as input by the next run."""
     fs, path = open_fs(canonical_url(url), storage_options)
     with _remote_errors("list", url, storage_options):
-        if has_magic(path) or fs.isdir(path):
+        if (has_magic(path) and fs.glob(path)) or (not has_magic(path) and fs.isdir(path)):
             return fs, _root_of(fs, path)
-    return None
+    return None  # a single file, or nothing there (the listing names that problem)
 
 
 def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
