@@ -10,7 +10,8 @@ class InvalidImageError(DiffcError):
 
 
 class InvalidInputError(DiffcError):
-    """A tensor handed to the codec has the wrong shape, dtype or values (NaN/inf)."""
+    """Bad input named by the message: an unknown codec or option, a value out of range, a missing column, a
+    tensor of the wrong shape, dtype or values (NaN/inf). The CLI exits with code 2."""
 
 
 class StreamError(DiffcError):

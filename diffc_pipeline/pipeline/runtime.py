@@ -35,7 +35,8 @@ class ActorSizing:
 
 
 def size_actors(resources: dict[str, float], threads: int = 0, actors: int = 0, nodes: int = 1) -> ActorSizing:
-    """One actor per GPU; without GPUs, actors of ``threads`` torch threads (default 1) filling the CPUs.
+    """One actor per GPU (``actors`` may ask for more, sharing them); without GPUs, actors of ``threads`` torch
+    threads (default 1) filling the CPUs.
 
     Keep at least one whole CPU unclaimed: read/write tasks and Ray Data's own 1-CPU tasks (the block-size
     repartition) must always be schedulable, whatever the actors do. On one node fractional actors do
