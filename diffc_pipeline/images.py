@@ -20,9 +20,9 @@ from .errors import InvalidImageError
 DEFAULT_MAX_PIXELS = 64_000_000
 
 # Pixels per codec call. A codec's working memory grows with the pixels of the call, not the image count
-# (DiffC: ~60 bytes per pixel of latents and channel state, beside the network's tiled evaluation), so a
-# batch of large photos is cut into calls of at most this many pixels; one image larger than it is a call of
-# its own. 4 MP keeps a call's state near 0.25 GB.
+# (DiffC: ~130 bytes per pixel of latents and channel state at its peak, measured at 12 MP, beside the
+# network's tiled evaluation), so a batch of large photos is cut into calls of at most this many pixels; one
+# image larger than it is a call of its own. 4 MP keeps a call's state near 0.5 GB.
 DEFAULT_BATCH_PIXELS = 4_000_000
 
 # File suffixes read as images wherever a folder is listed (compress, train, eval): one list for all.
