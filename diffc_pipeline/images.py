@@ -44,7 +44,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
                 raise InvalidImageError(f"image has no pixels ({w}x{h})")
             img.load()
             # as viewers show it: a camera's portrait photo is stored landscape with an EXIF orientation tag
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to turn
     except InvalidImageError:
         raise
     except UnidentifiedImageError:

@@ -1,9 +1,13 @@
-"""What counts as a secret by its name: one rule for every place that masks values (storage options in error
-messages, options of a submitted command line), so that an option masked in one is masked in all."""
+"""Secrets kept out of everything printed or written: what counts as a secret by its name, and the masking of
+command lines and text. One rule for every place that masks values (storage options in error messages, the
+command line recorded in eval results and benchmark JSON, a command submitted to a cluster), so that an
+option masked in one is masked in all."""
 
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
 
 # "key" anywhere (api_key, access_key, aws_secret_access_key, --key), passw (password, passwd), auth but not
 # author. Over-masking a harmless value in a log costs nothing; under-masking leaks a credential.
@@ -13,3 +17,63 @@ SECRET_NAME = re.compile(r"secret|token|passw|credential|auth(?!or)|key", re.I)
 def looks_secret(name: str) -> bool:
     """Whether an option named ``name`` holds a credential (its value is masked, never printed or stored)."""
     return SECRET_NAME.search(name) is not None
+
+
+REDACTED = "***"
+# Options of the form KEY=VALUE where VALUE may be a credential: the key stays readable, the value not.
+# `-S` is the short form of diffc's own --storage-option.
+_KEY_VALUE_OPTIONS = frozenset({"--storage-option", "--storage-options", "-S"})
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&][^=&#]*(?:sig|signature|token|secret|key|credential|passw)[^=&#]*=)[^&#]*", re.I
+)
+
+
+def redact_text(text: str) -> str:
+    """Mask passwords in URLs (``s3://user:pw@host``) and signature/token query parameters."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+
+
+def _mask_key_value(item: str) -> str:
+    key, sep, _ = item.partition("=")
+    return f"{key}={REDACTED}" if sep else REDACTED
+
+
+def redact_args(args: Sequence[str]) -> list[str]:
+    """The arguments with credential values masked: ``-S`` / ``--storage-option`` values, options named like
+    secrets (:func:`looks_secret`), passwords in URLs and secret query parameters.
+
+    A secret-named option takes the next argument as its value unless that one starts with ``-``; a
+    secret-named *flag* followed by a positional would mask the positional, an accepted over-masking.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        following = args[i + 1] if i + 1 < len(args) else None
+        name, sep, value = arg.partition("=")
+        if arg.startswith("-S") and len(arg) > 2:  # `-SKEY=VALUE`, the short option glued to its value
+            out.append(f"-S{_mask_key_value(arg[2:])}")
+        elif name in _KEY_VALUE_OPTIONS:
+            if sep:
+                out.append(f"{name}={_mask_key_value(value)}")
+            else:
+                out.append(arg)
+                if following is not None:
+                    out.append(_mask_key_value(following))
+                    i += 1
+        elif arg.startswith("-") and looks_secret(name):  # by name: `--aws-secret-key x`, whatever defines it
+            out.append(f"{name}={REDACTED}" if sep else arg)
+            if not sep and following is not None and not following.startswith("-"):
+                out.append(REDACTED)
+                i += 1
+        else:
+            out.append(redact_text(arg))
+        i += 1
+    return out
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """``diffc ARGS`` as run, secrets masked: what eval results and benchmark JSON record."""
+    return shlex.join(["diffc", *redact_args(argv[1:])])

@@ -66,6 +66,24 @@ def test_redact_args_masks_credentials_and_keeps_the_rest():
     assert red[13:] == ["--shard-size", "1000", "--sigma", "2", "--author", "me"]
 
 
+def test_recorded_command_lines_mask_storage_options(tmp_path):
+    """eval's results.json and every benchmark JSON record the command line: `diffc eval -S secret=...` put
+    the secret there."""
+    from diffc_pipeline.cli.bench import run_info
+    from diffc_pipeline.redaction import command_line
+
+    argv = ["/venv/bin/diffc", "eval", "s3://b/imgs", "--out", "e", "-S", "secret=wJalrXUtnFEMI-secret"]
+    assert command_line(argv) == "diffc eval s3://b/imgs --out e -S 'secret=***'"
+    import sys
+
+    saved = sys.argv
+    sys.argv = ["diffc", "bench", "pipeline", "-S", "key=AKIAEXAMPLEKEY"]
+    try:
+        assert not _leaks(run_info()["command"])
+    finally:
+        sys.argv = saved
+
+
 def test_a_secret_flag_before_an_option_leaves_that_option_its_own_masking():
     assert sub.redact_args(["--auth-anon", "--limit", "3"]) == ["--auth-anon", "--limit", "3"]
     assert sub.redact_args(["--auth-anon", "-S", "key=AKIAEXAMPLEKEY"]) == ["--auth-anon", "-S", "key=***"]

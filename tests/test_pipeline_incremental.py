@@ -169,6 +169,25 @@ def test_a_live_holder_keeps_its_lock_past_the_timeout_by_refreshing_it(tmp_path
         pass
 
 
+def test_a_holder_whose_lock_was_broken_says_so_and_leaves_the_new_lock_alone(tmp_path):
+    fs, root = open_fs(str(tmp_path / "arc"), {})
+    told = threading.Event()
+    said: list[str] = []
+
+    def say(message: str) -> None:
+        said.append(message)
+        told.set()
+
+    # beats every 1 s: the file is replaced long before the first beat, never while one writes
+    with archive_lock(fs, root, "stalled-run", stale_s=10.0, say=say):
+        theirs = {"run_id": "breaker", "host": "elsewhere", "time": time.time(), "taken": time.time()}
+        (tmp_path / "arc" / LOCK_NAME).write_text(json.dumps(theirs))  # what a run that broke it leaves
+        assert told.wait(10), "the heartbeat never noticed"
+        assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["run_id"] == "breaker"
+    assert "was broken by run breaker" in said[0] and "no longer holds it" in said[0]
+    assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["run_id"] == "breaker"  # not removed either
+
+
 def test_lock_of_a_dead_process_on_this_host_is_broken_at_once(runs):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     holder = {"run_id": "killed-run", "host": socket.gethostname(), "pid": int(dead.stdout), "time": time.time()}

@@ -429,3 +429,28 @@ def test_exif_orientation_is_applied():
     out = decode_image(buf.getvalue())
     assert out.shape == (64, 32, 3)
     assert out[:8].mean() > 200 and out[-8:].mean() < 50  # the band is now the top edge
+
+
+def test_incremental_compare_ignores_an_unknown_row_size_only_where_the_file_is_versioned():
+    import datetime as dt
+
+    from diffc_pipeline.pipeline.incremental import compare
+
+    when = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+    def table(size: int, mtime: dt.datetime | None) -> pa.Table:
+        return pa.table(
+            {
+                "id": ["r0"],
+                "source_uri": ["s3://b/d.parquet#row=0"],
+                "source_size": pa.array([size], pa.int64()),
+                "source_mtime": pa.array([mtime], pa.timestamp("us", tz="UTC")),
+                "source_etag": pa.array([None], pa.string()),
+            }
+        )
+
+    held = table(603, when)  # an archive row holds the bytes it read
+    assert compare(table(-1, when), held).unchanged == 1  # a Parquet row: the file's mtime says it is the same
+    assert compare(table(-1, when + dt.timedelta(seconds=1)), held).changed == 1
+    unversioned = table(603, None)
+    assert compare(table(-1, None), unversioned).changed == 1  # nothing could tell a replaced file

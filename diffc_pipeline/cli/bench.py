@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from ..redaction import command_line
 from ._common import EXIT_FAILED, console, friendly_errors, parse_pairs
 from .compress import STORAGE_HELP
 
@@ -23,7 +24,7 @@ def run_info() -> dict:
     import torch
 
     return {
-        "command": " ".join(["diffc", *sys.argv[1:]]),
+        "command": command_line(sys.argv),  # -S values and secret-named options masked
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} cores={torch.get_num_threads()}".strip(),
         "torch": torch.__version__,

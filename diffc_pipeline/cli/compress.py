@@ -72,7 +72,8 @@ def compress(
     lock_timeout: float = typer.Option(
         3600.0,
         min=1,
-        help="Break an archive lock not refreshed for SECONDS (its run died; a live run refreshes it every minute).",
+        help="Break an archive lock not refreshed for SECONDS (its run died; a live run refreshes it every minute, "
+        "or every tenth of a shorter timeout).",
     ),
 ) -> None:
     """Compress a dataset into Parquet shards plus a manifest; rerun to resume.

@@ -6,7 +6,6 @@ the evaluation itself is :func:`~diffc_pipeline.evaluation.run.run_eval`.
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -106,6 +105,7 @@ def eval_(
     from ..evaluation.progress import EvalProgress
     from ..evaluation.run import EvalOptions, run_eval
     from ..pipeline.sources import parse_storage_options
+    from ..redaction import command_line
 
     if codec is None and (codec_grid or decode_opt or codec_model):
         raise DiffcError("--codec-grid, --decode-opt and --codec-model need --codec NAME")
@@ -143,7 +143,7 @@ def eval_(
         lpips=lpips,
         fid_features=fid_features,
     )
-    result = run_eval(opts, EvalProgress(console), command=shlex.join(sys.argv))
+    result = run_eval(opts, EvalProgress(console), command=command_line(sys.argv))
     stdout = Console() if sys.stdout.isatty() else Console(width=120)  # logs and pipes: no truncated names
     for table in result.tables:
         stdout.print(table)

@@ -32,20 +32,12 @@ from typing import Any
 import yaml
 
 from ..errors import DiffcError
-from ..redaction import looks_secret
+from ..redaction import REDACTED, redact_args, redact_text
 
-REDACTED = "***"
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 
-# Options of the form KEY=VALUE where VALUE may be a credential: the key stays readable, the value not.
-# `-S` is the short form of diffc's own --storage-option.
-_KEY_VALUE_OPTIONS = frozenset({"--storage-option", "--storage-options", "-S"})
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_QUERY_SECRET = re.compile(
-    r"(?P<key>[?&][^=&#]*(?:sig|signature|token|secret|key|credential|passw)[^=&#]*=)[^&#]*", re.I
-)
 _SLUG = re.compile(r"[^a-z0-9]+")
 _CONFIG_KEYS = frozenset(
     {"name", "description", "command", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus", "python"}
@@ -93,50 +85,6 @@ class Submission:
 
 
 # ----------------------------------------------------------------------------------------------- secrets
-
-
-def redact_text(text: str) -> str:
-    """Mask passwords in URLs (``s3://user:pw@host``) and signature/token query parameters."""
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
-
-
-def _mask_key_value(item: str) -> str:
-    key, sep, _ = item.partition("=")
-    return f"{key}={REDACTED}" if sep else REDACTED
-
-
-def redact_args(args: Sequence[str]) -> list[str]:
-    """The arguments with credential values masked (see the module docstring for what counts).
-
-    A secret-named option takes the next argument as its value unless that one starts with ``-``; a
-    secret-named *flag* followed by a positional would mask the positional, an accepted over-masking.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        following = args[i + 1] if i + 1 < len(args) else None
-        name, sep, value = arg.partition("=")
-        if arg.startswith("-S") and len(arg) > 2:  # `-SKEY=VALUE`, the short option glued to its value
-            out.append(f"-S{_mask_key_value(arg[2:])}")
-        elif name in _KEY_VALUE_OPTIONS:
-            if sep:
-                out.append(f"{name}={_mask_key_value(value)}")
-            else:
-                out.append(arg)
-                if following is not None:
-                    out.append(_mask_key_value(following))
-                    i += 1
-        elif arg.startswith("-") and looks_secret(name):  # by name: `--aws-secret-key x`, whatever defines it
-            out.append(f"{name}={REDACTED}" if sep else arg)
-            if not sep and following is not None and not following.startswith("-"):
-                out.append(REDACTED)
-                i += 1
-        else:
-            out.append(redact_text(arg))
-        i += 1
-    return out
 
 
 def redact_runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:

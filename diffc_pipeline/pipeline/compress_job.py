@@ -23,11 +23,12 @@ from ..errors import ArchiveError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from . import faults
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
-from .commit import commit_shard, committed_shards, discard_uncommitted, remove_shards
-from .destinations import check_output_folder, check_outside, removed_if_left_empty
+from .commit import commit_shard, committed_shards, data_path, discard_uncommitted, remove_shards
+from .destinations import check_output_folder, removed_if_left_empty
 from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
 from .lock import DEFAULT_STALE_S, LOCK_NAME, archive_lock
 from .manifest import (
+    MANIFEST_NAME,
     Manifest,
     check_same_codec,
     check_same_plan,
@@ -40,7 +41,7 @@ from .manifest import (
 from .plan import Plan, ShardPlan, ids_digest, make_plan
 from .progress import JobProgress
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, probe_cluster, ray_session
-from .sources import list_source, listed_folder, open_fs, public_url
+from .sources import list_source, open_fs, public_url, would_list
 from .stages import Encoder, read_and_decode
 
 
@@ -277,10 +278,12 @@ def check_destination(opts: CompressOptions) -> tuple[fsspec.AbstractFileSystem,
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     check_output_folder(fs, root, opts.output)
-    listed = listed_folder(opts.input, opts.storage_options)
-    if listed is not None:
-        advice = "write the archive elsewhere: the next run would list its shards as input"
-        check_outside(fs, root, *listed, "the input folder", advice)
+    holds = [root, f"{root}/{MANIFEST_NAME}", data_path(root, "shard-000000")]  # what the archive will hold
+    if would_list(opts.input, opts.storage_options, fs, holds):
+        raise ArchiveError(
+            f"OUTPUT {public_url(opts.output)} lies inside what INPUT {public_url(opts.input)} lists: the next run "
+            "would list the archive's own files as input; write the archive elsewhere"
+        )
     return fs, root
 
 

@@ -143,11 +143,12 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
             raise DecodeTargetError(f"ids not in {archive.url}: {', '.join(sorted(missing)[:5])}")
     if opts.where:
         index = filter_rows(index, opts.where, [c for c in index.column_names if c != "cum_bits"])
-    ok = pc.equal(index.column("status"), STATUS_OK)
-    errors = index.num_rows - pc.sum(ok).as_py() if index.num_rows else 0
-    index = index.filter(ok)
-    if opts.limit:  # the first N decodable images: the archive's error rows do not use up the limit
-        index = index.slice(0, opts.limit)
+    ok = np.asarray(pc.equal(index.column("status"), STATUS_OK).to_numpy(zero_copy_only=False), dtype=bool)
+    if opts.limit and ok.sum() > opts.limit:  # the first N decodable images: error rows do not use up the limit
+        index = index.slice(0, int(np.flatnonzero(ok)[opts.limit - 1]) + 1)  # up to the N-th decodable row
+        ok = ok[: index.num_rows]
+    errors = int((~ok).sum())  # the error rows among those passed over
+    index = index.filter(pa.array(ok))
     m = archive.manifest
     if opts.bpp is not None:
         sizes = zip(index.column("height").to_pylist(), index.column("width").to_pylist(), strict=True)

@@ -67,13 +67,16 @@ def compare(items: pa.Table, held: pa.Table) -> Delta:
     """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed.
 
     A size the listing does not know (-1: a Parquet row, whose bytes only a read would tell; an archive row
-    holds the bytes it read) is not compared: such a row is the same when its file's URI#row, mtime and ETag
-    are. Comparing it made every Parquet row "changed" on every run, and each nightly run re-coded the set."""
+    holds the bytes it read) is not compared when the listing knows the file's mtime or ETag: such a row is
+    the same when its file's URI#row, mtime and ETag are (comparing the size made every Parquet row "changed"
+    on every run, and each nightly run re-coded the set). With neither (some HTTP or FTP listings) nothing
+    would tell a replaced file, so such a row counts as changed, as before."""
     known = {row["id"]: row for row in held.select(["id", *SIGNATURE]).to_pylist()} if held.num_rows else {}
     keep, new, changed = [], 0, 0
     for row in items.select(["id", *SIGNATURE]).to_pylist():
         old = known.get(row["id"])
-        fields = [k for k in SIGNATURE if not (k == "source_size" and row[k] < 0)]
+        versioned = row["source_mtime"] is not None or row["source_etag"] is not None
+        fields = [k for k in SIGNATURE if not (k == "source_size" and row[k] < 0 and versioned)]
         differs = old is not None and any(old[k] != row[k] for k in fields)
         new += old is None
         changed += differs

@@ -56,7 +56,8 @@ def archive_lock(
     not refreshed for ``stale_s`` (saying so)."""
     if not stale_s > 0:
         raise ArchiveError(f"--lock-timeout must be > 0 seconds, got {stale_s}")
-    holder = {"run_id": run_id, "host": socket.gethostname(), "time": time.time(), **_this_process()}
+    now = time.time()  # "time": the last heartbeat; "taken": when the run took the lock
+    holder = {"run_id": run_id, "host": socket.gethostname(), "time": now, "taken": now, **_this_process()}
     path = lock_path(root)
     fs.makedirs(root, exist_ok=True)
     deadline = time.monotonic() + wait_s
@@ -76,33 +77,65 @@ def archive_lock(
             continue
         if time.monotonic() >= deadline:
             raise ArchiveLockedError(
-                f"{path} is held by {_describe(theirs)} for {age:.0f} s; another run is writing this archive "
-                "(wait with --wait-lock SECONDS; a lock older than --lock-timeout is broken)"
+                f"{path} is held by {_describe(theirs)}, refreshed {age:.0f} s ago; another run is writing this "
+                "archive (wait with --wait-lock SECONDS; a lock not refreshed for --lock-timeout is broken)"
             )
         time.sleep(POLL_S)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(fs, path, holder, stop, min(REFRESH_S, stale_s / 10)), daemon=True)
+    every_s = min(REFRESH_S, stale_s / 10)
+    beat = threading.Thread(target=_heartbeat, args=(fs, path, holder, stop, every_s, say), daemon=True)
     beat.start()
     try:
         yield holder
     finally:
         stop.set()
-        beat.join()
+        beat.join(timeout=every_s + 60)  # a write hung on a dead connection must not hold the run's end
         if (_read(fs, path) or {}).get("run_id") == run_id:  # never remove a lock another run took after a break
             fs.rm_file(path)
 
 
-def _heartbeat(fs: fsspec.AbstractFileSystem, path: str, holder: dict, stop: threading.Event, every_s: float) -> None:
-    """Rewrite the lock's ``time`` every ``every_s`` until ``stop``, while it is still ours (a run that broke it
-    as stale owns it now). A write that fails (a network blip) is retried at the next beat; a reader that
-    catches a rewrite half-done counts the lock as fresh (:func:`_read`)."""
+def _heartbeat(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    holder: dict,
+    stop: threading.Event,
+    every_s: float,
+    say: Callable[[str], None],
+) -> None:
+    """Rewrite the lock's ``time`` every ``every_s`` until ``stop``, while it is still ours.
+
+    A write that fails (a network blip) is retried at the next beat, and the run is told after three in a row
+    (its lock goes stale a timeout after the last beat that landed). A lock that is no longer ours was broken
+    as stale by another run, which owns it now: the run is told, and the beat stops rather than overwrite it.
+    Object stores replace the file in one PUT; on local disk the new content goes to a temporary file renamed
+    over the lock, so a reader never sees it half-written."""
+    failures = 0
     while not stop.wait(every_s):
         try:
-            if (_read(fs, path) or {}).get("run_id") == holder["run_id"]:
-                holder["time"] = time.time()
-                fs.pipe_file(path, json.dumps(holder).encode())
-        except Exception:  # the next beat retries: the run must not die of its lock's refresh
-            continue
+            current = _read(fs, path) or {}
+            if current.get("run_id") != holder["run_id"]:
+                say(
+                    f"the archive lock {path} was broken by {_describe(current) if current else 'another run'}; "
+                    "this run no longer holds it (stop it: two runs now write this archive)"
+                )
+                return
+            holder["time"] = time.time()
+            _replace(fs, path, json.dumps(holder).encode())
+            failures = 0
+        except Exception as exc:  # the next beat retries: the run must not die of its lock's refresh
+            failures += 1
+            if failures == 3:
+                cause = f"{type(exc).__name__}: {exc}"
+                say(f"cannot refresh the archive lock {path} ({cause}); retrying every {every_s:.0f} s")
+
+
+def _replace(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)  # a rename: atomic on one local filesystem
+    else:
+        fs.pipe_file(path, data)  # one PUT: readers see the old object or the new one
 
 
 def _try_create(fs: fsspec.AbstractFileSystem, path: str, holder: dict) -> bool:
@@ -159,5 +192,6 @@ def _holder_is_gone(holder: dict) -> bool:
 
 
 def _describe(holder: dict) -> str:
-    when = dt.datetime.fromtimestamp(float(holder.get("time", 0)), dt.UTC).isoformat(timespec="seconds")
+    taken = holder.get("taken", holder.get("time", 0))  # locks of older versions: their "time" is when taken
+    when = dt.datetime.fromtimestamp(float(taken), dt.UTC).isoformat(timespec="seconds")
     return f"run {holder.get('run_id')} on host {holder.get('host')} (taken {when})"

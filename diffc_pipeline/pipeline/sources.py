@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import posixpath
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import has_magic
+from fsspec.utils import glob_translate
 
 from ..errors import DiffcError
 from ..images import IMAGE_EXTENSIONS
@@ -142,7 +144,9 @@ def canonical_url(url: str) -> str:
     Remote URLs keep their protocol (and any credentials: :func:`public_url` drops those) and are otherwise
     as given. A listing reads the canonical URL, so the same files get the same source URIs whichever way
     the input was spelled."""
-    local = url[len("file://") :] if url.startswith("file://") else url
+    if "::" in url:  # a chained URL (simplecache::s3://...): fsspec resolves its links itself
+        return url
+    local = url[len("file://") :] if url.startswith("file://") and len(url) > len("file://") else url
     if "://" not in local:
         local = os.path.abspath(os.path.expanduser(local))
         return local if local == "/" else local.rstrip("/")
@@ -250,14 +254,34 @@ def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dic
     return usable, len(files) - len(usable)
 
 
-def listed_folder(url: str, storage_options: Mapping[str, object]) -> tuple[fsspec.AbstractFileSystem, str] | None:
-    """The folder a listing of ``url`` walks - the folder itself, or a glob's root - or ``None`` for a single
-    file: an archive written below it would be listed as input by the next run."""
-    fs, path = open_fs(canonical_url(url), storage_options)
+def would_list(
+    url: str, storage_options: Mapping[str, object], fs: fsspec.AbstractFileSystem, paths: list[str]
+) -> bool:
+    """Whether a listing of ``url`` would take in any of ``paths`` (on ``fs``): what an archive written there
+    would hold, which the next run would then list as input. A folder input takes in everything below it; a
+    glob takes in what it matches and everything below a folder it matches (``in/*.png`` never matches
+    ``in/arch/shards/...``; ``in/*`` does)."""
+    in_fs, path = open_fs(canonical_url(url), storage_options)
+    if not set(_protocols(in_fs)) & set(_protocols(fs)):
+        return False
+    paths = [posixpath.normpath(p) for p in paths]
     with _remote_errors("list", url, storage_options):
-        if (has_magic(path) and fs.glob(path)) or (not has_magic(path) and fs.isdir(path)):
-            return fs, _root_of(fs, path)
-    return None  # a single file, or nothing there (the listing names that problem)
+        if has_magic(path):
+            pattern, root = re.compile(glob_translate(path)), posixpath.normpath(_root_of(in_fs, path))
+            candidates = set()
+            for p in paths:  # the path and every folder above it, up to the glob's root
+                while p.startswith(root.rstrip("/") + "/"):
+                    candidates.add(p)
+                    p = posixpath.dirname(p)
+            return any(pattern.match(c) for c in candidates)
+        if in_fs.isdir(path):
+            inner = posixpath.normpath(path).rstrip("/") + "/"
+            return any((p + "/").startswith(inner) for p in paths)
+    return False  # a single file, or nothing there (the listing names that problem)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
 def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
