@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # "key" anywhere (api_key, access_key, aws_secret_access_key, --key), passw (password, passwd), auth but not
 # author. Over-masking a harmless value in a log costs nothing; under-masking leaks a credential.
@@ -77,3 +77,25 @@ def redact_args(args: Sequence[str]) -> list[str]:
 def command_line(argv: Sequence[str]) -> str:
     """``diffc ARGS`` as run, secrets masked: what eval results and benchmark JSON record."""
     return shlex.join(["diffc", *redact_args(argv[1:])])
+
+
+def log_redactor(args: Sequence[str]) -> Callable[[str], str]:
+    """A function masking, in any text (a job's logs, which echo its entrypoint), the credentials ``args``
+    carry: each argument :func:`redact_args` would mask is replaced by its masked form, and the secret part
+    of a masked ``KEY=VALUE`` wherever it appears alone (values of 4+ characters: shorter ones would mask
+    ordinary words). Also :func:`redact_text`."""
+    masked = redact_args(args)  # one output per argument, in order
+    pairs = {a: r for a, r in zip(args, masked, strict=True) if a != r}
+    for a, r in list(pairs.items()):
+        value = a.partition("=")[2] if r.endswith(f"={REDACTED}") else (a if r == REDACTED else "")
+        value = value.partition("=")[2] if a.startswith(("-S", "--storage-option")) and "=" in value else value
+        if len(value) >= 4:
+            pairs[value] = REDACTED
+    ordered = sorted(pairs, key=len, reverse=True)  # a token before any value inside it
+
+    def redact(text: str) -> str:
+        for original in ordered:
+            text = text.replace(original, pairs[original])
+        return redact_text(text)
+
+    return redact

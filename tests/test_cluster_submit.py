@@ -391,6 +391,8 @@ def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
         str(tmp_path / "out"),
         "--model",
         "gaussian",
+        "-S",
+        "secret=wJalrXUtnFEMI-secret",  # Ray echoes the entrypoint into the logs --wait prints
     )
     env = {"RAY_API_SERVER_ADDRESS": head.address, "RAY_AUTH_TOKEN": TOKEN}
     first = _cli(*args, env=env)

@@ -9,11 +9,12 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import typer
 
+from ..redaction import log_redactor
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors
 
 # Typer keeps single newlines of help text, so each paragraph is one string.
@@ -182,7 +183,7 @@ def submit(
         )
     typer.echo(sid)
     if wait:
-        details = _follow(client, sid)
+        details = _follow(client, sid, log_redactor(submission.spec.args))
     elif not details.status.is_terminal():
         return
     code = _job_exit_code(details)
@@ -190,16 +191,25 @@ def submit(
     raise typer.Exit(code)
 
 
-def _follow(client, sid: str):
-    """Stream the job's logs to stdout until it ends; Ctrl-C stops following, not the job."""
+def _follow(client, sid: str, redact: Callable[[str], str]):
+    """Stream the job's logs to stdout until it ends, whole lines at a time with the command's credentials
+    masked (Ray echoes the entrypoint, `-S secret=...` and all, and the output lands in cron and CI logs);
+    Ctrl-C stops following, not the job."""
     from ..cluster import submit as sub
 
+    pending = [""]  # a line cut between two chunks is masked whole, once complete
+
     def write(chunk: str) -> None:
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
+        lines = (pending[0] + chunk).split("\n")
+        pending[0] = lines.pop()
+        if lines:
+            sys.stdout.write(redact("\n".join(lines) + "\n"))
+            sys.stdout.flush()
 
     try:
         sub.follow_logs(client, sid, write)
+        if pending[0]:
+            sys.stdout.write(redact(pending[0]))
         return sub.wait_for_end(client, sid)
     except KeyboardInterrupt:
         console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})")
