@@ -23,7 +23,7 @@ import diffc_pipeline as dp
 from diffc_pipeline.cli import app
 from diffc_pipeline.errors import ArchiveError
 from diffc_pipeline.pipeline.inspect_archive import inspect_archive
-from diffc_pipeline.pipeline.sources import SourceError, _remote_errors, list_source
+from diffc_pipeline.pipeline.sources import SourceError, list_source, remote_errors
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format1" / "archive"
 SECRET = "s3cr3t-VALUE-never-printed"
@@ -91,7 +91,7 @@ def test_s3_without_credentials_says_how_to_give_them(closed_port, monkeypatch, 
 
 def test_listing_error_masks_secret_options_a_client_quotes():
     options = {"key": "AKIA-testing", "client_kwargs": {"aws_session_token": SECRET, "region_name": "us-east-1"}}
-    with pytest.raises(SourceError) as e, _remote_errors("list", "s3://user:pw@bucket/x", options):
+    with pytest.raises(SourceError) as e, remote_errors("list", "s3://user:pw@bucket/x", options):
         raise PermissionError(f"token {SECRET} of AKIA-testing denied in us-east-1")
     assert str(e.value) == "cannot list s3://bucket/x: PermissionError: token *** of *** denied in us-east-1"
 
@@ -103,7 +103,7 @@ def test_cli_compress_from_unreachable_s3_is_one_red_line(closed_port, tmp_path)
     started = time.monotonic()
     result = CliRunner().invoke(app, [*args, "-S", "anon=true", "-S", endpoint])  # botocore's own retries
     assert time.monotonic() - started < 60
-    assert _flat("cannot list s3://nonexistent-bucket-xyz/photos/: EndpointConnectionError") in _one_line_error(result)
+    assert _flat("cannot list s3://nonexistent-bucket-xyz/photos: EndpointConnectionError") in _one_line_error(result)
 
 
 @pytest.mark.parametrize("command", ["inspect", "decode"])
@@ -180,3 +180,17 @@ def test_inspect_names_example_ids_of_each_error(tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(arc)])
     assert result.exit_code == 0, result.output
     assert _flat(f"{n} x {message} (e.g. {', '.join(ids)})") in _flat(result.output)
+
+
+def test_an_unreachable_archive_is_one_source_error_naming_the_url(closed_port):
+    """Reading an archive (inspect, decode, open_archive) over storage that cannot be reached was a botocore
+    traceback; listing an input already gave one line."""
+    pytest.importorskip("s3fs")
+    import diffc_pipeline as dp
+
+    options = _unreachable_s3(closed_port, key="testing-key-id", secret=SECRET)
+    for read in (lambda: dp.inspect("s3://bucket/arc", storage_options=options),
+                 lambda: dp.open_archive("s3://bucket/arc", storage_options=options)):  # fmt: skip
+        with pytest.raises(SourceError, match="cannot read s3://bucket/arc: EndpointConnectionError") as e:
+            read()
+        assert SECRET not in str(e.value)

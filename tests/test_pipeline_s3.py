@@ -96,3 +96,19 @@ def test_s3_parquet_input_to_s3_archive_and_back(ray_cluster, s3, tmp_path):
     for image_id in (ids[0], ids[3]):
         img = Image.open(io.BytesIO(fs.cat_file(f"bucket/out/{image_id}.png")))
         assert img.size == (16, 16)
+
+
+def test_a_missing_output_bucket_is_refused_not_created(ray_cluster, s3, tmp_path):
+    """s3fs creates a missing bucket on the first write: a typo in the bucket's name made a new bucket."""
+    import diffc_pipeline as dp
+    from diffc_pipeline.errors import ArchiveError
+
+    fs, options = s3
+    write_parquet(tmp_path / "in" / "part-0.parquet", 2)
+    for job in (
+        lambda: dp.compress(str(tmp_path / "in"), "s3://no-such-bucket/arc", codec="webp", storage_options=options),
+        lambda: dp.decode("s3://bucket/arc", "s3://no-such-bucket/out", storage_options=options),
+    ):
+        with pytest.raises(ArchiveError, match="bucket 'no-such-bucket' does not exist"):
+            job()
+    assert not fs.exists("no-such-bucket")

@@ -277,7 +277,7 @@ def check_destination(opts: CompressOptions) -> tuple[fsspec.AbstractFileSystem,
     a dry run checks too: it must not promise a run that would be refused)."""
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
-    check_output_folder(fs, root, opts.output)
+    check_output_folder(fs, root, opts.output, opts.storage_options)
     holds = [root, f"{root}/{MANIFEST_NAME}", data_path(root, "shard-000000")]  # what the archive will hold
     if would_list(opts.input, opts.storage_options, fs, holds):
         raise ArchiveError(

@@ -416,7 +416,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         raise DecodeTargetError("--format must be png or parquet")
     archive = open_archive(opts.archive, opts.storage_options)
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
-    check_output_folder(out_fs, out_root, opts.output)
+    check_output_folder(out_fs, out_root, opts.output, opts.storage_options)
     check_outside(out_fs, out_root, archive.fs, archive.root, "the archive", "decode into another folder")
     spec = archive.manifest.codec_spec(opts.model)
     codec = spec.build()

@@ -9,19 +9,36 @@ pollute or overwrite an archive.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import fsspec
 
 from ..errors import ArchiveError
-from .sources import public_url
+from .sources import public_url, remote_errors
 
 
-def check_output_folder(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
-    """Refuse an ``OUTPUT`` that exists as a file: a job writes a folder there."""
-    if fs.isfile(root):
-        raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
+def check_output_folder(
+    fs: fsspec.AbstractFileSystem, root: str, url: str, storage_options: Mapping[str, object] | None = None
+) -> None:
+    """Refuse an ``OUTPUT`` that exists as a file (a job writes a folder there), and on an object store one
+    whose bucket does not exist: s3fs creates a missing bucket on the first write, so a typo in its name
+    made a new bucket (or, in another region, failed deep in the run). Storage that cannot be reached or
+    read is one :class:`~.sources.SourceError` naming the URL."""
+    with remote_errors("write to", url, storage_options or {}):
+        if not _is_local(fs):
+            bucket = root.strip("/").split("/", 1)[0]
+            if bucket and not fs.exists(bucket):
+                raise ArchiveError(
+                    f"OUTPUT {public_url(url)}: bucket {bucket!r} does not exist (diffc never creates buckets; "
+                    "create it, or check the name)"
+                )
+        if fs.isfile(root):
+            raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def check_outside(
@@ -48,8 +65,7 @@ def removed_if_left_empty(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[
 
     Local folders only: an object store has no empty folders to leave behind, and removing a "directory" there
     can mean deleting a bucket."""
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    existed = not local or fs.exists(root)
+    existed = not _is_local(fs) or fs.exists(root)
     try:
         yield
     except BaseException:

@@ -23,7 +23,7 @@ from ..errors import ArchiveError
 from .archive import METADATA_KEY, READABLE_VERSIONS, payload_columns
 from .commit import committed_shards, data_path
 from .manifest import Manifest, read_manifest
-from .sources import open_fs, public_url
+from .sources import open_fs, public_url, remote_errors
 
 INDEX_COLUMNS = ["id", "source_uri", "source_size", "height", "width", "channels", "seed", "status", "error"]
 
@@ -45,12 +45,16 @@ class Archive:
 
 
 def open_archive(url: str, storage_options: Mapping[str, object]) -> Archive:
+    """The archive at ``url``: its manifest and committed shards. Storage that cannot be read (wrong
+    credentials, an unreachable endpoint) is one :class:`~.sources.SourceError` naming the URL."""
     fs, root = open_fs(url, storage_options)
     root = root.rstrip("/")
-    manifest = read_manifest(fs, root)
-    if manifest is None:
-        raise ArchiveError(f"{public_url(url)} holds no diffc archive (no manifest.json)")
-    return Archive(fs, root, public_url(url), manifest, committed_shards(fs, root))
+    with remote_errors("read", url, storage_options):
+        manifest = read_manifest(fs, root)
+        if manifest is None:
+            raise ArchiveError(f"{public_url(url)} holds no diffc archive (no manifest.json)")
+        shards = committed_shards(fs, root)
+    return Archive(fs, root, public_url(url), manifest, shards)
 
 
 class CountingFile(io.RawIOBase):

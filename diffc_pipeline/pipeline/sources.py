@@ -174,7 +174,7 @@ def list_source(
     """
     url = canonical_url(url)
     fs, path = open_fs(url, storage_options)
-    with _remote_errors("list", url, storage_options):
+    with remote_errors("list", url, storage_options):
         files, skipped = _find_files(fs, path, url)
     parquet = sorted(p for p in files if p.lower().endswith(".parquet"))
     images = sorted(p for p in files if p.lower().endswith(IMAGE_EXTENSIONS))
@@ -202,7 +202,7 @@ def list_source(
 
 
 @contextmanager
-def _remote_errors(action: str, url: str, storage_options: Mapping[str, object]) -> Iterator[None]:
+def remote_errors(action: str, url: str, storage_options: Mapping[str, object]) -> Iterator[None]:
     """Turn any failure of the filesystem (botocore, aiohttp, OSError, Arrow: many unrelated types) into one
     :class:`SourceError` naming the URL and the cause, instead of a traceback from deep in the client.
 
@@ -265,7 +265,7 @@ def would_list(
     if not set(_protocols(in_fs)) & set(_protocols(fs)):
         return False
     paths = [posixpath.normpath(p) for p in paths]
-    with _remote_errors("list", url, storage_options):
+    with remote_errors("list", url, storage_options):
         if has_magic(path):
             pattern, root = re.compile(glob_translate(path)), posixpath.normpath(_root_of(in_fs, path))
             candidates = set()
@@ -322,7 +322,7 @@ def _parquet_items(
     rows = []
     for p in files:
         uri = fs.unstrip_protocol(p)
-        with _remote_errors("read", uri, storage_options):
+        with remote_errors("read", uri, storage_options):
             mtime, etag = _version_of(fs.info(p))
             with fs.open(p, "rb") as f:
                 pf = pq.ParquetFile(f)
