@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,26 @@ def test_resume_is_exact(tiny_set: list[bytes], tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different
+
+
+def test_a_save_killed_between_its_two_renames_loses_no_checkpoint(tiny_set: list[bytes], tmp_path: Path) -> None:
+    """A kill after ``checkpoint`` became ``checkpoint.old`` and before ``checkpoint.tmp`` became ``checkpoint``
+    left no checkpoint: the next run started from step 0 and its first save deleted ``.old``."""
+    from diffc_pipeline.training.trainer import checkpoint_step, recover_checkpoint
+
+    trainer = Trainer(CONFIG, tiny_set)
+    trainer.train_step()
+    ckpt = tmp_path / "checkpoint"
+    trainer.save(ckpt)
+    trainer.train_step()
+    trainer.save(tmp_path / "next")
+    (tmp_path / "next").rename(tmp_path / "checkpoint.tmp")  # step 2, written in full
+    ckpt.rename(tmp_path / "checkpoint.old")  # step 1: the kill came here
+    recover_checkpoint(ckpt)
+    assert checkpoint_step(ckpt) == 2 and not (tmp_path / "checkpoint.tmp").exists()
+    shutil.rmtree(ckpt)
+    recover_checkpoint(ckpt)  # with no .tmp, the previous checkpoint is what is left
+    assert checkpoint_step(ckpt) == 1
 
 
 def test_a_phase_of_other_crops_resumes_exactly_and_cannot_be_rewritten(tiny_set: list[bytes], tmp_path: Path) -> None:

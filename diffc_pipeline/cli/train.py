@@ -64,13 +64,22 @@ def train(
     in it: the run stays exactly resumable).
     """
     from ..training.data import load_encoded_images
-    from ..training.trainer import STATE, TrainConfig, Trainer, checkpoint_config, checkpoint_step, run_training
+    from ..training.trainer import (
+        STATE,
+        TrainConfig,
+        Trainer,
+        checkpoint_config,
+        checkpoint_step,
+        recover_checkpoint,
+        run_training,
+    )
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     ckpt = out / "checkpoint"
+    recover_checkpoint(ckpt)
     resuming = resume and (ckpt / STATE).exists()
     given = {"lr": lr, "seed": seed, "decay_start": decay_start, "decay_end": decay_end}
     shape = {"photo_batch": photo_batch, "photo_crop": photo_crop}

@@ -125,6 +125,19 @@ def checkpoint_config(directory: Path) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
 
+def recover_checkpoint(directory: Path) -> None:
+    """Finish a checkpoint swap that a kill interrupted (:meth:`Trainer.save`): with ``directory`` gone, the
+    new checkpoint is ``.tmp`` (complete: it is renamed only once written) or else the previous one is
+    ``.old``. Without this a resumed run started from step 0 and its first save deleted ``.old``."""
+    if (directory / STATE).exists():
+        return
+    for candidate in (directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")):
+        if (candidate / STATE).exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            candidate.rename(directory)
+            return
+
+
 def checkpoint_step(directory: Path) -> int:
     """The step a checkpoint was written at."""
     return int(json.loads((directory / STATE).read_text())["step"])
@@ -213,6 +226,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Write the checkpoint beside the old one, then swap: an interrupted save never loses the last one."""
+        recover_checkpoint(directory)  # never build on the debris of an interrupted swap
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
