@@ -408,11 +408,14 @@ def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
     assert not _leaks(first.output + second.output)
 
 
-def test_unreachable_cluster_is_a_clear_error():
+def test_unreachable_cluster_is_a_clear_error_worth_a_retry():
     from diffc_pipeline.cluster.local_head import free_port
+    from diffc_pipeline.errors import ClusterError
 
-    with pytest.raises(sub.SubmitError, match="cannot reach"):
+    with pytest.raises(ClusterError, match="cannot reach"):
         sub.connect(f"http://127.0.0.1:{free_port()}")
+    result = _cli("--address", f"http://127.0.0.1:{free_port()}", "codecs")  # exit 1, as for compress: retry
+    assert result.exit_code == 1 and "cannot reach the Ray Jobs API" in " ".join(result.output.split())
 
 
 class _AgentLateClient:

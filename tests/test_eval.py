@@ -480,6 +480,13 @@ def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_
     (tmp_path / "fewer.json").write_text(json.dumps(doc))
     refused = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "fewer.json")])
     assert refused.exit_code == 2 and "on other images" in " ".join(refused.output.split())
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    doc["source"]["downsample"] = 2  # the same ids, other pixels: compared silently before
+    (tmp_path / "halved.json").write_text(json.dumps(doc))
+    refused = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "halved.json")])
+    assert refused.exit_code == 2 and "measured on other pixels (--downsample: anchor 1, test 2)" in " ".join(
+        refused.output.split()
+    )
     missing = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--curve", "avif"])
     assert missing.exit_code == 2 and "not in both runs" in " ".join(missing.output.split())
     # --points: each point against the anchor curve; a run's own Pareto points lie on its curve (0%), and
@@ -554,3 +561,13 @@ def test_eval_summary_tables_show_long_curve_names_whole_in_80_columns():
         assert max(map(len, lines)) <= 80 and "…" not in out.getvalue()
         first_column = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
         assert first_column.startswith(name)
+
+
+def test_images_too_small_for_ms_ssim_are_refused_before_any_coding(tmp_path):
+    """A 10x10 image failed MS-SSIM after the codecs had run, and the whole run was lost."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(natural_image(0, 16)).save(folder / "ok.png")
+    Image.fromarray(natural_image(1, 10)).save(folder / "small.png")
+    with pytest.raises(DiffcError, match=r"1 image\(s\) smaller than 11 px on a side.*small\.png"):
+        load_eval_images(ImageSource(str(folder)))

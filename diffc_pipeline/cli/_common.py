@@ -15,8 +15,9 @@ from ..errors import ClusterError, DiffcError
 
 # Messages (errors, warnings, progress) go to stderr; results (the summary tables, inspect's report, the codec
 # list) to stdout, so that `diffc inspect ARCHIVE > report.txt` and pipes get the report and only the report.
-console = Console(stderr=True)
-report = Console()
+# emoji=False: Rich would turn `:cat:` in a path or `START:END:K` in a message into emoji (help texts avoid such names)
+console = Console(stderr=True, emoji=False)
+report = Console(emoji=False)
 F = TypeVar("F", bound=Callable)
 
 EXIT_OK = 0

@@ -190,7 +190,11 @@ VAL_DATA = typer.Option("../shared/data/tinyimagenet/val", help="Tiny ImageNet v
 @bench_app.command("channel-rd")
 @friendly_errors
 def channel_rd(
-    settings: list[str] = typer.Argument(..., help="Channel settings C:L:G[:M:W] (chunk bits, log2 candidates, gain)."),
+    settings: list[str] = typer.Argument(
+        ...,
+        help="Channel settings CHUNK:LOG2N:GAIN[:POOL:WIDTH] (chunk bits, log2 candidates, gain, log2 pool rows, "
+        "pool width).",
+    ),
     images: int = VAL_IMAGES,
     data: str = VAL_DATA,
     model: str = typer.Option("builtin", help="DiffC's model."),
@@ -212,7 +216,9 @@ def channel_rd(
 @bench_app.command("exact-tail")
 @friendly_errors
 def exact_tail(
-    tails: list[str] = typer.Argument(..., help="M@ideal or M@C:L:G[:M:W]: the last M steps through that channel."),
+    tails: list[str] = typer.Argument(
+        ..., help="M@ideal or M@CHUNK:LOG2N:GAIN[:POOL:WIDTH]: the last M steps through that channel."
+    ),
     images: int = VAL_IMAGES,
     data: str = VAL_DATA,
     model: str = typer.Option("builtin", help="DiffC's model."),
@@ -310,7 +316,9 @@ def prior_variance(
 @bench_app.command("channel-fidelity")
 @friendly_errors
 def channel_fidelity(
-    settings: list[str] = typer.Argument(None, help="Channel settings C:L:G[:M:W] (default: the codec's)."),
+    settings: list[str] = typer.Argument(
+        None, help="Channel settings CHUNK:LOG2N:GAIN[:POOL:WIDTH] (default: the codec's)."
+    ),
     versions: str = typer.Option("1,2", help="Stream versions (1: fixed gain; 2: the gain ramp)."),
     step_kl: str = typer.Option("2,4,6,8,1024", help="Step KLs (bits) of the 12,288-dimension profile steps."),
     seeds: int = typer.Option(600, min=1, help="Seeds per profile step."),

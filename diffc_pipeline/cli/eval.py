@@ -144,7 +144,9 @@ def eval_(
         fid_features=fid_features,
     )
     result = run_eval(opts, EvalProgress(console), command=command_line(sys.argv))
-    stdout = Console() if sys.stdout.isatty() else Console(width=120)  # logs and pipes: no truncated names
+    stdout = (
+        Console(emoji=False) if sys.stdout.isatty() else Console(width=120, emoji=False)
+    )  # logs and pipes: no truncated names
     for table in result.tables:
         stdout.print(table)
     console.print(f"wrote {result.out / 'results.json'}, summary.md, rd_*.png, index.html", highlight=False)
@@ -224,7 +226,7 @@ def eval_compare(
         table.add_column(cols[i], overflow="fold", no_wrap=cols[i] in numbers)
     for row in cells:
         table.add_row(*(row[i] for i in keep))
-    Console().print(table)
+    Console(emoji=False).print(table)
 
 
 def register(app: typer.Typer) -> None:

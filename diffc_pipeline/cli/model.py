@@ -59,7 +59,9 @@ def eval_(
     t_samples: int = typer.Option(8, help="Noise levels per image for each Monte-Carlo estimate."),
     grid: int = typer.Option(17, help="Points of the bits/dim-versus-t curve (0: skip it)."),
     codec_schedule: list[str] = typer.Option(
-        [], help="Codec-style schedule START:END:K (K steps uniform in log-SNR); repeatable. Default: the codec's."
+        [],
+        help="Codec-style schedule FROM:TO:K (K steps uniform in log-SNR from FROM to TO); repeatable. "
+        "Default: the codec's.",
     ),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     seed: int = typer.Option(0, help="Seed of every noise draw: same seed, same figures."),
@@ -120,7 +122,7 @@ def _parse_codec_schedule(text: str) -> tuple[float, float, int]:
         start, end, k = text.split(":")
         parsed = float(start), float(end), int(k)
     except ValueError:
-        raise DiffcError(f"--codec-schedule {text!r}: expected START:END:K, e.g. -5:5:16") from None
+        raise DiffcError(f"--codec-schedule {text!r}: expected FROM:TO:K, e.g. -5:5:16") from None
     if parsed[1] <= parsed[0] or parsed[2] < 1:
         raise DiffcError(f"--codec-schedule {text!r}: need END > START (log-SNR rises) and K >= 1")
     return parsed

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import DiffcError
+from ..errors import ClusterError, DiffcError
 from ..redaction import REDACTED, redact_args, redact_text
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
@@ -255,8 +255,8 @@ def connect(address: str, token: str | None = None):
             f"the cluster at {redact_text(address)} {problem}; pass --token-file or set {TOKEN_ENV} or "
             f"{TOKEN_PATH_ENV} (on KubeRay: the auth_token key of the cluster's token Secret)"
         ) from None
-    except ConnectionError as exc:
-        raise SubmitError(f"cannot reach the Ray Jobs API at {redact_text(address)}: {exc}") from None
+    except ConnectionError as exc:  # not the user's input: exit code 1, which a scheduler may retry
+        raise ClusterError(f"cannot reach the Ray Jobs API at {redact_text(address)}: {exc}") from None
 
 
 def _job_or_none(client, submission_id: str):

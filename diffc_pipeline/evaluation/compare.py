@@ -78,6 +78,14 @@ def _select(anchor: dict, test: dict, curves: list[str] | None, against: str | N
             f"the runs have no curve in common (anchor: {', '.join(sorted(anchor['curves']))}; "
             f"test: {', '.join(sorted(test['curves']))}); --against CURVE compares with one anchor curve"
         )
+    prepared = {k: (anchor.get("source", {}).get(k), test.get("source", {}).get(k)) for k in ("downsample", "tile")}
+    other = {k: v for k, v in prepared.items() if v[0] != v[1]}
+    if other:  # the same ids, other pixels: a 64x64 image and its 32x32 downsample share an id
+        raise InvalidInputError(
+            "the runs were measured on other pixels ("
+            + "; ".join(f"--{k}: anchor {a}, test {t}" for k, (a, t) in other.items())
+            + "): images with the same ids are not the same images"
+        )
     pairs = [(c, against or c) for c in chosen]
     for curve, base in pairs:
         a_images, t_images = _images(anchor, base), _images(test, curve)

@@ -21,6 +21,7 @@ from PIL import Image
 from ..errors import DiffcError
 from ..images import DEFAULT_MAX_PIXELS, decode_image
 from ..pipeline.sources import list_source, read_bytes
+from .metrics import WIN_SIZE as MIN_SIDE
 
 SUBSET_SEED = 20221  # fixed: the subset must not depend on anything but the dataset and --limit
 
@@ -62,6 +63,12 @@ def load_eval_images(source: ImageSource) -> list[EvalImage]:
             out.extend(EvalImage(f"{image_id}_t{i}", t) for i, t in enumerate(tiles(pixels, source.tile)))
     if not out:
         raise DiffcError(f"no images to evaluate from {source.url} (tiles larger than the images?)")
+    small = [im.id for im in out if min(im.pixels.shape[:2]) < MIN_SIDE]
+    if small:  # found now, not after the codecs ran: MS-SSIM would fail on them and lose the whole run
+        raise DiffcError(
+            f"{len(small)} image(s) smaller than {MIN_SIDE} px on a side, too small for MS-SSIM: "
+            f"{', '.join(small[:5])} (use a smaller --downsample or a larger --tile, or leave them out)"
+        )
     return out
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from ..codecs import Codec, CodecSpec, SupportsSweep, resolve
 from ..codecs.registry import entry
 from ..errors import DiffcError
+from ..pipeline.sources import public_url
 from .classical import Anchor
 from .data import EvalImage, ImageSource, choose_subset, load_eval_images
 from .grid import CodecGrid, run_grid
@@ -62,7 +63,8 @@ class EvalOptions:
         """The options as JSON for results.json (what reproduces the run besides the code)."""
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
-        del d["storage_options"]  # credentials stay out of results.json
+        d["images"] = public_url(self.images)  # credentials stay out of results.json: no user:password@,
+        del d["storage_options"]  # no storage options
         return d
 
 
@@ -128,7 +130,7 @@ def run_eval(opts: EvalOptions, progress: EvalProgress, command: str | None = No
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "source": {
-            "url": opts.images,
+            "url": public_url(opts.images),
             "limit": opts.limit or None,
             "downsample": opts.downsample,
             "tile": opts.tile or None,

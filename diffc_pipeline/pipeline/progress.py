@@ -61,7 +61,7 @@ class JobProgress:
     def __init__(self, label: str, console: Console | None = None, enabled: bool = True) -> None:
         self.tally = Tally()
         self.label = label
-        self._console = console or Console(stderr=True)
+        self._console = console or Console(stderr=True, emoji=False)
         self._enabled = enabled
         self._progress: Progress | None = None
         self._task = None
