@@ -258,3 +258,11 @@ def test_decode_options_refuse_nan_and_unbounded_work() -> None:
     for bad in ({"logsnr_end": "inf"}, {"logsnr_start": "nan"}, {"pool_width": "0"}, {"flow_steps": "0"}):
         with pytest.raises(InvalidInputError, match=f"{next(iter(bad))} must be in"):
             dp.compress("unused", "unused", codec_options=bad, dry_run=True)
+
+
+def test_eval_refuses_an_out_that_is_a_file(tmp_path: Path) -> None:
+    write_images(tmp_path / "in", 1)
+    (tmp_path / "e.log").write_text("mine")
+    result = _cli("eval", str(tmp_path / "in"), "--out", str(tmp_path / "e.log"), "--channels", "none")
+    assert result.exit_code == 2 and "is a file" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "e.log").read_text() == "mine"

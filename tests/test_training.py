@@ -376,3 +376,38 @@ def test_eval_is_reproducible_from_its_seed(tiny_set: list[bytes]) -> None:
     c = evaluate(model, tiny_set[:4], replace(config, seed=1))
     assert a.continuous == b.continuous and a.discrete == b.discrete
     assert a.continuous.bpd != c.continuous.bpd
+
+
+def test_model_export_and_resume_name_a_damaged_checkpoint_and_refuse_odd_destinations(tiny_set, tmp_path) -> None:
+    trainer = Trainer(CONFIG, tiny_set)
+    trainer.train_step()
+    ckpt = tmp_path / "run" / "checkpoint"
+    trainer.save(ckpt)
+    (tmp_path / "afile.png").write_bytes(b"mine")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"mine")
+    for out, why in (
+        (tmp_path / "afile.png", "is a file"),
+        (ckpt, "lies inside the checkpoint"),  # config.json and weights went into the checkpoint itself
+        (tmp_path / "photos", "holds other files"),  # ... or into a folder of images
+        (tmp_path / "nowhere", "is not a training checkpoint"),
+    ):
+        source = tmp_path / "nowhere" if why.startswith("is not") else ckpt
+        result = CliRunner().invoke(app, ["model", "export", str(source), str(out)])
+        assert result.exit_code == 2 and why in " ".join(result.output.split()), (out, result.output)
+    assert (tmp_path / "afile.png").read_bytes() == b"mine" and sorted(
+        p.name for p in (tmp_path / "photos").iterdir()
+    ) == ["a.png"]
+    (ckpt / "state.json").write_text("{")  # cut short
+    result = CliRunner().invoke(app, ["model", "export", str(ckpt), str(tmp_path / "m")])
+    assert result.exit_code == 2 and "cannot be read (JSONDecodeError" in " ".join(result.output.split())
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, data in enumerate(tiny_set[:2]):
+        (images / f"{i}.png").write_bytes(data)
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(images), "--out", str(tmp_path / "run"), "--max-steps", "2"]
+    )
+    assert (
+        result.exit_code == 2 and "checkpoint" in result.output and "cannot be read" in " ".join(result.output.split())
+    )

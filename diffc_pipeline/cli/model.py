@@ -54,7 +54,7 @@ def _model_info(model, spec: str) -> dict:
 def eval_(
     data: str = typer.Option(..., help="fsspec URL of held-out images: a Parquet dataset or an image folder."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
-    limit: int = typer.Option(1000, help="Evaluate the first N images (0: all)."),
+    limit: int = typer.Option(1000, min=0, help="Evaluate the first N images (0: all)."),
     steps: list[int] = typer.Option([16, 64, 256], help="Discrete schedule(s) of K uniform steps; repeatable."),
     t_samples: int = typer.Option(8, help="Noise levels per image for each Monte-Carlo estimate."),
     grid: int = typer.Option(17, help="Points of the bits/dim-versus-t curve (0: skip it)."),
@@ -189,10 +189,19 @@ def export(
 ) -> None:
     """Write the EMA (or raw) weights of a training checkpoint as a model directory (what --model PATH loads)."""
     from ..models import load_unet_model
-    from ..training.trainer import Trainer, checkpoint_config
+    from ..training.trainer import STATE, Trainer, checkpoint_config, checkpoint_errors
 
-    trainer = Trainer(checkpoint_config(checkpoint), images=[])
-    trainer.load(checkpoint)
+    if not (checkpoint / STATE).is_file():
+        raise DiffcError(f"{checkpoint} is not a training checkpoint (no {STATE}; a run keeps it in RUN/checkpoint)")
+    if out.exists() and not out.is_dir():
+        raise DiffcError(f"OUT {out} is a file; give a folder for the model")
+    if out.resolve() == checkpoint.resolve() or checkpoint.resolve() in out.resolve().parents:
+        raise DiffcError(f"OUT {out} lies inside the checkpoint {checkpoint}; export to another folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise DiffcError(f"OUT {out} holds other files; give a new folder or a model folder to replace")
+    with checkpoint_errors(checkpoint):
+        trainer = Trainer(checkpoint_config(checkpoint), images=[])
+        trainer.load(checkpoint)
     trainer.export(out, name=name, fp16=fp16, raw=raw)
     model = load_unet_model(out)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6

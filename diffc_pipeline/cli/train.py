@@ -69,6 +69,7 @@ def train(
         TrainConfig,
         Trainer,
         checkpoint_config,
+        checkpoint_errors,
         checkpoint_step,
         recover_checkpoint,
         run_training,
@@ -86,7 +87,8 @@ def train(
     if resuming:  # another crop or batch size starts a phase from the checkpoint's step
         if init_from is not None:
             raise DiffcError(f"--init-from starts a new run, but {ckpt} exists: pass another --out or --no-resume")
-        config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop, **shape)
+        with checkpoint_errors(ckpt):
+            config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop, **shape)
     else:
         given |= {"batch_size": batch_size, "crop": crop, **shape}
         config = TrainConfig()
@@ -113,7 +115,8 @@ def train(
         trainer.init_weights(read_state_dict(init_from / WEIGHTS_NAME), {"name": source.name, "sha256": source.sha256})
         console.print(f"new run from the weights of {source.name}@{source.sha256[:12]}")
     if resuming:
-        trainer.load(ckpt)
+        with checkpoint_errors(ckpt):
+            trainer.load(ckpt)
         console.print(f"resumed from {ckpt} at step {trainer.state.step}")
     n_params = sum(p.numel() for p in trainer.net.parameters())
     console.print(f"U-Net with {n_params / 1e6:.2f}M parameters")

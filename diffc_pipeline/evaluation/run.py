@@ -95,6 +95,8 @@ def run_eval(opts: EvalOptions, progress: EvalProgress, command: str | None = No
         torch.set_num_threads(opts.threads)
     if opts.batch_size < 1:
         raise DiffcError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    if Path(opts.out).exists() and not Path(opts.out).is_dir():  # found now, not when the results are written
+        raise DiffcError(f"--out {opts.out} is a file; give a folder for the results")
     bad = [c for c in opts.channels if c not in CHANNELS]
     if bad:
         raise DiffcError(f"unknown channel {', '.join(bad)}; choose from {', '.join(CHANNELS)} (or 'none')")

@@ -12,11 +12,13 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DiffcError
@@ -123,6 +125,21 @@ def checkpoint_config(directory: Path) -> TrainConfig:
     saved = json.loads(state.read_text())["config"]
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+@contextmanager
+def checkpoint_errors(directory: Path) -> Iterator[None]:
+    """A checkpoint that cannot be read (a state file cut short, missing keys, truncated weights) is one
+    :class:`DiffcError` naming it, not a JSON, key or safetensors traceback."""
+    try:
+        yield
+    except DiffcError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise DiffcError(
+            f"checkpoint {directory} cannot be read ({type(exc).__name__}: {exc}); restore it, or start a new run "
+            "with another --out or --no-resume"
+        ) from None
 
 
 def recover_checkpoint(directory: Path) -> None:
