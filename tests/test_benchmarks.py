@@ -109,3 +109,23 @@ def test_bench_large_image_takes_one_photo_through_compress_and_decode(tmp_path)
         assert bad.exit_code != 0 and "--size must be WxH" in bad.output and "Traceback" not in bad.output
     again = CliRunner().invoke(app, [*args, "--work-dir", str(tmp_path / "work")])  # would resume: refused
     assert again.exit_code != 0 and "is not empty" in again.output and "Traceback" not in again.output
+
+
+def test_benchmark_arguments_are_checked_before_any_work():
+    """Malformed settings and lists ended in ValueError tracebacks, some after minutes of measuring."""
+    from typer.testing import CliRunner
+
+    from diffc_pipeline.cli import app
+
+    cases = [
+        (["bench", "rcc", "--configs", "xyz"], "channel setting 'xyz'"),
+        (["bench", "rcc", "--repeats", "0"], "Invalid value"),
+        (["bench", "pipeline", "--sizes", "abc"], "--sizes 'abc'"),
+        (["bench", "network", "--threads", "abc"], "--threads 'abc'"),
+        (["bench", "channel-fidelity", "1:2"], "channel setting '1:2'"),
+        (["bench", "channel-fidelity", "--versions", "7"], "stream versions are 1 and 2"),
+        (["bench", "channel-fidelity", "--step-kl", "abc"], "--step-kl 'abc'"),
+    ]
+    for args, why in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and why in " ".join(result.output.split()), (args, result.output)

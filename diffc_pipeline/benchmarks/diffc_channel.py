@@ -21,6 +21,7 @@ from ..codecs.diffc.index_code import StepWriter
 from ..codecs.diffc.reconstruct import denoise, reconstruct
 from ..codecs.diffc.steps import step_coefficients
 from ..codecs.tensors import to_float, to_uint8
+from ..errors import InvalidInputError
 from ..models.gaussian import GaussianModel
 
 VAL_ROWS = slice(100, None)  # the images channel-rd and exact-tail measure: Tiny ImageNet val rows 100..
@@ -80,9 +81,26 @@ def gaussian_theory(steps: int, chunk_bits: int, candidate_log2: int, gain: floa
 def channel_config(base: CodecConfig, spec: str) -> CodecConfig:
     """``C:L:G[:M:W]`` -> ``base`` with chunk bits C, 2**L candidates, target gain G (and a pool of 2**M rows of
     width W)."""
-    c, log2n, gain, *pool = spec.split(":")
-    extra = dict(pool_rows_log2=int(pool[0]), pool_width=int(pool[1])) if pool else {}
-    return dataclasses.replace(base, chunk_bits=int(c), candidate_log2=int(log2n), target_gain=float(gain), **extra)
+    parts = spec.split(":")
+    try:
+        if len(parts) not in (3, 5):
+            raise ValueError
+        c, log2n, gain, *pool = parts
+        extra = dict(pool_rows_log2=int(pool[0]), pool_width=int(pool[1])) if pool else {}
+        values = dict(chunk_bits=int(c), candidate_log2=int(log2n), target_gain=float(gain), **extra)
+    except ValueError:
+        raise InvalidInputError(
+            f"channel setting {spec!r}: expected CHUNK:LOG2N:GAIN or CHUNK:LOG2N:GAIN:POOL:WIDTH, e.g. 12:12:1.2"
+        ) from None
+    return dataclasses.replace(base, **values)
+
+
+def tail_channel(base: CodecConfig, spec: str) -> tuple[int, CodecConfig | None]:
+    """``M@ideal`` or ``M@C:L:G[:M:W]`` -> (M, the tail's channel setting; None: ideal)."""
+    m, sep, channel = spec.partition("@")
+    if not sep or not m.isdigit():
+        raise InvalidInputError(f"tail {spec!r}: expected M@ideal or M@CHUNK:LOG2N:GAIN[:POOL:WIDTH], e.g. 4@ideal")
+    return int(m), None if channel == "ideal" else channel_config(base, channel)
 
 
 def exact_tail(codec: DiffcCodec, images: np.ndarray, specs: list[str]) -> list[dict]:
@@ -98,11 +116,10 @@ def exact_tail(codec: DiffcCodec, images: np.ndarray, specs: list[str]) -> list[
     n = len(images)
     lam = torch.from_numpy(codec.config.logsnrs())  # float64, as the codec's own step loop
     out = []
-    for spec in specs:
-        m, channel = spec.split("@")
-        tail = None if channel == "ideal" else channel_config(codec.config, channel)
+    tails = [tail_channel(codec.config, spec) for spec in specs]  # a malformed one fails before any work
+    for spec, (m, tail) in zip(specs, tails, strict=True):
         t0 = time.perf_counter()
-        z, bits = _run_with_tail(codec, x, int(m), tail, lam)
+        z, bits = _run_with_tail(codec, x, m, tail, lam)
         xr = to_uint8(
             reconstruct(codec.model, z, lam[-1].expand(n), "flow", codec.config.flow_steps,
                         list(range(n)), codec.logsnr_final)
@@ -170,13 +187,14 @@ def channel_rd(
     DiffC-A at k = 40 for each setting and the ideal channel."""
     from ..evaluation.bdrate import bd_rate
 
+    # every setting built (and so checked: its syntax, its ranges, its index tables) before the ideal run
+    codecs = [DiffcCodec(model, channel_config(CodecConfig(), spec), stream_version=stream_version) for spec in specs]
     methods = CHANNEL_RD_METHODS + (("ancestral",) if ancestral else ())
     ideal, _ = _curves(DiffcCodec(model, CodecConfig(), channel="ideal"), images, methods)
     rows = []
     if ancestral:
         rows.append({"config": "ideal", "flow_minus_ancestral_k40": _flow_minus_ancestral(ideal)})
-    for spec in specs:
-        codec = DiffcCodec(model, channel_config(CodecConfig(), spec), stream_version=stream_version)
+    for spec, codec in zip(specs, codecs, strict=True):
         real, seconds = _curves(codec, images, methods)
         row: dict = {"config": spec, "stream_version": codec.stream_version, "sweep_s": round(seconds, 1)}
         for m in methods:

@@ -3,7 +3,6 @@ in :mod:`diffc_pipeline.benchmarks`, the results in ``bench/*.json``."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import platform
@@ -17,6 +16,26 @@ from ._common import EXIT_FAILED, console, friendly_errors, parse_pairs
 from .compress import STORAGE_HELP
 
 bench_app = typer.Typer(help="Benchmarks (long measurements; results as JSON).", no_args_is_help=True)
+
+
+def numbers(text: str, flag: str, kind: type = int, low: float | None = None) -> list:
+    """A comma-separated option as numbers of ``kind`` (each at least ``low``), or a usage error naming the
+    option: benchmarks parse these before any work."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+    if not values or (low is not None and min(values) < low):
+        raise typer.BadParameter(f"{flag} {text!r}: expected {kind.__name__} values >= {low}")
+    return values
+
+
+def stream_versions(text: str) -> list[int]:
+    """``--versions`` as DiffC stream versions (1 or 2), or a usage error."""
+    versions = numbers(text, "--versions", int, 1)
+    if max(versions) > 2:
+        raise typer.BadParameter(f"--versions {text!r}: DiffC's stream versions are 1 and 2")
+    return versions
 
 
 def run_info() -> dict:
@@ -47,24 +66,25 @@ def rcc(
         "12:12:1.2,12:13:1.2,8:12:1.25,8:12:1.0",
         help="Comma-separated chunk_bits:candidate_log2:target_gain channel settings to compare (first: the default).",
     ),
-    repeats: int = typer.Option(2, help="Seeds per profile step."),
+    repeats: int = typer.Option(2, min=1, help="Seeds per profile step."),
     images: int = typer.Option(8, help="64x64 images in the speed measurement (one batch)."),
     data: str = typer.Option("", help="Parquet/image URL for the speed images (default: bundled samples)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
 ) -> None:
     """Rate overhead, sample fidelity and speed of the reverse-channel coder (prints one JSON object)."""
+    from ..benchmarks.diffc_channel import channel_config
     from ..benchmarks.rcc import PROFILE_KL_BITS, measure_channel, measure_codec_speed
     from ..codecs.diffc.config import CodecConfig
     from ..models import load_model
     from ..samples import load_images
 
     default = CodecConfig()
+    settings = [channel_config(default, spec) for spec in filter(None, configs.split(","))]  # all checked first
     curve = []
-    for spec in filter(None, configs.split(",")):
-        c, log2n, gain = spec.split(":")
-        cfg = dataclasses.replace(default, chunk_bits=int(c), candidate_log2=int(log2n), target_gain=float(gain))
-        console.print(f"channel: chunk_bits={c} candidate_log2={log2n} target_gain={gain}")
-        curve.append({"target_gain": float(gain), **measure_channel(cfg, repeats)})
+    for cfg in settings:
+        console.print(f"channel: chunk_bits={cfg.chunk_bits} candidate_log2={cfg.candidate_log2} "
+                      f"target_gain={cfg.target_gain}")  # fmt: skip
+        curve.append({"target_gain": cfg.target_gain, **measure_channel(cfg, repeats)})
     m = load_model(model)
     x = load_images(data, images, size=64)
     speed = measure_codec_speed(m, default, x)
@@ -137,7 +157,7 @@ def pipeline(
     from ..codecs import resolve
     from ..pipeline.sources import parse_storage_options
 
-    counts = sorted({int(v) for v in sizes.split(",") if v.strip()})
+    counts = sorted(set(numbers(sizes, "--sizes", int, 1)))
     result = bench_pipeline(
         data,
         counts,
@@ -257,18 +277,19 @@ def rate_breakdown(
 
     torch.set_num_threads(1)
     widened = CodecConfig(prior_variance=prior_variance) if prior_variance else None  # checked before the work
+    version_list = stream_versions(versions)
     m = load_model(model)
     sets = image_sets(data, images, tiles, tile_count)
     result: dict = {**run_info(), "model": m.identity.short, "sets": {}}
     for name, x in sets.items():
         out: dict = {"images": len(x), "versions": {}}
-        for v in (int(s) for s in versions.split(",")):
+        for v in version_list:
             for key, config in [(f"v{v}", None)] + ([(f"v{v}+{prior_variance}", widened)] if widened else []):
                 out["versions"][key] = breakdown(DiffcCodec(m, config, stream_version=v), x)
                 console.print(name, key, out["versions"][key]["rows"], highlight=False)
         if rd:
             out["rd"] = real_vs_ideal(
-                m, x, [int(s) for s in versions.split(",")], prior_variance=prior_variance or None,
+                m, x, version_list, prior_variance=prior_variance or None,
                 ancestral_images=ancestral,
             )  # fmt: skip
             console.print(name, out["rd"]["bd_rate"], highlight=False)
@@ -300,14 +321,14 @@ def prior_variance(
     from ..models import load_model
 
     torch.set_num_threads(1)
+    kls, gains = numbers(step_kl, "--step-kl", float, 0.0), numbers(norm_gains, "--norm-gains", float, 0.0)
     m = load_model(model)
     sets = image_sets(data, images, tiles, tile_count)
     result: dict = {**run_info(), "model": m.identity.short, "rates": {}}
     for name, x in sets.items():
         result["rates"][name] = chain_rates(DiffcCodec(m, channel="ideal"), x, PREFIXES)
         console.print(name, result["rates"][name]["rows"], highlight=False)
-    gains = [float(g) for g in norm_gains.split(",")]
-    result["fidelity"] = widened_fidelity(CodecConfig(), [float(k) for k in step_kl.split(",")], seeds, gains)
+    result["fidelity"] = widened_fidelity(CodecConfig(), kls, seeds, gains)
     for row in result["fidelity"]:
         console.print(row, highlight=False)
     emit(result, json_path)
@@ -334,18 +355,20 @@ def channel_fidelity(
     from ..codecs.diffc.config import CodecConfig
 
     torch.set_num_threads(1)
+    configs = [channel_config(CodecConfig(), spec) for spec in settings or ["12:12:1.2"]]  # all checked first
+    version_list, kls = stream_versions(versions), numbers(step_kl, "--step-kl", float, 0.0)
+    gains = numbers(expected_gains, "--expected-gains", float, 1.0)
     computed = [
-        expected_chunk(11.9, int(log2n), float(g), trials=max(200, (1 << 26) >> int(log2n)))
-        for log2n in filter(None, expected.split(","))
-        for g in expected_gains.split(",")
+        expected_chunk(11.9, log2n, g, trials=max(200, (1 << 26) >> log2n))
+        for log2n in (numbers(expected, "--expected", int, 1) if expected else [])
+        for g in gains
     ]
     for row in computed:
         console.print(row, highlight=False)
     rows = []
-    for spec in settings or ["12:12:1.2"]:
-        for v in (int(x) for x in versions.split(",")):
-            rows.append({"setting": spec, **fidelity(channel_config(CodecConfig(), spec), v,
-                                                      [float(k) for k in step_kl.split(",")], seeds)})  # fmt: skip
+    for spec, config in zip(settings or ["12:12:1.2"], configs, strict=True):
+        for v in version_list:
+            rows.append({"setting": spec, **fidelity(config, v, kls, seeds)})
             console.print(rows[-1], highlight=False)
     emit({**run_info(), "rows": rows, "expected": computed}, json_path)
 
@@ -384,9 +407,11 @@ def network(
     denoiser's output."""
     from ..benchmarks.network import peak_memory, tiling_fidelity, time_variants
 
+    thread_counts = numbers(threads, "--threads", int, 1)
+    sides = numbers(memory_sides, "--memory-sides", int, 8) if memory_sides else []
     result: dict = {**run_info(), "model": model}
     cases = [(16, 64, 64), (1, 256, 256), (1, 320, 480)]
-    result["timing"] = time_variants(model, cases, [int(t) for t in threads.split(",")], repeats)
+    result["timing"] = time_variants(model, cases, thread_counts, repeats)
     for row in result["timing"]:
         console.print(row, highlight=False)
     if tiling_image:
@@ -401,7 +426,7 @@ def network(
         result["tiling"]["rows"] = tiling_fidelity(model, np.ascontiguousarray(img), Tiling(), [-4.0, 0.0, 4.0])
         console.print(result["tiling"], highlight=False)
     result["memory"] = []
-    for side in (int(v) for v in memory_sides.split(",") if v):
+    for side in sides:
         for tiled in (True, False) if side <= 1024 else (True,):
             result["memory"].append(peak_memory(model, side, tiled))
             console.print(result["memory"][-1], highlight=False)
