@@ -36,9 +36,10 @@ def inspect(
         highlight=False,
     )
     malformed = f", malformed {info['malformed']} (left out of bpp)" if info["malformed"] else ""
+    older = info["rows"] - info["images"]
+    versions = f" ({info['rows']} rows: {older} older versions of changed sources)" if older else ""
     report.print(
-        f"images {info['images']} of {info['planned_images']} planned ({info['rows']} rows, older versions "
-        "of changed sources included), "
+        f"images {info['images']} of {info['planned_images']} planned{versions}, "
         f"ok {info['ok']}, failures {info['failures']}{malformed}; "
         f"shards {info['shards']['committed']}/{info['shards']['planned']}; "
         f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"

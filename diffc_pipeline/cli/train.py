@@ -118,6 +118,9 @@ def train(
         with checkpoint_errors(ckpt):
             trainer.load(ckpt)
         console.print(f"resumed from {ckpt} at step {trainer.state.step}")
+        if max_steps and trainer.state.step >= max_steps:  # nothing to train: leave the checkpoint as it is
+            console.print(f"the checkpoint is at step {trainer.state.step}, at or past --max-steps {max_steps}")
+            return
     n_params = sum(p.numel() for p in trainer.net.parameters())
     console.print(f"U-Net with {n_params / 1e6:.2f}M parameters")
     with Progress(
