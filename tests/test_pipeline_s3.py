@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +21,7 @@ from diffc_pipeline.pipeline.inspect_archive import inspect_archive
 from diffc_pipeline.pipeline.progress import JobProgress
 
 SECRET = "s3cr3t-VALUE-never-stored"
+FIXTURE = Path(__file__).parent / "fixtures" / "format1" / "archive"
 QUIET = JobProgress("test", enabled=False)
 
 
@@ -107,7 +109,7 @@ def test_a_missing_output_bucket_is_refused_not_created(ray_cluster, s3, tmp_pat
     write_parquet(tmp_path / "in" / "part-0.parquet", 2)
     for job in (
         lambda: dp.compress(str(tmp_path / "in"), "s3://no-such-bucket/arc", codec="webp", storage_options=options),
-        lambda: dp.decode("s3://bucket/arc", "s3://no-such-bucket/out", storage_options=options),
+        lambda: dp.decode(str(FIXTURE), "s3://no-such-bucket/out", storage_options=options),  # a local archive
     ):
         with pytest.raises(ArchiveError, match="bucket 'no-such-bucket' does not exist"):
             job()

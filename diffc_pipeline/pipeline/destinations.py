@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import fsspec
 
 from ..errors import ArchiveError
-from .sources import public_url, remote_errors
+from .sources import protocols, public_url, remote_errors
 
 
 def check_output_folder(
@@ -26,7 +26,7 @@ def check_output_folder(
     made a new bucket (or, in another region, failed deep in the run). Storage that cannot be reached or
     read is one :class:`~.sources.SourceError` naming the URL."""
     with remote_errors("write to", url, storage_options or {}):
-        if not _is_local(fs):
+        if set(protocols(fs)) & BUCKET_STORES:
             bucket = root.strip("/").split("/", 1)[0]
             if bucket and not fs.exists(bucket):
                 raise ArchiveError(
@@ -37,8 +37,13 @@ def check_output_folder(
             raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
 
 
+# Object stores whose first path component is a bucket (container) that a write would create: other
+# filesystems (local, sftp, hdfs, memory) make folders, which is what a new OUTPUT means there.
+BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci"})
+
+
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return "file" in protocols(fs)
 
 
 def check_outside(

@@ -28,6 +28,7 @@ from pathlib import Path
 import fsspec
 
 from ..errors import ArchiveError
+from .sources import protocols
 
 LOCK_NAME = "_lock.json"
 POLL_S = 1.0
@@ -130,7 +131,7 @@ def _heartbeat(
 
 
 def _replace(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if "file" in protocols(fs):
         tmp = f"{path}.{os.getpid()}.tmp"
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)  # a rename: atomic on one local filesystem

@@ -262,7 +262,7 @@ def would_list(
     glob takes in what it matches and everything below a folder it matches (``in/*.png`` never matches
     ``in/arch/shards/...``; ``in/*`` does)."""
     in_fs, path = open_fs(canonical_url(url), storage_options)
-    if not set(_protocols(in_fs)) & set(_protocols(fs)):
+    if not set(protocols(in_fs)) & set(protocols(fs)):
         return False
     paths = [posixpath.normpath(p) for p in paths]
     with remote_errors("list", url, storage_options):
@@ -280,7 +280,8 @@ def would_list(
     return False  # a single file, or nothing there (the listing names that problem)
 
 
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    """The filesystem's protocol names (fsspec gives a string or a tuple)."""
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
