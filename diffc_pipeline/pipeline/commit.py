@@ -87,3 +87,12 @@ def _list(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
         return [e["name"] for e in fs.ls(folder, detail=True) if e["type"] == "file"]
     except FileNotFoundError:
         return []
+
+
+def replace_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Replace ``path`` whole: written under a temporary name beside it, then moved over it (a rename on local
+    disk; a copy on object stores, itself one PUT), so a reader sees the old content or the new, never half.
+    The manifest and the archive lock's heartbeat both write this way."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)

@@ -38,7 +38,7 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
-from .plan import Plan, ShardPlan, ids_digest, make_plan
+from .plan import Plan, ShardPlan, ids_digest, make_plan, shard_name
 from .progress import JobProgress
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, probe_cluster, ray_session
 from .sources import list_source, open_fs, public_url, would_list
@@ -278,7 +278,7 @@ def check_destination(opts: CompressOptions) -> tuple[fsspec.AbstractFileSystem,
     fs, root = open_fs(opts.output, opts.storage_options)
     root = root.rstrip("/")
     check_output_folder(fs, root, opts.output, opts.storage_options)
-    holds = [root, f"{root}/{MANIFEST_NAME}", data_path(root, "shard-000000")]  # what the archive will hold
+    holds = [root, f"{root}/{MANIFEST_NAME}", data_path(root, shard_name(0))]  # what the archive will hold
     if would_list(opts.input, opts.storage_options, fs, holds):
         raise ArchiveError(
             f"OUTPUT {public_url(opts.output)} lies inside what INPUT {public_url(opts.input)} lists: the next run "

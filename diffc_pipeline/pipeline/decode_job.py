@@ -28,7 +28,7 @@ from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DiffcError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
-from .destinations import check_output_folder, check_outside
+from .destinations import check_output_folder, check_outside_archive
 from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -417,7 +417,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     archive = open_archive(opts.archive, opts.storage_options)
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
     check_output_folder(out_fs, out_root, opts.output, opts.storage_options)
-    check_outside(out_fs, out_root, archive.fs, archive.root, "the archive", "decode into another folder")
+    check_outside_archive(out_fs, out_root, archive.fs, archive.root)
     spec = archive.manifest.codec_spec(opts.model)
     codec = spec.build()
     decode_options = codec.parse_decode_options(opts.decode_options)

@@ -8,14 +8,13 @@ pollute or overwrite an archive.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import fsspec
 
 from ..errors import ArchiveError
-from .sources import protocols, public_url, remote_errors
+from .sources import protocols, public_url, remote_errors, within
 
 
 def check_output_folder(
@@ -46,21 +45,12 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols(fs)
 
 
-def check_outside(
-    out_fs: fsspec.AbstractFileSystem,
-    out_root: str,
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    what: str,
-    advice: str,
+def check_outside_archive(
+    out_fs: fsspec.AbstractFileSystem, out_root: str, archive_fs: fsspec.AbstractFileSystem, archive_root: str
 ) -> None:
-    """Refuse an ``OUTPUT`` at or below the folder ``root`` (``what``: the archive being decoded, a compress
-    job's input folder): what a job writes there would mix with what it reads."""
-    if out_fs.protocol != fs.protocol:
-        return
-    out, inner = posixpath.normpath(out_root), posixpath.normpath(root)  # "a/./b/" is "a/b"
-    if out == inner or out.startswith(inner + "/"):
-        raise ArchiveError(f"OUTPUT {out_root} lies inside {what} {root}; {advice}")
+    """Refuse decoding into the archive's own folder or below it: decoded files would mix with its shards."""
+    if out_fs.protocol == archive_fs.protocol and within(out_root, archive_root):
+        raise ArchiveError(f"OUTPUT {out_root} lies inside the archive {archive_root}; decode into another folder")
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from pathlib import Path
 import fsspec
 
 from ..errors import ArchiveError
-from .sources import protocols
+from .commit import replace_file
 
 LOCK_NAME = "_lock.json"
 POLL_S = 1.0
@@ -108,8 +108,7 @@ def _heartbeat(
     A write that fails (a network blip) is retried at the next beat, and the run is told after three in a row
     (its lock goes stale a timeout after the last beat that landed). A lock that is no longer ours was broken
     as stale by another run, which owns it now: the run is told, and the beat stops rather than overwrite it.
-    Object stores replace the file in one PUT; on local disk the new content goes to a temporary file renamed
-    over the lock, so a reader never sees it half-written."""
+    The lock is replaced whole (:func:`~.commit.replace_file`), so a reader never sees it half-written."""
     failures = 0
     while not stop.wait(every_s):
         try:
@@ -121,22 +120,13 @@ def _heartbeat(
                 )
                 return
             holder["time"] = time.time()
-            _replace(fs, path, json.dumps(holder).encode())
+            replace_file(fs, path, json.dumps(holder).encode())
             failures = 0
         except Exception as exc:  # the next beat retries: the run must not die of its lock's refresh
             failures += 1
             if failures == 3:
                 cause = f"{type(exc).__name__}: {exc}"
                 say(f"cannot refresh the archive lock {path} ({cause}); retrying every {every_s:.0f} s")
-
-
-def _replace(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    if "file" in protocols(fs):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)  # a rename: atomic on one local filesystem
-    else:
-        fs.pipe_file(path, data)  # one PUT: readers see the old object or the new one
 
 
 def _try_create(fs: fsspec.AbstractFileSystem, path: str, holder: dict) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from dataclasses import asdict, dataclass, field
 
 import fsspec
@@ -24,6 +23,7 @@ from .. import __version__
 from ..codecs.base import MAX_CHUNKS
 from ..errors import ArchiveError, ModelMismatchError
 from .archive import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
+from .commit import replace_file
 from .sources import canonical_url
 
 MANIFEST_NAME = "manifest.json"
@@ -168,12 +168,10 @@ def read_manifest(fs: fsspec.AbstractFileSystem, root: str) -> Manifest | None:
 
 
 def write_manifest(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest) -> None:
-    """Replace the manifest whole: a temporary file moved over it locally, a single PUT on object stores."""
+    """Replace the manifest whole (:func:`~.commit.replace_file`)."""
     manifest.updated_at = now()
     fs.makedirs(root, exist_ok=True)
-    tmp = f"{root}/{MANIFEST_NAME}.tmp-{uuid.uuid4().hex}"
-    fs.pipe_file(tmp, manifest.to_json())
-    fs.mv(tmp, f"{root}/{MANIFEST_NAME}")
+    replace_file(fs, f"{root}/{MANIFEST_NAME}", manifest.to_json())
 
 
 def check_same_codec(existing: Manifest, description: dict, where: str, hint: str) -> None:

@@ -103,11 +103,6 @@ def parse_storage_options(pairs: list[str]) -> dict[str, object]:
     return options
 
 
-def is_secret_option(name: str) -> bool:
-    """Whether a storage option's name says it holds a credential (its value is masked and never typed)."""
-    return looks_secret(name)
-
-
 def _typed(name: str, value: str) -> object:
     """The value as the filesystem expects it: ``anon=true`` / ``use_ssl=false`` as booleans and
     ``config_kwargs.retries.max_attempts=3`` as a number (botocore compares it with an int; a string fails
@@ -118,7 +113,7 @@ def _typed(name: str, value: str) -> object:
     lowered = value.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if not is_secret_option(name):
+    if not looks_secret(name):
         if _INT.fullmatch(value):
             return int(value)
         if _FLOAT.fullmatch(value):
@@ -228,7 +223,7 @@ def _masked(text: str, storage_options: Mapping[str, object]) -> str:
     for key, value in storage_options.items():
         if isinstance(value, Mapping):
             text = _masked(text, value)
-        elif isinstance(value, str) and value and is_secret_option(key):
+        elif isinstance(value, str) and value and looks_secret(key):
             text = text.replace(value, "***")
     return text
 
@@ -275,9 +270,14 @@ def would_list(
                     p = posixpath.dirname(p)
             return any(pattern.match(c) for c in candidates)
         if in_fs.isdir(path):
-            inner = posixpath.normpath(path).rstrip("/") + "/"
-            return any((p + "/").startswith(inner) for p in paths)
+            return any(within(p, path) for p in paths)
     return False  # a single file, or nothing there (the listing names that problem)
+
+
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both normalised: ``a/./b/`` is ``a/b``)."""
+    path, folder = posixpath.normpath(path), posixpath.normpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

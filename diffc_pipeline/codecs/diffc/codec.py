@@ -29,10 +29,10 @@ from . import prng
 from .bitstream import STREAM_VERSION, EncodedImage, Header
 from .channel import chunk_kl_bits, ideal_sample, prior_s2, rcc_decode, rcc_encode, step_layout, step_prior
 from .config import CodecConfig
-from .index_code import StepCode, StepReader, StepWriter, coded_settings, has_v2_tables
+from .index_code import StepCode, StepReader, StepWriter, coded_settings, has_v1_tables, has_v2_tables
 from .reconstruct import METHODS, denoise, reconstruct
 from .steps import normalised_target, step_coefficients, step_mean_plus_noise
-from .tables import TABLES_VERSION, table_key
+from .tables import TABLES_VERSION
 
 CHANNELS = ("rcc", "ideal")
 
@@ -94,7 +94,7 @@ class DiffcCodec(Codec):
         self.channel = channel
         self._logsnrs = torch.from_numpy(self.config.logsnrs())
         setting = (self.config.chunk_bits, self.config.candidate_log2, self.config.target_gain)
-        if channel == "rcc" and table_key(*setting) not in coded_settings():  # refused before any image is read
+        if channel == "rcc" and not has_v1_tables(*setting):  # refused before any image is read
             raise InvalidInputError(
                 "no index table for chunk_bits={}, candidate_log2={}, target_gain={}: the channel cannot code this "
                 "setting. Settings with tables (chunk_bits,candidate_log2,target_gain): {}; build one with "

@@ -63,6 +63,11 @@ def coded_settings() -> list[str]:
     return sorted(_tables(), key=lambda k: tuple(float(v) for v in k.split(",")))
 
 
+def has_v1_tables(chunk_bits: int, candidate_log2: int, gain: float) -> bool:
+    """Whether stream version 1 can code this channel setting: without its table no setting can be coded."""
+    return table_key(chunk_bits, candidate_log2, gain) in _tables()
+
+
 def has_v2_tables(chunk_bits: int, candidate_log2: int, gain: float) -> bool:
     """Whether stream version 2 can code this channel setting (its index tables are shipped)."""
     return table_key(chunk_bits, candidate_log2, gain) in _tables_v2()["index"]
