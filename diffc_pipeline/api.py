@@ -18,6 +18,7 @@ Torch and Ray are imported only by the functions that need them, so ``import dif
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,8 @@ def _progress(label: str, show: bool) -> JobProgress:
 
 
 def compress(
-    input: str,
-    output: str,
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     codec: str = "diffc",
     codec_options: Mapping[str, Any] | None = None,
@@ -76,8 +77,8 @@ def compress(
     from .pipeline.compress_job import CompressOptions, check_destination, codec_spec, prepare, run_compress
 
     opts = CompressOptions(
-        input=input,
-        output=output,
+        input=_location(input, "input"),
+        output=_location(output, "output"),
         storage_options=dict(storage_options or {}),
         image_column=image_column,
         id_column=id_column,
@@ -105,8 +106,8 @@ def compress(
 
 
 def decode(
-    archive: str,
-    output: str,
+    archive: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     bpp: float | None = None,
     step: int | None = None,
@@ -130,8 +131,8 @@ def decode(
     from .pipeline.decode_job import DecodeOptions, run_decode
 
     opts = DecodeOptions(
-        archive=archive,
-        output=output,
+        archive=_location(archive, "archive"),
+        output=_location(output, "output"),
         bpp=bpp,
         step=step,
         ids=_id_list(ids),
@@ -150,11 +151,11 @@ def decode(
     return run_decode(opts, _progress("decode", progress))
 
 
-def inspect(archive: str, storage_options: Mapping[str, Any] | None = None) -> dict:
+def inspect(archive: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> dict:
     """What ``diffc inspect --json`` prints: counts, bytes, bpp per chunk, codec, model, runs, top errors."""
     from .pipeline.inspect_archive import inspect_archive
 
-    return inspect_archive(archive, dict(storage_options or {}))
+    return inspect_archive(_location(archive, "archive"), dict(storage_options or {}))
 
 
 class ArchiveReader:
@@ -163,11 +164,11 @@ class ArchiveReader:
     Made by :func:`open_archive`; nothing is decoded until :meth:`decode` is iterated.
     """
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
         from .pipeline.reader import open_archive as open_pipeline_archive
 
         self.storage_options = dict(storage_options or {})
-        self._archive = open_pipeline_archive(url, self.storage_options)
+        self._archive = open_pipeline_archive(_location(url, "url"), self.storage_options)
         self.url = self._archive.url
 
     @property
@@ -238,13 +239,13 @@ class ArchiveReader:
                     yield row["id"], row["pixels"]
 
 
-def open_archive(url: str, storage_options: Mapping[str, Any] | None = None) -> ArchiveReader:
+def open_archive(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> ArchiveReader:
     """Open the archive at ``url`` (any fsspec URL; ``storage_options`` as for fsspec, never stored)."""
     return ArchiveReader(url, storage_options)
 
 
 def read_archive(
-    url: str,
+    url: str | os.PathLike[str],
     *,
     bpp: float | None = None,
     step: int | None = None,
@@ -275,6 +276,9 @@ def read_archive(
     """
     from .pipeline.decode_job import IMAGE_COLUMNS, DecodeOptions, decoded_dataset, select
 
+    columns = [columns] if isinstance(columns, str) else list(columns)  # as ids: one name is that column
+    if not columns:
+        raise InvalidInputError(f"columns is empty; choose from {', '.join(IMAGE_COLUMNS)}")
     unknown = sorted(set(columns) - set(IMAGE_COLUMNS))
     if unknown:
         raise InvalidInputError(f"unknown columns {', '.join(unknown)}; choose from {', '.join(IMAGE_COLUMNS)}")
@@ -282,7 +286,7 @@ def read_archive(
     from .pipeline.runtime import cluster_sizing, connect
 
     storage = dict(storage_options or {})
-    archive = open_pipeline_archive(url, storage)
+    archive = open_pipeline_archive(_location(url, "url"), storage)
     opts = DecodeOptions(
         url, "", bpp=bpp, step=step, ids=_id_list(ids), where=where, limit=limit, model=model,
         max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size, threads=threads,
@@ -295,7 +299,16 @@ def read_archive(
     connect(address)
     spec = archive.manifest.codec_spec(model).to_dict()
     sizing = cluster_sizing(threads, actors)
-    return decoded_dataset(archive, selection, storage, batch_size, sizing, spec, options, max_pixels, list(columns))
+    return decoded_dataset(archive, selection, storage, batch_size, sizing, spec, options, max_pixels, columns)
+
+
+def _location(value: str | os.PathLike[str], what: str) -> str:
+    """A path or URL argument as fsspec takes it: a ``pathlib.Path`` is its path."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{what} must be a path or URL (str or os.PathLike), got {value!r}")
+    return value
 
 
 def _id_list(ids: str | Sequence[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,14 +30,29 @@ DEFAULT_BATCH_PIXELS = 4_000_000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Return an ``(H, W, 3)`` uint8 array, or raise :class:`InvalidImageError` naming the problem."""
+# The Pillow formats image bytes are read as: those of the suffixes above, plus GIF and the formats the
+# classical codecs write. Left to itself Pillow tries every plugin it has, EPS included, which hands the bytes
+# to Ghostscript where it is installed: untrusted files and archives must never reach that.
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "JXL")
+
+
+def open_image(data: bytes, formats: Sequence[str] = READ_FORMATS) -> Image.Image:
+    """``Image.open`` of ``data``, trying only ``formats`` (those this Pillow has; see :data:`READ_FORMATS`)."""
+    Image.init()  # registers every plugin, so that the check below sees them
+    return Image.open(io.BytesIO(data), formats=[f for f in formats if f in Image.OPEN])
+
+
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Sequence[str] = READ_FORMATS
+) -> np.ndarray:
+    """Return an ``(H, W, 3)`` uint8 array, or raise :class:`InvalidImageError` naming the problem; the bytes
+    are read as one of ``formats`` only."""
     if not data:
         raise InvalidImageError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = open_image(data, formats)
             w, h = img.size
             if w * h > max_pixels:
                 raise InvalidImageError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")

@@ -122,3 +122,23 @@ def test_the_readme_example_runs_as_written(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"images at 0\.\d+ bpp, loss \d", result.stdout), result.stdout
+
+
+def test_paths_are_accepted_and_wrong_types_are_named() -> None:
+    from diffc_pipeline.pipeline.decode_job import DecodeTargetError
+
+    fixture = Path(__file__).parent / "fixtures" / "format1" / "archive"
+    reader = dp.open_archive(fixture)  # a pathlib.Path is its path
+    assert reader.rows().num_rows == 4 and dp.inspect(fixture)["images"] == 4
+    for bad, message in (
+        ({"step": 2.5}, "step must be a whole number"),
+        ({"step": True}, "step must be a whole number"),
+        ({"bpp": "0.2"}, "bpp must be a number"),
+        ({"ids": [5]}, "ids must be strings"),
+    ):
+        with pytest.raises(DecodeTargetError, match=message):
+            list(reader.decode(**bad))
+    with pytest.raises(InvalidInputError, match="must be a path or URL"):
+        dp.open_archive(5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="columns is empty"):
+        dp.read_archive(fixture, columns=())

@@ -194,3 +194,35 @@ def test_an_unreachable_archive_is_one_source_error_naming_the_url(closed_port):
         with pytest.raises(SourceError, match="cannot read s3://bucket/arc: EndpointConnectionError") as e:
             read()
         assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"shard_size": 0}, "shard_size"),
+        ({"num_images": "4"}, "num_images"),
+        ({"runs": [1]}, "runs must be a list of objects"),
+        ({"model": "builtin"}, "malformed format-1 manifest"),  # format 1: its model is converted first
+        ({"codec": {"fingerprint": "x"}}, "malformed format-1 manifest"),
+    ],
+)
+def test_a_manifest_with_fields_of_the_wrong_type_is_one_error(tmp_path: Path, edit: dict, message: str) -> None:
+    import json
+
+    copy = tmp_path / "arch"
+    shutil.copytree(FIXTURE, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+    with pytest.raises(ArchiveError, match=message):
+        dp.inspect(str(copy))
+    result = CliRunner().invoke(app, ["inspect", str(copy)])
+    assert result.exit_code != 0 and "Traceback" not in result.output and message.split()[0] in result.output
+
+
+@pytest.mark.parametrize("marker", ["[]", '{"rows": "2"}', '{"rows": 2, "file_bytes": -1}'])
+def test_a_commit_marker_that_is_not_one_is_one_error(tmp_path: Path, marker: str) -> None:
+    copy = tmp_path / "arch"
+    shutil.copytree(FIXTURE, copy)
+    (copy / "commits" / "shard-000000.stats.json").write_text(marker)
+    with pytest.raises(ArchiveError, match="is not a marker"):
+        dp.inspect(str(copy))

@@ -98,9 +98,20 @@ def test_a_limited_trial_archive_grows_with_incremental_and_the_summary_counts_s
     assert (first.images, first.skipped_non_image_files) == (2, 1)
     with pytest.raises(ArchiveError, match="add --incremental"):  # a plain rerun must plan the same shards
         dp.compress(str(tmp_path / "in"), out, codec="webp", **FAST)
+    # a limited incremental run sees the first N of the listing: what lies past them is not "deleted"
+    some = dp.compress(str(tmp_path / "in"), out, codec="webp", incremental=True, limit=1, **FAST)
+    assert (some.new, some.unchanged, some.deleted) == (0, 1, 0)
     grown = dp.compress(str(tmp_path / "in"), out, codec="webp", incremental=True, **FAST)
-    assert (grown.new, grown.unchanged, grown.images) == (3, 2, 3)
+    assert (grown.new, grown.unchanged, grown.images, grown.deleted) == (3, 2, 3, 0)
     assert dp.open_archive(out).rows().num_rows == 5
+    # decoding into the input would overwrite its images (PNG names are their ids); Parquet parts never mix
+    with pytest.raises(ArchiveError, match="lies inside the archive's input"):
+        dp.decode(out, str(tmp_path / "in"), **FAST)
+    with pytest.raises(ArchiveError, match="lies inside the archive's input"):
+        dp.decode(out, str(tmp_path / "in" / "decoded"), format="parquet", **FAST)
+    dp.decode(out, str(tmp_path / "parts"), format="parquet", **FAST)
+    with pytest.raises(ArchiveError, match="holds part files of an earlier decode"):
+        dp.decode(out, str(tmp_path / "parts"), format="parquet", ids=["img000.png"], **FAST)
 
 
 def test_cli_ranges_refuse_negative_counts(tmp_path: Path) -> None:
@@ -266,3 +277,25 @@ def test_eval_refuses_an_out_that_is_a_file(tmp_path: Path) -> None:
     result = _cli("eval", str(tmp_path / "in"), "--out", str(tmp_path / "e.log"), "--channels", "none")
     assert result.exit_code == 2 and "is a file" in result.output and "Traceback" not in result.output
     assert (tmp_path / "e.log").read_text() == "mine"
+
+
+def _bmp(png: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buf, "BMP")
+    return buf.getvalue()
+
+
+def test_an_image_that_cannot_be_written_is_an_error_row_and_the_decode_goes_on(ray_cluster, tmp_path: Path) -> None:
+    write_images(tmp_path / "in", 2)
+    long_name = "a" * 251 + ".bmp"  # a legal file name; its decode, "<id>.png", is 259 bytes: too long
+    (tmp_path / "in" / long_name).write_bytes(_bmp((tmp_path / "in" / "img001.png").read_bytes()))
+    (tmp_path / "in" / "img001.png").unlink()
+    dp.compress(str(tmp_path / "in"), str(tmp_path / "arch"), codec="webp", **FAST)
+    summary = dp.decode(str(tmp_path / "arch"), str(tmp_path / "out"), **FAST)
+    assert (summary.images, summary.failures) == (2, 1)
+    assert summary.error_examples[0].startswith(f"{long_name}: write:")
+    assert (tmp_path / "out" / "img000.png").is_file()

@@ -79,8 +79,13 @@ def test_every_codec_keeps_the_contract(name: str) -> None:
     assert d["progressive"] == codec.progressive and json.loads(json.dumps(d)) == d  # JSON for the manifest
     y = codec.decompress(items)
     assert y.shape == x.shape and y.dtype == np.uint8
-    psnr = 10 * np.log10(255**2 / ((y.astype(float) - x) ** 2).mean())
-    assert psnr > 12
+    def psnr(z: np.ndarray) -> float:
+        return float(10 * np.log10(255**2 / ((z.astype(float) - x) ** 2).mean()))
+
+    # a decode that ignored the stream would be no better than each image's mean colour (~14 dB here); the
+    # codecs measured 18 (CDC) to 26 dB (WebP) on these images at their default settings
+    flat = np.broadcast_to(x.mean(axis=(1, 2), keepdims=True).round(), x.shape)
+    assert psnr(y) > psnr(flat) + 3, (psnr(y), psnr(flat))
     # bits are counted from bytes: the header plus the chunks
     assert items[0].prefix_bits() == 8 * (len(items[0].header) + sum(map(len, items[0].chunks)))
     # another batch size decodes the same pixels (bit-identical for these codecs)

@@ -26,6 +26,7 @@ from diffc_pipeline.pipeline.commit import (
     discard_uncommitted,
     marker_path,
 )
+from diffc_pipeline.pipeline.incremental import compare
 from diffc_pipeline.pipeline.manifest import (
     Manifest,
     check_same_codec,
@@ -42,9 +43,10 @@ from diffc_pipeline.pipeline.sources import (
     open_fs,
     parse_storage_options,
     public_url,
+    read_bytes,
 )
 from diffc_pipeline.pipeline.stages import read_and_decode
-from diffc_pipeline.pipeline.where import FilterError, parse_where
+from diffc_pipeline.pipeline.where import FilterError, filter_rows, parse_where
 from diffc_pipeline.seeds import image_seed
 
 
@@ -344,9 +346,17 @@ def test_where_filters_and_rejects_code():
     t = pa.table({"id": ["val_1", "val_12", "b"], "width": [1, 3, 5], "error": [None, "x", None]})
     assert t.filter(parse_where("width >= 3 AND id LIKE 'val_1%'", t.column_names))["id"].to_pylist() == ["val_12"]
     assert t.filter(parse_where("id IN ('b', 'val_1') or error IS NOT NULL", t.column_names)).num_rows == 3
-    for bad in ["width >", "nope = 1", "__import__('os').system('x')", "width + 1 > 2"]:
-        with pytest.raises(FilterError):
+    assert t.filter(parse_where("width IN (3)", t.column_names))["id"].to_pylist() == ["val_12"]  # one value
+    for bad, message in [
+        ("width >", "cannot parse"),
+        ("nope = 1", "nope"),
+        ("__import__('os').system('x')", "unsupported syntax"),
+        ("width + 1 > 2", "must be a column name"),
+    ]:
+        with pytest.raises(FilterError, match=message):
             parse_where(bad, t.column_names)
+    with pytest.raises(FilterError, match="does not fit the columns' types"):
+        filter_rows(t, "width IN (3, 'a')", t.column_names)
 
 
 def test_actor_sizing_leaves_cpus_for_read_tasks():
@@ -454,3 +464,58 @@ def test_incremental_compare_ignores_an_unknown_row_size_only_where_the_file_is_
     assert compare(table(-1, when + dt.timedelta(seconds=1)), held).changed == 1
     unversioned = table(603, None)
     assert compare(table(-1, None), unversioned).changed == 1  # nothing could tell a replaced file
+
+
+def test_names_with_fsspec_syntax_read_their_own_file(tmp_path):
+    """fsspec reads '::' in a URL as a chain ('a::b.png' would open 'a') and '[1]' as a glob: a listed file or
+    an input folder so named is still that file or folder."""
+    src = tmp_path / "shots[1]"
+    write_images(src, 1)
+    (src / "img000.png").rename(src / "a::b.png")
+    write_images(src, 2, h=8, w=24)  # img000.png (another image) and img001.png: 'a' itself is absent
+    (src / "img000.png").rename(src / "a")
+    write_images(tmp_path / "shots1", 1)  # what the pattern 'shots[1]' would match
+    source = list_source(str(src), {})
+    assert source.items.column("id").to_pylist() == ["a::b.png", "img001.png"]
+    data = list(read_bytes(source.items, {}, "image"))
+    assert data[0] == (src / "a::b.png").read_bytes() != (src / "a").read_bytes()
+
+
+def test_a_limited_listing_keeps_every_id_for_the_deleted_count(tmp_path):
+    write_images(tmp_path / "in", 4)
+    limited = list_source(str(tmp_path / "in"), {}, limit=2)
+    assert limited.items.num_rows == 2
+    assert limited.listed_ids.to_pylist() == [f"img00{i}.png" for i in range(4)]
+    held = list_source(str(tmp_path / "in"), {}).items
+    delta = compare(limited.items, held, limited.listed_ids)
+    assert (delta.new, delta.unchanged, delta.deleted) == (0, 2, [])
+    assert compare(limited.items, held).deleted == ["img002.png", "img003.png"]  # without them: wrongly lost
+
+
+def test_an_archive_without_committed_shards_has_typed_rows(tmp_path):
+    import shutil
+
+    import diffc_pipeline as dp
+    from diffc_pipeline.pipeline.decode_job import DecodeTargetError
+
+    fixture = Path(__file__).parent / "fixtures" / "format1" / "archive"
+    arch = tmp_path / "arch"
+    shutil.copytree(fixture, arch)
+    shutil.rmtree(arch / "commits")  # a first run killed before its first commit
+    reader = dp.open_archive(str(arch))
+    rows = reader.rows()
+    assert rows.num_rows == 0 and rows.schema.field("id").type == pa.string()
+    assert rows.schema.field("cum_bits").type == pa.list_(pa.int64())
+    with pytest.raises(DecodeTargetError, match=r"ids not in .*img000\.png"):
+        list(reader.decode(ids=["img000.png"]))
+
+
+def test_a_file_name_that_is_not_utf8_is_named_before_anything_runs(tmp_path):
+    import os
+
+    write_images(tmp_path / "in", 1)
+    bad = os.path.join(os.fsencode(tmp_path / "in"), b"bad\xff.png")
+    with open(bad, "wb") as f:
+        f.write((tmp_path / "in" / "img000.png").read_bytes())
+    with pytest.raises(SourceError, match=r"file name .*bad.* is not valid UTF-8"):
+        list_source(str(tmp_path / "in"), {})

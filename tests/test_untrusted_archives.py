@@ -244,3 +244,24 @@ def test_a_shard_with_damaged_pages_gives_error_rows_and_the_other_shard_decodes
     assert decoded == {name: h for name, h in expected.items() if name not in damaged_ids} and decoded
     with pytest.raises(DiffcError, match=f"image '{damaged_ids[0]}' .* shard file .* is truncated or corrupt"):
         dict(dp.open_archive(str(arc)).decode(ids=[damaged_ids[0]]))
+
+
+def test_image_bytes_are_read_only_as_the_formats_we_accept() -> None:
+    """Pillow would otherwise try every plugin it has: EPS bytes go to Ghostscript where it is installed. An
+    input file or a classical archive's chunk is read as the formats we list (an archive's: its codec's own)."""
+    from diffc_pipeline.errors import InvalidImageError, StreamError
+    from diffc_pipeline.images import decode_image
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n"
+    with pytest.raises(InvalidImageError, match="not a decodable image"):
+        decode_image(eps)
+    buf = io.BytesIO()
+    Image.fromarray(rgb(0, 16, 16)).save(buf, "PNG")
+    codec = resolve("jpeg", {}).build()
+    for chunk in (eps, buf.getvalue()):  # not JPEG: neither is read, whatever Pillow could make of it
+        item = Encoded(b"", [chunk], [0.0])
+        with pytest.raises(StreamError, match="does not parse"):
+            codec.stream_size(item)
+        with pytest.raises(StreamError, match="does not decode"):
+            codec.decompress([item])
+    assert decode_image(buf.getvalue()).shape == (16, 16, 3)

@@ -120,7 +120,7 @@ class PillowCodec(Codec):
         decoded = []
         for item in items:
             try:
-                decoded.append(image_files.decode_image(item.chunks[0]))
+                decoded.append(image_files.decode_image(item.chunks[0], formats=(self.pillow_format,)))
             except Exception as exc:
                 raise StreamError(f"{self.name} file does not decode: {exc}") from None
         if len({d.shape for d in decoded}) > 1:
@@ -135,7 +135,7 @@ class PillowCodec(Codec):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(item.chunks[0])) as img:
+                with image_files.open_image(item.chunks[0], (self.pillow_format,)) as img:
                     width, height = img.size
         except Image.DecompressionBombError as exc:
             raise StreamError(f"{self.name} file claims too many pixels: {exc}") from None

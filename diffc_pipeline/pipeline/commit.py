@@ -45,6 +45,10 @@ def commit_shard(fs: fsspec.AbstractFileSystem, root: str, name: str, data: byte
     return marker
 
 
+# The counts a marker holds that readers add up (inspect, incremental runs): each a non-negative integer.
+MARKER_COUNTS = ("rows", "file_bytes", "payload_bytes", "ok", "errors")
+
+
 def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
     """``{shard name: marker}`` for every committed shard (markers are the source of truth)."""
     fs.invalidate_cache(f"{root}/{MARKERS_DIR}")  # other processes may have committed since we listed
@@ -56,9 +60,13 @@ def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict
     for p in sorted(paths):
         name = p.rsplit("/", 1)[-1][: -len(MARKER_SUFFIX)]
         try:
-            out[name] = json.loads(fs.cat_file(p))
+            marker = json.loads(fs.cat_file(p))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ArchiveError(f"commit marker {p} is not valid JSON ({exc}); delete it to redo that shard") from None
+        counts = [marker.get(k, 0) for k in MARKER_COUNTS] if isinstance(marker, dict) else []
+        if not counts or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            raise ArchiveError(f"commit marker {p} is not a marker (an object of counts); delete it to redo that shard")
+        out[name] = marker
     return out
 
 

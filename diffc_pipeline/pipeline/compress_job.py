@@ -252,7 +252,7 @@ def _prepare_incremental(
             if r.get("status") == "running":
                 r["status"] = "interrupted"
         committed = committed_shards(fs, root)
-    delta = compare(source.items, held_sources(fs, root, list(committed)))
+    delta = compare(source.items, held_sources(fs, root, list(committed)), source.listed_ids)
     first = 1 + max((int(name.rsplit("-", 1)[-1]) for name in committed), default=-1)
     plan = make_plan(replace(source, items=delta.todo), opts.shard_size, opts.seed, first)
     manifest.num_images = sum(m["rows"] for m in committed.values()) + delta.todo.num_rows

@@ -28,7 +28,7 @@ from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DiffcError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
-from .destinations import check_output_folder, check_outside_archive
+from .destinations import check_no_parts, check_output_folder, check_outside_archive, check_outside_source
 from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -126,6 +126,13 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     ``step``: the whole stream."""
     if opts.bpp is not None and opts.step is not None:
         raise DecodeTargetError("give at most one of --bpp and --step")
+    # the Python API passes these untyped: 2.5 steps would have decoded 2, "0.2" bpp failed deep in a compare
+    if opts.step is not None and (isinstance(opts.step, bool) or not isinstance(opts.step, int)):
+        raise DecodeTargetError(f"step must be a whole number of chunks, got {opts.step!r}")
+    if opts.bpp is not None and (isinstance(opts.bpp, bool) or not isinstance(opts.bpp, int | float)):
+        raise DecodeTargetError(f"bpp must be a number, got {opts.bpp!r}")
+    if not all(isinstance(i, str) for i in opts.ids):
+        raise DecodeTargetError(f"ids must be strings, got {[i for i in opts.ids if not isinstance(i, str)][:3]!r}")
     if opts.max_pixels < 1:
         raise DecodeTargetError(f"--max-pixels must be >= 1, got {opts.max_pixels}")
     if opts.bpp is not None and not opts.bpp > 0:  # not "> 0" also catches NaN
@@ -400,14 +407,24 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def write_pngs(batch: pa.Table, output: str, storage_options: Mapping[str, object]) -> pa.Table:
-    """Ray task: write each decoded image to ``OUTPUT/<id>.png``; the PNG bytes do not travel further."""
+    """Ray task: write each decoded image to ``OUTPUT/<id>.png``; the PNG bytes do not travel further. An image
+    that cannot be written (a name too long for the filesystem, a folder in the way) becomes an error row and
+    the job goes on, as one that does not decode does."""
     fs, root = open_fs(output, storage_options)
     root = root.rstrip("/")
-    for image_id, png in zip(batch.column("id").to_pylist(), batch.column("png").to_pylist(), strict=True):
+    status, errors = batch.column("status").to_pylist(), batch.column("error").to_pylist()
+    for i, (image_id, png) in enumerate(
+        zip(batch.column("id").to_pylist(), batch.column("png").to_pylist(), strict=True)
+    ):
         if png is not None:
             path = f"{root}/{output_name(image_id)}"
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, png)
+            try:
+                fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                fs.pipe_file(path, png)
+            except OSError as exc:
+                status[i], errors[i] = STATUS_ERROR, error_text("write", exc)
+    batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+    batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
     return batch.drop_columns(["png"])
 
 
@@ -418,6 +435,9 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
     check_output_folder(out_fs, out_root, opts.output, opts.storage_options)
     check_outside_archive(out_fs, out_root, archive.fs, archive.root)
+    check_outside_source(out_fs, out_root, archive.manifest.source, opts.storage_options)
+    if opts.format == "parquet":
+        check_no_parts(out_fs, out_root.rstrip("/"), opts.output)
     spec = archive.manifest.codec_spec(opts.model)
     codec = spec.build()
     decode_options = codec.parse_decode_options(opts.decode_options)

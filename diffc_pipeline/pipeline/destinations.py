@@ -8,13 +8,14 @@ pollute or overwrite an archive.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import fsspec
 
 from ..errors import ArchiveError
-from .sources import protocols, public_url, remote_errors, within
+from .sources import SourceError, protocols, public_url, remote_errors, within, would_list
 
 
 def check_output_folder(
@@ -34,6 +35,40 @@ def check_output_folder(
                 )
         if fs.isfile(root):
             raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
+
+
+def check_no_parts(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
+    """Refuse a Parquet decode into a folder that holds an earlier decode's parts: the new run rewrites only
+    as many parts as it makes, so the old ones past them would be read as part of the new dataset."""
+    if fs.isdir(root) and any(posixpath.basename(p).startswith("part-") for p in fs.ls(root, detail=False)):
+        raise ArchiveError(
+            f"OUTPUT {public_url(url)} holds part files of an earlier decode; decode into a new or empty folder "
+            "(or remove them)"
+        )
+
+
+# A file name a decode could write: what the input's listing would take in there.
+PROBE_NAME = "decoded.png"
+
+
+def check_outside_source(
+    out_fs: fsspec.AbstractFileSystem, out_root: str, source: dict, storage_options: Mapping[str, object]
+) -> None:
+    """Refuse decoding where the archive's input lists images: decoded PNGs are named by their ids, i.e. the
+    source's own paths, so they would overwrite the originals, and the next run would list them as input."""
+    url = source.get("url")
+    if not isinstance(url, str):
+        return
+    try:
+        inside = would_list(url, storage_options, out_fs, [out_root, f"{out_root}/{PROBE_NAME}"])
+    except SourceError:  # the input is gone or out of reach: there is nothing there to overwrite
+        return
+    if inside:
+        raise ArchiveError(
+            f"OUTPUT {public_url(out_root)} lies inside the archive's input {public_url(url)}: decoded images would "
+            "overwrite the originals (or be listed as new input); decode into another folder"
+        )
+
 
 
 # Object stores whose first path component is a bucket (container) that a write would create: other

@@ -63,8 +63,9 @@ class Delta:
     deleted: list[str]  # ids held whose source is no longer listed
 
 
-def compare(items: pa.Table, held: pa.Table) -> Delta:
-    """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed.
+def compare(items: pa.Table, held: pa.Table, listed_ids: pa.Array | None = None) -> Delta:
+    """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed
+    (in ``listed_ids``, every id the listing found, when ``items`` is only the first N of them: ``--limit``).
 
     A size the listing does not know (-1: a Parquet row, whose bytes only a read would tell; an archive row
     holds the bytes it read) is not compared when the listing knows the file's mtime or ETag: such a row is
@@ -81,7 +82,7 @@ def compare(items: pa.Table, held: pa.Table) -> Delta:
         new += old is None
         changed += differs
         keep.append(old is None or differs)
-    listed = set(items.column("id").to_pylist())
+    listed = set((items.column("id") if listed_ids is None else listed_ids).to_pylist())
     deleted = sorted(set(known) - listed)
     todo = items.filter(pa.array(keep, pa.bool_())) if items.num_rows else items
     return Delta(todo, new, changed, items.num_rows - new - changed, deleted)

@@ -111,16 +111,49 @@ class Manifest:
                 f"{', '.join(map(str, READABLE_VERSIONS))} and writes {FORMAT_VERSION} (nothing was changed)"
             )
         if d["format_version"] == 1:
-            d = _from_format_1(d)
+            try:
+                d = _from_format_1(d)
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise ArchiveError(f"{where} is a malformed format-1 manifest ({type(exc).__name__}: {exc})") from None
         try:
             manifest = cls(**d)
         except TypeError as exc:
             raise ArchiveError(f"{where} has missing or unknown fields: {exc}") from None
+        problem = _shape_problem(manifest)
+        if problem:
+            raise ArchiveError(f"{where} is malformed: {problem}")
         # Chunks per image size every reader's column list and every decode: bounded before anything is built.
         n = manifest.codec.get("num_chunks") if isinstance(manifest.codec, dict) else None
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHUNKS:
             raise ArchiveError(f"{where} names {n!r} chunks per image; an archive holds 1 to {MAX_CHUNKS}")
         return manifest
+
+
+def _shape_problem(m: Manifest) -> str | None:
+    """What is wrong with the types of a manifest's fields, if anything: an edited or foreign manifest must be
+    one clear error when read, not a ``KeyError`` or a division by zero deep in inspect or decode."""
+
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(m.codec, dict) or not isinstance(m.codec.get("name"), str):
+        return "codec must be an object with a name"
+    for key in ("options", "details"):
+        if not isinstance(m.codec.get(key, {}), dict):
+            return f"codec.{key} must be an object"
+    if m.model is not None and not (
+        isinstance(m.model, dict) and isinstance(m.model.get("name"), str) and isinstance(m.model.get("sha256"), str)
+    ):
+        return "model must be null or an object with a name and a sha256"
+    if not isinstance(m.source, dict):
+        return "source must be an object"
+    if not whole(m.seed) or not whole(m.shard_size) or m.shard_size < 1 or not whole(m.num_images) or m.num_images < 0:
+        return "seed, shard_size (>= 1) and num_images (>= 0) must be integers"
+    if not isinstance(m.runs, list) or not all(isinstance(r, dict) for r in m.runs):
+        return "runs must be a list of objects"
+    if not isinstance(m.shards, list):
+        return "shards must be a list"
+    return None
 
 
 def _from_format_1(d: dict) -> dict:

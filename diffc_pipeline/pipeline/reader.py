@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ArchiveError
-from .archive import METADATA_KEY, READABLE_VERSIONS, payload_columns
+from .archive import METADATA_KEY, READABLE_VERSIONS, RECORD_FIELDS, payload_columns
 from .commit import committed_shards, data_path
 from .manifest import Manifest, read_manifest
 from .sources import open_fs, public_url, remote_errors
@@ -94,6 +94,8 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
     the table and the bytes read for it.
     """
     columns = [*INDEX_COLUMNS, "cum_bits"] if with_bits else INDEX_COLUMNS
+    types = {f.name: f.type for f in RECORD_FIELDS}
+    schema = pa.schema([*((c, types[c]) for c in columns), ("shard", pa.string()), ("row", pa.int64())])
     tables, nbytes = [], 0
     for name in sorted(archive.shards):
         path, where = archive.shard_path(name), archive.shard_url(name)
@@ -103,10 +105,13 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
             t = pq.ParquetFile(f, metadata=metadata).read(columns=columns)
             nbytes += f.bytes_read
         t = t.append_column("shard", pa.array([name] * t.num_rows, pa.string()))
-        tables.append(t.append_column("row", pa.array(range(t.num_rows), pa.int64())))
-    if not tables:
-        return pa.table({c: [] for c in [*columns, "shard", "row"]}), nbytes
-    return pa.concat_tables(tables), nbytes
+        t = t.append_column("row", pa.array(range(t.num_rows), pa.int64()))
+        try:  # a shard rewritten by another tool (large_string ids, int64 sizes) still reads as the format says
+            tables.append(t.cast(schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise ArchiveError(f"shard {where} does not hold the archive's column types: {exc}") from None
+    # an archive without committed shards (a first run in progress or killed) has the same, typed, columns
+    return (pa.concat_tables(tables) if tables else schema.empty_table()), nbytes
 
 
 def _check_shard(archive: Archive, name: str, metadata: pq.FileMetaData) -> None:

@@ -74,6 +74,7 @@ class Source:
     items: pa.Table  # ITEM_SCHEMA, sorted in the order shards are cut
     skipped: int  # files found that are neither images nor Parquet
     limit: int = 0  # only the first ``limit`` inputs were kept (0: all)
+    listed_ids: pa.Array | None = None  # with a limit: every id the listing found (what an archive may lose)
 
     def describe(self) -> dict:
         """What the manifest records about the input (nothing secret: storage options stay out)."""
@@ -190,10 +191,13 @@ def list_source(
             f"no images found in {public_url(url)} (looked for {', '.join(IMAGE_EXTENSIONS)} files "
             "and Parquet datasets)"
         )
+    listed_ids = items.column("id").combine_chunks() if limit and items.num_rows > limit else None
     if limit:
         items = items.slice(0, limit)
     _check_unique_ids(items)
-    return Source(public_url(url), kind, image_column, id_column or DEFAULT_ID_COLUMN, items, skipped, limit)
+    return Source(
+        public_url(url), kind, image_column, id_column or DEFAULT_ID_COLUMN, items, skipped, limit, listed_ids
+    )
 
 
 @contextmanager
@@ -230,7 +234,7 @@ def _masked(text: str, storage_options: Mapping[str, object]) -> str:
 
 def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dict[str, dict], int]:
     """All files under ``path`` (recursive), or matching it if it is a glob, with their listing info."""
-    if has_magic(path):
+    if is_glob(fs, path):
         found = fs.glob(path, detail=True)
         files: dict[str, dict] = {}
         for p, info in found.items():
@@ -246,6 +250,14 @@ def _find_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[dic
         files = {path: fs.info(path)}
     files = {p: i for p, i in files.items() if not any(part.startswith(".") for part in p.split("/")[-1:])}
     usable = {p: i for p, i in files.items() if p.lower().endswith((*IMAGE_EXTENSIONS, ".parquet"))}
+    for p in usable:  # ids, manifests and Parquet strings are UTF-8: one such name would stop the run later
+        if not p.isascii():
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SourceError(
+                    f"file name {p!r} under {public_url(url)} is not valid UTF-8; rename it (ids are UTF-8)"
+                ) from None
     return usable, len(files) - len(usable)
 
 
@@ -261,7 +273,7 @@ def would_list(
         return False
     paths = [posixpath.normpath(p) for p in paths]
     with remote_errors("list", url, storage_options):
-        if has_magic(path):
+        if is_glob(in_fs, path):
             pattern, root = re.compile(glob_translate(path)), posixpath.normpath(_root_of(in_fs, path))
             candidates = set()
             for p in paths:  # the path and every folder above it, up to the glob's root
@@ -272,6 +284,12 @@ def would_list(
         if in_fs.isdir(path):
             return any(within(p, path) for p in paths)
     return False  # a single file, or nothing there (the listing names that problem)
+
+
+def is_glob(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether ``path`` is a pattern: it has wildcards and names nothing that exists (a folder called
+    ``shots[1]`` is that folder, not the pattern that matches ``shots1``)."""
+    return has_magic(path) and not fs.exists(path)
 
 
 def within(path: str, folder: str) -> bool:
@@ -287,7 +305,7 @@ def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 
 def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Ids are paths relative to this folder: the input folder, or the part of a glob before any wildcard."""
-    if has_magic(path):
+    if is_glob(fs, path):
         head = []
         for part in path.split("/"):
             if has_magic(part):
@@ -396,7 +414,7 @@ def read_bytes(
     first = 0
     for item in items.to_pylist():
         try:
-            fs, path = open_fs(item["path"], storage_options)
+            fs, path = open_item(item["path"], storage_options)
             if item["row"] < 0:
                 yield fs.cat_file(path)
                 continue
@@ -408,6 +426,17 @@ def read_bytes(
         except Exception as exc:  # one unreadable item becomes one error row; the job goes on
             group = None
             yield exc
+
+
+def open_item(uri: str, storage_options: Mapping[str, object]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of one listed item. Items are the plain ``protocol://path`` URLs the listing
+    made, never chains, but fsspec reads ``::`` anywhere in a URL as a chain (``in/a::b.png`` would open
+    ``in/a``), so a ``::`` after the protocol is part of the file's name."""
+    protocol, sep, rest = uri.partition("://")
+    if sep and "::" in rest and "::" not in protocol:
+        fs = fsspec.filesystem(protocol, **dict(storage_options))
+        return fs, fs._strip_protocol(uri)
+    return open_fs(uri, storage_options)
 
 
 def _read_row_group(fs: fsspec.AbstractFileSystem, path: str, row_group: int, image_column: str):

@@ -7,18 +7,16 @@ a message naming the stage - and the batch goes on.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from ..codecs import CodecSpec, cumulative_bits
 from ..errors import ModelMismatchError
-from ..images import DEFAULT_BATCH_PIXELS, decode_image
+from ..images import DEFAULT_BATCH_PIXELS, decode_image, open_image
 from . import faults
 from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, row_checksum
 from .sources import read_bytes
@@ -51,7 +49,7 @@ def error_text(stage: str, exc: BaseException) -> str:
 
 def source_channels(data: bytes) -> int:
     """Bands of the stored image (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA/CMYK) before conversion to RGB."""
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         return len(img.getbands())
 
 

@@ -59,9 +59,8 @@ def parse_where(text: str, columns: list[str]) -> pc.Expression:
 def filter_rows(table: pa.Table, text: str, columns: list[str]) -> pa.Table:
     """The rows of ``table`` that ``--where`` ``text`` keeps. A filter that parses but does not fit the columns'
     types (``width = '64'``, ``id > 3``) is a :class:`FilterError` naming the problem, not an Arrow traceback."""
-    expression = parse_where(text, columns)
-    try:
-        return table.filter(expression)
+    try:  # a list of mixed types ("IN (64, 'a')") fails as the expression is built
+        return table.filter(parse_where(text, columns))
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         detail = str(exc).splitlines()[0]
         raise FilterError(f"--where {text!r} does not fit the columns' types ({detail})") from None
@@ -99,9 +98,12 @@ class _Converter(ast.NodeVisitor):
                 raise self.fail("IS needs NULL")
             return left.is_null() if isinstance(op, ast.Is) else ~left.is_null()
         if isinstance(op, ast.In | ast.NotIn):
-            if not isinstance(right, ast.Tuple | ast.List):
+            if isinstance(right, ast.Constant):  # "IN (64)": Python reads one parenthesised value as that value
+                values = [self.literal(right)]
+            elif isinstance(right, ast.Tuple | ast.List):
+                values = [self.literal(v) for v in right.elts]
+            else:
                 raise self.fail("IN needs a parenthesised list of values")
-            values = [self.literal(v) for v in right.elts]
             expr = left.isin(values)
             return expr if isinstance(op, ast.In) else ~expr
         value = self.literal(right)
