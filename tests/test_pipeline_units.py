@@ -519,3 +519,25 @@ def test_a_file_name_that_is_not_utf8_is_named_before_anything_runs(tmp_path):
         f.write((tmp_path / "in" / "img000.png").read_bytes())
     with pytest.raises(SourceError, match=r"file name .*bad.* is not valid UTF-8"):
         list_source(str(tmp_path / "in"), {})
+
+
+def test_read_units_never_split_a_row_group():
+    """A read fetches whole row groups: a group split between units was fetched once per unit."""
+    from diffc_pipeline.pipeline.archive import ROW_GROUP_SIZE
+    from diffc_pipeline.pipeline.decode_job import ROWS_PER_READ, read_units
+    from diffc_pipeline.pipeline.reader import open_archive
+
+    archive = open_archive(str(Path(__file__).parent / "fixtures" / "format1" / "archive"), {})
+    n = 2 * ROW_GROUP_SIZE + 88
+    sparse = [3, 4, ROW_GROUP_SIZE + 1, 2 * ROW_GROUP_SIZE + 5]  # a few rows in each of three groups
+    for rows in (list(range(n)), sparse):
+        selection = pa.table(
+            {"shard": ["shard-000000"] * len(rows), "row": rows, "id": [str(r) for r in rows],
+             "height": [8] * len(rows), "width": [8] * len(rows), "step": [1] * len(rows)}
+        )  # fmt: skip
+        units = read_units(archive, selection)
+        assert [r for u in units for r in u.column("row").to_pylist()] == rows  # every row once, in order
+        groups = [{r // ROW_GROUP_SIZE for r in u.column("row").to_pylist()} for u in units]
+        assert all(not a & b for i, a in enumerate(groups) for b in groups[i + 1 :])  # no group in two units
+    assert [u.num_rows for u in read_units(archive, selection)] == [4]  # sparse rows: one read
+    assert ROWS_PER_READ <= ROW_GROUP_SIZE

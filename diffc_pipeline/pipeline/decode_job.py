@@ -27,7 +27,7 @@ from PIL import Image
 from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DiffcError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
-from .archive import STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
+from .archive import ROW_GROUP_SIZE, STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .destinations import check_no_parts, check_output_folder, check_outside_archive, check_outside_source
 from .incremental import latest_rows
 from .manifest import check_same_codec
@@ -251,18 +251,25 @@ def check_distinct_names(ids: list[str]) -> None:
 
 
 def read_units(archive: Archive, selection: pa.Table) -> list[pa.Table]:
-    """Per shard, runs of up to ROWS_PER_READ selected rows: what one read task fetches.
+    """Per shard, runs of selected rows that each hold whole row groups (of the writer's ROW_GROUP_SIZE rows),
+    at least ROWS_PER_READ rows where the shard has them: what one read task fetches.
 
-    Ids, sizes and bit counts come from the index, so read tasks fetch nothing but payload columns.
+    A read fetches the whole row groups of its rows, so a row group split between two units was fetched twice
+    (64-row units of 256-row groups read a whole-archive decode 4 times over). Ids, sizes and bit counts
+    come from the index, so read tasks fetch nothing but payload columns.
     """
     units = []
     for shard in sorted(set(selection.column("shard").to_pylist())):
         rows = selection.filter(pc.equal(selection.column("shard"), shard))
         rows = rows.select(["row", "id", "height", "width", "step"])
         path = archive.fs.unstrip_protocol(archive.shard_path(shard))
-        for i in range(0, rows.num_rows, ROWS_PER_READ):
-            part = rows.slice(i, ROWS_PER_READ)
-            units.append(part.append_column("path", pa.array([path] * part.num_rows, pa.string())))
+        group = rows.column("row").to_numpy() // ROW_GROUP_SIZE
+        start = 0
+        for i in range(1, rows.num_rows + 1):
+            if i == rows.num_rows or (group[i] != group[i - 1] and i - start >= ROWS_PER_READ):
+                part = rows.slice(start, i - start)
+                units.append(part.append_column("path", pa.array([path] * part.num_rows, pa.string())))
+                start = i
     return units
 
 
