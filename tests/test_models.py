@@ -291,7 +291,7 @@ def test_diffusers_schedule_spans_the_trained_noise_levels(tmp_path: Path, diffu
     assert schedule.to_dict()["num_timesteps"] == 1000
     # the model predicts at every noise level of the schedule (its ends included)
     model = load_model(str(directory))
-    z = torch.randn(3, 3, 8, 8)
+    z = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     x_hat = predict_x(model, z, -schedule.gamma(torch.tensor([0.0, 0.5, 1.0])).float())
     assert torch.isfinite(x_hat).all()
 
@@ -312,7 +312,7 @@ def test_diffusers_flat_folder_loads(tmp_path: Path, diffusers_unet) -> None:
     diffusers_unet.save_pretrained(tmp_path / "flat", safe_serialization=True)
     DDPMScheduler(num_train_timesteps=1000).save_config(tmp_path / "flat")
     model = load_model(str(tmp_path / "flat"))
-    z = torch.randn(1, 3, 8, 8)
+    z = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = diffusers_unet(z, torch.tensor([999])).sample
     assert torch.allclose(
@@ -326,7 +326,7 @@ def test_diffusers_pickled_weights_need_permission(tmp_path: Path, diffusers_une
     with pytest.raises(ModelLoadError, match="refusing to load a pickled checkpoint"):
         load_model(str(directory))
     model = load_model(str(directory), allow_pickle=True)
-    z = torch.randn(1, 3, 8, 8)
+    z = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = diffusers_unet(z, torch.tensor([999])).sample
     assert torch.allclose(

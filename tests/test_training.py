@@ -348,6 +348,7 @@ def test_model_eval_cli_writes_every_figure(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["model"]["sha256"] == identity.sha256 and report["model"]["params"] > 0
     assert report["images"] == 5 and report["dims"] == 3 * 16 * 16
+    assert report["command"] and report["date"].startswith("20")  # how it was made (sys.argv), and when
     bounds = [report["continuous"], *report["discrete"]]
     assert [b["steps"] for b in bounds] == [None, 4, 8]
     for b in bounds:

@@ -106,7 +106,9 @@ def eval_(
     _print_result(result)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        from .bench import run_info  # the command and date every measurement JSON carries
+
+        json_path.write_text(json.dumps({**result.to_dict(), **run_info()}, indent=2) + "\n")
         console.print(f"wrote {json_path}")
 
 

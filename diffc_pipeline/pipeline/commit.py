@@ -41,7 +41,8 @@ def commit_shard(fs: fsspec.AbstractFileSystem, root: str, name: str, data: byte
     fs.pipe_file(tmp, data)
     fs.mv(tmp, final)
     marker = {**stats, "shard": name, "file": f"{SHARDS_DIR}/{name}.parquet", "file_bytes": len(data)}
-    fs.pipe_file(marker_path(root, name), json.dumps(marker, indent=1, sort_keys=True).encode())
+    # whole or not at all: a kill mid-write must not leave a marker that is half JSON
+    replace_file(fs, marker_path(root, name), json.dumps(marker, indent=1, sort_keys=True).encode())
     return marker
 
 
