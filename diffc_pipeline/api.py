@@ -276,6 +276,7 @@ def read_archive(
     """
     from .pipeline.decode_job import IMAGE_COLUMNS, DecodeOptions, decoded_dataset, select
 
+    url = _location(url, "url")
     columns = [columns] if isinstance(columns, str) else list(columns)  # as ids: one name is that column
     if not columns:
         raise InvalidInputError(f"columns is empty; choose from {', '.join(IMAGE_COLUMNS)}")
@@ -286,7 +287,7 @@ def read_archive(
     from .pipeline.runtime import cluster_sizing, connect
 
     storage = dict(storage_options or {})
-    archive = open_pipeline_archive(_location(url, "url"), storage)
+    archive = open_pipeline_archive(url, storage)
     opts = DecodeOptions(
         url, "", bpp=bpp, step=step, ids=_id_list(ids), where=where, limit=limit, model=model,
         max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size, threads=threads,

@@ -34,6 +34,12 @@ class ClusterError(DiffcError):
     """The Ray cluster cannot be reached or started: not the user's input, so a scheduler may retry."""
 
 
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is an integer and not a bool (``True`` is an ``int`` to Python, never a count to us):
+    the test for counts read from JSON or passed untyped through the Python API."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_at_least(options: object, **lowest: float) -> None:
     """Raise :class:`InvalidInputError` naming the first attribute of ``options`` below its lowest value
     (``shard_size=1``: at least 1), so that an API caller gets the same one-line error a CLI user gets from

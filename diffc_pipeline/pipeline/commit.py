@@ -16,7 +16,7 @@ import uuid
 
 import fsspec
 
-from ..errors import ArchiveError
+from ..errors import ArchiveError, is_whole
 
 SHARDS_DIR = "shards"
 MARKERS_DIR = "commits"
@@ -65,7 +65,7 @@ def committed_shards(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict
         except (ValueError, UnicodeDecodeError) as exc:
             raise ArchiveError(f"commit marker {p} is not valid JSON ({exc}); delete it to redo that shard") from None
         counts = [marker.get(k, 0) for k in MARKER_COUNTS] if isinstance(marker, dict) else []
-        if not counts or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+        if not counts or not all(is_whole(v) and v >= 0 for v in counts):
             raise ArchiveError(f"commit marker {p} is not a marker (an object of counts); delete it to redo that shard")
         out[name] = marker
     return out

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..codecs import Codec, Encoded, prefix_bits
-from ..errors import ArchiveError, DiffcError, check_at_least
+from ..errors import ArchiveError, DiffcError, check_at_least, is_whole
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import ROW_GROUP_SIZE, STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .destinations import check_no_parts, check_output_folder, check_outside_archive, check_outside_source
@@ -127,7 +127,7 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     if opts.bpp is not None and opts.step is not None:
         raise DecodeTargetError("give at most one of --bpp and --step")
     # the Python API passes these untyped: 2.5 steps would have decoded 2, "0.2" bpp failed deep in a compare
-    if opts.step is not None and (isinstance(opts.step, bool) or not isinstance(opts.step, int)):
+    if opts.step is not None and not is_whole(opts.step):
         raise DecodeTargetError(f"step must be a whole number of chunks, got {opts.step!r}")
     if opts.bpp is not None and (isinstance(opts.bpp, bool) or not isinstance(opts.bpp, int | float)):
         raise DecodeTargetError(f"bpp must be a number, got {opts.bpp!r}")

@@ -70,7 +70,6 @@ def check_outside_source(
         )
 
 
-
 # Object stores whose first path component is a bucket (container) that a write would create: other
 # filesystems (local, sftp, hdfs, memory) make folders, which is what a new OUTPUT means there.
 BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci"})

@@ -21,7 +21,7 @@ import fsspec
 
 from .. import __version__
 from ..codecs.base import MAX_CHUNKS
-from ..errors import ArchiveError, ModelMismatchError
+from ..errors import ArchiveError, ModelMismatchError, is_whole
 from .archive import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
 from .commit import replace_file
 from .sources import canonical_url
@@ -123,8 +123,8 @@ class Manifest:
         if problem:
             raise ArchiveError(f"{where} is malformed: {problem}")
         # Chunks per image size every reader's column list and every decode: bounded before anything is built.
-        n = manifest.codec.get("num_chunks") if isinstance(manifest.codec, dict) else None
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHUNKS:
+        n = manifest.codec.get("num_chunks")  # the codec is an object: checked above
+        if not is_whole(n) or not 1 <= n <= MAX_CHUNKS:
             raise ArchiveError(f"{where} names {n!r} chunks per image; an archive holds 1 to {MAX_CHUNKS}")
         return manifest
 
@@ -132,9 +132,6 @@ class Manifest:
 def _shape_problem(m: Manifest) -> str | None:
     """What is wrong with the types of a manifest's fields, if anything: an edited or foreign manifest must be
     one clear error when read, not a ``KeyError`` or a division by zero deep in inspect or decode."""
-
-    def whole(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
 
     if not isinstance(m.codec, dict) or not isinstance(m.codec.get("name"), str):
         return "codec must be an object with a name"
@@ -147,7 +144,11 @@ def _shape_problem(m: Manifest) -> str | None:
         return "model must be null or an object with a name and a sha256"
     if not isinstance(m.source, dict):
         return "source must be an object"
-    if not whole(m.seed) or not whole(m.shard_size) or m.shard_size < 1 or not whole(m.num_images) or m.num_images < 0:
+    if (
+        not (is_whole(m.seed) and is_whole(m.shard_size) and is_whole(m.num_images))
+        or m.shard_size < 1
+        or m.num_images < 0
+    ):
         return "seed, shard_size (>= 1) and num_images (>= 0) must be integers"
     if not isinstance(m.runs, list) or not all(isinstance(r, dict) for r in m.runs):
         return "runs must be a list of objects"
