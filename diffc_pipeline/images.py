@@ -35,6 +35,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # to Ghostscript where it is installed: untrusted files and archives must never reach that.
 READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "JXL")
 
+# Formats whose extra frames are content (animations, pages), refused rather than cut to the first frame. A
+# camera's MPO JPEG is not among them: its first frame is the photo, the others previews or a second view.
+ANIMATED_FORMATS = ("PNG", "GIF", "WEBP", "TIFF", "AVIF", "JXL")
+
 
 def open_image(data: bytes, formats: Sequence[str] = READ_FORMATS) -> Image.Image:
     """``Image.open`` of ``data``, trying only ``formats`` (those this Pillow has; see :data:`READ_FORMATS`)."""
@@ -58,6 +62,11 @@ def decode_image(
                 raise InvalidImageError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
             if w == 0 or h == 0:
                 raise InvalidImageError(f"image has no pixels ({w}x{h})")
+            if getattr(img, "is_animated", False) and img.format in ANIMATED_FORMATS:
+                raise InvalidImageError(
+                    f"{img.format} image has {img.n_frames} frames (an animation or a multi-page file); only "
+                    "single-frame images are coded - extract the frames to archive them"
+                )
             img.load()
             # as viewers show it: a camera's portrait photo is stored landscape with an EXIF orientation tag
             ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to turn
@@ -75,16 +84,34 @@ def decode_image(
 def _to_rgb8(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "I":
+            _check_range(arr, 0.0, 65535.0, "32-bit integer")
         # 16-bit modes are 0..65535 whatever the content (a dark scan is not an 8-bit image). Mode "I" (32-bit
         # integers, e.g. some TIFFs) says nothing of its range: values up to 255 are read as 8-bit, else 16-bit.
         scale = 65535.0 if img.mode != "I" or arr.max(initial=0) > 255 else 255.0
         gray = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":
-        arr = np.clip(np.round(np.asarray(img, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+        arr = np.asarray(img, dtype=np.float64)
+        _check_range(arr, 0.0, 1.0, "floating-point")  # 0..1 is the one range a float image has by convention
+        arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(arr[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _check_range(arr: np.ndarray, low: float, high: float, kind: str) -> None:
+    """Refuse a single-band image whose values fall outside the range it is read as: clipping them would code
+    a silently different image."""
+    if arr.size and not (np.isfinite(arr).all() and arr.min() >= low and arr.max() <= high):
+        finite = arr[np.isfinite(arr)]
+        values = f"from {finite.min():g} to {finite.max():g}" if finite.size else "all NaN or infinite"
+        if 0 < finite.size < arr.size:
+            values += f" and {arr.size - finite.size} NaN or infinite"
+        raise InvalidImageError(
+            f"{kind} image with values {values}, outside {low:g}..{high:g}: its brightness scale is unknown; "
+            "convert it to an 8- or 16-bit image first"
+        )

@@ -78,6 +78,27 @@ def test_parquet_listing_uses_id_column_and_row_groups(tmp_path):
     assert src.items.column("source_uri")[3].as_py().endswith("part-0.parquet#row=3")
 
 
+def test_parquet_rows_stream_through_a_large_row_group(tmp_path):
+    """A read task holds a few rows of a row group, not the group: a dataset written as one huge group (pyarrow
+    writes a group per million rows) must not cost every read task the whole dataset."""
+    rng = np.random.default_rng(0)
+    values = [rng.bytes(256 << 10) for _ in range(128)]  # 32 MB in one row group, pages of 4 rows
+    pq.write_table(pa.table({"image": values}), tmp_path / "f.parquet", row_group_size=128, write_batch_size=4)
+    items = list_source(str(tmp_path / "f.parquet"), {}).items
+    assert set(items.column("row_group").to_pylist()) == {0}
+    unit = items.take([40, 41, 42, 3, 127])  # mid-group, then back to the start (a restart), then the end
+    got, peak = [], 0
+    for data in read_bytes(unit, {}, "image"):
+        peak = max(peak, pa.total_allocated_bytes())
+        got.append(data)
+    assert got == [values[i] for i in (40, 41, 42, 3, 127)]
+    assert peak < 12 << 20, f"{peak} bytes of Arrow memory held while reading 5 rows of a 32 MB group"
+
+    missing = pa.Table.from_pylist([{**items.slice(0, 1).to_pylist()[0], "row": 999}], schema=items.schema)
+    (error,) = read_bytes(missing, {}, "image")
+    assert isinstance(error, SourceError) and "has no row 999 in row group 0" in str(error)
+
+
 def test_parquet_without_id_column_and_wrong_image_column(tmp_path):
     pq.write_table(pa.table({"image": [b"x", b"y"]}), tmp_path / "f.parquet")
     src = list_source(str(tmp_path / "f.parquet"), {})
@@ -182,6 +203,42 @@ def test_16_bit_images_scale_by_their_bit_depth_not_their_content():
         out = decode_image(png16(value))
         assert out.shape == (4, 5, 3) and out.dtype == np.uint8
         assert (out == expected).all(), (value, out[0, 0])
+
+
+def test_animations_and_out_of_range_float_images_are_refused_not_cut():
+    """Silently wrong output is worse than an error: an animation or a multi-page TIFF coded as its first frame,
+    a float image with values past 1 clipped to white, negative 32-bit values clipped to black."""
+    import io
+
+    from PIL import Image
+
+    from diffc_pipeline.errors import InvalidImageError
+    from diffc_pipeline.images import decode_image
+
+    def save(frames: list[Image.Image], fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        frames[0].save(buf, fmt, save_all=len(frames) > 1, append_images=frames[1:], **kw)
+        return buf.getvalue()
+
+    frames = [Image.new("RGB", (8, 6), (10 * i, 50, 90)) for i in range(3)]
+    for fmt in ("GIF", "PNG", "WEBP", "TIFF"):
+        with pytest.raises(InvalidImageError, match=rf"{fmt} image has 3 frames .* extract the frames"):
+            decode_image(save(frames, fmt))
+        assert decode_image(save(frames[:1], fmt)).shape == (6, 8, 3)  # one frame: coded as before
+
+    def single_band(values: np.ndarray) -> bytes:
+        return save([Image.fromarray(values)], "TIFF")
+
+    half = decode_image(single_band(np.full((4, 5), 0.5, np.float32)))
+    assert (half == 128).all()  # 0..1 is read as it always was
+    for values, shown in (
+        (np.full((4, 5), 3.5, np.float32), "from 3.5 to 3.5, outside 0..1"),
+        (np.full((4, 5), np.nan, np.float32), "floating-point image with values all NaN or infinite"),
+        (np.full((4, 5), -7, np.int32), "32-bit integer image with values from -7 to -7, outside 0..65535"),
+    ):
+        with pytest.raises(InvalidImageError, match=re.escape(shown)):
+            decode_image(single_band(values))
+    assert (decode_image(single_band(np.full((4, 5), 300, np.int32))) == 1).all()  # 16-bit range: as before
 
 
 def test_decode_stage_reads_parquet_rows(tmp_path):
@@ -541,3 +598,19 @@ def test_read_units_never_split_a_row_group():
         assert all(not a & b for i, a in enumerate(groups) for b in groups[i + 1 :])  # no group in two units
     assert [u.num_rows for u in read_units(archive, selection)] == [4]  # sparse rows: one read
     assert ROWS_PER_READ <= ROW_GROUP_SIZE
+
+
+def test_inspect_groups_errors_that_differ_in_numbers_and_never_cuts_a_number():
+    from diffc_pipeline.pipeline.inspect_archive import MESSAGE_CHARS, _error_counts
+
+    big = "decode: image of {}x9000 pixels exceeds the limit of 64000000 pixels"
+    long = "read: " + " ".join(f"part{i:04d}" for i in range(40))  # 355 characters
+    counts, examples = _error_counts(
+        ["a", "b", "c", "d", "e"], [big.format(9000), None, big.format(12345), long, big.format(9000)]
+    )
+    shown = big.format(9000) + " (numbers vary)"
+    assert counts == {shown: 3, long[: long.rfind(" ", 0, MESSAGE_CHARS)] + " ...": 1}
+    assert examples[shown] == ["a", "c", "e"]
+    assert all(m.endswith((" ...", ")", "pixels")) and len(m) <= MESSAGE_CHARS + 20 for m in counts)
+    counts, _ = _error_counts(["a", "b"], [big.format(9000), big.format(9000)])
+    assert counts == {big.format(9000): 2}  # identical messages: shown whole, not marked

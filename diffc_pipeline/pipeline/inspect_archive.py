@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 
@@ -15,6 +16,8 @@ from .reader import open_archive, read_index
 QUANTILES = (0.1, 0.5, 0.9)
 TOP_ERRORS = 5
 EXAMPLE_IDS = 3  # ids shown per error message: enough to find the images, few enough for one line
+MESSAGE_CHARS = 200  # an error message is shown up to this many characters, cut between words
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
@@ -84,19 +87,33 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
 
 
 def _error_counts(ids: list[str], errors: list[str | None]) -> tuple[Counter, dict[str, list[str]]]:
-    """Error rows grouped by message (the stage and the first 80 characters of the reason): how many, and the
-    first few ids of each, so that a user can find the failed images and not only read what went wrong."""
-    counts: Counter = Counter()
+    """Error rows grouped by message, how many, and the first few ids of each, so that a user can find the
+    failed images and not only read what went wrong. Messages that differ only in their numbers (sizes,
+    offsets) are one group, shown as its first message and marked "(numbers vary)"."""
+    groups: Counter = Counter()
     examples: dict[str, list[str]] = {}
+    first: dict[str, str] = {}
+    varied: set[str] = set()
     for image_id, error in zip(ids, errors, strict=True):
         if not error:
             continue
-        parts = error.split(":", 1)
-        message = f"{parts[0]}: {parts[-1].strip()[:80]}"
-        counts[message] += 1
-        if len(examples.setdefault(message, [])) < EXAMPLE_IDS:
-            examples[message].append(image_id)
-    return counts, examples
+        message = _shorten(error.strip())
+        key = _NUMBER.sub("#", message)
+        if first.setdefault(key, message) != message:
+            varied.add(key)
+        groups[key] += 1
+        if len(examples.setdefault(key, [])) < EXAMPLE_IDS:
+            examples[key].append(image_id)
+    shown = {key: first[key] + (" (numbers vary)" if key in varied else "") for key in groups}
+    return Counter({shown[k]: n for k, n in groups.items()}), {shown[k]: v for k, v in examples.items()}
+
+
+def _shorten(message: str) -> str:
+    """``message`` up to :data:`MESSAGE_CHARS`, cut at a space (never inside a number or a name)."""
+    if len(message) <= MESSAGE_CHARS:
+        return message
+    cut = message.rfind(" ", 0, MESSAGE_CHARS)
+    return message[: cut if cut > 0 else MESSAGE_CHARS] + " ..."
 
 
 def _planned_shards(m, committed: Mapping[str, dict]) -> int:

@@ -16,7 +16,7 @@ from .sources import Source
 
 SHARD_NAME_DIGITS = 6
 IMAGE_FILES_PER_READ = 16  # image files per read task: small, so decoding streams into the encoders early
-ROWS_PER_READ = 1024  # Parquet rows per read task: one row group is read once (the task yields batches)
+ROWS_PER_READ = 1024  # Parquet rows per read task, within one row group (the default shard is smaller)
 
 
 def shard_name(index: int) -> str:

@@ -406,25 +406,32 @@ def read_bytes(
 ) -> Iterator[bytes | Exception]:
     """The bytes of each item in order, or the exception that stopped reading it (turned into an error row).
 
-    Parquet items are read one row group at a time, only the image column, so a read task costs about the
-    bytes of the images it is handed.
+    Parquet items are streamed forward through their row group, only the image column, a few rows at a time
+    (:func:`_row_group_values`): a read task holds about one data page of the file and the images it is
+    handed, not the row group, which may be a whole dataset's (pyarrow writes one group per million rows).
     """
-    group: tuple[str, int] | None = None
-    column: pa.ChunkedArray | None = None
-    first = 0
+    key: tuple[str, int] | None = None
+    values: Iterator[tuple[int, object]] | None = None
+    at = -1  # the row ``value`` belongs to
+    value: object = None
     for item in items.to_pylist():
         try:
             fs, path = open_item(item["path"], storage_options)
             if item["row"] < 0:
                 yield fs.cat_file(path)
                 continue
-            if (item["path"], item["row_group"]) != group:
-                column, first = _read_row_group(fs, path, item["row_group"], image_column)
-                group = (item["path"], item["row_group"])
-            value = column[item["row"] - first].as_py()  # type: ignore[index]
+            if values is None or (item["path"], item["row_group"]) != key or item["row"] < at:
+                if values is not None:
+                    values.close()  # type: ignore[attr-defined]
+                values = _row_group_values(fs, path, item["row_group"], image_column)
+                key, at = (item["path"], item["row_group"]), -1
+            while at < item["row"]:
+                at, value = next(values, (None, None))  # type: ignore[assignment]
+                if at is None:
+                    raise SourceError(f"{item['path']} has no row {item['row']} in row group {item['row_group']}")
             yield value if value is not None else b""
         except Exception as exc:  # one unreadable item becomes one error row; the job goes on
-            group = None
+            key, at = None, -1
             yield exc
 
 
@@ -439,8 +446,27 @@ def open_item(uri: str, storage_options: Mapping[str, object]) -> tuple[fsspec.A
     return open_fs(uri, storage_options)
 
 
-def _read_row_group(fs: fsspec.AbstractFileSystem, path: str, row_group: int, image_column: str):
+# Rows per batch when a row group is streamed: small, so that a batch of full-size photos stays small.
+_ROWS_PER_BATCH = 8
+# Read buffer of a streamed column chunk; without one pyarrow reads the whole column chunk in one call.
+_READ_BUFFER_BYTES = 4 << 20
+
+
+def _row_group_values(
+    fs: fsspec.AbstractFileSystem, path: str, row_group: int, image_column: str
+) -> Iterator[tuple[int, object]]:
+    """``(row in file, value)`` of one row group's ``image_column``, in order, read a batch at a time.
+
+    Measured (pyarrow 26, one 300-row group of 1 MB values in 8-row pages): 21 MB of Arrow memory at any time,
+    against 600 MB for ``read_row_group``. A data page is read whole, so the writer's page size is the floor
+    (pyarrow's writer puts up to 1,024 values in a page)."""
     with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        first = sum(pf.metadata.row_group(i).num_rows for i in range(row_group))
-        return pf.read_row_group(row_group, columns=[image_column]).column(0), first
+        pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
+        row = sum(pf.metadata.row_group(i).num_rows for i in range(row_group))
+        batches = pf.iter_batches(
+            batch_size=_ROWS_PER_BATCH, row_groups=[row_group], columns=[image_column], use_threads=False
+        )
+        for batch in batches:
+            for value in batch.column(0).to_pylist():
+                yield row, value
+                row += 1
