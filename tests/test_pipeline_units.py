@@ -614,3 +614,38 @@ def test_inspect_groups_errors_that_differ_in_numbers_and_never_cuts_a_number():
     assert all(m.endswith((" ...", ")", "pixels")) and len(m) <= MESSAGE_CHARS + 20 for m in counts)
     counts, _ = _error_counts(["a", "b"], [big.format(9000), big.format(9000)])
     assert counts == {big.format(9000): 2}  # identical messages: shown whole, not marked
+
+
+def test_pixel_limits_count_the_area_a_codec_pads_to():
+    """A 1-pixel-high strip costs CDC 64 rows of work: ``--max-pixels`` and the per-call budget count the
+    padded area, in compress (an error row, the other images coded) and in decode (an error row)."""
+    from diffc_pipeline.codecs.registry import resolve
+    from diffc_pipeline.pipeline.decode_job import check_stream_size
+    from diffc_pipeline.pipeline.stages import Encoder
+
+    spec = resolve("cdc")
+    codec = spec.build()
+    assert codec.padded_size(1, 70) == (64, 128) and codec.work_pixels(1, 70) == 64 * 128
+    assert resolve("webp").build().work_pixels(1, 70) == 70  # no padding: the contract's default
+    diffc = resolve("diffc", model="gaussian").build()
+    assert diffc.padded_size(5, 7) == (5, 7)  # the Gaussian model pads to 1
+
+    encoder = Encoder(spec.to_dict(), codec.fingerprint, threads=1, device="cpu", max_pixels=5000)
+    rng = np.random.default_rng(0)
+    strip, square = rng.integers(0, 256, (1, 70, 3), np.uint8), rng.integers(0, 256, (32, 32, 3), np.uint8)
+    rows = [
+        {"id": name, "status": "ok", "height": x.shape[0], "width": x.shape[1], "pixels": x.tobytes(), "seed": 1}
+        for name, x in (("strip", strip), ("square", square))
+    ]
+    out = {r["id"]: r for r in encoder(pa.Table.from_pylist(rows)).to_pylist()}
+    assert out["strip"]["status"] == "error"
+    assert out["strip"]["error"] == (
+        "encode: image of 70x1 pixels is coded padded to 128x64 = 8192 pixels, over the limit of 5000 pixels "
+        "(--max-pixels)"
+    )
+    assert out["square"]["status"] == "ok" and out["square"]["chunks"]  # 64x64 = 4096 padded: within
+
+    row = {"id": "strip", "height": 1, "width": 70, "header": codec.compress(strip[None], [1])[0].header, "chunks": []}
+    check_stream_size(codec, row, max_pixels=8192)
+    with pytest.raises(ArchiveError, match=r"70x1 = 70 pixels \(coded padded to 128x64 = 8192\) exceeds the limit"):
+        check_stream_size(codec, row, max_pixels=8191)

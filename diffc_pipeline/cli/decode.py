@@ -45,8 +45,8 @@ def decode(
     max_pixels: int = typer.Option(
         DEFAULT_MAX_PIXELS,
         min=1,
-        help="Refuse (as an error row) a stream claiming more pixels, or another size than its row: an archive "
-        "from elsewhere may be edited.",
+        help="Refuse (as an error row) a stream claiming more pixels (as the codec pads them), or another size "
+        "than its row: an archive from elsewhere may be edited.",
     ),
     storage_option: list[str] = typer.Option([], "--storage-option", "-S", help=storage_help("ARCHIVE and OUTPUT")),
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),

@@ -145,6 +145,17 @@ class Codec(ABC):
         :class:`~diffc_pipeline.errors.StreamError` when the header does not parse.
         """
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` the codec works at for an image of this size (its padding to a network's
+        multiple). Pixel limits and per-call pixel budgets count this area: a 1x16000 image padded to 64 rows
+        costs a codec 64 times its pixels in time and memory. The default: no padding."""
+        return height, width
+
+    def work_pixels(self, height: int, width: int) -> int:
+        """Pixels of :meth:`padded_size`: what ``--max-pixels`` and ``--batch-pixels`` count."""
+        padded_h, padded_w = self.padded_size(height, width)
+        return padded_h * padded_w
+
     def image_header_bits(self, item: Encoded) -> int:
         """Bits of ``item``'s header that are this image's own information, not dataset-wide metadata.
 

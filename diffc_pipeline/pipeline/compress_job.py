@@ -379,6 +379,7 @@ def _build_dataset(job: PreparedJob, opts: CompressOptions, sizing: ActorSizing)
         spec=job.spec.to_dict(),
         fingerprint=job.manifest.codec["fingerprint"],
         batch_pixels=opts.batch_pixels,
+        max_pixels=opts.max_pixels,
         fault=faults.encoder_setting(),
     )
 

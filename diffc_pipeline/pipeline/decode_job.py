@@ -218,10 +218,13 @@ def check_stream_size(codec: Codec, row: dict, max_pixels: int) -> None:
         raise ArchiveError(
             f"image {row['id']!r}: stream header claims {claimed_w}x{claimed_h} pixels, its row says {width}x{height}"
         )
-    if pixels > max_pixels:
+    work = codec.work_pixels(height, width)
+    if work > max_pixels:
+        padded_h, padded_w = codec.padded_size(height, width)
+        padded = "" if work == pixels else f" (coded padded to {padded_w}x{padded_h} = {work})"
         raise ArchiveError(
-            f"image {row['id']!r}: stream of {width}x{height} = {pixels} pixels exceeds the limit of {max_pixels} "
-            "(--max-pixels)"
+            f"image {row['id']!r}: stream of {width}x{height} = {pixels} pixels{padded} exceeds the limit of "
+            f"{max_pixels} (--max-pixels)"
         )
 
 
@@ -331,8 +334,8 @@ def decode_rows(codec: Codec, rows: list[dict], decode_options: dict, max_pixels
             row.update(status=STATUS_ERROR, error=error_text("archive", exc))
             continue
         groups[(row["height"], row["width"])].append((row, Encoded(row["header"], row["chunks"])))
-    for (h, w), group in groups.items():
-        for part in split_by_pixels(group, h * w, DEFAULT_BATCH_PIXELS):  # memory grows with a call's pixels
+    for (h, w), group in groups.items():  # memory grows with a call's (padded) pixels
+        for part in split_by_pixels(group, codec.work_pixels(h, w), DEFAULT_BATCH_PIXELS):
             _decode_group(codec, part, decode_options)
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ..codecs import CodecSpec, cumulative_bits
 from ..errors import ModelMismatchError
-from ..images import DEFAULT_BATCH_PIXELS, decode_image, open_image
+from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS, decode_image, open_image
 from . import faults
 from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, row_checksum
 from .sources import read_bytes
@@ -128,10 +128,12 @@ class Encoder:
         threads: int,
         device: str,
         batch_pixels: int = DEFAULT_BATCH_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         fault: str | None = None,
     ) -> None:
         self.codec = load_codec(spec, fingerprint, threads, device)
         self.batch_pixels = batch_pixels
+        self.max_pixels = max_pixels
         self.fault = fault  # a fault-injection setting from the driver (tests only; see .faults)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -142,7 +144,17 @@ class Encoder:
             if row["status"] == STATUS_OK:
                 groups[(row["height"], row["width"])].append(row)
         for (h, w), group in groups.items():
-            for part in split_by_pixels(group, h * w, self.batch_pixels):
+            work = self.codec.work_pixels(h, w)
+            if work > self.max_pixels:  # the read stage checked h x w; the codec's padding can make it more
+                padded_h, padded_w = self.codec.padded_size(h, w)
+                for row in group:
+                    row.update(
+                        status=STATUS_ERROR,
+                        error=f"encode: image of {w}x{h} pixels is coded padded to {padded_w}x{padded_h} = "
+                        f"{work} pixels, over the limit of {self.max_pixels} pixels (--max-pixels)",
+                    )
+                continue
+            for part in split_by_pixels(group, work, self.batch_pixels):
                 self._encode_group(part, h, w)
         for row in rows:
             del row["pixels"]

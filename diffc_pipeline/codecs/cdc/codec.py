@@ -296,6 +296,9 @@ class CdcCodec(Codec):
             },
         }
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        return _padded(height), _padded(width)
+
     def stream_size(self, item: Encoded) -> tuple[int, int]:
         """The size in the stream's header (checked: length, magic, version, CRC); nothing else is read."""
         h = Header.unpack(item.header)

@@ -272,6 +272,10 @@ class DiffcCodec(Codec):
         )
         return x[:, :, : streams[0].height, : streams[0].width]
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        _, padded_h, padded_w = self._padded_shape(height, width)
+        return padded_h, padded_w
+
     def stream_size(self, item: Encoded) -> tuple[int, int]:
         """The size in the stream's header (checked: length, CRC, magic, version); nothing else is read."""
         header = Header.unpack(bytes(item.header or b""))
