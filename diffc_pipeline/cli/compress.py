@@ -52,10 +52,14 @@ def compress(
     address: str = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)."),
     seed: int = typer.Option(0, help="Dataset seed; each image's seed derives from it and the image id."),
     steps: int = typer.Option(None, min=1, help="DiffC's coding steps (same as --codec-opt num_steps=N)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Reject larger images (decompression bombs; counted as the codec pads them)."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, min=1, help="Reject larger images (decompression bombs; counted as the codec pads them)."
+    ),
     batch_size: int = typer.Option(16, min=1, help="Images per codec call."),
     batch_pixels: int = typer.Option(
-        DEFAULT_BATCH_PIXELS, min=1, help="At most this many (padded) pixels per codec call (bounds memory on large photos)."
+        DEFAULT_BATCH_PIXELS,
+        min=1,
+        help="At most this many (padded) pixels per codec call (bounds memory on large photos).",
     ),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
     actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),

@@ -98,7 +98,7 @@ class DiffcCodec(Codec):
             raise InvalidInputError(
                 "no index table for chunk_bits={}, candidate_log2={}, target_gain={}: the channel cannot code this "
                 "setting. Settings with tables (chunk_bits,candidate_log2,target_gain): {}; build one with "
-                "`python -m diffc_pipeline.codecs.diffc.tables {} {} {}`".format(
+                "`python -m diffc_pipeline.training.diffc_tables index {} {} {}`".format(
                     *setting, " ".join(coded_settings()), *setting
                 )
             )

@@ -79,7 +79,7 @@ def bucket_counts(chunk_bits: int, candidate_log2: int, gain: float) -> np.ndarr
     if table is None:
         raise StreamError(
             f"no index table for chunk_bits={chunk_bits}, candidate_log2={candidate_log2}, target_gain={gain}; "
-            f"build it with `python -m diffc_pipeline.codecs.diffc.tables {chunk_bits} {candidate_log2} {gain}`"
+            f"build it with `python -m diffc_pipeline.training.diffc_tables index {chunk_bits} {candidate_log2} {gain}`"
         )
     return np.asarray(table, dtype=np.float64)
 

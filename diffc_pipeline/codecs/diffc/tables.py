@@ -6,9 +6,10 @@ exactly. Chunk KLs are drawn around the budget (``ceil`` of the step KL over the
 under it, and a random partition spreads them), scaled by ``target_gain**2`` as the sender sees them.
 The counts are stored as integers: both sides must build identical Huffman codes.
 
-Run ``python -m diffc_pipeline.codecs.diffc.tables [--trials N] C L GAIN [C L GAIN ...]`` to add tables (``N``
-simulated chunks per table, default 20,000; ``--trials N v2 ...`` below, default 200,000); they change the
-stream format, so ``TABLES_VERSION`` (hashed into every stream) must be bumped when an existing table changes.
+The tables are built by :mod:`diffc_pipeline.training.diffc_tables` (``python -m
+diffc_pipeline.training.diffc_tables --help``; it fits the count tables on training images, which is why it
+lives beside the trainer and not in the codec). They change the stream format, so ``TABLES_VERSION`` (hashed
+into every stream) must be bumped when an existing table changes.
 
 Stream version 2's tables (``tables/index_v2.json``; the stream version pins them, so they never change
 within a version) are conditional: one bucket table per *chunk count* group of the step (1, 2, 3, 4-7, 8+
@@ -19,18 +20,15 @@ the KL of one-chunk steps as the built-in model produces them (``one_chunk_kl``:
 bins, fitted with the counts; 4-12 bits on Tiny ImageNet, every bin of ``(0, C]`` keeps a count of one).
 Each table is the exact law of the winning index of
 ordered random coding for that mixture, with the sender's version-2 gain ramp
-(:func:`~.channel.chunk_gains`), simulated in one dimension. Run ``python -m diffc_pipeline.codecs.diffc.tables
-v2 C L GAIN [...]`` to add a configuration. The chunk-count tables (``counts``) are weights of the centred
-count change per context, fitted on the chunk counts of real streams (``python -m
-diffc_pipeline.codecs.diffc.tables v2-counts ../shared/data/tinyimagenet/train 48``: the first 48 train
-images, built-in model, default configuration; run it before ``v2``, whose one-chunk table uses its
-histogram).
+(:func:`~.channel.chunk_gains`), simulated in one dimension. The chunk-count tables (``counts``) are weights
+of the centred count change per context, fitted on the chunk counts of real streams (the first 48 Tiny
+ImageNet train images, built-in model, default configuration; fitted before the ``v2`` index tables, whose
+one-chunk table uses their histogram).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,57 +135,3 @@ def fit_count_weights(sequences: list[list[int]], drift_q: int, classes: int = 4
             previous = count
     # a context seen fewer than 20 times keeps the codec's wide default (index_code._WIDE_COUNT_WEIGHTS)
     return {str(c): (4 * h + 1).tolist() for c, h in sorted(hist.items()) if h.sum() >= 20}
-
-
-def fit_counts_on_images(data: str, images: int) -> tuple[dict[str, list[int]], list[int]]:
-    """Encode ``images`` Tiny ImageNet train images with the built-in model (default configuration, stream
-    version 2): the count weights fitted on their chunk counts, and the histogram (bins of
-    :data:`ONE_CHUNK_BIN` bits) of the KL of their one-chunk steps. Neither depends on the tables in use:
-    chunk counts and KLs come from the chain, not from the code."""
-    import torch
-
-    from ...images import decode_image
-    from ...models import load_model
-    from ...training.data import load_encoded_images
-    from .codec import DiffcCodec
-
-    torch.set_num_threads(1)
-    codec = DiffcCodec(load_model("builtin"))
-    codec.step_log = []
-    x = np.stack([decode_image(b) for b in load_encoded_images(data, limit=images)])
-    sequences, one_chunk = [], []
-    for start in range(0, len(x), 8):
-        codec.compress(x[start : start + 8], list(range(start, min(start + 8, len(x)))))
-        sequences += [[s["count"] for s in steps] for steps in codec.step_log or []]
-        one_chunk += [s["kl_bits"] for steps in codec.step_log or [] for s in steps if s["count"] == 1]
-    hist = np.bincount((np.asarray(one_chunk) / ONE_CHUNK_BIN).astype(int))
-    return fit_count_weights(sequences, codec.code(2).drift_q), hist.tolist()
-
-
-def main(argv: list[str]) -> None:
-    trials = None  # simulated chunks per table; dense settings (2**22 candidates: ~0.25 s each) want fewer
-    if argv[:1] == ["--trials"]:
-        trials, argv = int(argv[1]), argv[2:]
-    if argv and argv[0] == "v2-counts":
-        data = json.loads(OUT_V2.read_text())
-        data["counts"], data["one_chunk_kl"] = fit_counts_on_images(argv[1], int(argv[2]))
-        print(data["counts"], data["one_chunk_kl"], flush=True)
-        OUT_V2.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        return
-    if argv and argv[0] == "v2":
-        data = json.loads(OUT_V2.read_text())
-        for c, log2n, gain in zip(argv[1::3], argv[2::3], argv[3::3], strict=True):
-            key = table_key(int(c), int(log2n), float(gain))
-            data["index"][key] = v2_bucket_tables(int(c), int(log2n), float(gain), trials=trials or 200_000)
-            OUT_V2.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        return
-    data = json.loads(OUT.read_text()) if OUT.exists() else {"version": TABLES_VERSION, "tables": {}}
-    for c, log2n, gain in zip(argv[::3], argv[1::3], argv[2::3], strict=True):
-        key = table_key(int(c), int(log2n), float(gain))
-        data["tables"][key] = bucket_table(int(c), int(log2n), float(gain), trials or 20_000)
-        print(f"table {key}: {data['tables'][key]}", flush=True)
-        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
