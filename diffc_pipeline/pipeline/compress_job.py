@@ -26,7 +26,7 @@ from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
 from .commit import commit_shard, committed_shards, data_path, discard_uncommitted, remove_shards
 from .destinations import check_output_folder, removed_if_left_empty
 from .incremental import EXAMPLES, Delta, compare, held_sources, new_run_id
-from .lock import DEFAULT_STALE_S, LOCK_NAME, archive_lock
+from .lock import DEFAULT_STALE_S, LOCK_NAME, archive_lock, check_held
 from .manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -94,6 +94,7 @@ class PreparedJob:
     delta: Delta | None = None  # incremental runs: how the listing compares with the archive
     run: dict | None = None  # incremental runs: this run's record in the manifest's ``runs``
     commits_started: int = 0  # counted by the (single) commit thread only
+    lock_id: str = ""  # the run id the archive lock names; every write checks the lock still does
 
     def describe(self) -> dict:
         """The dry-run report."""
@@ -305,8 +306,8 @@ def run_compress(
     # for a new archive goes again
     with removed_if_left_empty(fs, root), archive_lock(fs, root, run_id, opts.wait_lock, opts.lock_timeout, say):
         if not opts.incremental:
-            return _run(prepare(opts, codec), opts, progress)
-        job = prepare(opts, codec, run_id)
+            return _run(replace(prepare(opts, codec), lock_id=run_id), opts, progress)
+        job = replace(prepare(opts, codec, run_id), lock_id=run_id)
         job.manifest.runs.append(job.run)
         try:
             summary = _run(job, opts, progress)
@@ -473,6 +474,8 @@ def _commit(job: PreparedJob, shard: ShardPlan, parts: list[pa.Table]) -> dict:
         "num_chunks": job.manifest.num_chunks,
     }
     table = encoded_to_shard(rows, job.manifest.num_chunks, metadata)
+    if job.lock_id:
+        check_held(job.fs, job.root, job.lock_id, f"shard {shard.name}")
     return commit_shard(job.fs, job.root, shard.name, shard_to_parquet_bytes(table), stats)
 
 
@@ -493,4 +496,6 @@ def _sync_manifest(job: PreparedJob) -> None:
         {k: m[k] for k in ("shard", "file", "rows", "ok", "errors", "file_bytes")}
         for _, m in sorted(job.committed.items())
     ]
+    if job.lock_id:
+        check_held(job.fs, job.root, job.lock_id, "the manifest")
     write_manifest(job.fs, job.root, job.manifest)

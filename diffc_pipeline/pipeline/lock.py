@@ -129,6 +129,28 @@ def _heartbeat(
                 say(f"cannot refresh the archive lock {path} ({cause}); retrying every {every_s:.0f} s")
 
 
+def check_held(fs: fsspec.AbstractFileSystem, root: str, run_id: str, before: str) -> None:
+    """Raise :class:`ArchiveLockedError` unless the archive's lock still names ``run_id``; called before each
+    write of a run (a shard, the manifest).
+
+    A run whose heartbeat could not land for ``--lock-timeout`` (a storage outage, a suspended laptop) loses
+    its lock to the next run, which then clears this run's uncommitted files and writes the manifest: the
+    heartbeat tells the user, and this check stops the run before its next write instead of letting two runs
+    interleave. One small read per write; a read that fails lets the write go on (the lock itself is the
+    guard, this check narrows what a lost one can cost)."""
+    path = lock_path(root)
+    try:
+        current = _read(fs, path)
+    except Exception:  # a storage hiccup: the write that follows succeeds or fails on its own
+        return
+    if (current or {}).get("run_id") != run_id:
+        holder = f"now held by {_describe(current)}" if current else "its file is gone"
+        raise ArchiveLockedError(
+            f"this run no longer holds the archive lock {path} ({holder}); stopped before writing {before}. "
+            "A lock not refreshed for --lock-timeout is broken by the next run, which writes this archive now"
+        )
+
+
 def _try_create(fs: fsspec.AbstractFileSystem, path: str, holder: dict) -> bool:
     try:
         with fs.open(path, "xb") as f:
