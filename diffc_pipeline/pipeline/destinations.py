@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import fsspec
 
 from ..errors import ArchiveError
-from .sources import SourceError, protocols, public_url, remote_errors, within, would_list
+from .sources import SourceError, protocols, public_url, remote_errors, same_filesystem, within, would_list
 
 
 def check_output_folder(
@@ -83,7 +83,7 @@ def check_outside_archive(
     out_fs: fsspec.AbstractFileSystem, out_root: str, archive_fs: fsspec.AbstractFileSystem, archive_root: str
 ) -> None:
     """Refuse decoding into the archive's own folder or below it: decoded files would mix with its shards."""
-    if out_fs.protocol == archive_fs.protocol and within(out_root, archive_root):
+    if same_filesystem(out_fs, archive_fs) and within(out_root, archive_root):
         raise ArchiveError(f"OUTPUT {out_root} lies inside the archive {archive_root}; decode into another folder")
 
 

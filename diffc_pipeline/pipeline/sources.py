@@ -269,7 +269,7 @@ def would_list(
     glob takes in what it matches and everything below a folder it matches (``in/*.png`` never matches
     ``in/arch/shards/...``; ``in/*`` does)."""
     in_fs, path = open_fs(canonical_url(url), storage_options)
-    if not set(protocols(in_fs)) & set(protocols(fs)):
+    if not same_filesystem(in_fs, fs):
         return False
     paths = [posixpath.normpath(p) for p in paths]
     with remote_errors("list", url, storage_options):
@@ -301,6 +301,12 @@ def within(path: str, folder: str) -> bool:
 def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     """The filesystem's protocol names (fsspec gives a string or a tuple)."""
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def same_filesystem(a: fsspec.AbstractFileSystem, b: fsspec.AbstractFileSystem) -> bool:
+    """Whether paths on ``a`` and ``b`` name the same places (``s3`` and ``s3a``, ``file`` and ``local`` alike):
+    the one test of "is OUTPUT inside that folder" for archives and inputs."""
+    return bool(set(protocols(a)) & set(protocols(b)))
 
 
 def _root_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
