@@ -125,7 +125,7 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     rows, and the bytes read for the choice (``cum_bits`` only when choosing by bitrate). Neither ``bpp`` nor
     ``step``: the whole stream."""
     if opts.bpp is not None and opts.step is not None:
-        raise DecodeTargetError("give at most one of --bpp and --step")
+        raise DecodeTargetError("give at most one of --bpp and --step (bpp=, step=)")
     # the Python API passes these untyped: 2.5 steps would have decoded 2, "0.2" bpp failed deep in a compare
     if opts.step is not None and not is_whole(opts.step):
         raise DecodeTargetError(f"step must be a whole number of chunks, got {opts.step!r}")
@@ -134,13 +134,13 @@ def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
     if not all(isinstance(i, str) for i in opts.ids):
         raise DecodeTargetError(f"ids must be strings, got {[i for i in opts.ids if not isinstance(i, str)][:3]!r}")
     if opts.max_pixels < 1:
-        raise DecodeTargetError(f"--max-pixels must be >= 1, got {opts.max_pixels}")
+        raise DecodeTargetError(f"--max-pixels (max_pixels=) must be >= 1, got {opts.max_pixels}")
     if opts.bpp is not None and not opts.bpp > 0:  # not "> 0" also catches NaN
-        raise DecodeTargetError(f"--bpp must be > 0, got {opts.bpp}")
+        raise DecodeTargetError(f"--bpp (bpp=) must be > 0, got {opts.bpp}")
     most = archive.manifest.num_chunks
     if opts.step is not None and not 0 <= opts.step <= most:
         # a step past the end would silently decode whole streams, and the user asked for something else
-        raise DecodeTargetError(f"--step must lie in 0..{most} (the archive's streams have {most} chunk(s))")
+        raise DecodeTargetError(f"--step (step=) must lie in 0..{most} (the archive's streams have {most} chunk(s))")
     index, index_bytes = read_index(archive, with_bits=opts.bpp is not None)
     index = latest_rows(index)  # incremental archives hold older versions of changed sources
     if opts.ids:
@@ -440,7 +440,7 @@ def write_pngs(batch: pa.Table, output: str, storage_options: Mapping[str, objec
 
 def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     if opts.format not in ("png", "parquet"):
-        raise DecodeTargetError("--format must be png or parquet")
+        raise DecodeTargetError(f"--format (format=) must be png or parquet, got {opts.format!r}")
     archive = open_archive(opts.archive, opts.storage_options)
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
     check_output_folder(out_fs, out_root, opts.output, opts.storage_options)

@@ -56,7 +56,7 @@ def archive_lock(
     """Hold the lock for the block, refreshing it (:func:`_heartbeat`); waits up to ``wait_s``, breaks a lock
     not refreshed for ``stale_s`` (saying so)."""
     if not stale_s > 0:
-        raise ArchiveError(f"--lock-timeout must be > 0 seconds, got {stale_s}")
+        raise ArchiveError(f"--lock-timeout must be > 0 seconds (lock_timeout=), got {stale_s}")
     now = time.time()  # "time": the last heartbeat; "taken": when the run took the lock
     holder = {"run_id": run_id, "host": socket.gethostname(), "time": now, "taken": now, **_this_process()}
     path = lock_path(root)
