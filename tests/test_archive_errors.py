@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,11 +49,14 @@ def _copy_archive(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on: connections are refused at once."""
+def closed_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that nothing listens on: connections are refused at once.
+
+    The socket stays bound (never listening) for the whole test: a port closed before use could be taken by
+    another process meanwhile, or picked by the kernel as the client's own source port (a self-connect)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 def _unreachable_s3(port: int, **extra: object) -> dict:

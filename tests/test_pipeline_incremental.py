@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
 from diffc_pipeline.errors import ArchiveError
+from diffc_pipeline.pipeline import lock
 from diffc_pipeline.pipeline.decode_job import DecodeOptions, select
 from diffc_pipeline.pipeline.inspect_archive import inspect_archive
 from diffc_pipeline.pipeline.lock import LOCK_NAME, ArchiveLockedError, archive_lock
@@ -154,22 +156,40 @@ def test_stale_lock_is_broken(runs):
     assert json.loads((runs["arc"] / "manifest.json").read_text())["runs"][-1]["unchanged"] == 6
 
 
-def test_a_live_holder_keeps_its_lock_past_the_timeout_by_refreshing_it(tmp_path):
+def test_a_live_holder_keeps_its_lock_past_the_timeout_by_refreshing_it(tmp_path, monkeypatch):
     """The heartbeat: a run longer than --lock-timeout is not taken for dead (the old lock had no heartbeat,
     so any run longer than the timeout lost its lock to the next one)."""
+    # The lock's wall clock is the test's, moved past the timeout at once; the test then waits for the beat
+    # that carries the new time (a sleep raced the heartbeat thread: a beat late by the timeout on a loaded
+    # machine let the second run break a live lock).
+    clock = [time.time()]
+    monkeypatch.setattr(
+        lock, "time", SimpleNamespace(time=lambda: clock[0], monotonic=time.monotonic, sleep=time.sleep)
+    )
+    later = clock[0] + 4.5  # past the timeout since the lock was taken
+    refreshed = threading.Event()
+
+    def replace_file(fs, path: str, data: bytes) -> None:  # the heartbeat's write
+        real_replace_file(fs, path, data)
+        if json.loads(data)["time"] >= later:
+            refreshed.set()
+
+    real_replace_file = lock.replace_file
+    monkeypatch.setattr(lock, "replace_file", replace_file)
     fs, root = open_fs(str(tmp_path / "arc"), {})
     with archive_lock(fs, root, "long-run", stale_s=3.0) as holder:  # beats every 0.3 s
         taken = holder["time"]
-        time.sleep(4.5)  # past the timeout since the lock was taken
+        clock[0] = later
+        assert refreshed.wait(30), "the heartbeat never refreshed the lock"
         with pytest.raises(ArchiveLockedError, match="long-run"), archive_lock(fs, root, "nightly", stale_s=3.0):
             pass
-        assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["time"] > taken + 3.0
+        assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["time"] == taken + 4.5
     assert not (tmp_path / "arc" / LOCK_NAME).exists()
     with pytest.raises(ArchiveError, match="lock-timeout must be > 0"), archive_lock(fs, root, "careless", stale_s=0):
         pass
 
 
-def test_a_holder_whose_lock_was_broken_says_so_and_leaves_the_new_lock_alone(tmp_path):
+def test_a_holder_whose_lock_was_broken_says_so_and_leaves_the_new_lock_alone(tmp_path, monkeypatch):
     fs, root = open_fs(str(tmp_path / "arc"), {})
     told = threading.Event()
     said: list[str] = []
@@ -178,11 +198,18 @@ def test_a_holder_whose_lock_was_broken_says_so_and_leaves_the_new_lock_alone(tm
         said.append(message)
         told.set()
 
-    # beats every 1 s: the file is replaced long before the first beat, never while one writes
-    with archive_lock(fs, root, "stalled-run", stale_s=10.0, say=say):
-        theirs = {"run_id": "breaker", "host": "elsewhere", "time": time.time(), "taken": time.time()}
-        (tmp_path / "arc" / LOCK_NAME).write_text(json.dumps(theirs))  # what a run that broke it leaves
-        assert told.wait(10), "the heartbeat never noticed"
+    theirs = {"run_id": "breaker", "host": "elsewhere", "time": time.time(), "taken": time.time()}
+
+    # What a run that broke the lock leaves, written right after a beat of ours: written from the test's
+    # thread it could land between a beat's read and its write, which overwrites it (the lock's known race).
+    def beat_then_broken(fs, path: str, data: bytes) -> None:
+        real_replace_file(fs, path, data)
+        (tmp_path / "arc" / LOCK_NAME).write_text(json.dumps(theirs))
+
+    real_replace_file = lock.replace_file
+    monkeypatch.setattr(lock, "replace_file", beat_then_broken)
+    with archive_lock(fs, root, "stalled-run", stale_s=1.0, say=say):  # beats every 0.1 s
+        assert told.wait(30), "the heartbeat never noticed"
         assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["run_id"] == "breaker"
     assert "was broken by run breaker" in said[0] and "no longer holds it" in said[0]
     assert json.loads((tmp_path / "arc" / LOCK_NAME).read_text())["run_id"] == "breaker"  # not removed either

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -249,20 +250,30 @@ def test_sigterm_stops_training_with_a_checkpoint(tmp_path: Path) -> None:
     samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
     cmd = [sys.executable, "-m", "diffc_pipeline", "train", "--data", str(samples), "--out", str(tmp_path)]
     cmd += ["--threads", "1", "--batch-size", "2", "--crop", "16", "--minutes", "10", "--checkpoint-minutes", "60"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # TTY_COMPATIBLE=0: the plain log lines waited for below even where CI forces colour (else a live bar)
+    env = {**os.environ, "TTY_COMPATIBLE": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    watchdog = threading.Timer(300, proc.kill)  # a loop that never logs step 50 fails the test, not the session
+    watchdog.start()
+    seen: list[str] = []
     try:
-        for line in proc.stdout:  # the loop has started once the model is built
-            if "parameters" in line:
+        # The loop's log line at step 50: its signal handler is installed and steps are done. (A fixed sleep
+        # after start-up raced both on a slow machine: a SIGTERM before the handler kills the process.)
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("step 50 "):
                 break
-        time.sleep(3)
+        else:
+            pytest.fail("the training loop never logged step 50:\n" + "".join(seen))
         assert not (tmp_path / "checkpoint").exists()  # no periodic checkpoint yet: the final one is the signal's
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0]
     finally:
+        watchdog.cancel()
         proc.kill()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 0, "".join(seen) + output
     step = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"]
-    assert step >= 1 and f"stopped by SIGTERM at step {step}" in " ".join(output.split())
+    assert step >= 50 and f"stopped by SIGTERM at step {step}" in " ".join(output.split())
 
 
 def test_export_cli_writes_the_ema_weights(tiny_set: list[bytes], tmp_path: Path) -> None:
