@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from diffc_pipeline.cli import app
 from diffc_pipeline.codecs import resolve
-from diffc_pipeline.errors import DiffcError
+from diffc_pipeline.errors import DiffcError, InvalidInputError
 from diffc_pipeline.evaluation.bdrate import bd_rate, pareto_front, rate_at_quality
 from diffc_pipeline.evaluation.classical import GRIDS, Anchor
 from diffc_pipeline.evaluation.data import ImageSource, choose_subset, load_eval_images
@@ -571,3 +571,50 @@ def test_images_too_small_for_ms_ssim_are_refused_before_any_coding(tmp_path):
     Image.fromarray(natural_image(1, 10)).save(folder / "small.png")
     with pytest.raises(DiffcError, match=r"1 image\(s\) smaller than 11 px on a side.*small\.png"):
         load_eval_images(ImageSource(str(folder)))
+
+
+def _record(image: str, variant: str, family: str, setting, bpp: float, psnr: float) -> dict:
+    r = {"image": image, "height": 64, "width": 64, "psnr": psnr, "ms_ssim": 1 - 10 ** (-psnr / 20),
+         "ms_ssim_scales": 3, "detail": 1.0, "variant": variant, "family": family, "bpp": bpp,
+         "encode_s": 0.0, "decode_s": 0.0, "bytes": int(bpp * 4096 / 8)}  # fmt: skip
+    if family == "classical":
+        r["quality"] = setting
+    elif family == "diffc":
+        r.update(steps=setting, kl_bits=bpp * 4096, header_bytes=None, channel="ideal", method="flow")
+    else:
+        r.update(setting=setting, header_bytes=4, stream_header_bytes=31, estimated_bits=None)
+    return r
+
+
+def test_a_diffc_subset_run_compares_and_floors_on_its_subset_only(tmp_path):
+    """With --diffc-limit every curve averages over the DiffC images, though the anchors' records cover all:
+    eval-compare against another run's full-set curve must refuse (it gave +243% for two equal codecs), and
+    the anchors' lowest-rate floor is the subset's. A BD-rate that cannot exist says why."""
+    from diffc_pipeline.evaluation.compare import compare_runs, load_run
+    from diffc_pipeline.evaluation.report import write_outputs
+    from diffc_pipeline.evaluation.runner import EvalOutput
+
+    ids = [f"img{i}" for i in range(6)]
+    base = {i: 30.0 if i < 2 else 22.0 for i in range(6)}  # the subset (the first two) is easier
+    avif = [_record(ids[i], "avif", "classical", q, 0.2 * 2**k, base[i] + 3 * k)
+            for i in range(6) for k, q in enumerate((10, 30, 50, 70))]  # fmt: skip
+    diffc = [_record(ids[i], "diffc-ideal-flow", "diffc", s, 0.1 * 2**k, base[i] + 3 * k)
+             for i in range(2) for k, s in enumerate((8, 16, 24, 32))]  # fmt: skip
+    lowest = [{"image": ids[i], "variant": "avif", "bytes": 1, "quality": 0, "bpp": 0.1 if i < 2 else 0.9}
+              for i in range(6)]  # fmt: skip
+    meta = {"source": {"downsample": 1, "tile": None}}
+    write_outputs(tmp_path / "a", meta, EvalOutput(avif + diffc, lowest, None, ids[:2]), "A")
+    cdc = [_record(ids[i], "cdc-mean", "codec", f"rate={k}", 0.2 * 2**k, base[i] + 3 * k)
+           for i in range(6) for k in range(4)]  # fmt: skip
+    write_outputs(tmp_path / "b", meta, EvalOutput(cdc, [], None, None), "B")
+    a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    assert a["curve_images"] == ids[:2] and b["curve_images"] is None
+    with pytest.raises(InvalidInputError, match=r"'cdc-mean' was measured on other images than 'avif'.*6 vs 2"):
+        compare_runs(a, b, ["cdc-mean"], against="avif")
+    floor = a["lowest_rate"]["avif"]
+    assert floor["images"] == 2 and floor["mean_lowest_bpp"] == pytest.approx(0.1)
+
+    one_point = [_record(ids[i], "cdc-mean", "codec", "rate=0", 0.4, 25.0) for i in range(6)]
+    write_outputs(tmp_path / "c", meta, EvalOutput(avif + one_point, [], None, None), "C")
+    notes = {(e["test"], e["anchor"]): e["note"] for e in load_run(tmp_path / "c")["bd_rates"]}
+    assert "1 point: no curve" in notes[("cdc-mean", "avif")], notes

@@ -213,7 +213,7 @@ def eval_compare(
                 r.curve,
                 r.against,
                 r.metric,
-                "no overlap" if r.bd_rate_percent is None else f"{r.bd_rate_percent:+.1f}%",
+                r.note if r.bd_rate_percent is None else f"{r.bd_rate_percent:+.1f}%",
                 "-" if r.overlap is None else f"{r.overlap[0]:.2f}-{r.overlap[1]:.2f}",
                 f"{r.points[0]} / {r.points[1]}",
             )

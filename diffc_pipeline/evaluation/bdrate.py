@@ -48,6 +48,25 @@ class BdRate:
     quality_hi: float
 
 
+def no_bd_rate_reason(
+    anchor_rates: Sequence[float],
+    anchor_quality: Sequence[float],
+    test_rates: Sequence[float],
+    test_quality: Sequence[float],
+    min_quality: float | None = None,
+) -> str:
+    """Why :func:`bd_rate` gives ``None`` for these curves (a report says which, not always "no overlap")."""
+    for name, rates, quality in (("anchor", anchor_rates, anchor_quality), ("test", test_rates, test_quality)):
+        r, _ = pareto_front(rates, quality)
+        if len(r) < 2:
+            return f"{name} has {len(r)} point{'s' if len(r) != 1 else ''}: no curve"
+        if r[0] <= 0:
+            return f"{name} has a point at rate 0"
+    if min_quality is not None:
+        return f"no overlap from {min_quality:g} up"
+    return "no overlap"
+
+
 def bd_rate(
     anchor_rates: Sequence[float],
     anchor_quality: Sequence[float],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .bdrate import bd_rate, rate_at_quality
+from .bdrate import bd_rate, no_bd_rate_reason, rate_at_quality
 from .report import QUALITY_METRICS
 
 
@@ -23,9 +23,10 @@ class CurveComparison:
     curve: str  # the test run's curve
     against: str  # the anchor run's curve it is compared with (the same name unless ``against`` was given)
     metric: str
-    bd_rate_percent: float | None  # of the ``test`` run's curve against the ``anchor`` run's; None: no overlap
+    bd_rate_percent: float | None  # of the ``test`` run's curve against the ``anchor`` run's; None: see ``note``
     overlap: tuple[float, float] | None
     points: tuple[int, int]  # (anchor, test) points on the curve
+    note: str = ""  # why there is no BD-rate (too few points, no overlap)
 
 
 def load_run(path: Path) -> dict:
@@ -42,7 +43,12 @@ def load_run(path: Path) -> dict:
 
 
 def _images(doc: dict, curve: str) -> set[str]:
-    return {r["image"] for r in doc["records"] if r.get("variant") == curve}
+    """The images ``curve`` was averaged over: its records' images, within the DiffC subset when the run had
+    one (``--diffc-limit``: every curve of ``curves`` is built on that subset, though the other codecs'
+    records cover all images)."""
+    images = {r["image"] for r in doc["records"] if r.get("variant") == curve}
+    subset = doc.get("curve_images") or (doc.get("diffc") or {}).get("images")  # runs before curve_images
+    return images & set(subset) if isinstance(subset, list) else images
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,8 @@ def compare_runs(
     for curve, base in _select(anchor, test, curves, against):
         a, t = anchor["curves"][base], test["curves"][curve]
         for metric in QUALITY_METRICS:
-            res = bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t])
+            points = ([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t])
+            res = bd_rate(*points)
             out.append(
                 CurveComparison(
                     curve,
@@ -118,6 +125,7 @@ def compare_runs(
                     None if res is None else res.percent,
                     None if res is None else (res.quality_lo, res.quality_hi),
                     (len(a), len(t)),
+                    no_bd_rate_reason(*points) if res is None else "",
                 )
             )
     return out

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
-from .bdrate import bd_rate
+from .bdrate import bd_rate, no_bd_rate_reason
 from .perceptual import GaussianFit, frechet_distance
 from .runner import EvalOutput, Showcase
 
@@ -149,7 +149,8 @@ def bd_rates(curve_map: dict[str, list[dict]]) -> list[dict]:
 
 def _bd_entry(curve_map: dict[str, list[dict]], test: str, anchor: str, metric: str, floor: float | None) -> dict:
     a, t = curve_map[anchor], curve_map[test]
-    res = bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t], floor)
+    curves = ([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in t], [p[metric] for p in t])
+    res = bd_rate(*curves, floor)
     return {
         "test": test,
         "anchor": anchor,
@@ -157,15 +158,20 @@ def _bd_entry(curve_map: dict[str, list[dict]], test: str, anchor: str, metric: 
         "from": floor,
         "bd_rate_percent": None if res is None else res.percent,
         "overlap": None if res is None else [res.quality_lo, res.quality_hi],
-        "note": "no overlap" if res is None else "",
+        "note": no_bd_rate_reason(*curves, floor) if res is None else "",
     }
 
 
-def lowest_rate_summary(output: EvalOutput, curve_map: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per anchor: the lowest bpp it reaches at all, and what DiffC and ``--codec`` deliver below that rate."""
+def lowest_rate_summary(
+    output: EvalOutput, curve_map: dict[str, list[dict]], images: set[str] | None = None
+) -> dict[str, dict]:
+    """Per anchor: the lowest bpp it reaches at all, and what DiffC and ``--codec`` deliver below that rate;
+    over ``images`` only when given (the DiffC subset the curves were built on: a floor over other images
+    would not be the floor of the curves beside it)."""
     by_codec: dict[str, list[float]] = defaultdict(list)
     for r in output.lowest_rates:
-        by_codec[r["variant"]].append(r["bpp"])
+        if images is None or r["image"] in images:
+            by_codec[r["variant"]].append(r["bpp"])
     summary = {}
     for name, bpps in sorted(by_codec.items()):
         floor = float(np.mean(bpps))
@@ -202,6 +208,7 @@ def write_json(
     doc = {
         **meta,
         "curves": curve_map,
+        "curve_images": output.diffc_images,  # the images ``curves`` average over, when not every image
         "curves_all_images": all_curves,
         "bd_rates": bd,
         "lowest_rate": lowest,
@@ -362,7 +369,7 @@ def _diffc_curves(curve_map: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 
 def _percent(b: dict) -> str:
-    return "no overlap" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%"
+    return b["note"] or "-" if b["bd_rate_percent"] is None else f"{b['bd_rate_percent']:+.1f}%"
 
 
 def markdown_summary(curve_map: dict[str, list[dict]], bd: list[dict], lowest: dict, title: str) -> str:
@@ -438,7 +445,7 @@ def write_outputs(directory: Path, meta: dict, output: EvalOutput, title: str) -
     else:
         curve_map = all_curves = curves(output.records, output.reference_features)
     bd = bd_rates(curve_map)
-    lowest = lowest_rate_summary(output, curve_map)
+    lowest = lowest_rate_summary(output, curve_map, None if output.diffc_images is None else set(output.diffc_images))
     write_json(directory / "results.json", meta, output, curve_map, bd, lowest, all_curves)
     (directory / "summary.md").write_text(markdown_summary(curve_map, bd, lowest, title))
     plot(directory / "rd_psnr.png", curve_map, "psnr", "PSNR (dB, mean over images)", title)
