@@ -18,6 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from diffc_pipeline.codecs.base import Encoded
+from diffc_pipeline.codecs.cdc.bitstream import Header, chunk_check
 from diffc_pipeline.codecs.cdc.codec import BUILTIN, CdcCodec, load_model, network_model
 from diffc_pipeline.codecs.cdc.config import CdcOptions, ModelConfig
 from diffc_pipeline.codecs.cdc.model import CdcModel
@@ -191,6 +193,26 @@ def test_real_bits_close_to_estimate(tiny_model, images):
             for ch, est in zip(e.chunks, e.estimated_bits, strict=True):
                 assert 8 * len(ch) <= est * 1.01 + 16  # range coder: ~1 byte of flush per chunk
 
+
+
+def test_a_rate_charges_where_each_chunk_of_the_prefix_but_the_last_ends(tiny_model, images):
+    """A chunk is a range-coder stream cut short: its end is information (moving one boundary decodes another
+    image), so a rate charges the lengths, Elias-gamma coded and rounded up to bytes, besides shape and bytes."""
+    c = codec(tiny_model, rate=3)
+    (e,) = c.compress(images[:1], [1])
+    sizes = [len(ch) for ch in e.chunks]
+    assert len(sizes) >= 3 and min(sizes) >= 1
+    for k in range(1, len(sizes) + 1):
+        gamma = sum(2 * (n + 1).bit_length() - 1 for n in sizes[: k - 1])
+        assert c.charged_bits(e, k) == 32 + 8 * sum(sizes[:k]) + 8 * -(-gamma // 8)
+    assert c.charged_bits(e, 1) == 32 + 8 * sizes[0]  # one chunk ends where the prefix does: nothing more
+    joined = b"".join(e.chunks[:2])
+    moved = [joined[: sizes[0] + 1], joined[sizes[0] + 1 :]]  # one byte across the boundary, checks rebuilt
+    header = Header.unpack(e.header)
+    header = Header(header.model_id, header.rate, header.height, header.width, header.seed,
+                    bytes(chunk_check(ch) for ch in [*moved, *e.chunks[2:]]))  # fmt: skip
+    other = c.decompress([Encoded(header.pack(), [*moved, *e.chunks[2:]])], 2, method="mean")
+    assert not np.array_equal(other, c.decompress([e], 2, method="mean"))
 
 def test_corrupted_and_truncated_streams(tiny_model, images):
     c = codec(tiny_model)

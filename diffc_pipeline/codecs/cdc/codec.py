@@ -311,6 +311,19 @@ class CdcCodec(Codec):
         Header.unpack(item.header)
         return SHAPE_BITS
 
+    def charged_bits(self, item: Encoded, k: int | None = None) -> int:
+        """The shape and the chunks' bytes, plus where each chunk of the prefix but the last ends.
+
+        A CDC chunk is a range-coder stream cut short (its decoder reads missing bytes as zeros,
+        :mod:`.entropy`), so its length is information the decoder needs - moving one boundary decodes another
+        image. An archive keeps the lengths in its Parquet columns; a stream standing alone must code them,
+        so a rate charges them as a standalone stream would: Elias-gamma codes of ``length + 1``, rounded up
+        to whole bytes. The last chunk ends where the prefix does, as DiffC's stream and a classical file do.
+        """
+        chunks = item.chunks if k is None else item.chunks[:k]
+        gamma_bits = sum(2 * (len(c) + 1).bit_length() - 1 for c in chunks[:-1])
+        return super().charged_bits(item, k) + 8 * -(-gamma_bits // 8)
+
     @torch.no_grad()
     def compress(self, images: np.ndarray, seeds: Sequence[int]) -> list[Encoded]:
         x = to_float(images)
