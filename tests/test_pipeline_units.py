@@ -651,3 +651,29 @@ def test_pixel_limits_count_the_area_a_codec_pads_to():
     check_stream_size(codec, row, max_pixels=8192)
     with pytest.raises(ArchiveError, match=r"70x1 = 70 pixels \(coded padded to 128x64 = 8192\) exceeds the limit"):
         check_stream_size(codec, row, max_pixels=8191)
+
+
+def test_hugging_face_image_structs_are_read_and_other_column_types_refused_up_front(tmp_path):
+    """Hugging Face ``datasets`` store an Image feature as a struct {bytes, path}: every row failed with "a
+    bytes-like object is required, not 'dict'"; a text column failed every row the same way."""
+    import io
+
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    layout = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [{"bytes": png(40 * i), "path": f"{i}.png"} for i in range(3)]
+    (tmp_path / "hf").mkdir()
+    pq.write_table(pa.table({"image": pa.array(cells, layout)}), tmp_path / "hf" / "train-00000.parquet")
+    rows = _decode_rows(make_plan(list_source(str(tmp_path / "hf"), {}), shard_size=100, seed=0).items)
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert [np.frombuffer(r["pixels"], np.uint8)[0] for r in rows] == [0, 40, 80]
+
+    (tmp_path / "text").mkdir()
+    pq.write_table(pa.table({"image": ["a.png", "b.png"]}), tmp_path / "text" / "x.parquet")
+    with pytest.raises(SourceError, match=r"column 'image' holds string, not encoded image bytes"):
+        list_source(str(tmp_path / "text"), {})

@@ -30,7 +30,9 @@ STORAGE_HELP = storage_help("INPUT and OUTPUT")
 def compress(
     input: str = typer.Argument(..., help="fsspec URL: image folder/glob (recursive) or Parquet dataset."),
     output: str = typer.Argument(..., help="fsspec URL of the archive folder (created; resumed if it exists)."),
-    image_column: str = typer.Option("image", help="Image-bytes column of a Parquet input."),
+    image_column: str = typer.Option(
+        "image", help="Image-bytes column of a Parquet input (binary, or a Hugging Face {bytes, path} struct)."
+    ),
     id_column: str | None = typer.Option(
         None, help="Id column of a Parquet input (default: 'id' where there is one, else FILE:ROW ids)."
     ),

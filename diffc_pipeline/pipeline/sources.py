@@ -357,6 +357,7 @@ def _parquet_items(
                         f"{uri} has no column {image_column!r} (columns: {', '.join(names)}); "
                         "name the image-bytes column with --image-column"
                     )
+                _check_image_type(uri, image_column, pf.schema_arrow.field(image_column).type)
                 if id_column is not None and id_column not in names:
                     raise SourceError(
                         f"{uri} has no column {id_column!r} (columns: {', '.join(names)}); "
@@ -371,6 +372,24 @@ def _parquet_items(
                     rows.append((image_id, f"{uri}#row={row}", uri, row, rg, -1, mtime, etag))
                     row += 1
     return _table(rows)
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
+def _check_image_type(uri: str, column: str, t: pa.DataType) -> None:
+    """The image column holds encoded image bytes: a binary column, or a struct with a binary ``bytes`` field
+    (the layout Hugging Face ``datasets`` writes for its Image feature: ``{bytes, path}``). Anything else
+    would fail every row with a type error, so it is named here, before any work."""
+    if _is_bytes(t):
+        return
+    if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and _is_bytes(t.field("bytes").type):
+        return
+    raise SourceError(
+        f"{uri}: column {column!r} holds {t}, not encoded image bytes (a binary column, or a struct with a "
+        "binary 'bytes' field as Hugging Face datasets write); name the image-bytes column with --image-column"
+    )
 
 
 def _table(rows: list[tuple]) -> pa.Table:
@@ -473,6 +492,9 @@ def _row_group_values(
             batch_size=_ROWS_PER_BATCH, row_groups=[row_group], columns=[image_column], use_threads=False
         )
         for batch in batches:
-            for value in batch.column(0).to_pylist():
+            column = batch.column(0)
+            if pa.types.is_struct(column.type):  # Hugging Face's Image layout: {bytes, path}
+                column = column.field("bytes")
+            for value in column.to_pylist():
                 yield row, value
                 row += 1
