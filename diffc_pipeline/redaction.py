@@ -35,6 +35,41 @@ def redact_text(text: str) -> str:
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
 
 
+_URL_PASSWORD = re.compile(r"(?P<user>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
+
+
+def identity_args(args: Sequence[str]) -> list[str]:
+    """The arguments with only credentials masked, for telling jobs apart (a submission id): unlike
+    :func:`redact_args`, a storage option whose key is no secret (an endpoint URL, ``anon=true``) and a URL's
+    user name stay, since two jobs that differ only there are two jobs; passwords, secret-named options and
+    secret query parameters are masked, so a rotated credential is still the same job."""
+    out: list[str] = []
+    for i, (arg, masked) in enumerate(zip(args, redact_args(args), strict=True)):
+        name, sep, value = arg.partition("=")
+        if arg.startswith("-S") and len(arg) > 2:
+            item: str | None = arg[2:]
+        elif name in _KEY_VALUE_OPTIONS and sep:
+            item = value
+        elif i and args[i - 1] in _KEY_VALUE_OPTIONS:
+            item = arg
+        else:
+            item = None
+        plain_option = item is not None and "=" in item and not looks_secret(item.partition("=")[0])
+        if arg == masked:
+            out.append(arg)
+        elif plain_option or (item is None and not arg.startswith("-") and masked == redact_text(arg)):
+            out.append(_mask_passwords(arg))  # an endpoint, a URL: its passwords masked, the rest kept
+        else:
+            out.append(masked)
+    return out
+
+
+def _mask_passwords(text: str) -> str:
+    """Passwords in URLs and secret query parameters masked; user names kept (unlike :func:`redact_text`)."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['user']}:{REDACTED}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+
+
 def _mask_key_value(item: str) -> str:
     key, sep, _ = item.partition("=")
     return f"{key}={REDACTED}" if sep else REDACTED
@@ -86,6 +121,9 @@ def log_redactor(args: Sequence[str]) -> Callable[[str], str]:
     ordinary words). Also :func:`redact_text`."""
     masked = redact_args(args)  # one output per argument, in order
     pairs = {a: r for a, r in zip(args, masked, strict=True) if a != r}
+    # Ray echoes the entrypoint as shlex.join wrote it: a value holding a quote or a space is quoted there
+    # ('it'"'"'s'), where neither it nor its secret part is a substring any more.
+    pairs.update({shlex.quote(a): shlex.quote(r) for a, r in list(pairs.items()) if shlex.quote(a) != a})
     for a, r in list(pairs.items()):
         value = a.partition("=")[2] if r.endswith(f"={REDACTED}") else (a if r == REDACTED else "")
         value = value.partition("=")[2] if a.startswith(("-S", "--storage-option")) and "=" in value else value

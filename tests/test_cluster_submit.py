@@ -7,11 +7,14 @@ other programs' clusters. It has nothing to do with the in-process ``ray_cluster
 
 from __future__ import annotations
 
+import http.server
 import json
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,7 +27,7 @@ from diffc_pipeline.cli.submit import check_command
 from diffc_pipeline.cluster import submit as sub
 from diffc_pipeline.cluster.local_head import LocalHead
 
-SECRETS = ("AKIAEXAMPLEKEY", "wJalrXUtnFEMI-secret", "tok-123456", "hunter2", "sig0123abcd")
+SECRETS = ("AKIAEXAMPLEKEY", "wJalrXUtnFEMI-secret", "tok-123456", "hunter2", "sig0123abcd", "n0t'safe-9", "n0t")
 
 
 def _leaks(text: str) -> list[str]:
@@ -117,6 +120,102 @@ def test_submission_id_holds_no_secret_and_ignores_its_value():
     other = sub.submission_id(_spec("compress", "a", "b", "-S", "key=rotated"), "t")
     assert one == other and not _leaks(one)
 
+
+
+def test_jobs_that_differ_only_in_a_plain_setting_get_their_own_ids():
+    """Staging and production differ in an endpoint, a user or a plain environment variable: one id for both
+    ran only one of them each night. A rotated credential is still the same job."""
+    base = ("compress", "s3://in", "s3://out", "--incremental")
+
+    def sid(*extra: str, env: dict | None = None) -> str:
+        return sub.submission_id(_spec(*base, *extra, runtime_env={"env_vars": env or {}}), "2026-11-21")
+
+    staging = sid("-S", "client_kwargs.endpoint_url=http://minio-staging:9000")
+    assert staging != sid("-S", "client_kwargs.endpoint_url=http://minio-prod:9000")
+    assert sid("-S", "anon=true") != sid("-S", "anon=false")
+    assert sid("-S", "key=AKIAEXAMPLEKEY") == sid("-S", "key=rotated")
+    assert sub.submission_id(_spec("compress", "ftp://alice@h/in", "o"), "t") != sub.submission_id(
+        _spec("compress", "ftp://bob@h/in", "o"), "t"
+    )
+    assert sub.submission_id(_spec("compress", "s3://u:hunter2@b/in", "o"), "t") == sub.submission_id(
+        _spec("compress", "s3://u:other@b/in", "o"), "t"
+    )
+    assert sid(env={"REGION": "eu"}) != sid(env={"REGION": "us"})
+    assert sid(env={"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret"}) == sid(env={"AWS_SECRET_ACCESS_KEY": "x"})
+    assert not _leaks(staging)
+
+
+def test_logs_mask_a_secret_that_ray_echoes_quoted():
+    """Ray echoes the entrypoint as shlex.join wrote it: a value with a quote is quoted there, and its
+    secret was no longer a substring the masker found."""
+    from diffc_pipeline.redaction import log_redactor
+
+    args = ["compress", "s3://b/in", "s3://b/out", "-S", "password=n0t'safe-9", "-S", "secret=it's a secret"]
+    echoed = f"Running entrypoint for job x: python -m diffc_pipeline {shlex.join(args)}"
+    shown = log_redactor(args)(echoed)
+    assert "n0t" not in shown and "secret=it" not in shown and "a secret" not in shown, shown
+    assert "s3://b/in" in shown
+
+
+def test_runtime_env_values_must_be_strings_and_the_error_names_only_the_variable(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("command: [inspect, s3://a]\nruntime_env:\n  env_vars: {OMP_NUM_THREADS: 4, TOKEN: 123456}\n")
+    result = _cli("--config", str(job), "--dry-run")
+    assert result.exit_code == 2, result.output
+    shown = " ".join(result.output.split())
+    assert "env_vars values must be strings" in shown and "OMP_NUM_THREADS, TOKEN" in shown
+    assert "123456" not in shown
+
+
+class _Head(http.server.BaseHTTPRequestHandler):
+    """An HTTP server at a Jobs API address: the real SDK client talks to it; each test sets the status
+    codes it answers (a real head cannot be made to fail on cue)."""
+
+    codes: ClassVar[dict[str, int]] = {}
+
+    def do_GET(self) -> None:
+        import ray
+
+        code = self.codes.get("version" if self.path == "/api/version" else "job", 200)
+        body = json.dumps({"version": "4", "ray_version": ray.__version__, "ray_commit": "x", "session_name": "s"})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode() if code == 200 else b"Internal error")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_head():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Head", (_Head,), {"codes": {}}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_cluster_failures_are_cluster_errors_and_a_wrong_address_says_so(fake_head):
+    """A 5xx or a lost connection is the cluster's (exit code 1: a scheduler may retry), never "bad
+    arguments" (2) or a traceback; --wait keeps polling a cluster out of reach, then says the job may still
+    run; an address where something else answers is named."""
+    from diffc_pipeline.errors import ClusterError
+
+    server, address = fake_head
+    server.RequestHandlerClass.codes = {"version": 404}
+    with pytest.raises(sub.SubmitError, match="does not answer as a Ray Jobs API"):
+        sub.connect(address)
+    server.RequestHandlerClass.codes = {"version": 503}
+    with pytest.raises(ClusterError, match="worth a retry"):
+        sub.connect(address)
+    server.RequestHandlerClass.codes = {"job": 503}
+    client = sub.connect(address)
+    with pytest.raises(ClusterError, match="cannot read job"):
+        sub.submit(client, sub.plan(_spec("inspect", "s3://a"), "t"), check_python=False)
+    with pytest.raises(ClusterError, match=r"lost contact .* may still be running \(`ray job status job-1`\)"):
+        sub.wait_for_end(client, "job-1", poll_s=0.01, lost_contact_s=0.2)
 
 def test_submission_id_is_a_safe_name_whatever_the_tick():
     sid = sub.submission_id(_spec("compress", "a", "b"), "2026-11-21T02:00:00+00:00 / ../../etc")
@@ -393,6 +492,8 @@ def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
         "gaussian",
         "-S",
         "secret=wJalrXUtnFEMI-secret",  # Ray echoes the entrypoint into the logs --wait prints
+        "-S",
+        "password=n0t'safe-9",  # and quotes this one there
     )
     env = {"RAY_API_SERVER_ADDRESS": head.address, "RAY_AUTH_TOKEN": TOKEN}
     first = _cli(*args, env=env)
@@ -404,8 +505,11 @@ def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
     assert "submitted" in first.stderr
     second = _cli(*args, env=env)
     assert second.exit_code == 2 and second.stdout.splitlines()[0] == sid
-    assert "already exists" in " ".join(second.stderr.split())
-    assert not _leaks(first.output + second.output)
+    assert "already exists" in " ".join(second.stderr.split()) and "--retry-failed" in second.stderr
+    third = _cli("--retry-failed", *args, env=env)  # the failed tick runs again, under its retry id
+    assert third.exit_code == 2 and third.stdout.splitlines()[0] == f"{sid}-r1", third.output[-2000:]
+    assert "submitted" in third.stderr
+    assert not _leaks(first.output + second.output + third.output)
 
 
 def test_unreachable_cluster_is_a_clear_error_worth_a_retry():

@@ -8,7 +8,10 @@ import io
 import json
 import os
 import shlex
+import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
@@ -16,6 +19,9 @@ import typer
 
 from ..redaction import log_redactor
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors
+
+REQUEST_TIMEOUT_S = 120.0  # per Jobs API request; a lost contact while following is retried (cluster.submit)
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process a scheduler stopped
 
 # Typer keeps single newlines of help text, so each paragraph is one string.
 _HELP = "\n\n".join(
@@ -25,7 +31,9 @@ _HELP = "\n\n".join(
         "  diffc submit --address http://HEAD:8265 --wait compress s3://in/ s3://archive/",
         "  diffc submit --config jobs/nightly_archive.yaml --tick 2026-11-21 --wait",
         "The submission id is derived from the command and --tick (default: today's UTC date), so submitting "
-        "the same tick twice finds the first job instead of starting another.",
+        "the same tick twice finds the first job instead of starting another (--retry-failed: unless it failed). "
+        "Set --tick from the schedule, not the clock: a run started late, or a local-time cron across a DST "
+        "change, would otherwise land on another day's tick.",
         "With --wait the exit code is the job's: 0 succeeded, 3 finished with failed records, 2 bad arguments, "
         "1 failed.",
     ]
@@ -68,6 +76,7 @@ def _build_spec(
         runtime_env = sub.merge_runtime_env(runtime_env, sub.load_mapping(runtime_env_file, "runtime env"))
     if env:
         runtime_env = sub.merge_runtime_env(runtime_env, {"env_vars": sub.forward_env(env)})
+    sub.check_runtime_env(runtime_env, str(runtime_env_file or config or "the runtime env"))
     overrides = {"name": name, "python": python, "entrypoint_num_cpus": num_cpus, "entrypoint_num_gpus": num_gpus}
     return dataclasses.replace(spec, runtime_env=runtime_env, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -158,6 +167,9 @@ def submit(
     check_python: bool = typer.Option(
         True, help="Before a new job, run a probe job that checks the cluster's Python can import diffc-pipeline."
     ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="If this tick's job failed or was stopped, submit it again (id -r1, -r2, ...)."
+    ),
 ) -> None:
     from ..cluster import submit as sub
 
@@ -170,15 +182,19 @@ def submit(
         typer.echo(json.dumps(submission.describe(shown), indent=2))
         return
     addr = sub.resolve_address(address)
+    # Ray's SDK sends its requests without a timeout: a head that accepts and never answers would hold an
+    # unattended submitter until its pod's deadline. urllib3 falls back to the socket default.
+    socket.setdefaulttimeout(REQUEST_TIMEOUT_S)
     client = sub.connect(addr, sub.resolve_token(token_file))
-    details, created = sub.submit(client, submission, check_python=check_python)
-    sid = submission.submission_id
+    details, created = sub.submit(client, submission, check_python=check_python, retry_failed=retry_failed)
+    sid = details.submission_id
     if created:
         console.print(f"submitted [bold]{sid}[/bold] to {sub.redact_text(addr)}", highlight=False)
     else:
         console.print(
             f"job [bold]{sid}[/bold] already exists for tick {submission.tick} "
-            f"(status {details.status.value}): nothing submitted; pass another --tick for a new run",
+            f"(status {details.status.value}): nothing submitted; pass another --tick for a new run"
+            + (" or --retry-failed" if details.status.value in sub.ENDED_BADLY else ""),
             highlight=False,
         )
     typer.echo(sid)
@@ -206,14 +222,28 @@ def _follow(client, sid: str, redact: Callable[[str], str]):
             sys.stdout.write(redact("\n".join(lines) + "\n"))
             sys.stdout.flush()
 
+    def terminated(signum, frame) -> None:  # a scheduler's stop (SIGTERM): as Ctrl-C, exit code 143
+        raise _Terminated
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, terminated) if main else None
     try:
         sub.follow_logs(client, sid, write)
         if pending[0]:
             sys.stdout.write(redact(pending[0]))
         return sub.wait_for_end(client, sid)
-    except KeyboardInterrupt:
-        console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})")
+    except KeyboardInterrupt as exc:
+        console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})", soft_wrap=True)
+        if isinstance(exc, _Terminated):
+            raise typer.Exit(EXIT_TERMINATED) from None
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while following a job: stop following (the job keeps running), like Ctrl-C."""
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..errors import ClusterError, DiffcError
-from ..redaction import REDACTED, redact_args, redact_text
+from ..redaction import REDACTED, identity_args, looks_secret, redact_args, redact_text
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -147,6 +147,23 @@ def load_job_config(path: Path) -> JobSpec:
     )
 
 
+def check_runtime_env(runtime_env: Mapping[str, Any], where: str) -> None:
+    """Ray wants ``env_vars`` as strings; a YAML number (``OMP_NUM_THREADS: 4``) passed ``--dry-run`` and
+    then failed every real submission with a traceback quoting the value (which may be a secret). Named here,
+    by variable only."""
+    env = runtime_env.get("env_vars")
+    if env is None:
+        return
+    if not isinstance(env, Mapping):
+        raise SubmitError(f"{where}: runtime_env.env_vars must be a mapping of NAME: value")
+    wrong = sorted(str(k) for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str))
+    if wrong:
+        raise SubmitError(
+            f"{where}: runtime_env.env_vars values must be strings (quote them in YAML: NAME: \"4\"); not a "
+            f"string: {', '.join(wrong)}"
+        )
+
+
 def merge_runtime_env(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``override`` wins key by key; ``env_vars`` are merged variable by variable."""
     merged = {**base, **override}
@@ -179,10 +196,21 @@ def _slug(text: str, limit: int = 32) -> str:
 def submission_id(spec: JobSpec, tick: str) -> str:
     """``diffc-<name or command>-<tick>-<hash>``: readable in ``ray job list``, unique per command and tick.
 
-    The hash covers the *redacted* arguments, so no secret can be guessed back from it, and a rotated
-    credential does not turn a finished tick into a new run.
+    The hash covers the arguments and the runtime env with their credentials masked (:func:`identity_args`;
+    environment variables named like secrets), so no secret can be guessed back from it and a rotated
+    credential does not turn a finished tick into a new run - while two jobs that differ only in an endpoint,
+    a user name or a plain environment variable (staging and production) are two jobs.
     """
-    key = json.dumps({"name": spec.name, "args": redact_args(spec.args), "tick": tick}, sort_keys=True)
+    env = spec.runtime_env.get("env_vars") or {}
+    runtime_env = {
+        **{k: v for k, v in spec.runtime_env.items() if k != "env_vars"},
+        "env_vars": {k: REDACTED if looks_secret(k) else v for k, v in env.items()},
+    }
+    key = json.dumps(
+        {"name": spec.name, "args": identity_args(spec.args), "tick": tick, "runtime_env": runtime_env},
+        sort_keys=True,
+        default=str,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"diffc-{_slug(spec.name or spec.args[0])}-{_slug(tick)}-{digest}"
 
@@ -257,15 +285,41 @@ def connect(address: str, token: str | None = None):
         ) from None
     except ConnectionError as exc:  # not the user's input: exit code 1, which a scheduler may retry
         raise ClusterError(f"cannot reach the Ray Jobs API at {redact_text(address)}: {exc}") from None
+    except (RuntimeError, OSError) as exc:  # something answers there, but not the Jobs API (or not now)
+        if _server_side(exc):
+            raise _cluster_error(f"the Ray Jobs API at {redact_text(address)} failed", exc) from None
+        raise SubmitError(
+            f"{redact_text(address)} does not answer as a Ray Jobs API ({redact_text(str(exc))[:200]}); pass the "
+            "dashboard's address, http://HEAD:8265"
+        ) from None
+
+
+_STATUS = re.compile(r"status code (\d{3})")
+
+
+def _server_side(exc: BaseException) -> bool:
+    """A failure of the cluster or the network, not of the request: a lost connection or a timeout (requests'
+    errors are OSErrors), or an HTTP 5xx, which the SDK raises as a RuntimeError naming the status code."""
+    if isinstance(exc, OSError):
+        return True
+    status = _STATUS.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    return status is not None and status[1].startswith("5")
+
+
+def _cluster_error(what: str, exc: BaseException) -> ClusterError:
+    return ClusterError(f"{what}: {redact_text(str(exc))[:300]} (the cluster or the network; worth a retry)")
 
 
 def _job_or_none(client, submission_id: str):
-    """The job with this id, or None. The SDK reports a missing job as a RuntimeError with HTTP 404."""
+    """The job with this id, or None. The SDK reports a missing job as a RuntimeError with HTTP 404; a
+    cluster or network failure is a :class:`ClusterError` (exit code 1: a scheduler may retry)."""
     try:
         return client.get_job_info(submission_id)
-    except RuntimeError as exc:
-        if "404" in str(exc):
+    except (RuntimeError, OSError) as exc:
+        if "404" in str(exc) and not isinstance(exc, OSError):
             return None
+        if _server_side(exc):
+            raise _cluster_error(f"cannot read job {submission_id}", exc) from None
         raise
 
 
@@ -349,14 +403,31 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
         )
 
 
-def submit(client, submission: Submission, check_python: bool = True) -> tuple[Any, bool]:
+ENDED_BADLY = ("FAILED", "STOPPED")
+MAX_RETRIES = 100  # retries of one tick (--retry-failed): ids <id>-r1 .. -r100
+
+
+def submit(
+    client, submission: Submission, check_python: bool = True, retry_failed: bool = False
+) -> tuple[Any, bool]:
     """Submit unless a job with this id exists; return ``(JobDetails, created)``. Before a new job,
     ``check_python`` runs :func:`check_cluster_python`.
 
     The check-then-submit race (two schedulers at once) is closed by Ray itself, which rejects a
-    duplicate submission id: the loser then finds the winner's job and reports it.
+    duplicate submission id: the loser then finds the winner's job and reports it. With ``retry_failed``, a
+    tick whose job failed or was stopped gets a new job, ``<id>-r1``, ``-r2``, ... (the first that is free or
+    did not end badly): a scheduler's retry then reruns the night instead of re-reporting its failure.
     """
     existing = _job_or_none(client, submission.submission_id)
+    if existing is not None and retry_failed and existing.status.value in ENDED_BADLY:
+        for n in range(1, MAX_RETRIES + 1):
+            retry = replace(submission, submission_id=f"{submission.submission_id}-r{n}")
+            existing = _job_or_none(client, retry.submission_id)
+            if existing is None or existing.status.value not in ENDED_BADLY:
+                submission = retry
+                break
+        else:
+            raise SubmitError(f"tick {submission.tick} already has {MAX_RETRIES} failed retries; pass another --tick")
     if existing is not None:
         return existing, False
     if check_python:
@@ -371,13 +442,15 @@ def submit(client, submission: Submission, check_python: bool = True) -> tuple[A
             entrypoint_num_cpus=submission.spec.entrypoint_num_cpus,
             entrypoint_num_gpus=submission.spec.entrypoint_num_gpus,
         )
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         existing = _job_or_none(client, submission.submission_id)
         if existing is not None:
             return existing, False
         sid = submission.submission_id
+        if _server_side(exc):
+            raise _cluster_error(f"the cluster could not take job {sid}", exc) from None
         raise SubmitError(f"the cluster refused job {sid}: {redact_text(str(exc))}") from None
-    return client.get_job_info(submission.submission_id), True
+    return _job_or_none(client, submission.submission_id), True
 
 
 def follow_logs(client, submission_id: str, write: Callable[[str], None]) -> None:
@@ -387,15 +460,35 @@ def follow_logs(client, submission_id: str, write: Callable[[str], None]) -> Non
         async for chunk in client.tail_job_logs(submission_id):
             write(chunk)
 
-    # A stream that breaks off (e.g. a head restart) is no failure: wait_for_end polls the status instead.
-    with contextlib.suppress(RuntimeError):
+    # A stream that breaks off (a head restart, a dropped port-forward) is no failure: wait_for_end polls
+    # the status instead, and says so if the cluster stays out of reach.
+    with contextlib.suppress(Exception):
         asyncio.run(_tail())
 
 
-def wait_for_end(client, submission_id: str, poll_s: float = 1.0):
-    """Poll until the job is in a terminal state; return its JobDetails."""
+LOST_CONTACT_S = 300.0  # how long --wait keeps polling a cluster it cannot reach before giving up
+
+
+def wait_for_end(client, submission_id: str, poll_s: float = 1.0, lost_contact_s: float = LOST_CONTACT_S):
+    """Poll until the job is in a terminal state; return its JobDetails. A cluster out of reach (a head
+    restart, a dropped port-forward, an HTTP 5xx) is polled again for ``lost_contact_s``, then a
+    :class:`ClusterError` says the job may still be running."""
+    lost_since: float | None = None
     while True:
-        details = client.get_job_info(submission_id)
+        try:
+            details = _job_or_none(client, submission_id)
+        except ClusterError as exc:
+            lost_since = lost_since if lost_since is not None else time.monotonic()
+            if time.monotonic() - lost_since >= lost_contact_s:
+                raise ClusterError(
+                    f"lost contact with the cluster for {lost_contact_s:.0f} s while following job "
+                    f"{submission_id}; it may still be running (`ray job status {submission_id}`): {exc}"
+                ) from None
+            time.sleep(min(10.0, 5 * poll_s))
+            continue
+        lost_since = None
+        if details is None:
+            raise SubmitError(f"job {submission_id} is gone from the cluster (deleted, or the head was replaced)")
         if details.status.is_terminal():
             return details
         time.sleep(poll_s)
