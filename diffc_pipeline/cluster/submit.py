@@ -393,8 +393,10 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
             client.stop_job(probe_id)
             raise SubmitError(f"the probe job {probe_id} did not finish in {timeout_s:.0f} s (runtime env setup?)")
         time.sleep(0.5)
+    last = _last_output_line(client, probe_id, details.message) if details.status.value != "SUCCEEDED" else ""
+    with contextlib.suppress(Exception):  # a standing cluster would keep one probe per night, forever
+        client.delete_job(probe_id)
     if details.status.value != "SUCCEEDED":
-        last = _last_output_line(client, probe_id, details.message)
         raise SubmitError(
             f"the cluster's Python ({spec.python!r}) cannot run diffc-pipeline: {last}. Install it on the "
             "cluster's image (pip install diffc-pipeline, with torch first), add it to the job's runtime env "
