@@ -458,10 +458,12 @@ def test_compress_job_end_to_end_and_resubmit_is_a_no_op(head, tmp_path):
     assert len(set(table.column("id").to_pylist())) == 3
 
     jobs_before = len(client.list_jobs())
-    assert not [j for j in client.list_jobs() if j.submission_id.startswith("diffc-probe-")]  # probes deleted
     again, created = sub.submit(client, submission)
     assert not created and again.status.value == "SUCCEEDED"
     assert len(client.list_jobs()) == jobs_before
+    other = sub.plan(sub.JobSpec(args=("inspect", str(archive)), python=sys.executable), tick="2026-11-21")
+    sub.submit(client, other)  # its probe deletes the earlier, finished ones: one probe left, not one a night
+    assert len([j for j in client.list_jobs() if j.submission_id.startswith("diffc-probe-")]) == 1
 
 
 @pytest.mark.slow

@@ -374,6 +374,7 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
     """
     code = "import diffc_pipeline, diffc_pipeline.cli; print('diffc-pipeline', diffc_pipeline.__version__)"
     probe_id = f"diffc-probe-{os.urandom(6).hex()}"
+    _delete_old_probes(client)
     try:
         submit_when_agent_ready(
             client,
@@ -393,10 +394,8 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
             client.stop_job(probe_id)
             raise SubmitError(f"the probe job {probe_id} did not finish in {timeout_s:.0f} s (runtime env setup?)")
         time.sleep(0.5)
-    last = _last_output_line(client, probe_id, details.message) if details.status.value != "SUCCEEDED" else ""
-    with contextlib.suppress(Exception):  # a standing cluster would keep one probe per night, forever
-        client.delete_job(probe_id)
     if details.status.value != "SUCCEEDED":
+        last = _last_output_line(client, probe_id, details.message)
         raise SubmitError(
             f"the cluster's Python ({spec.python!r}) cannot run diffc-pipeline: {last}. Install it on the "
             "cluster's image (pip install diffc-pipeline, with torch first), add it to the job's runtime env "
@@ -407,6 +406,16 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
 
 ENDED_BADLY = ("FAILED", "STOPPED")
 MAX_RETRIES = 100  # retries of one tick (--retry-failed): ids <id>-r1 .. -r100
+
+
+def _delete_old_probes(client) -> None:
+    """Delete earlier, finished probe jobs: a standing cluster would otherwise keep one per night, forever.
+    Not the probe just read: deleting a job as it ends races Ray's own bookkeeping (seen: the job came back,
+    marked FAILED)."""
+    with contextlib.suppress(Exception):  # housekeeping only; never a reason to fail a submission
+        for job in client.list_jobs():
+            if (job.metadata or {}).get("diffc.command") == "probe" and job.status.is_terminal():
+                client.delete_job(job.submission_id)
 
 
 def submit(
