@@ -382,6 +382,11 @@ def test_cli_runtime_env_file_and_forwarded_env(tmp_path):
         (["--dry-run"], "nothing to submit"),
         (["--dry-run", "--config", "jobs/decode_subset.yaml", "compress", "a", "b"], "not both"),
         (["compress", "a", "b"], "no cluster address"),
+        # what only the job would have refused, at 2 a.m.
+        (["--dry-run", "compress", "s3://a", "s3://b", "--codec", "nosuch"], "unknown codec 'nosuch'"),
+        (["--dry-run", "compress", "s3://a", "s3://b", "--codec-opt", "nosuch=1"], "has no option nosuch"),
+        (["--dry-run", "compress", "s3://a", "s3://b", "--codec", "webp", "--model", "x"], "takes no model"),
+        (["--dry-run", "compress", "s3://a", "s3://b", "--incremental", "--overwrite"], "cannot go with --overwrite"),
     ],
 )
 def test_cli_refuses_with_a_message_and_exit_code_2(args, message):

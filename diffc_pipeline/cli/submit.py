@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from ..redaction import log_redactor
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors, parse_pairs
 
 REQUEST_TIMEOUT_S = 120.0  # per Jobs API request; a lost contact while following is retried (cluster.submit)
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process a scheduler stopped
@@ -118,7 +118,28 @@ def check_command(args: Sequence[str], misplaced_options: Collection[str] = ()) 
         if getattr(exc, "option_name", None) in misplaced_options:
             hint = f" ({exc.option_name} is an option of `diffc submit`: put it before the command)"
         raise SubmitError(f"`{shlex.join(['diffc', *redact_args(args)])}`: {exc.format_message()}{hint}") from None
+    if path[1:] == ["compress"]:
+        _check_compress(ctx.params, args)
     return path
+
+
+def _check_compress(params: dict, args: Sequence[str]) -> None:
+    """What parsing cannot see but the job would refuse at once: an unknown codec or codec option, a model
+    for a codec without one, ``--incremental`` with ``--overwrite`` (no model is loaded, nothing is read)."""
+    from ..cluster.submit import SubmitError, redact_args
+    from ..codecs.registry import resolve
+    from ..errors import DiffcError
+
+    where = f"`{shlex.join(['diffc', *redact_args(args)])}`"
+    try:
+        options = parse_pairs(params.get("codec_opt") or [], "--codec-opt")
+        if params.get("steps"):
+            options["num_steps"] = str(params["steps"])
+        resolve(params.get("codec") or "diffc", options, params.get("model"))
+    except DiffcError as exc:
+        raise SubmitError(f"{where}: {exc}") from None
+    if params.get("incremental") and not params.get("resume", True):
+        raise SubmitError(f"{where}: --incremental never rewrites committed shards; it cannot go with --overwrite")
 
 
 def _validate(ctx: typer.Context, args: tuple[str, ...]) -> None:
