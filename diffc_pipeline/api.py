@@ -217,7 +217,8 @@ class ArchiveReader:
         **decode_options: Any,
     ) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(id, uint8 (H, W, 3) array)`` for the chosen images at ``bpp`` or ``step`` (default: the
-        whole stream), in archive order. A row that fails to decode raises :class:`DiffcError` naming it
+        whole stream), in archive order. A selection with no decodable image raises :class:`DiffcError` (as
+        :func:`decode` and :func:`read_archive` do). A row that fails to decode raises :class:`DiffcError` naming it
         (error rows of the archive are skipped, as ``diffc decode`` skips them), as does one whose stream
         header disagrees with its size or claims more than ``max_pixels`` pixels, before it is decoded."""
         from .pipeline.decode_job import DecodeOptions, decode_rows, read_payloads, read_units, select
@@ -227,7 +228,9 @@ class ArchiveReader:
             max_pixels=max_pixels, decode_options=dict(decode_options), batch_size=batch_size,
         )  # fmt: skip
         codec, options = _codec_for(self._archive, model, opts.decode_options)
-        selection, _, _ = select(self._archive, opts)
+        selection, skipped, _ = select(self._archive, opts)
+        if selection.num_rows == 0:  # as dp.decode, read_archive and the CLI say it: not a silent empty loop
+            raise DiffcError(f"no decodable image selected in {self.url} ({skipped} error rows selected)")
         for unit in read_units(self._archive, selection):
             payload = read_payloads(unit, self.storage_options).to_pylist()
             for start in range(0, len(payload), opts.batch_size):

@@ -677,3 +677,45 @@ def test_hugging_face_image_structs_are_read_and_other_column_types_refused_up_f
     pq.write_table(pa.table({"image": ["a.png", "b.png"]}), tmp_path / "text" / "x.parquet")
     with pytest.raises(SourceError, match=r"column 'image' holds string, not encoded image bytes"):
         list_source(str(tmp_path / "text"), {})
+
+
+def test_decode_choices_at_their_edges():
+    """From a review of `diffc decode`: a --bpp equal to a row's own bits per pixel was refused (the float
+    product rounded below the bits); names that are one file on macOS/Windows, or a file and a folder at once,
+    passed; a 24-digit integer or `= NULL` in --where gave a traceback or matched nothing; numpy numbers from
+    `rows()` were refused as steps and bpps, `limit=1.5` failed deep inside; an empty selection through
+    `open_archive().decode` was a silent empty loop where every other path says so."""
+    from diffc_pipeline.pipeline.decode_job import DecodeOptions, DecodeTargetError, _steps_within, check_distinct_names
+
+    assert 440 / 307200 * 307200 < 440  # the rounding the old comparison hit
+    assert _steps_within([440, 1000], 307200, 440 / 307200, 2) == 1
+    assert _steps_within([1664], 770, 1664 / 770, 1) == 1
+    assert _steps_within([1664], 770, 1663 / 770, 1) == 0
+    for ids, shown in (
+        (["Case.png", "case.png"], "'Case.png' and 'case.png'"),
+        (["\u00e9.png", "e\u0301.png"], "-> "),  # NFC and NFD spellings of one name
+        (["a.png", "a.png/b"], "would be both a file and a folder"),
+    ):
+        with pytest.raises(DecodeTargetError, match=re.escape(shown)):
+            check_distinct_names(ids)
+    check_distinct_names(["x/y.png", "x/z.png", "X.png"])  # x/ is a folder, X.png a file: no clash
+
+    table = pa.table({"seed": pa.array([1, 2], pa.uint64()), "error": [None, "x"]})
+    for where, shown in (
+        ("seed > 99999999999999999999999", "out of the signed 64-bit integer range"),
+        ("error = NULL", "IS NULL or IS NOT NULL"),
+        ("error != NULL", "IS NULL or IS NOT NULL"),
+    ):
+        with pytest.raises(FilterError, match=shown):
+            filter_rows(table, where, table.column_names)
+
+    opts = DecodeOptions("a", "b", step=np.int64(3), bpp=np.float32(0.5), limit=np.int32(2))
+    assert (opts.step, opts.bpp, opts.limit) == (3, 0.5, 2) and type(opts.step) is int
+    with pytest.raises(DecodeTargetError, match=r"limit must be a whole number, got 1\.5"):
+        DecodeOptions("a", "b", limit=1.5)
+
+    import diffc_pipeline as dp
+
+    fixture = Path(__file__).parent / "fixtures" / "format1" / "archive"
+    with pytest.raises(DiffcError, match="no decodable image selected"):
+        list(dp.open_archive(str(fixture)).decode(where="id = 'nope'"))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
+import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,7 +104,16 @@ class DecodeOptions:
     actors: int = 0
 
     def __post_init__(self) -> None:
-        """As :class:`~diffc_pipeline.pipeline.compress_job.CompressOptions`: out-of-range numbers fail at once."""
+        """As :class:`~diffc_pipeline.pipeline.compress_job.CompressOptions`: out-of-range numbers fail at once.
+        Numbers from numpy or Arrow (``rows()`` values) count as numbers; ``limit=1.5`` is no count."""
+        for name in ("limit", "batch_size", "threads", "actors", "max_pixels", "step"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, int(value))
+            elif name != "step":  # step is checked by select(), naming chunks
+                raise DecodeTargetError(f"{name} must be a whole number, got {value!r}")
+        if isinstance(self.bpp, numbers.Real) and not isinstance(self.bpp, bool):
+            self.bpp = float(self.bpp)
         check_at_least(self, batch_size=1, threads=0, actors=0, limit=0)
 
 
@@ -194,7 +205,9 @@ def _steps_within(cum_bits: list[int] | None, pixels: int, bpp: float, most: int
     """
     if not pixels:
         return 0
-    return min(most, sum(1 for bits in cum_bits or () if bits is not None and bits <= bpp * pixels))
+    # bits / pixels, the division bpp is reported with: bpp * pixels can round below an exact multiple (440 /
+    # 307200 * 307200 = 439.99999999999994), refusing the very bpp a row reports
+    return min(most, sum(1 for bits in cum_bits or () if bits is not None and bits / pixels <= bpp))
 
 
 def row_pixels(height: int | None, width: int | None) -> int:
@@ -236,16 +249,28 @@ def output_name(image_id: str) -> str:
 
 
 def check_distinct_names(ids: list[str]) -> None:
-    """Refuse a PNG decode in which two selected ids share a file name (``a`` and ``a.png``, ``x/../a`` and
-    ``a``): one image would silently overwrite the other. Checked on the driver, before any decoding."""
+    """Refuse a PNG decode in which two selected ids share a file name (``a`` and ``a.png``; ``Case.png`` and
+    ``case.png`` or two Unicode spellings of one name, one file on macOS and Windows) or one id's file would
+    be another's folder (``a.png`` and ``a.png/b``): one image would silently overwrite the other, or fail
+    depending on write order. Checked on the driver, before any decoding."""
     seen: dict[str, str] = {}
     clashes = []
+    names = {}
     for image_id in ids:
         name = output_name(image_id)
-        if name in seen:
-            clashes.append(f"{seen[name]!r} and {image_id!r} -> {name}")
+        key = unicodedata.normalize("NFC", name).casefold()  # one file on macOS and Windows filesystems
+        if key in seen:
+            clashes.append(f"{seen[key]!r} and {image_id!r} -> {name}")
         else:
-            seen[name] = image_id
+            seen[key], names[key] = image_id, name
+    folders = {}  # every folder a name needs, by key: a file may not have the name of one
+    for key in names:
+        parts = key.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            folders.setdefault("/".join(parts[:depth]), seen[key])
+    for key, image_id in seen.items():
+        if key in folders:
+            clashes.append(f"{image_id!r} and {folders[key]!r}: {names[key]} would be both a file and a folder")
     if clashes:
         raise DecodeTargetError(
             f"{len(clashes)} selected id(s) would write the same PNG file as another ({'; '.join(clashes[:3])}); "

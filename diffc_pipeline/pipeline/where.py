@@ -61,7 +61,7 @@ def filter_rows(table: pa.Table, text: str, columns: list[str]) -> pa.Table:
     types (``width = '64'``, ``id > 3``) is a :class:`FilterError` naming the problem, not an Arrow traceback."""
     try:  # a list of mixed types ("IN (64, 'a')") fails as the expression is built
         return table.filter(parse_where(text, columns))
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         detail = str(exc).splitlines()[0]
         raise FilterError(f"--where {text!r} does not fit the columns' types ({detail})") from None
 
@@ -107,6 +107,8 @@ class _Converter(ast.NodeVisitor):
             expr = left.isin(values)
             return expr if isinstance(op, ast.In) else ~expr
         value = self.literal(right)
+        if value is None:  # SQL's "= NULL" is never true: a filter that silently matches nothing
+            raise self.fail("compare with NULL using IS NULL or IS NOT NULL")
         ops = {
             ast.Eq: pc.equal,
             ast.NotEq: pc.not_equal,
@@ -134,7 +136,13 @@ class _Converter(ast.NodeVisitor):
 
     def literal(self, node: ast.AST):
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
-            return -node.operand.value
+            return self.in_range(-node.operand.value)
         if not isinstance(node, ast.Constant) or isinstance(node.value, bytes):
             raise self.fail("values must be numbers or quoted strings")
-        return node.value
+        return self.in_range(node.value)
+
+    def in_range(self, value):
+        """Integers beyond 64 bits overflowed in Arrow with a traceback; no column holds them."""
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise self.fail(f"{value} is out of the signed 64-bit integer range")
+        return value
