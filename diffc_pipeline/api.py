@@ -124,10 +124,12 @@ def decode(
     actors: int = 0,
     address: str | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> DecodeSummary:
     """Decode chosen images of ``archive`` to PNG files (or Parquet parts of PNG bytes) under ``output``, on
     Ray: what ``diffc decode`` does. Without ``bpp`` or ``step``, the whole stream. A row whose stream header
-    disagrees with its size, or claims more than ``max_pixels`` pixels, is an error row of the summary."""
+    disagrees with its size, or claims more than ``max_pixels`` pixels, is an error row of the summary. PNG
+    files of the same names already in ``output`` are refused unless ``overwrite``."""
     from .pipeline.decode_job import DecodeOptions, run_decode
 
     opts = DecodeOptions(
@@ -147,6 +149,7 @@ def decode(
         batch_size=batch_size,
         threads=threads,
         actors=actors,
+        overwrite=overwrite,
     )
     return run_decode(opts, _progress("decode", progress))
 

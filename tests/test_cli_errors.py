@@ -111,8 +111,24 @@ def test_a_limited_trial_archive_grows_with_incremental_and_the_summary_counts_s
     with pytest.raises(ArchiveError, match="lies inside the archive's input"):
         dp.decode(out, str(tmp_path / "in" / "decoded"), format="parquet", **FAST)
     dp.decode(out, str(tmp_path / "parts"), format="parquet", **FAST)
-    with pytest.raises(ArchiveError, match="holds part files of an earlier decode"):
+    written = {p.name for p in (tmp_path / "parts").iterdir()}
+    assert "_SUCCESS" in written and all(n.startswith("part-") for n in written - {"_SUCCESS"})  # no temporary
+    with pytest.raises(ArchiveError, match="holds the parts of a whole earlier decode"):
         dp.decode(out, str(tmp_path / "parts"), format="parquet", ids=["img000.png"], **FAST)
+    (tmp_path / "parts" / "_SUCCESS").unlink()  # as an interrupted decode leaves it
+    with pytest.raises(ArchiveError, match=r"an interrupted \(no _SUCCESS\) earlier decode"):
+        dp.decode(out, str(tmp_path / "parts"), format="parquet", ids=["img000.png"], **FAST)
+    # a PNG decode never replaces files already there (an earlier decode at another rate, the user's own)
+    pngs = tmp_path / "pngs"
+    dp.decode(out, str(pngs), ids=["img000.png"], **FAST)
+    before = (pngs / "img000.png").read_bytes()
+    with pytest.raises(DiffcError, match=r"already holds 1 of the 2 PNG files .*img000\.png.*--overwrite"):
+        dp.decode(out, str(pngs), ids=["img000.png", "img001.png"], step=1, **FAST)
+    assert (pngs / "img000.png").read_bytes() == before and not (pngs / "img001.png").exists()
+    dp.decode(out, str(pngs), ids=["img001.png"], **FAST)  # new names into the same folder: fine
+    (pngs / "img000.png").write_bytes(b"a file of the user's")
+    dp.decode(out, str(pngs), ids=["img000.png"], overwrite=True, **FAST)
+    assert (pngs / "img000.png").read_bytes() == before
 
 
 def test_cli_ranges_refuse_negative_counts(tmp_path: Path) -> None:

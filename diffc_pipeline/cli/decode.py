@@ -53,6 +53,9 @@ def decode(
     batch_size: int = typer.Option(8, min=1, help="Images per codec call."),
     threads: int = typer.Option(0, min=0, help="Torch threads per model actor (0: sized to the machine)."),
     actors: int = typer.Option(0, min=0, help="Model actors (0: one per GPU, or sized to the CPUs)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace PNG files of the same names already in OUTPUT (refused otherwise)."
+    ),
 ) -> None:
     """Decode images of an archive (a subset, at a bitrate or step) to PNG files or a Parquet dataset."""
     from .. import api
@@ -78,6 +81,7 @@ def decode(
         batch_size=batch_size,
         threads=threads,
         actors=actors,
+        overwrite=overwrite,
         progress=True,
     )
     table = Table(title="decode summary", show_header=False)

@@ -70,7 +70,7 @@ def _diffc(out: Path, model: str, prefixes: list[int]) -> Table:
         table.add_column(f"step {p}: bpp", justify="right")
         table.add_column("PSNR dB", justify="right")
         target = out / f"decoded-step{p:02d}"
-        api.decode(str(archive), str(target), step=p, model=model, progress=True)
+        api.decode(str(archive), str(target), step=p, model=model, progress=True, overwrite=True)  # its own folder
         psnrs[p] = _psnr_of_pngs(target)
     for row in api.open_archive(str(archive)).rows().to_pylist():
         if row["status"] != "ok":
@@ -101,7 +101,7 @@ def _cdc(out: Path) -> Table | None:
     psnrs = {}
     for method in methods:
         target = out / f"decoded-cdc-{method}"
-        api.decode(str(archive), str(target), decode_options={"method": method}, progress=True)
+        api.decode(str(archive), str(target), decode_options={"method": method}, progress=True, overwrite=True)
         psnrs[method] = _psnr_of_pngs(target)
     details = codec.describe()
     table = Table(

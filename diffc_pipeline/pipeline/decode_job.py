@@ -15,7 +15,9 @@ from __future__ import annotations
 import io
 import math
 import numbers
+import posixpath
 import unicodedata
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from .manifest import check_same_codec
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
-from .sources import open_fs
+from .sources import open_fs, public_url
 from .stages import error_text, load_codec, split_by_pixels
 from .where import filter_rows
 
@@ -102,6 +104,7 @@ class DecodeOptions:
     batch_size: int = 8
     threads: int = 0
     actors: int = 0
+    overwrite: bool = False  # PNG output: replace files of those names already in OUTPUT
 
     def __post_init__(self) -> None:
         """As :class:`~diffc_pipeline.pipeline.compress_job.CompressOptions`: out-of-range numbers fail at once.
@@ -258,7 +261,7 @@ def check_distinct_names(ids: list[str]) -> None:
     names = {}
     for image_id in ids:
         name = output_name(image_id)
-        key = unicodedata.normalize("NFC", name).casefold()  # one file on macOS and Windows filesystems
+        key = _name_key(name)  # one file on macOS and Windows filesystems
         if key in seen:
             clashes.append(f"{seen[key]!r} and {image_id!r} -> {name}")
         else:
@@ -275,6 +278,26 @@ def check_distinct_names(ids: list[str]) -> None:
         raise DecodeTargetError(
             f"{len(clashes)} selected id(s) would write the same PNG file as another ({'; '.join(clashes[:3])}); "
             "decode with --format parquet (it keeps ids), or select them apart with --ids / --where"
+        )
+
+
+def _name_key(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def check_not_written(fs, root: str, ids: list[str], url: str) -> None:
+    """Refuse a PNG decode that would replace files already in OUTPUT (an earlier decode at another bitrate,
+    the user's own files) unless ``overwrite``: they were replaced without a word, leaving a folder of mixed
+    rates. Names compare as on a case-insensitive filesystem. One listing of OUTPUT, on the driver."""
+    if not fs.isdir(root):
+        return
+    there = {_name_key(posixpath.relpath(p, root)) for p in fs.find(root)}
+    taken = [output_name(i) for i in ids if _name_key(output_name(i)) in there]
+    if taken:
+        raise DecodeTargetError(
+            f"OUTPUT {public_url(url)} already holds {len(taken)} of the {len(ids)} PNG files this decode would "
+            f"write (e.g. {', '.join(taken[:3])}); pass --overwrite (overwrite=True) to replace them, or decode "
+            "into another folder"
         )
 
 
@@ -484,6 +507,8 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     if opts.format == "png":
         check_distinct_names(selection.column("id").to_pylist())
+        if not opts.overwrite:
+            check_not_written(out_fs, out_root.rstrip("/"), selection.column("id").to_pylist(), opts.output)
     progress.start(selection.num_rows)
     try:
         with ray_session(opts.address):
@@ -584,12 +609,23 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int, li
             if sum(t.num_rows for t in pending) >= ROWS_PER_PART:
                 _write_part(fs, root, part, pending)
                 part, pending = part + 1, []
-    if opts.format == "parquet" and pending:
-        _write_part(fs, root, part, pending)
+    if opts.format == "parquet":
+        if pending:
+            _write_part(fs, root, part, pending)
+        fs.pipe_file(f"{root}/{SUCCESS_NAME}", b"")  # last: the parts before it are the whole dataset
     return bytes_read, bits // 8, examples
 
 
+# Written last by a whole Parquet decode (Spark's and Hadoop's convention): without it, the parts are what an
+# interrupted decode left. A name starting with "_" is skipped by Parquet readers.
+SUCCESS_NAME = "_SUCCESS"
+
+
 def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:
+    """Write a part whole or not at all: under a temporary name (skipped by Parquet readers), then renamed,
+    so an interrupted decode never leaves a truncated part that reads as data."""
     fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/part-{part:05d}.parquet", "wb") as f:
+    temporary = f"{root}/_tmp-part-{part:05d}-{uuid.uuid4().hex}.parquet"
+    with fs.open(temporary, "wb") as f:
         pq.write_table(pa.concat_tables(tables), f, compression="none")
+    fs.mv(temporary, f"{root}/part-{part:05d}.parquet")

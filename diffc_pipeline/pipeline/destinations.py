@@ -40,9 +40,13 @@ def check_output_folder(
 def check_no_parts(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
     """Refuse a Parquet decode into a folder that holds an earlier decode's parts: the new run rewrites only
     as many parts as it makes, so the old ones past them would be read as part of the new dataset."""
-    if fs.isdir(root) and any(posixpath.basename(p).startswith("part-") for p in fs.ls(root, detail=False)):
+    if not fs.isdir(root):
+        return
+    names = [posixpath.basename(p) for p in fs.ls(root, detail=False)]
+    if any(n.startswith(("part-", "_tmp-part-")) or n == "_SUCCESS" for n in names):
+        state = "a whole" if "_SUCCESS" in names else "an interrupted (no _SUCCESS)"
         raise ArchiveError(
-            f"OUTPUT {public_url(url)} holds part files of an earlier decode; decode into a new or empty folder "
+            f"OUTPUT {public_url(url)} holds the parts of {state} earlier decode; decode into a new or empty folder "
             "(or remove them)"
         )
 
