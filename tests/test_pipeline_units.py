@@ -404,6 +404,10 @@ def test_where_filters_and_rejects_code():
     assert t.filter(parse_where("width >= 3 AND id LIKE 'val_1%'", t.column_names))["id"].to_pylist() == ["val_12"]
     assert t.filter(parse_where("id IN ('b', 'val_1') or error IS NOT NULL", t.column_names)).num_rows == 3
     assert t.filter(parse_where("width IN (3)", t.column_names))["id"].to_pylist() == ["val_12"]  # one value
+    assert t.filter(parse_where("id NOT LIKE 'val%'", t.column_names))["id"].to_pylist() == ["b"]  # did not parse
+    odd = pa.table({"id": ["dir\\file", 'a"b', "it's"]})
+    for where, kept in (('id = "dir\\file"', "dir\\file"), ('id = "a""b"', 'a"b'), ("id = 'it''s'", "it's")):
+        assert odd.filter(parse_where(where, ["id"]))["id"].to_pylist() == [kept], where  # no Python escapes
     for bad, message in [
         ("width >", "cannot parse"),
         ("nope = 1", "nope"),

@@ -1,7 +1,7 @@
 """``--where``: a small SQL-like filter over an archive's scalar columns, as a pyarrow expression.
 
 Grammar: comparisons (``= == != <> < <= > >=``) of a column with a literal, ``IN (...)``, ``IS [NOT] NULL``,
-``LIKE 'pat%'`` (prefix/suffix/contains), combined with ``AND``/``OR``/``NOT`` and parentheses. E.g.
+``[NOT] LIKE 'pat%'`` (prefix/suffix/contains), combined with ``AND``/``OR``/``NOT`` and parentheses. E.g.
 ``width >= 64 AND id LIKE 'val_1%'``. Python's own ``ast`` parses the expression (after SQL keywords are
 mapped to Python ones outside string literals), and only the node types below are accepted - nothing is
 ever evaluated as code.
@@ -22,7 +22,9 @@ class FilterError(DiffcError):
     """A ``--where`` filter does not parse or names an unknown column."""
 
 
-_TOKENS = re.compile(r"('(?:[^']|'')*'|\"[^\"]*\")|(<>|!=|<=|>=|==|=)|\b(AND|OR|NOT|IN|IS|NULL|LIKE)\b", re.I)
+_TOKENS = re.compile(
+    r"('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")|(<>|!=|<=|>=|==|=)|\b(NOT\s+LIKE|AND|OR|NOT|IN|IS|NULL|LIKE)\b", re.I
+)
 _WORDS = {
     "and": " and ",
     "or": " or ",
@@ -31,6 +33,7 @@ _WORDS = {
     "is": " is ",
     "null": " None ",
     "like": " << ",
+    "not like": " >> ",
 }
 _OPS = {"=": "==", "<>": "!=", "!=": "!=", "==": "==", "<=": "<=", ">=": ">="}
 
@@ -38,11 +41,12 @@ _OPS = {"=": "==", "<>": "!=", "!=": "!=", "==": "==", "<=": "<=", ">=": ">="}
 def _to_python(text: str) -> str:
     def repl(m: re.Match) -> str:
         literal, op, word = m.groups()
-        if literal:
-            return literal if literal.startswith('"') else repr(literal[1:-1].replace("''", "'"))
+        if literal:  # a string, whichever quotes: never Python escapes ("dir\file" is those 8 characters)
+            quote = literal[0]
+            return repr(literal[1:-1].replace(quote * 2, quote))
         if op:
             return f" {_OPS[op]} "
-        return _WORDS[word.lower()]
+        return _WORDS[" ".join(word.lower().split())]
 
     return _TOKENS.sub(repl, text)
 
@@ -120,12 +124,13 @@ class _Converter(ast.NodeVisitor):
         return ops[type(op)](left, value)
 
     def visit_BinOp(self, node: ast.BinOp) -> pc.Expression:
-        if not isinstance(node.op, ast.LShift):  # LIKE was mapped to <<
+        if not isinstance(node.op, ast.LShift | ast.RShift):  # LIKE was mapped to <<, NOT LIKE to >>
             raise self.fail("arithmetic is not supported")
         pattern = self.literal(node.right)
         if not isinstance(pattern, str):
             raise self.fail("LIKE needs a string pattern")
-        return pc.match_like(self.column(node.left), pattern)
+        like = pc.match_like(self.column(node.left), pattern)
+        return like if isinstance(node.op, ast.LShift) else ~like
 
     def column(self, node: ast.AST) -> pc.Expression:
         if not isinstance(node, ast.Name):
