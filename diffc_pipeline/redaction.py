@@ -127,7 +127,11 @@ def log_redactor(args: Sequence[str]) -> Callable[[str], str]:
     for a, r in list(pairs.items()):
         value = a.partition("=")[2] if r.endswith(f"={REDACTED}") else (a if r == REDACTED else "")
         value = value.partition("=")[2] if a.startswith(("-S", "--storage-option")) and "=" in value else value
-        if len(value) >= 4:
+        item = a.partition("=")[2] if a.startswith("--storage-option") else a.removeprefix("-S")
+        key = item.partition("=")[0] if "=" in item else ""  # a storage option's key, if this is one
+        # alone, a value is masked wherever it appears: only a credential's, or one too long to be a word
+        # (`-S anon=true` masked every "true" of the logs)
+        if len(value) >= 4 and (looks_secret(key) or len(value) >= 12 or r == REDACTED):
             pairs[value] = REDACTED
     ordered = sorted(pairs, key=len, reverse=True)  # a token before any value inside it
 

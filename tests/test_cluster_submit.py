@@ -155,6 +155,9 @@ def test_logs_mask_a_secret_that_ray_echoes_quoted():
     shown = log_redactor(args)(echoed)
     assert "n0t" not in shown and "secret=it" not in shown and "a secret" not in shown, shown
     assert "s3://b/in" in shown
+    # a plain setting's short value is masked in the echo only, not as a word everywhere in the logs
+    plain = log_redactor(["compress", "a", "b", "-S", "anon=true", "-S", "token=zzzz"])
+    assert plain("anon=true token=zzzz; all true, zzzz") == "anon=*** token=***; all true, ***"
 
 
 def test_runtime_env_values_must_be_strings_and_the_error_names_only_the_variable(tmp_path):
