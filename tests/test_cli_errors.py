@@ -316,3 +316,20 @@ def test_an_image_that_cannot_be_written_is_an_error_row_and_the_decode_goes_on(
     assert (summary.images, summary.failures) == (2, 1)
     assert summary.error_examples[0].startswith(f"{long_name}: write:")
     assert (tmp_path / "out" / "img000.png").is_file()
+
+
+def test_an_interrupted_decode_says_its_output_is_incomplete(ray_cluster, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in the middle of a decode (placed by replacing the drain, not raced with a timer): exit 130,
+    "interrupted", and what OUTPUT now holds and how to decode again."""
+    from diffc_pipeline.pipeline import decode_job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(decode_job, "_drain", interrupted)
+    for fmt, again in (("png", "with --overwrite"), ("parquet", "into an empty folder")):
+        result = _cli("decode", str(FIXTURE), str(tmp_path / fmt), "--format", fmt, "--threads", "1")
+        shown = " ".join(result.output.split())
+        assert result.exit_code == 130 and "interrupted" in shown, result.output
+        assert f"is incomplete (0 of {len(dp.open_archive(str(FIXTURE)).rows())} images decoded" in shown
+        assert shown.endswith(f"decode again {again}")

@@ -37,8 +37,10 @@ def friendly_errors(fn: F) -> F:
         except DiffcError as exc:
             print_error(exc)
             raise typer.Exit(EXIT_FAILED if isinstance(exc, ClusterError) else EXIT_USAGE) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             console.print("[yellow]interrupted[/yellow]")
+            for note in getattr(exc, "__notes__", ()):  # what the interrupted job left, e.g. a partial OUTPUT
+                console.print(escape(note), highlight=False, soft_wrap=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]

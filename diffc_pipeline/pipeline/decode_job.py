@@ -516,6 +516,13 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
             bytes_read, needed, examples = _drain(
                 _build_dataset(archive, selection, opts, sizing, spec.to_dict(), decode_options), opts, progress
             )
+    except KeyboardInterrupt as exc:  # the CLI prints the note under "interrupted"
+        again = "into an empty folder" if opts.format == "parquet" else "with --overwrite"
+        exc.add_note(
+            f"OUTPUT {public_url(opts.output)} is incomplete ({progress.tally.images} of {selection.num_rows} images "
+            f"decoded{', no _SUCCESS' if opts.format == 'parquet' else ''}); decode again {again}"
+        )
+        raise
     finally:
         progress.stop()
     t = progress.tally
