@@ -481,6 +481,12 @@ def test_eval_compare_gives_the_bd_rate_between_two_runs_on_the_same_images(tmp_
     refused = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "fewer.json")])
     assert refused.exit_code == 2 and "on other images" in " ".join(refused.output.split())
     doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    doc["source"]["url"] = "/elsewhere/imgs"  # the same ids read from another place: compared, with a warning
+    (tmp_path / "moved.json").write_text(json.dumps(doc))
+    moved = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "moved.json")])
+    assert moved.exit_code == 0 and "images are matched by id only" in " ".join(moved.output.split())
+    assert "matched by id only" not in CliRunner().invoke(app, ["eval-compare", *[str(tmp_path / "a")] * 2]).output
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
     doc["source"]["downsample"] = 2  # the same ids, other pixels: compared silently before
     (tmp_path / "halved.json").write_text(json.dumps(doc))
     refused = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "a"), str(tmp_path / "halved.json")])

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from ..errors import DiffcError
-from ._common import console, friendly_errors, parse_pairs
+from ._common import console, friendly_errors, parse_pairs, warn
 from .compress import storage_help
 
 
@@ -183,6 +183,9 @@ def eval_compare(
 
     a, t = load_run(anchor), load_run(test)
     rows = (compare_points if points else compare_runs)(a, t, curve or None, against)
+    urls = [(doc.get("source") or {}).get("url") for doc in (a, t)]
+    if None not in urls and urls[0] != urls[1]:  # ids were matched; that they name the same pixels is assumed
+        warn(f"the runs read other sources ({urls[0]} and {urls[1]}): images are matched by id only")
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in rows], indent=1))
         return
