@@ -683,6 +683,17 @@ def test_hugging_face_image_structs_are_read_and_other_column_types_refused_up_f
         list_source(str(tmp_path / "text"), {})
 
 
+def test_the_name_folding_probe_leaves_nothing_behind(tmp_path):
+    import fsspec
+
+    from diffc_pipeline.pipeline.decode_job import folds_names
+
+    fs = fsspec.filesystem("file")
+    assert isinstance(folds_names(fs, str(tmp_path / "new" / "out")), bool)  # probed where OUTPUT will be
+    assert not list(tmp_path.iterdir())  # no probe file left, no folder made
+    assert folds_names(fsspec.filesystem("memory"), "/out") is False  # object stores: case-sensitive
+
+
 def test_decode_choices_at_their_edges():
     """From a review of `diffc decode`: a --bpp equal to a row's own bits per pixel was refused (the float
     product rounded below the bits); names that are one file on macOS/Windows, or a file and a folder at once,
@@ -703,6 +714,9 @@ def test_decode_choices_at_their_edges():
         with pytest.raises(DecodeTargetError, match=re.escape(shown)):
             check_distinct_names(ids)
     check_distinct_names(["x/y.png", "x/z.png", "X.png"])  # x/ is a folder, X.png a file: no clash
+    check_distinct_names(["Case.png", "case.png"], folds=False)  # two files on Linux and object stores
+    with pytest.raises(DecodeTargetError, match="both a file and a folder"):
+        check_distinct_names(["a.png", "a.png/b"], folds=False)
 
     table = pa.table({"seed": pa.array([1, 2], pa.uint64()), "error": [None, "x"]})
     for where, shown in (

@@ -16,11 +16,13 @@ import io
 import math
 import numbers
 import posixpath
+import tempfile
 import unicodedata
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +40,7 @@ from .manifest import check_same_codec
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
-from .sources import open_fs, public_url
+from .sources import open_fs, protocols, public_url
 from .stages import error_text, load_codec, split_by_pixels
 from .where import filter_rows
 
@@ -251,17 +253,17 @@ def output_name(image_id: str) -> str:
     return name if name.lower().endswith(".png") else f"{name}.png"
 
 
-def check_distinct_names(ids: list[str]) -> None:
-    """Refuse a PNG decode in which two selected ids share a file name (``a`` and ``a.png``; ``Case.png`` and
-    ``case.png`` or two Unicode spellings of one name, one file on macOS and Windows) or one id's file would
-    be another's folder (``a.png`` and ``a.png/b``): one image would silently overwrite the other, or fail
-    depending on write order. Checked on the driver, before any decoding."""
+def check_distinct_names(ids: list[str], folds: bool = True) -> None:
+    """Refuse a PNG decode in which two selected ids share a file name (``a`` and ``a.png``; with ``folds``,
+    the filesystem's, also ``Case.png`` and ``case.png`` or two Unicode spellings of one name: one file on
+    macOS and Windows) or one id's file would be another's folder (``a.png`` and ``a.png/b``): one image
+    would silently overwrite the other, or fail depending on write order. Checked before any decoding."""
     seen: dict[str, str] = {}
     clashes = []
     names = {}
     for image_id in ids:
         name = output_name(image_id)
-        key = _name_key(name)  # one file on macOS and Windows filesystems
+        key = _name_key(name) if folds else name
         if key in seen:
             clashes.append(f"{seen[key]!r} and {image_id!r} -> {name}")
         else:
@@ -285,14 +287,33 @@ def _name_key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def check_not_written(fs, root: str, ids: list[str], url: str) -> None:
+def folds_names(fs, root: str) -> bool:
+    """Whether OUTPUT's filesystem takes names that differ only in case or Unicode normalisation for one file
+    (macOS, Windows; not Linux filesystems, not object stores). Probed with a temporary file in OUTPUT's
+    nearest existing folder; a probe that cannot be written says no (the decode's own writes will fail)."""
+    if "file" not in protocols(fs):
+        return False
+    folder = Path(root)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.NamedTemporaryFile(prefix="_DiffcProbe\u00e9-", dir=folder) as probe:
+            name = Path(probe.name).name
+            return (folder / name.lower()).exists() or (folder / unicodedata.normalize("NFD", name)).exists()
+    except OSError:
+        return False
+
+
+def check_not_written(fs, root: str, ids: list[str], url: str, folds: bool = True) -> None:
     """Refuse a PNG decode that would replace files already in OUTPUT (an earlier decode at another bitrate,
     the user's own files) unless ``overwrite``: they were replaced without a word, leaving a folder of mixed
-    rates. Names compare as on a case-insensitive filesystem. One listing of OUTPUT, on the driver."""
+    rates. Names compare as the filesystem does (``folds``: case and Unicode normalisation ignored). One
+    listing of OUTPUT, on the driver."""
     if not fs.isdir(root):
         return
-    there = {_name_key(posixpath.relpath(p, root)) for p in fs.find(root)}
-    taken = [output_name(i) for i in ids if _name_key(output_name(i)) in there]
+    key = _name_key if folds else str
+    there = {key(posixpath.relpath(p, root)) for p in fs.find(root)}
+    taken = [output_name(i) for i in ids if key(output_name(i)) in there]
     if taken:
         raise DecodeTargetError(
             f"OUTPUT {public_url(url)} already holds {len(taken)} of the {len(ids)} PNG files this decode would "
@@ -506,9 +527,10 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     if selection.num_rows == 0:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     if opts.format == "png":
-        check_distinct_names(selection.column("id").to_pylist())
+        folds = folds_names(out_fs, out_root.rstrip("/"))
+        check_distinct_names(selection.column("id").to_pylist(), folds)
         if not opts.overwrite:
-            check_not_written(out_fs, out_root.rstrip("/"), selection.column("id").to_pylist(), opts.output)
+            check_not_written(out_fs, out_root.rstrip("/"), selection.column("id").to_pylist(), opts.output, folds)
     progress.start(selection.num_rows)
     try:
         with ray_session(opts.address):
