@@ -93,7 +93,9 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        _check_range(arr, 0.0, 1.0, "floating-point")  # 0..1 is the one range a float image has by convention
+        # 0..1 is the one range a float image has by convention; half a level of slack past either end (float
+        # processing leaves -1e-7 or 1.0000001) rounds to the same 8-bit values
+        _check_range(arr, 0.0, 1.0, "floating-point", slack=0.5 / 255)
         arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(arr[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -103,12 +105,12 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _check_range(arr: np.ndarray, low: float, high: float, kind: str) -> None:
-    """Refuse a single-band image whose values fall outside the range it is read as: clipping them would code
-    a silently different image."""
-    if arr.size and not (np.isfinite(arr).all() and arr.min() >= low and arr.max() <= high):
+def _check_range(arr: np.ndarray, low: float, high: float, kind: str, slack: float = 0.0) -> None:
+    """Refuse a single-band image whose values fall outside the range it is read as (by more than ``slack``):
+    clipping them would code a silently different image."""
+    if arr.size and not (np.isfinite(arr).all() and arr.min() >= low - slack and arr.max() <= high + slack):
         finite = arr[np.isfinite(arr)]
-        values = f"from {finite.min():g} to {finite.max():g}" if finite.size else "all NaN or infinite"
+        values = f"from {finite.min():.7g} to {finite.max():.7g}" if finite.size else "all NaN or infinite"
         if 0 < finite.size < arr.size:
             values += f" and {arr.size - finite.size} NaN or infinite"
         raise InvalidImageError(

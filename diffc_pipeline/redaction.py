@@ -9,9 +9,22 @@ import re
 import shlex
 from collections.abc import Callable, Sequence
 
-# "key" anywhere (api_key, access_key, aws_secret_access_key, --key), passw (password, passwd), auth but not
-# author. Over-masking a harmless value in a log costs nothing; under-masking leaks a credential.
-SECRET_NAME = re.compile(r"secret|token|passw|credential|auth(?!or)|key", re.I)
+# "key" anywhere (api_key, access_key, aws_secret_access_key, --key), passw (password, passwd), passphrase,
+# pwd, pin, dsn, private, auth but not author. Over-masking a harmless value in a log costs nothing;
+# under-masking leaks a credential.
+SECRET_NAME = re.compile(
+    r"secret|token|passw|passphrase|pwd|(?<![a-z])pin(?![a-z])|dsn|private|credential|auth(?!or)|key", re.I
+)
+
+# Storage options known to hold no credential (fsspec's s3fs, gcsfs, adlfs): the only ones whose values tell
+# jobs apart in a submission id and stay readable alone in a job's logs. Every other value counts as secret.
+PLAIN_STORAGE_OPTIONS = frozenset(
+    {
+        "anon", "endpoint_url", "client_kwargs.endpoint_url", "client_kwargs.region_name", "region_name",
+        "use_ssl", "requester_pays", "default_block_size", "default_fill_cache", "version_aware", "project",
+        "account_name", "use_listings_cache", "listings_expiry_time", "skip_instance_cache", "config_kwargs.retries",
+    }
+)  # fmt: skip
 
 
 def looks_secret(name: str) -> bool:
@@ -39,10 +52,11 @@ _URL_PASSWORD = re.compile(r"(?P<user>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/
 
 
 def identity_args(args: Sequence[str]) -> list[str]:
-    """The arguments with only credentials masked, for telling jobs apart (a submission id): unlike
-    :func:`redact_args`, a storage option whose key is no secret (an endpoint URL, ``anon=true``) and a URL's
-    user name stay, since two jobs that differ only there are two jobs; passwords, secret-named options and
-    secret query parameters are masked, so a rotated credential is still the same job."""
+    """The arguments with credentials masked, for telling jobs apart (a submission id, whose hash is public):
+    unlike :func:`redact_args`, a storage option known to be plain (:data:`PLAIN_STORAGE_OPTIONS`: an endpoint
+    URL, ``anon=true``) and a URL's user name stay, since two jobs that differ only there are two jobs; every
+    other storage option, passwords, secret-named options and secret query parameters are masked, so no
+    credential enters the hash (where a weak one could be confirmed offline) and a rotated one is the same job."""
     out: list[str] = []
     for i, (arg, masked) in enumerate(zip(args, redact_args(args), strict=True)):
         name, sep, value = arg.partition("=")
@@ -54,7 +68,7 @@ def identity_args(args: Sequence[str]) -> list[str]:
             item = arg
         else:
             item = None
-        plain_option = item is not None and "=" in item and not looks_secret(item.partition("=")[0])
+        plain_option = item is not None and "=" in item and item.partition("=")[0] in PLAIN_STORAGE_OPTIONS
         if arg == masked:
             out.append(arg)
         elif plain_option or (item is None and not arg.startswith("-") and masked == redact_text(arg)):
@@ -129,9 +143,9 @@ def log_redactor(args: Sequence[str]) -> Callable[[str], str]:
         value = value.partition("=")[2] if a.startswith(("-S", "--storage-option")) and "=" in value else value
         item = a.partition("=")[2] if a.startswith("--storage-option") else a.removeprefix("-S")
         key = item.partition("=")[0] if "=" in item else ""  # a storage option's key, if this is one
-        # alone, a value is masked wherever it appears: only a credential's, or one too long to be a word
+        # alone, a value is masked wherever it appears, unless it is a plain option's short value
         # (`-S anon=true` masked every "true" of the logs)
-        if len(value) >= 4 and (looks_secret(key) or len(value) >= 12 or r == REDACTED):
+        if len(value) >= 4 and (key not in PLAIN_STORAGE_OPTIONS or len(value) >= 12 or r == REDACTED):
             pairs[value] = REDACTED
     ordered = sorted(pairs, key=len, reverse=True)  # a token before any value inside it
 

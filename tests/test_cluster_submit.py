@@ -7,6 +7,7 @@ other programs' clusters. It has nothing to do with the in-process ``ray_cluster
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import shlex
@@ -26,6 +27,7 @@ from diffc_pipeline.cli import app
 from diffc_pipeline.cli.submit import check_command
 from diffc_pipeline.cluster import submit as sub
 from diffc_pipeline.cluster.local_head import LocalHead
+from diffc_pipeline.redaction import redact_args as redact_args_for_test
 
 SECRETS = ("AKIAEXAMPLEKEY", "wJalrXUtnFEMI-secret", "tok-123456", "hunter2", "sig0123abcd", "n0t'safe-9", "n0t")
 
@@ -143,6 +145,15 @@ def test_jobs_that_differ_only_in_a_plain_setting_get_their_own_ids():
     assert sid(env={"REGION": "eu"}) != sid(env={"REGION": "us"})
     assert sid(env={"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret"}) == sid(env={"AWS_SECRET_ACCESS_KEY": "x"})
     assert not _leaks(staging)
+    # a value that may be a credential never enters the hash (its 48 bits are public: a weak password could be
+    # confirmed offline), whatever the option or variable is called
+    assert sid("-S", "passphrase=hunter22") == sid("-S", "passphrase=hunter23")
+    assert sid("-S", 'client_kwargs={"aws_secret_access_key": "a"}') == sid("-S", 'client_kwargs={"x": "b"}')
+    assert sid(env={"DATABASE_URL": "postgres://u:hunter22@db/x"}) == sid(env={"DATABASE_URL": "postgres://v@w"})
+    # a command with nothing plain to tell apart keeps the id it had before plain values counted
+    legacy = {"name": None, "args": redact_args_for_test(base), "tick": "2026-11-21"}
+    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]
+    assert sid(env={"AWS_SECRET_ACCESS_KEY": "x"}) == f"diffc-compress-2026-11-21-{digest}"
 
 
 def test_logs_mask_a_secret_that_ray_echoes_quoted():
@@ -156,8 +167,9 @@ def test_logs_mask_a_secret_that_ray_echoes_quoted():
     assert "n0t" not in shown and "secret=it" not in shown and "a secret" not in shown, shown
     assert "s3://b/in" in shown
     # a plain setting's short value is masked in the echo only, not as a word everywhere in the logs
-    plain = log_redactor(["compress", "a", "b", "-S", "anon=true", "-S", "token=zzzz"])
-    assert plain("anon=true token=zzzz; all true, zzzz") == "anon=*** token=***; all true, ***"
+    plain = log_redactor(["compress", "a", "b", "-S", "anon=true", "-S", "token=zzzz", "-S", "passphrase=hunter22"])
+    shown = plain("anon=true token=zzzz; all true, zzzz, passphrase hunter22")
+    assert shown == "anon=*** token=***; all true, ***, passphrase ***"
 
 
 def test_runtime_env_values_must_be_strings_and_the_error_names_only_the_variable(tmp_path):

@@ -231,6 +231,8 @@ def test_animations_and_out_of_range_float_images_are_refused_not_cut():
 
     half = decode_image(single_band(np.full((4, 5), 0.5, np.float32)))
     assert (half == 128).all()  # 0..1 is read as it always was
+    edges = decode_image(single_band(np.array([[-1e-7, 1.0000001]], np.float32)))  # float rounding's overshoot
+    assert edges[0, :, 0].tolist() == [0, 255]
     for values, shown in (
         (np.full((4, 5), 3.5, np.float32), "from 3.5 to 3.5, outside 0..1"),
         (np.full((4, 5), np.nan, np.float32), "floating-point image with values all NaN or infinite"),
@@ -676,6 +678,12 @@ def test_hugging_face_image_structs_are_read_and_other_column_types_refused_up_f
     rows = _decode_rows(make_plan(list_source(str(tmp_path / "hf"), {}), shard_size=100, seed=0).items)
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert [np.frombuffer(r["pixels"], np.uint8)[0] for r in rows] == [0, 40, 80]
+
+    by_path = [{"bytes": None, "path": "elsewhere/3.png"}, cells[0]]  # the image not embedded, then one that is
+    pq.write_table(pa.table({"image": pa.array(by_path, layout)}), tmp_path / "hf" / "train-00001.parquet")
+    rows = _decode_rows(make_plan(list_source(str(tmp_path / "hf"), {}), shard_size=100, seed=0).items)
+    assert [r["status"] for r in rows] == ["ok"] * 3 + ["error", "ok"]
+    assert "holds no image bytes, only a path ('elsewhere/3.png')" in rows[3]["error"]
 
     (tmp_path / "text").mkdir()
     pq.write_table(pa.table({"image": ["a.png", "b.png"]}), tmp_path / "text" / "x.parquet")

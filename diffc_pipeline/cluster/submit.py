@@ -189,6 +189,10 @@ def default_tick(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
 
 
+# Environment variables whose values tell jobs apart (a region, a thread count) and hold no credential.
+PLAIN_ENV = re.compile(r"REGION|THREADS|^TZ$|LOG_?LEVEL|^DIFFC_", re.I)
+
+
 def _slug(text: str, limit: int = 32) -> str:
     return _SLUG.sub("-", text.lower()).strip("-")[:limit].strip("-") or "x"
 
@@ -196,22 +200,18 @@ def _slug(text: str, limit: int = 32) -> str:
 def submission_id(spec: JobSpec, tick: str) -> str:
     """``diffc-<name or command>-<tick>-<hash>``: readable in ``ray job list``, unique per command and tick.
 
-    The hash covers the arguments and the runtime env with their credentials masked (:func:`identity_args`;
-    environment variables named like secrets), so no secret can be guessed back from it and a rotated
-    credential does not turn a finished tick into a new run - while two jobs that differ only in an endpoint,
-    a user name or a plain environment variable (staging and production) are two jobs.
+    The hash covers the arguments with their credentials masked (:func:`identity_args`) and the values of
+    plain environment variables (:data:`PLAIN_ENV`), so no secret enters it (its 48 bits are public: a weak
+    password could be confirmed offline) and a rotated credential does not turn a finished tick into a new
+    run - while two jobs that differ only in an endpoint, a user name or a region are two jobs. A command
+    with none of these hashes as it did before they counted (the same ids across the upgrade).
     """
+    key: dict[str, Any] = {"name": spec.name, "args": identity_args(spec.args), "tick": tick}
     env = spec.runtime_env.get("env_vars") or {}
-    runtime_env = {
-        **{k: v for k, v in spec.runtime_env.items() if k != "env_vars"},
-        "env_vars": {k: REDACTED if looks_secret(k) else v for k, v in env.items()},
-    }
-    key = json.dumps(
-        {"name": spec.name, "args": identity_args(spec.args), "tick": tick, "runtime_env": runtime_env},
-        sort_keys=True,
-        default=str,
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    plain = {k: str(v) for k, v in env.items() if PLAIN_ENV.search(str(k)) and not looks_secret(str(k))}
+    if plain:
+        key["env_vars"] = plain
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"diffc-{_slug(spec.name or spec.args[0])}-{_slug(tick)}-{digest}"
 
 

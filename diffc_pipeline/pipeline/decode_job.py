@@ -40,7 +40,7 @@ from .manifest import check_same_codec
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
-from .sources import open_fs, protocols, public_url
+from .sources import open_fs, protocols, public_url, remote_errors
 from .stages import error_text, load_codec, split_by_pixels
 from .where import filter_rows
 
@@ -304,16 +304,25 @@ def folds_names(fs, root: str) -> bool:
         return False
 
 
-def check_not_written(fs, root: str, ids: list[str], url: str, folds: bool = True) -> None:
+def check_not_written(
+    fs, root: str, ids: list[str], url: str, storage_options: Mapping[str, object], folds: bool = True
+) -> None:
     """Refuse a PNG decode that would replace files already in OUTPUT (an earlier decode at another bitrate,
     the user's own files) unless ``overwrite``: they were replaced without a word, leaving a folder of mixed
     rates. Names compare as the filesystem does (``folds``: case and Unicode normalisation ignored). One
-    listing of OUTPUT, on the driver."""
-    if not fs.isdir(root):
-        return
+    listing per folder the names go into, on the driver."""
     key = _name_key if folds else str
-    there = {key(posixpath.relpath(p, root)) for p in fs.find(root)}
-    taken = [output_name(i) for i in ids if key(output_name(i)) in there]
+    names = [output_name(i) for i in ids]
+    there: set[str] = set()
+    with remote_errors("list", url, storage_options):
+        if not fs.isdir(root):
+            return
+        # the folders the names go into, one non-recursive listing each: not the whole tree under OUTPUT
+        for folder in sorted({posixpath.dirname(n) for n in names}):
+            path = f"{root}/{folder}" if folder else root
+            if fs.isdir(path):
+                there |= {key(posixpath.relpath(p, root)) for p in fs.ls(path, detail=False)}
+    taken = [n for n in names if key(n) in there]
     if taken:
         raise DecodeTargetError(
             f"OUTPUT {public_url(url)} already holds {len(taken)} of the {len(ids)} PNG files this decode would "
@@ -530,7 +539,8 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         folds = folds_names(out_fs, out_root.rstrip("/"))
         check_distinct_names(selection.column("id").to_pylist(), folds)
         if not opts.overwrite:
-            check_not_written(out_fs, out_root.rstrip("/"), selection.column("id").to_pylist(), opts.output, folds)
+            ids = selection.column("id").to_pylist()
+            check_not_written(out_fs, out_root.rstrip("/"), ids, opts.output, opts.storage_options, folds)
     progress.start(selection.num_rows)
     try:
         with ray_session(opts.address):

@@ -454,7 +454,7 @@ def read_bytes(
                 at, value = next(values, (None, None))  # type: ignore[assignment]
                 if at is None:
                     raise SourceError(f"{item['path']} has no row {item['row']} in row group {item['row_group']}")
-            yield value if value is not None else b""
+            yield value if value is not None else b""  # a row's own problem (an Exception) keeps the stream
         except Exception as exc:  # one unreadable item becomes one error row; the job goes on
             key, at = None, -1
             yield exc
@@ -493,8 +493,16 @@ def _row_group_values(
         )
         for batch in batches:
             column = batch.column(0)
+            paths: list = []
             if pa.types.is_struct(column.type):  # Hugging Face's Image layout: {bytes, path}
+                if column.type.get_field_index("path") >= 0:
+                    paths = column.field("path").to_pylist()
                 column = column.field("bytes")
-            for value in column.to_pylist():
+            for i, value in enumerate(column.to_pylist()):
+                if value is None and paths and paths[i]:  # the image lies elsewhere, by path: not in this file
+                    value = SourceError(
+                        f"row {row} of {path} holds no image bytes, only a path ({paths[i]!r}); export the "
+                        "dataset with its images embedded (datasets: cast_column with Image(decode=True))"
+                    )
                 yield row, value
                 row += 1
