@@ -98,6 +98,12 @@ def test_s3_parquet_input_to_s3_archive_and_back(ray_cluster, s3, tmp_path):
     for image_id in (ids[0], ids[3]):
         img = Image.open(io.BytesIO(fs.cat_file(f"bucket/out/{image_id}.png")))
         assert img.size == (16, 16)
+    parts = DecodeOptions("s3://bucket/arc", "s3://bucket/parts", step=1, model="gaussian", storage_options=options,
+                          format="parquet")  # fmt: skip
+    assert run_decode(parts, QUIET).images == 4
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("bucket/parts")) == ["_SUCCESS", "part-00000.parquet"]
+    assert pq.read_table(io.BytesIO(fs.cat_file("bucket/parts/part-00000.parquet"))).num_rows == 4
 
 
 def test_a_missing_output_bucket_is_refused_not_created(ray_cluster, s3, tmp_path):

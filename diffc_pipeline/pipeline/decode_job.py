@@ -34,7 +34,13 @@ from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DiffcError, check_at_least, is_whole
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import ROW_GROUP_SIZE, STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
-from .destinations import check_no_parts, check_output_folder, check_outside_archive, check_outside_source
+from .destinations import (
+    BUCKET_STORES,
+    check_no_parts,
+    check_output_folder,
+    check_outside_archive,
+    check_outside_source,
+)
 from .incremental import latest_rows
 from .manifest import check_same_codec
 from .progress import JobProgress
@@ -550,9 +556,10 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
             )
     except KeyboardInterrupt as exc:  # the CLI prints the note under "interrupted"
         again = "into an empty folder" if opts.format == "parquet" else "with --overwrite"
+        written = "decoded, the last of them not written" if opts.format == "parquet" else "decoded"
         exc.add_note(
             f"OUTPUT {public_url(opts.output)} is incomplete ({progress.tally.images} of {selection.num_rows} images "
-            f"decoded{', no _SUCCESS' if opts.format == 'parquet' else ''}); decode again {again}"
+            f"{written}{'; no _SUCCESS' if opts.format == 'parquet' else ''}); decode again {again}"
         )
         raise
     finally:
@@ -661,10 +668,21 @@ SUCCESS_NAME = "_SUCCESS"
 
 
 def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:
-    """Write a part whole or not at all: under a temporary name (skipped by Parquet readers), then renamed,
-    so an interrupted decode never leaves a truncated part that reads as data."""
+    """Write a part whole or not at all, so an interrupted decode never leaves a truncated part that reads as
+    data: an object store's PUT is whole already; elsewhere under a temporary name (skipped by Parquet
+    readers), then renamed (a rename on an object store would be a second copy of the part)."""
     fs.makedirs(root, exist_ok=True)
+    final = f"{root}/part-{part:05d}.parquet"
+    if set(protocols(fs)) & BUCKET_STORES:
+        fs.pipe_file(final, _parquet_bytes(tables))
+        return
     temporary = f"{root}/_tmp-part-{part:05d}-{uuid.uuid4().hex}.parquet"
     with fs.open(temporary, "wb") as f:
         pq.write_table(pa.concat_tables(tables), f, compression="none")
-    fs.mv(temporary, f"{root}/part-{part:05d}.parquet")
+    fs.mv(temporary, final)
+
+
+def _parquet_bytes(tables: list[pa.Table]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.concat_tables(tables), buf, compression="none")
+    return buf.getvalue()
