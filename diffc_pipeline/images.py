@@ -62,7 +62,7 @@ def decode_image(
                 raise InvalidImageError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
             if w == 0 or h == 0:
                 raise InvalidImageError(f"image has no pixels ({w}x{h})")
-            if getattr(img, "is_animated", False) and img.format in ANIMATED_FORMATS:
+            if getattr(img, "is_animated", False) and img.format in ANIMATED_FORMATS and not _thumbnails_only(img):
                 raise InvalidImageError(
                     f"{img.format} image has {img.n_frames} frames (an animation or a multi-page file); only "
                     "single-frame images are coded - extract the frames to archive them"
@@ -79,6 +79,21 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"corrupt or truncated image: {exc}") from None
     return _to_rgb8(img)
+
+
+def _thumbnails_only(img: Image.Image) -> bool:
+    """Whether a multi-page TIFF's pages after the first are reduced-resolution copies of it (NewSubfileType
+    bit 0, as cameras and scanners write previews): then the first page is the image, as a camera's MPO."""
+    if img.format != "TIFF":
+        return False
+    try:
+        for page in range(1, img.n_frames):
+            img.seek(page)
+            if not int(img.tag_v2.get(254, 0)) & 1:
+                return False
+        return True
+    finally:
+        img.seek(0)
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:

@@ -225,6 +225,9 @@ def test_animations_and_out_of_range_float_images_are_refused_not_cut():
         with pytest.raises(InvalidImageError, match=rf"{fmt} image has 3 frames .* extract the frames"):
             decode_image(save(frames, fmt))
         assert decode_image(save(frames[:1], fmt)).shape == (6, 8, 3)  # one frame: coded as before
+    # a camera's or scanner's TIFF whose other pages are reduced-resolution previews (NewSubfileType 1)
+    preview = save([frames[0], frames[1].resize((4, 3))], "TIFF", tiffinfo={254: 1})
+    assert decode_image(preview)[0, 0].tolist() == [0, 50, 90]
 
     def single_band(values: np.ndarray) -> bytes:
         return save([Image.fromarray(values)], "TIFF")
