@@ -466,7 +466,7 @@ def test_compress_job_end_to_end_and_resubmit_is_a_no_op(head, tmp_path):
     details, created = sub.submit(client, submission)
     assert created and details.submission_id == submission.submission_id
     chunks: list[str] = []
-    sub.follow_logs(client, submission.submission_id, chunks.append)
+    sub.follow_logs(client, submission.submission_id, chunks.append, idle_s=0.2)  # polls the status when quiet
     details = sub.wait_for_end(client, submission.submission_id)
     print(f"compress job: {time.monotonic() - started:.1f} s")
     logs = "".join(chunks)

@@ -464,12 +464,43 @@ def submit(
     return _job_or_none(client, submission.submission_id), True
 
 
-def follow_logs(client, submission_id: str, write: Callable[[str], None]) -> None:
-    """Stream the job's logs (from the start) to ``write`` until the job ends."""
+LOG_IDLE_S = 60.0  # a log stream quiet this long: ask the Jobs API whether the job still runs
+
+
+def follow_logs(client, submission_id: str, write: Callable[[str], None], idle_s: float | None = None) -> None:
+    """Stream the job's logs (from the start) to ``write`` until the job ends.
+
+    Ray's log stream is a websocket without a heartbeat or timeout, so a silent network partition would hold
+    it forever: after ``idle_s`` (default :data:`LOG_IDLE_S`) without output the job's status is polled, and
+    the stream is left (for :func:`wait_for_end`) once the job has ended, is gone, or cannot be asked about.
+    The pending read is never cancelled, so a quiet job's stream goes on where it was."""
+    idle = LOG_IDLE_S if idle_s is None else idle_s
 
     async def _tail() -> None:
-        async for chunk in client.tail_job_logs(submission_id):
-            write(chunk)
+        chunks = aiter(client.tail_job_logs(submission_id))
+        pending = asyncio.ensure_future(anext(chunks))
+        ended_at: float | None = None  # the job ended: its last lines may still be on the way
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=idle)
+                if not done:
+                    if ended_at is not None:
+                        if time.monotonic() - ended_at > LOG_SETTLE_S:
+                            return
+                        continue
+                    details = await asyncio.to_thread(_job_or_none, client, submission_id)
+                    if details is None:
+                        return
+                    if details.status.is_terminal():
+                        ended_at = time.monotonic()
+                    continue
+                try:
+                    write(pending.result())
+                except StopAsyncIteration:
+                    return
+                pending = asyncio.ensure_future(anext(chunks))
+        finally:
+            pending.cancel()
 
     # A stream that breaks off (a head restart, a dropped port-forward) is no failure: wait_for_end polls
     # the status instead, and says so if the cluster stays out of reach.
