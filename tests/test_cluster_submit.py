@@ -231,6 +231,9 @@ def test_cluster_failures_are_cluster_errors_and_a_wrong_address_says_so(fake_he
         sub.submit(client, sub.plan(_spec("inspect", "s3://a"), "t"), check_python=False)
     with pytest.raises(ClusterError, match=r"lost contact .* may still be running \(`ray job status job-1`\)"):
         sub.wait_for_end(client, "job-1", poll_s=0.01, lost_contact_s=0.2)
+    server.RequestHandlerClass.codes = {"job": 403}  # a token without the right to see jobs: one line, exit 2
+    with pytest.raises(sub.SubmitError, match="refused to show job job-1"):
+        sub.wait_for_end(client, "job-1")
 
 def test_submission_id_is_a_safe_name_whatever_the_tick():
     sid = sub.submission_id(_spec("compress", "a", "b"), "2026-11-21T02:00:00+00:00 / ../../etc")

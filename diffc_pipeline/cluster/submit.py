@@ -313,14 +313,20 @@ def _cluster_error(what: str, exc: BaseException) -> ClusterError:
 def _job_or_none(client, submission_id: str):
     """The job with this id, or None. The SDK reports a missing job as a RuntimeError with HTTP 404; a
     cluster or network failure is a :class:`ClusterError` (exit code 1: a scheduler may retry)."""
+    from ray.exceptions import AuthenticationError
+
     try:
         return client.get_job_info(submission_id)
+    except AuthenticationError:  # a token that may connect but not read jobs, or one revoked meanwhile
+        raise SubmitError(
+            f"the cluster refused to show job {submission_id}: its token is missing, wrong or not allowed to"
+        ) from None
     except (RuntimeError, OSError) as exc:
         if "404" in str(exc) and not isinstance(exc, OSError):
             return None
         if _server_side(exc):
             raise _cluster_error(f"cannot read job {submission_id}", exc) from None
-        raise
+        raise SubmitError(f"the cluster refused to show job {submission_id}: {redact_text(str(exc))[:300]}") from None
 
 
 LOG_SETTLE_S = 15.0
