@@ -25,6 +25,8 @@ PLAIN_STORAGE_OPTIONS = frozenset(
         "account_name", "use_listings_cache", "listings_expiry_time", "skip_instance_cache", "config_kwargs.retries",
     }
 )  # fmt: skip
+# Environment variables whose values tell jobs apart (a region, a thread count) and hold no credential.
+PLAIN_ENV = re.compile(r"REGION|THREADS|^TZ$|LOG_?LEVEL|^DIFFC_", re.I)
 
 
 def looks_secret(name: str) -> bool:
@@ -44,7 +46,10 @@ _QUERY_SECRET = re.compile(
 
 def redact_text(text: str) -> str:
     """Mask passwords in URLs (``s3://user:pw@host``) and signature/token query parameters."""
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    return _mask_query(_URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text))
+
+
+def _mask_query(text: str) -> str:
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
 
 
@@ -80,8 +85,7 @@ def identity_args(args: Sequence[str]) -> list[str]:
 
 def _mask_passwords(text: str) -> str:
     """Passwords in URLs and secret query parameters masked; user names kept (unlike :func:`redact_text`)."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['user']}:{REDACTED}@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+    return _mask_query(_URL_PASSWORD.sub(lambda m: f"{m['user']}:{REDACTED}@", text))
 
 
 def _mask_key_value(item: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..errors import ClusterError, DiffcError
-from ..redaction import REDACTED, identity_args, looks_secret, redact_args, redact_text
+from ..redaction import PLAIN_ENV, REDACTED, identity_args, looks_secret, redact_args, redact_text
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -187,10 +187,6 @@ def forward_env(names: Sequence[str], environ: Mapping[str, str] | None = None) 
 def default_tick(now: datetime | None = None) -> str:
     """The UTC date: one run per day unless a finer tick is given."""
     return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
-
-
-# Environment variables whose values tell jobs apart (a region, a thread count) and hold no credential.
-PLAIN_ENV = re.compile(r"REGION|THREADS|^TZ$|LOG_?LEVEL|^DIFFC_", re.I)
 
 
 def _slug(text: str, limit: int = 32) -> str:

@@ -56,15 +56,20 @@ def no_bd_rate_reason(
     min_quality: float | None = None,
 ) -> str:
     """Why :func:`bd_rate` gives ``None`` for these curves (a report says which, not always "no overlap")."""
-    for name, rates, quality in (("anchor", anchor_rates, anchor_quality), ("test", test_rates, test_quality)):
-        r, _ = pareto_front(rates, quality)
+    missing = _missing_curve(pareto_front(anchor_rates, anchor_quality)[0], pareto_front(test_rates, test_quality)[0])
+    if missing:
+        return missing
+    return "no overlap" if min_quality is None else f"no overlap from {min_quality:g} up"
+
+
+def _missing_curve(anchor_rates: np.ndarray, test_rates: np.ndarray) -> str | None:
+    """What keeps two Pareto fronts (their rates) from being curves: fewer than two points, or a rate of 0."""
+    for name, r in (("anchor", anchor_rates), ("test", test_rates)):
         if len(r) < 2:
             return f"{name} has {len(r)} point{'s' if len(r) != 1 else ''}: no curve"
         if r[0] <= 0:
             return f"{name} has a point at rate 0"
-    if min_quality is not None:
-        return f"no overlap from {min_quality:g} up"
-    return "no overlap"
+    return None
 
 
 def bd_rate(
@@ -81,7 +86,7 @@ def bd_rate(
     """
     ra, qa = pareto_front(anchor_rates, anchor_quality)
     rt, qt = pareto_front(test_rates, test_quality)
-    if len(ra) < 2 or len(rt) < 2 or min(ra[0], rt[0]) <= 0:
+    if _missing_curve(ra, rt):
         return None
     lo, hi = max(qa[0], qt[0], -np.inf if min_quality is None else min_quality), min(qa[-1], qt[-1])
     if not hi > lo:

@@ -36,10 +36,13 @@ from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import ROW_GROUP_SIZE, STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .destinations import (
     BUCKET_STORES,
+    SUCCESS_NAME,
+    TEMP_PART_PREFIX,
     check_no_parts,
     check_output_folder,
     check_outside_archive,
     check_outside_source,
+    is_local,
 )
 from .incremental import latest_rows
 from .manifest import check_same_codec
@@ -297,7 +300,7 @@ def folds_names(fs, root: str) -> bool:
     """Whether OUTPUT's filesystem takes names that differ only in case or Unicode normalisation for one file
     (macOS, Windows; not Linux filesystems, not object stores). Probed with a temporary file in OUTPUT's
     nearest existing folder; a probe that cannot be written says no (the decode's own writes will fail)."""
-    if "file" not in protocols(fs):
+    if not is_local(fs):
         return False
     folder = Path(root)
     while not folder.exists() and folder != folder.parent:
@@ -542,11 +545,11 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     if selection.num_rows == 0:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     if opts.format == "png":
-        folds = folds_names(out_fs, out_root.rstrip("/"))
-        check_distinct_names(selection.column("id").to_pylist(), folds)
+        ids, root = selection.column("id").to_pylist(), out_root.rstrip("/")
+        folds = folds_names(out_fs, root)
+        check_distinct_names(ids, folds)
         if not opts.overwrite:
-            ids = selection.column("id").to_pylist()
-            check_not_written(out_fs, out_root.rstrip("/"), ids, opts.output, opts.storage_options, folds)
+            check_not_written(out_fs, root, ids, opts.output, opts.storage_options, folds)
     progress.start(selection.num_rows)
     try:
         with ray_session(opts.address):
@@ -555,11 +558,13 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
                 _build_dataset(archive, selection, opts, sizing, spec.to_dict(), decode_options), opts, progress
             )
     except KeyboardInterrupt as exc:  # the CLI prints the note under "interrupted"
-        again = "into an empty folder" if opts.format == "parquet" else "with --overwrite"
-        written = "decoded, the last of them not written" if opts.format == "parquet" else "decoded"
+        if opts.format == "parquet":
+            state, again = f"decoded, the last of them not written; no {SUCCESS_NAME}", "into an empty folder"
+        else:
+            state, again = "decoded", "with --overwrite"
         exc.add_note(
             f"OUTPUT {public_url(opts.output)} is incomplete ({progress.tally.images} of {selection.num_rows} images "
-            f"{written}{'; no _SUCCESS' if opts.format == 'parquet' else ''}); decode again {again}"
+            f"{state}); decode again {again}"
         )
         raise
     finally:
@@ -662,27 +667,17 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int, li
     return bytes_read, bits // 8, examples
 
 
-# Written last by a whole Parquet decode (Spark's and Hadoop's convention): without it, the parts are what an
-# interrupted decode left. A name starting with "_" is skipped by Parquet readers.
-SUCCESS_NAME = "_SUCCESS"
-
-
 def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:
     """Write a part whole or not at all, so an interrupted decode never leaves a truncated part that reads as
     data: an object store's PUT is whole already; elsewhere under a temporary name (skipped by Parquet
     readers), then renamed (a rename on an object store would be a second copy of the part)."""
     fs.makedirs(root, exist_ok=True)
-    final = f"{root}/part-{part:05d}.parquet"
-    if set(protocols(fs)) & BUCKET_STORES:
-        fs.pipe_file(final, _parquet_bytes(tables))
-        return
-    temporary = f"{root}/_tmp-part-{part:05d}-{uuid.uuid4().hex}.parquet"
-    with fs.open(temporary, "wb") as f:
-        pq.write_table(pa.concat_tables(tables), f, compression="none")
-    fs.mv(temporary, final)
-
-
-def _parquet_bytes(tables: list[pa.Table]) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.concat_tables(tables), buf, compression="none")
-    return buf.getvalue()
+    final = f"{root}/part-{part:05d}.parquet"
+    if set(protocols(fs)) & BUCKET_STORES:
+        fs.pipe_file(final, buf.getvalue())
+        return
+    temporary = f"{root}/{TEMP_PART_PREFIX}{part:05d}-{uuid.uuid4().hex}.parquet"
+    fs.pipe_file(temporary, buf.getvalue())
+    fs.mv(temporary, final)

@@ -37,14 +37,21 @@ def check_output_folder(
             raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
 
 
+# A whole Parquet decode writes its parts under TEMP_PART_PREFIX names, renames them, and writes SUCCESS_NAME
+# last (Spark's and Hadoop's convention): parts without it are what an interrupted decode left. Names that
+# start with "_" are skipped by Parquet readers.
+SUCCESS_NAME = "_SUCCESS"
+TEMP_PART_PREFIX = "_tmp-part-"
+
+
 def check_no_parts(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
     """Refuse a Parquet decode into a folder that holds an earlier decode's parts: the new run rewrites only
     as many parts as it makes, so the old ones past them would be read as part of the new dataset."""
     if not fs.isdir(root):
         return
     names = [posixpath.basename(p) for p in fs.ls(root, detail=False)]
-    if any(n.startswith(("part-", "_tmp-part-")) or n == "_SUCCESS" for n in names):
-        state = "a whole" if "_SUCCESS" in names else "an interrupted (no _SUCCESS)"
+    if any(n.startswith(("part-", TEMP_PART_PREFIX)) or n == SUCCESS_NAME for n in names):
+        state = "a whole" if SUCCESS_NAME in names else f"an interrupted (no {SUCCESS_NAME})"
         raise ArchiveError(
             f"OUTPUT {public_url(url)} holds the parts of {state} earlier decode; decode into a new or empty folder "
             "(or remove them)"
@@ -79,7 +86,7 @@ def check_outside_source(
 BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci"})
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols(fs)
 
 
@@ -98,7 +105,7 @@ def removed_if_left_empty(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[
 
     Local folders only: an object store has no empty folders to leave behind, and removing a "directory" there
     can mean deleting a bucket."""
-    existed = not _is_local(fs) or fs.exists(root)
+    existed = not is_local(fs) or fs.exists(root)
     try:
         yield
     except BaseException:

@@ -65,7 +65,7 @@ def filter_rows(table: pa.Table, text: str, columns: list[str]) -> pa.Table:
     types (``width = '64'``, ``id > 3``) is a :class:`FilterError` naming the problem, not an Arrow traceback."""
     try:  # a list of mixed types ("IN (64, 'a')") fails as the expression is built
         return table.filter(parse_where(text, columns))
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         detail = str(exc).splitlines()[0]
         raise FilterError(f"--where {text!r} does not fit the columns' types ({detail})") from None
 
