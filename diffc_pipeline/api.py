@@ -125,11 +125,13 @@ def decode(
     address: str | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> DecodeSummary:
     """Decode chosen images of ``archive`` to PNG files (or Parquet parts of PNG bytes) under ``output``, on
     Ray: what ``diffc decode`` does. Without ``bpp`` or ``step``, the whole stream. A row whose stream header
     disagrees with its size, or claims more than ``max_pixels`` pixels, is an error row of the summary. PNG
-    files of the same names already in ``output`` are refused unless ``overwrite``."""
+    files of the same names already in ``output`` are refused unless ``overwrite`` (replace them) or ``resume``
+    (finish an interrupted decode made with the same arguments: the images whose PNG is there are done)."""
     from .pipeline.decode_job import DecodeOptions, run_decode
 
     opts = DecodeOptions(
@@ -150,6 +152,7 @@ def decode(
         threads=threads,
         actors=actors,
         overwrite=overwrite,
+        resume=resume,
     )
     return run_decode(opts, _progress("decode", progress))
 

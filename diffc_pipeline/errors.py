@@ -34,6 +34,11 @@ class ClusterError(DiffcError):
     """The Ray cluster cannot be reached or started: not the user's input, so a scheduler may retry."""
 
 
+class DecodeTargetError(DiffcError):
+    """The decode options ask for nothing decodable (no target, or no image selected), or for output that
+    would clash with what OUTPUT holds."""
+
+
 def is_whole(value: object) -> bool:
     """Whether ``value`` is an integer and not a bool (``True`` is an ``int`` to Python, never a count to us):
     the test for counts read from JSON or passed untyped through the Python API."""

@@ -131,6 +131,66 @@ def test_a_limited_trial_archive_grows_with_incremental_and_the_summary_counts_s
     assert (pngs / "img000.png").read_bytes() == before
 
 
+def test_resume_finishes_an_interrupted_png_decode_and_only_the_same_decode(ray_cluster, tmp_path: Path) -> None:
+    """What a decode killed half-way leaves (whole PNGs of some ids, a temporary file of the one it was writing)
+    is made from a whole decode; --resume decodes the rest into the same files a whole decode writes, and
+    refuses a decode with other options, a folder no decode wrote, Parquet output and --overwrite with it."""
+    write_images(tmp_path / "in", 4)
+    arch = str(tmp_path / "arch")
+    dp.compress(str(tmp_path / "in"), arch, codec="webp", **FAST)
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    dp.decode(arch, str(whole), step=1, **FAST)
+    dp.decode(arch, str(out), step=1, **FAST)
+    names = sorted(p.name for p in whole.glob("*.png"))
+    assert len(names) == 4 and (out / "_diffc_decode.json").is_file()
+    for name in names[1:]:
+        (out / name).unlink()
+    (out / ".tmp-0123abcd").write_bytes(b"half a PNG")
+    with pytest.raises(DiffcError, match=r"already holds 1 of the 4 PNG files .*--resume"):
+        dp.decode(arch, str(out), step=1, **FAST)
+    with pytest.raises(DiffcError, match=r"--resume: OUTPUT .* other options \(step 1 then, None now\)"):
+        dp.decode(arch, str(out), resume=True, **FAST)
+    with pytest.raises(DiffcError, match="pass one"):
+        dp.decode(arch, str(out), step=1, resume=True, overwrite=True, **FAST)
+    with pytest.raises(DiffcError, match="finishes an interrupted PNG decode"):
+        dp.decode(arch, str(tmp_path / "parts"), step=1, format="parquet", resume=True, **FAST)
+    (out / names[0]).write_bytes(b"the first image, as written")  # kept: a PNG that is there is done
+    resumed = dp.decode(arch + "/", str(out), step=1, resume=True, **FAST)  # another spelling of the archive
+    assert (resumed.images, resumed.already_written, resumed.failures) == (3, 1, 0)
+    assert sorted(p.name for p in out.iterdir()) == ["_diffc_decode.json", *names]  # the temporary file is gone
+    assert all((out / n).read_bytes() == (whole / n).read_bytes() for n in names[1:])
+    again = dp.decode(arch, str(out), step=1, resume=True, **FAST)  # nothing left: no decoding, no error
+    assert (again.images, again.already_written) == (0, 4)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / names[0]).write_bytes(b"mine")
+    with pytest.raises(DiffcError, match=r"holds no record of an earlier decode \(_diffc_decode\.json\)"):
+        dp.decode(arch, str(foreign), step=1, resume=True, **FAST)
+    result = _cli("decode", arch, str(out), "--step", "1", "--resume", "--threads", "1", "--actors", "1")
+    assert result.exit_code == 0 and "already written" in result.output, result.output
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """A failed rename (a folder in the way, a full disk) leaves the old file and no temporary one."""
+    import fsspec
+
+    from diffc_pipeline.pipeline.commit import replace_file
+
+    fs = fsspec.filesystem("file")
+    target = tmp_path / "x.png"
+    target.write_bytes(b"old")
+    replace_file(fs, str(target), b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+    def no_rename(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fs, "mv", no_rename)
+    with pytest.raises(OSError, match="No space"):
+        replace_file(fs, str(target), b"newer")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
 def test_cli_ranges_refuse_negative_counts(tmp_path: Path) -> None:
     for args in (["--threads", "-2"], ["--limit", "-1"], ["--tile", "-5"]):
         result = _cli("eval", str(tmp_path), "--out", str(tmp_path / "e"), *args)
@@ -327,7 +387,7 @@ def test_an_interrupted_decode_says_its_output_is_incomplete(ray_cluster, tmp_pa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(decode_job, "_drain", interrupted)
-    for fmt, again in (("png", "with --overwrite"), ("parquet", "into an empty folder")):
+    for fmt, again in (("png", "with the same options and --resume"), ("parquet", "into an empty folder")):
         result = _cli("decode", str(FIXTURE), str(tmp_path / fmt), "--format", fmt, "--threads", "1")
         shown = " ".join(result.output.split())
         assert result.exit_code == 130 and "interrupted" in shown, result.output

@@ -697,7 +697,7 @@ def test_hugging_face_image_structs_are_read_and_other_column_types_refused_up_f
 def test_the_name_folding_probe_leaves_nothing_behind(tmp_path):
     import fsspec
 
-    from diffc_pipeline.pipeline.decode_job import folds_names
+    from diffc_pipeline.pipeline.png_output import folds_names
 
     fs = fsspec.filesystem("file")
     assert isinstance(folds_names(fs, str(tmp_path / "new" / "out")), bool)  # probed where OUTPUT will be
@@ -711,7 +711,8 @@ def test_decode_choices_at_their_edges():
     passed; a 24-digit integer or `= NULL` in --where gave a traceback or matched nothing; numpy numbers from
     `rows()` were refused as steps and bpps, `limit=1.5` failed deep inside; an empty selection through
     `open_archive().decode` was a silent empty loop where every other path says so."""
-    from diffc_pipeline.pipeline.decode_job import DecodeOptions, DecodeTargetError, _steps_within, check_distinct_names
+    from diffc_pipeline.pipeline.decode_job import DecodeOptions, DecodeTargetError, _steps_within
+    from diffc_pipeline.pipeline.png_output import check_distinct_names
 
     assert 440 / 307200 * 307200 < 440  # the rounding the old comparison hit
     assert _steps_within([440, 1000], 307200, 440 / 307200, 2) == 1

@@ -56,6 +56,12 @@ def decode(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace PNG files of the same names already in OUTPUT (refused otherwise)."
     ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Finish an interrupted PNG decode: give the same options; images whose PNG is there are not decoded "
+        "again.",
+    ),
 ) -> None:
     """Decode images of an archive (a subset, at a bitrate or step) to PNG files or a Parquet dataset."""
     from .. import api
@@ -82,6 +88,7 @@ def decode(
         threads=threads,
         actors=actors,
         overwrite=overwrite,
+        resume=resume,
         progress=True,
     )
     table = Table(title="decode summary", show_header=False)

@@ -132,7 +132,7 @@ def _psnr_of_pngs(folder: Path) -> dict[str, float]:
     """PSNR of each decoded PNG under ``folder`` against its bundled original, by image id."""
     from ..evaluation.metrics import psnr
     from ..images import decode_image
-    from ..pipeline.decode_job import output_name
+    from ..pipeline.png_output import output_name
     from ..samples import sample_paths
 
     return {

@@ -11,12 +11,16 @@ the next run under the same name, so records are never duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import posixpath
 import uuid
 
 import fsspec
 
 from ..errors import ArchiveError, is_whole
+from .destinations import BUCKET_STORES
+from .sources import protocols
 
 SHARDS_DIR = "shards"
 MARKERS_DIR = "commits"
@@ -99,9 +103,19 @@ def _list(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
 
 
 def replace_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Replace ``path`` whole: written under a temporary name beside it, then moved over it (a rename on local
-    disk; a copy on object stores, itself one PUT), so a reader sees the old content or the new, never half.
-    The manifest and the archive lock's heartbeat both write this way."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    """Write ``path`` whole or not at all, so a reader (or the next run) sees the old content or the new, never
+    half: the manifest, the archive lock's heartbeat and a decode's PNGs and parts all write this way. An
+    object store's PUT is whole already; elsewhere the bytes go to a short dot-name in the same folder (hidden
+    from Parquet readers; short, so a name near the filesystem's length limit still fits) and are renamed
+    over ``path`` (a rename on an object store would be a second copy)."""
+    if set(protocols(fs)) & BUCKET_STORES:
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{posixpath.dirname(path)}/{TMP_PREFIX}{uuid.uuid4().hex}"
     fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
+    try:
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # best effort: the rename's error is the one to report
+            fs.rm(tmp)
+        raise

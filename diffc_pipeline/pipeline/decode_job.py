@@ -12,44 +12,47 @@ manifest names.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import numbers
-import posixpath
-import tempfile
-import unicodedata
-import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
 
 from ..codecs import Codec, Encoded, prefix_bits
-from ..errors import ArchiveError, DiffcError, check_at_least, is_whole
+from ..errors import ArchiveError, DecodeTargetError, check_at_least, is_whole
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from .archive import ROW_GROUP_SIZE, STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
+from .commit import replace_file
 from .destinations import (
-    BUCKET_STORES,
     SUCCESS_NAME,
-    TEMP_PART_PREFIX,
     check_no_parts,
     check_output_folder,
     check_outside_archive,
     check_outside_source,
-    is_local,
 )
 from .incremental import latest_rows
 from .manifest import check_same_codec
+from .png_output import (
+    check_distinct_names,
+    check_not_written,
+    check_resumable,
+    folds_names,
+    png_bytes,
+    write_pngs,
+    write_record,
+    written_names,
+)
 from .progress import JobProgress
 from .reader import Archive, open_archive, read_index, read_prefixes
 from .runtime import READ_TASK_CPUS, ActorSizing, cluster_sizing, model_stage, ray_session
-from .sources import open_fs, protocols, public_url, remote_errors
+from .sources import open_fs, public_url
 from .stages import error_text, load_codec, split_by_pixels
 from .where import filter_rows
 
@@ -93,10 +96,6 @@ IMAGE_COLUMNS = ("id", "image", "bpp", "height", "width", "step", "bits", "statu
 TEXT_COLUMNS = ("id", "status", "error")
 
 
-class DecodeTargetError(DiffcError):
-    """The decode options ask for nothing decodable (no target, or no image selected)."""
-
-
 @dataclass
 class DecodeOptions:
     archive: str
@@ -116,6 +115,7 @@ class DecodeOptions:
     threads: int = 0
     actors: int = 0
     overwrite: bool = False  # PNG output: replace files of those names already in OUTPUT
+    resume: bool = False  # PNG output: finish an interrupted decode (ids whose PNG is there are done)
 
     def __post_init__(self) -> None:
         """As :class:`~diffc_pipeline.pipeline.compress_job.CompressOptions`: out-of-range numbers fail at once.
@@ -143,6 +143,7 @@ class DecodeSummary:
     wall_s: float
     images_per_s: float
     error_examples: list[str] = field(default_factory=list)  # "ID: error" of the first failed images
+    already_written: int = 0  # --resume: selected images whose PNG an earlier run wrote (not decoded again)
 
 
 def select(archive: Archive, opts: DecodeOptions) -> tuple[pa.Table, int, int]:
@@ -252,91 +253,6 @@ def check_stream_size(codec: Codec, row: dict, max_pixels: int) -> None:
         raise ArchiveError(
             f"image {row['id']!r}: stream of {width}x{height} = {pixels} pixels{padded} exceeds the limit of "
             f"{max_pixels} (--max-pixels)"
-        )
-
-
-def output_name(image_id: str) -> str:
-    """A relative PNG path for an id: sub-folders kept, but never ``..`` or an absolute path."""
-    parts = [p for p in image_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    name = "/".join(parts) or "image"
-    return name if name.lower().endswith(".png") else f"{name}.png"
-
-
-def check_distinct_names(ids: list[str], folds: bool = True) -> None:
-    """Refuse a PNG decode in which two selected ids share a file name (``a`` and ``a.png``; with ``folds``,
-    the filesystem's, also ``Case.png`` and ``case.png`` or two Unicode spellings of one name: one file on
-    macOS and Windows) or one id's file would be another's folder (``a.png`` and ``a.png/b``): one image
-    would silently overwrite the other, or fail depending on write order. Checked before any decoding."""
-    seen: dict[str, str] = {}
-    clashes = []
-    names = {}
-    for image_id in ids:
-        name = output_name(image_id)
-        key = _name_key(name) if folds else name
-        if key in seen:
-            clashes.append(f"{seen[key]!r} and {image_id!r} -> {name}")
-        else:
-            seen[key], names[key] = image_id, name
-    folders = {}  # every folder a name needs, by key: a file may not have the name of one
-    for key in names:
-        parts = key.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            folders.setdefault("/".join(parts[:depth]), seen[key])
-    for key, image_id in seen.items():
-        if key in folders:
-            clashes.append(f"{image_id!r} and {folders[key]!r}: {names[key]} would be both a file and a folder")
-    if clashes:
-        raise DecodeTargetError(
-            f"{len(clashes)} selected id(s) would write the same PNG file as another ({'; '.join(clashes[:3])}); "
-            "decode with --format parquet (it keeps ids), or select them apart with --ids / --where"
-        )
-
-
-def _name_key(name: str) -> str:
-    return unicodedata.normalize("NFC", name).casefold()
-
-
-def folds_names(fs, root: str) -> bool:
-    """Whether OUTPUT's filesystem takes names that differ only in case or Unicode normalisation for one file
-    (macOS, Windows; not Linux filesystems, not object stores). Probed with a temporary file in OUTPUT's
-    nearest existing folder; a probe that cannot be written says no (the decode's own writes will fail)."""
-    if not is_local(fs):
-        return False
-    folder = Path(root)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        with tempfile.NamedTemporaryFile(prefix="_DiffcProbe\u00e9-", dir=folder) as probe:
-            name = Path(probe.name).name
-            return (folder / name.lower()).exists() or (folder / unicodedata.normalize("NFD", name)).exists()
-    except OSError:
-        return False
-
-
-def check_not_written(
-    fs, root: str, ids: list[str], url: str, storage_options: Mapping[str, object], folds: bool = True
-) -> None:
-    """Refuse a PNG decode that would replace files already in OUTPUT (an earlier decode at another bitrate,
-    the user's own files) unless ``overwrite``: they were replaced without a word, leaving a folder of mixed
-    rates. Names compare as the filesystem does (``folds``: case and Unicode normalisation ignored). One
-    listing per folder the names go into, on the driver."""
-    key = _name_key if folds else str
-    names = [output_name(i) for i in ids]
-    there: set[str] = set()
-    with remote_errors("list", url, storage_options):
-        if not fs.isdir(root):
-            return
-        # the folders the names go into, one non-recursive listing each: not the whole tree under OUTPUT
-        for folder in sorted({posixpath.dirname(n) for n in names}):
-            path = f"{root}/{folder}" if folder else root
-            if fs.isdir(path):
-                there |= {key(posixpath.relpath(p, root)) for p in fs.ls(path, detail=False)}
-    taken = [n for n in names if key(n) in there]
-    if taken:
-        raise DecodeTargetError(
-            f"OUTPUT {public_url(url)} already holds {len(taken)} of the {len(ids)} PNG files this decode would "
-            f"write (e.g. {', '.join(taken[:3])}); pass --overwrite (overwrite=True) to replace them, or decode "
-            "into another folder"
         )
 
 
@@ -497,37 +413,15 @@ def image_rows(rows: list[dict], columns: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_pngs(batch: pa.Table, output: str, storage_options: Mapping[str, object]) -> pa.Table:
-    """Ray task: write each decoded image to ``OUTPUT/<id>.png``; the PNG bytes do not travel further. An image
-    that cannot be written (a name too long for the filesystem, a folder in the way) becomes an error row and
-    the job goes on, as one that does not decode does."""
-    fs, root = open_fs(output, storage_options)
-    root = root.rstrip("/")
-    status, errors = batch.column("status").to_pylist(), batch.column("error").to_pylist()
-    for i, (image_id, png) in enumerate(
-        zip(batch.column("id").to_pylist(), batch.column("png").to_pylist(), strict=True)
-    ):
-        if png is not None:
-            path = f"{root}/{output_name(image_id)}"
-            try:
-                fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                fs.pipe_file(path, png)
-            except OSError as exc:
-                status[i], errors[i] = STATUS_ERROR, error_text("write", exc)
-    batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-    batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
-    return batch.drop_columns(["png"])
-
-
 def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     if opts.format not in ("png", "parquet"):
         raise DecodeTargetError(f"--format (format=) must be png or parquet, got {opts.format!r}")
+    if opts.resume and opts.format != "png":
+        raise DecodeTargetError(
+            "--resume (resume=) finishes an interrupted PNG decode; a Parquet decode starts again in an empty folder"
+        )
+    if opts.resume and opts.overwrite:
+        raise DecodeTargetError("--resume keeps the PNGs already written, --overwrite replaces them: pass one")
     archive = open_archive(opts.archive, opts.storage_options)
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
     check_output_folder(out_fs, out_root, opts.output, opts.storage_options)
@@ -544,12 +438,24 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     selection, skipped, index_bytes = select(archive, opts)
     if selection.num_rows == 0:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
+    already_written = 0
     if opts.format == "png":
         ids, root = selection.column("id").to_pylist(), out_root.rstrip("/")
         folds = folds_names(out_fs, root)
         check_distinct_names(ids, folds)
-        if not opts.overwrite:
+        record = decode_record(archive, opts, decode_options)
+        if opts.resume:
+            check_resumable(out_fs, root, record, opts.output, opts.storage_options)
+            written, leftovers = written_names(out_fs, root, ids, opts.output, opts.storage_options, folds)
+            for path in leftovers:  # the temporary files of PNGs the interrupted run was writing
+                out_fs.rm(path)
+            already_written = sum(written)
+            selection = selection.filter(pa.array([not w for w in written]))
+        elif not opts.overwrite:
             check_not_written(out_fs, root, ids, opts.output, opts.storage_options, folds)
+        write_record(out_fs, root, record)
+    if selection.num_rows == 0:  # --resume, and every PNG is there
+        return DecodeSummary(0, 0, skipped, 0.0, index_bytes, 0, 0, 0.0, 0.0, already_written=already_written)
     progress.start(selection.num_rows)
     try:
         with ray_session(opts.address):
@@ -561,7 +467,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         if opts.format == "parquet":
             state, again = f"decoded, the last of them not written; no {SUCCESS_NAME}", "into an empty folder"
         else:
-            state, again = "decoded", "with --overwrite"
+            state, again = "decoded", "with the same options and --resume"
         exc.add_note(
             f"OUTPUT {public_url(opts.output)} is incomplete ({progress.tally.images} of {selection.num_rows} images "
             f"{state}); decode again {again}"
@@ -571,8 +477,36 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         progress.stop()
     t = progress.tally
     return DecodeSummary(
-        t.images, t.failures, skipped, t.bpp, index_bytes, bytes_read, needed, t.wall_s, t.images_per_s, examples
+        t.images,
+        t.failures,
+        skipped,
+        t.bpp,
+        index_bytes,
+        bytes_read,
+        needed,
+        t.wall_s,
+        t.images_per_s,
+        examples,
+        already_written,
     )
+
+
+def decode_record(archive: Archive, opts: DecodeOptions, decode_options: dict) -> dict:
+    """What makes a PNG decode's pixels and selection (:data:`~.png_output.RECORD_NAME`): the archive (by its
+    creation time and codec fingerprint, not the spelling of its URL), the model, the rate, the selection and
+    the codec's decode options. The ids are kept as a digest: a long ``--ids`` list stays out of OUTPUT."""
+    return {
+        "archive": archive.url,
+        "archive_created_at": archive.manifest.created_at,
+        "codec_fingerprint": archive.manifest.codec.get("fingerprint"),
+        "model": opts.model,
+        "bpp": opts.bpp,
+        "step": opts.step,
+        "ids_sha256": hashlib.sha256("\n".join(opts.ids).encode()).hexdigest() if opts.ids else None,
+        "where": opts.where,
+        "limit": opts.limit,
+        "decode_options": decode_options,
+    }
 
 
 def decoded_dataset(
@@ -668,16 +602,8 @@ def _drain(ds, opts: DecodeOptions, progress: JobProgress) -> tuple[int, int, li
 
 
 def _write_part(fs, root: str, part: int, tables: list[pa.Table]) -> None:
-    """Write a part whole or not at all, so an interrupted decode never leaves a truncated part that reads as
-    data: an object store's PUT is whole already; elsewhere under a temporary name (skipped by Parquet
-    readers), then renamed (a rename on an object store would be a second copy of the part)."""
+    """Write one Parquet part of the decoded rows, whole or not at all (:func:`~.commit.replace_file`)."""
     fs.makedirs(root, exist_ok=True)
     buf = io.BytesIO()
     pq.write_table(pa.concat_tables(tables), buf, compression="none")
-    final = f"{root}/part-{part:05d}.parquet"
-    if set(protocols(fs)) & BUCKET_STORES:
-        fs.pipe_file(final, buf.getvalue())
-        return
-    temporary = f"{root}/{TEMP_PART_PREFIX}{part:05d}-{uuid.uuid4().hex}.parquet"
-    fs.pipe_file(temporary, buf.getvalue())
-    fs.mv(temporary, final)
+    replace_file(fs, f"{root}/part-{part:05d}.parquet", buf.getvalue())

@@ -37,11 +37,9 @@ def check_output_folder(
             raise ArchiveError(f"OUTPUT {public_url(url)} is a file; give a folder (new or empty) to write into")
 
 
-# A whole Parquet decode writes its parts under TEMP_PART_PREFIX names, renames them, and writes SUCCESS_NAME
-# last (Spark's and Hadoop's convention): parts without it are what an interrupted decode left. Names that
-# start with "_" are skipped by Parquet readers.
+# A whole Parquet decode writes SUCCESS_NAME last (Spark's and Hadoop's convention): parts without it are what
+# an interrupted decode left. Names that start with "_" are skipped by Parquet readers.
 SUCCESS_NAME = "_SUCCESS"
-TEMP_PART_PREFIX = "_tmp-part-"
 
 
 def check_no_parts(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
@@ -50,7 +48,7 @@ def check_no_parts(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
     if not fs.isdir(root):
         return
     names = [posixpath.basename(p) for p in fs.ls(root, detail=False)]
-    if any(n.startswith(("part-", TEMP_PART_PREFIX)) or n == SUCCESS_NAME for n in names):
+    if any(n.startswith("part-") or n == SUCCESS_NAME for n in names):
         state = "a whole" if SUCCESS_NAME in names else f"an interrupted (no {SUCCESS_NAME})"
         raise ArchiveError(
             f"OUTPUT {public_url(url)} holds the parts of {state} earlier decode; decode into a new or empty folder "
