@@ -501,6 +501,20 @@ def test_a_cluster_python_without_the_package_is_refused_up_front(head, tmp_path
 
 
 @pytest.mark.slow
+def test_a_cluster_running_another_diffc_version_is_warned_of(head, tmp_path, monkeypatch):
+    """The command was checked against this machine's CLI and codecs: a cluster on another version is named."""
+    cluster_version = sub.__version__  # the head runs this checkout's package
+    monkeypatch.setattr(sub, "__version__", "0.0.9")  # this machine's version, as the probe compares it
+    said: list[str] = []
+    submission = sub.plan(sub.JobSpec(args=("inspect", str(tmp_path)), python=sys.executable), tick="2026-12-04")
+    _, created = sub.submit(sub.connect(head.address, TOKEN), submission, warn=said.append)
+    assert created and said == [
+        f"the cluster runs diffc-pipeline {cluster_version}, this machine 0.0.9: the command was checked against this "
+        "version's options and codecs"
+    ]
+
+
+@pytest.mark.slow
 def test_cli_wait_follows_logs_and_exits_with_the_jobs_code(head, tmp_path):
     """A job whose diffc exits 2 (missing input) makes `diffc submit --wait` exit 2; a rerun of the tick
     reports the same job and code without submitting. (In-process CLI: a subprocess would add seconds of
@@ -606,3 +620,21 @@ def test_token_authentication(head, tmp_path):
     assert result.exit_code == 0, result.output
     assert "submitted" in result.stderr and result.stdout.startswith("diffc-version-t-")
     assert TOKEN not in result.output
+
+
+def test_followed_logs_show_progress_lines_at_once_and_mask_a_secret_cut_between_chunks() -> None:
+    """A progress line redrawn with "\r" is written when it arrives, not held until the job ends; a secret that
+    arrives in two chunks is masked once its line is whole."""
+    import io
+
+    from diffc_pipeline.cli.submit import MaskedLines
+
+    out = io.StringIO()
+    lines = MaskedLines(lambda text: text.replace("hunter2", "***"), out)
+    lines.write("compress: 10/100\r")
+    assert out.getvalue() == "compress: 10/100\r"
+    lines.write("compress: 20/100\rkey=hun")
+    assert out.getvalue() == "compress: 10/100\rcompress: 20/100\r"
+    lines.write("ter2 done\nlast")
+    lines.close()
+    assert out.getvalue().endswith("\rkey=*** done\nlast") and "hunter2" not in out.getvalue()

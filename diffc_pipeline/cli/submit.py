@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import typer
 
 from ..redaction import log_redactor
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors, parse_pairs
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, friendly_errors, parse_pairs, warn
 
 REQUEST_TIMEOUT_S = 120.0  # per Jobs API request; a lost contact while following is retried (cluster.submit)
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process a scheduler stopped
@@ -207,7 +208,9 @@ def submit(
     # unattended submitter until its pod's deadline. urllib3 falls back to the socket default.
     socket.setdefaulttimeout(REQUEST_TIMEOUT_S)
     client = sub.connect(addr, sub.resolve_token(token_file))
-    details, created = sub.submit(client, submission, check_python=check_python, retry_failed=retry_failed)
+    details, created = sub.submit(
+        client, submission, check_python=check_python, retry_failed=retry_failed, warn=warn
+    )
     sid = details.submission_id
     if created:
         console.print(f"submitted [bold]{sid}[/bold] to {sub.redact_text(addr)}", highlight=False)
@@ -234,14 +237,7 @@ def _follow(client, sid: str, redact: Callable[[str], str]):
     Ctrl-C stops following, not the job."""
     from ..cluster import submit as sub
 
-    pending = [""]  # a line cut between two chunks is masked whole, once complete
-
-    def write(chunk: str) -> None:
-        lines = (pending[0] + chunk).split("\n")
-        pending[0] = lines.pop()
-        if lines:
-            sys.stdout.write(redact("\n".join(lines) + "\n"))
-            sys.stdout.flush()
+    lines = MaskedLines(redact, sys.stdout)
 
     def terminated(signum, frame) -> None:  # a scheduler's stop (SIGTERM): as Ctrl-C, exit code 143
         raise _Terminated
@@ -249,9 +245,8 @@ def _follow(client, sid: str, redact: Callable[[str], str]):
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     previous = signal.signal(signal.SIGTERM, terminated) if main else None
     try:
-        sub.follow_logs(client, sid, write)
-        if pending[0]:
-            sys.stdout.write(redact(pending[0]))
+        sub.follow_logs(client, sid, lines.write)
+        lines.close()
         return sub.wait_for_end(client, sid)
     except KeyboardInterrupt as exc:
         console.print(f"stopped following; the job keeps running (ray job logs --follow {sid})", soft_wrap=True)
@@ -261,6 +256,28 @@ def _follow(client, sid: str, redact: Callable[[str], str]):
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+
+
+class MaskedLines:
+    """Log text arriving in chunks, written to ``out`` whole lines at a time with ``redact`` applied, so that a
+    secret cut between two chunks is still masked. A line ends at ``\\n`` or at ``\\r`` (a progress line
+    redrawn in place), so progress shows as it comes instead of when the job ends."""
+
+    def __init__(self, redact: Callable[[str], str], out) -> None:
+        self.redact, self.out, self.pending = redact, out, ""
+
+    def write(self, chunk: str) -> None:
+        lines = re.split(r"(?<=[\r\n])", self.pending + chunk)
+        self.pending = lines.pop()
+        if lines:
+            self.out.write(self.redact("".join(lines)))
+            self.out.flush()
+
+    def close(self) -> None:
+        """Write what is left of an unterminated last line."""
+        if self.pending:
+            self.out.write(self.redact(self.pending))
+            self.pending = ""
 
 
 class _Terminated(KeyboardInterrupt):

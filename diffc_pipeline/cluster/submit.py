@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from .. import __version__
 from ..errors import ClusterError, DiffcError
 from ..redaction import PLAIN_ENV, REDACTED, identity_args, looks_secret, redact_args, redact_text
 
@@ -366,9 +367,12 @@ def submit_when_agent_ready(client, wait_s: float = AGENT_WAIT_S, **job) -> None
         time.sleep(1.0)
 
 
-def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def check_cluster_python(
+    client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT_S, warn: Callable[[str], None] | None = None
+) -> None:
     """Run a tiny probe job - ``PYTHON -c "import diffc_pipeline.cli"`` in the job's runtime env - and raise
-    :class:`SubmitError` saying what to install if it fails.
+    :class:`SubmitError` saying what to install if it fails; ``warn`` when the cluster's diffc-pipeline is
+    another version than this one, which checked the command against its own CLI and codecs.
 
     Without it a cluster whose Python lacks the package fails inside the real job (``ModuleNotFoundError:
     typer``), and that failed job then holds the tick's submission id, so a rerun after the fix would find
@@ -404,6 +408,14 @@ def check_cluster_python(client, spec: JobSpec, timeout_s: float = PROBE_TIMEOUT
             "(runtime_env: {pip: [diffc-pipeline]}), or point --python at a Python that has it. Nothing was "
             "submitted."
         )
+    if warn is not None:
+        line = _last_output_line(client, probe_id, details.message)
+        theirs = line.split()[-1] if line.startswith("diffc-pipeline ") else "unknown"
+        if theirs != __version__:
+            warn(
+                f"the cluster runs diffc-pipeline {theirs}, this machine {__version__}: the command was checked "
+                "against this version's options and codecs"
+            )
 
 
 ENDED_BADLY = ("FAILED", "STOPPED")
@@ -421,10 +433,14 @@ def _delete_old_probes(client) -> None:
 
 
 def submit(
-    client, submission: Submission, check_python: bool = True, retry_failed: bool = False
+    client,
+    submission: Submission,
+    check_python: bool = True,
+    retry_failed: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[Any, bool]:
     """Submit unless a job with this id exists; return ``(JobDetails, created)``. Before a new job,
-    ``check_python`` runs :func:`check_cluster_python`.
+    ``check_python`` runs :func:`check_cluster_python` (which may ``warn`` of a version mismatch).
 
     The check-then-submit race (two schedulers at once) is closed by Ray itself, which rejects a
     duplicate submission id: the loser then finds the winner's job and reports it. With ``retry_failed``, a
@@ -444,7 +460,7 @@ def submit(
     if existing is not None:
         return existing, False
     if check_python:
-        check_cluster_python(client, submission.spec)
+        check_cluster_python(client, submission.spec, warn=warn)
     try:
         submit_when_agent_ready(
             client,
