@@ -638,3 +638,13 @@ def test_followed_logs_show_progress_lines_at_once_and_mask_a_secret_cut_between
     lines.write("ter2 done\nlast")
     lines.close()
     assert out.getvalue().endswith("\rkey=*** done\nlast") and "hunter2" not in out.getvalue()
+
+
+def test_relative_paths_in_a_submitted_command_are_warned_of():
+    """The job runs in a working directory on the cluster: `imgs/` there is not `imgs/` here."""
+    result = _cli("--dry-run", "--tick", "t", "compress", "imgs/", "s3://b/out", "--codec", "webp")
+    assert result.exit_code == 0, result.output
+    assert "INPUT 'imgs/' is a relative path: the job resolves it in its working directory" in result.stderr
+    assert "s3://b/out" not in result.stderr  # URLs and absolute paths are what a job should be given
+    quiet = _cli("--dry-run", "--tick", "t", "inspect", "/data/archive")
+    assert quiet.exit_code == 0 and "relative path" not in quiet.stderr, quiet.output

@@ -82,13 +82,17 @@ def _build_spec(
     return dataclasses.replace(spec, runtime_env=runtime_env, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def check_command(args: Sequence[str], misplaced_options: Collection[str] = ()) -> list[str]:
+def check_command(
+    args: Sequence[str], misplaced_options: Collection[str] = (), warn: Callable[[str], None] | None = None
+) -> list[str]:
     """Parse ``args`` exactly as ``diffc`` would, without running the command; return the command path.
 
     Raises :class:`SubmitError` naming the problem (unknown command or option, missing argument, bad
     value). Eager options that end parsing (``--help``, ``--version``) count as valid; their output is
     swallowed. Catching a typo here saves a nightly job that would fail on the cluster hours later. An
-    unknown option listed in ``misplaced_options`` gets a hint that it belongs before the command.
+    unknown option listed in ``misplaced_options`` gets a hint that it belongs before the command. ``warn``
+    is told of relative paths among the command's arguments: the job resolves them in its own working
+    directory on the cluster, not here.
     """
     from typer.main import get_command
 
@@ -121,7 +125,20 @@ def check_command(args: Sequence[str], misplaced_options: Collection[str] = ()) 
         raise SubmitError(f"`{shlex.join(['diffc', *redact_args(args)])}`: {exc.format_message()}{hint}") from None
     if path[1:] == ["compress"]:
         _check_compress(ctx.params, args)
+    if warn is not None:
+        for param in ctx.command.params:
+            value = ctx.params.get(param.name)
+            if param.param_type_name == "argument" and isinstance(value, str) and _relative_path(value):
+                warn(
+                    f"{str(param.name).upper()} {value!r} is a relative path: the job resolves it in its working "
+                    "directory on the cluster; give an absolute path or a URL the cluster can read"
+                )
     return path
+
+
+def _relative_path(value: str) -> bool:
+    """A local path that does not start at the root (no URL scheme, no ``/``, no ``~``)."""
+    return "://" not in value and not value.startswith(("/", "~")) and not Path(value).is_absolute()
 
 
 def _check_compress(params: dict, args: Sequence[str]) -> None:
@@ -150,7 +167,7 @@ def _validate(ctx: typer.Context, args: tuple[str, ...]) -> None:
         raise SubmitError("a submitted job cannot itself be `diffc submit`")
     own = {opt for param in ctx.command.params for opt in param.opts if opt.startswith("-")}
     try:
-        check_command(args, misplaced_options=own)
+        check_command(args, misplaced_options=own, warn=warn)
     except SubmitError as exc:
         raise SubmitError(f"{exc}; pass --no-validate if the cluster runs another diffc version") from None
 
