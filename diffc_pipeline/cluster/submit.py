@@ -479,7 +479,13 @@ def submit(
         if _server_side(exc):
             raise _cluster_error(f"the cluster could not take job {sid}", exc) from None
         raise SubmitError(f"the cluster refused job {sid}: {redact_text(str(exc))}") from None
-    return _job_or_none(client, submission.submission_id), True
+    details = _job_or_none(client, submission.submission_id)
+    if details is None:  # Ray stores a job before it answers the submission: deleted in between, or a new head
+        raise SubmitError(
+            f"job {submission.submission_id} was submitted, but the cluster no longer shows it (deleted, or the "
+            "head was replaced)"
+        )
+    return details, True
 
 
 LOG_IDLE_S = 60.0  # a log stream quiet this long: ask the Jobs API whether the job still runs
