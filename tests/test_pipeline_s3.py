@@ -120,3 +120,55 @@ def test_a_missing_output_bucket_is_refused_not_created(ray_cluster, s3, tmp_pat
         with pytest.raises(ArchiveError, match="bucket 'no-such-bucket' does not exist"):
             job()
     assert not fs.exists("no-such-bucket")
+
+
+def test_incremental_comparison_and_parquet_listing_fetch_only_the_columns_they_read(s3, monkeypatch):
+    """A nightly run compares the listing with the archive's id and source columns, and lists a Parquet input
+    by its id column: s3fs's default read-ahead cache fetched 50 MB blocks behind those small columns, i.e. the
+    whole archive and the whole input, every night. Bytes counted at s3fs's range fetch (the real server
+    answers every request)."""
+    import datetime as dt
+    import os
+
+    import pyarrow as pa
+    import s3fs
+
+    from diffc_pipeline.pipeline.archive import RECORD_FIELDS, shard_schema, shard_to_parquet_bytes
+    from diffc_pipeline.pipeline.incremental import held_sources
+    from diffc_pipeline.pipeline.sources import list_source
+
+    fs, options = s3
+    rows, payload = 600, 20_000  # 12 MB of payload per shard, in row groups of 256
+    values = {f.name: [None] * rows for f in RECORD_FIELDS}
+    values.update(
+        id=[f"img{i:05d}.png" for i in range(rows)],
+        source_uri=[f"s3://bucket/in/img{i:05d}.png" for i in range(rows)],
+        seed=list(range(rows)),
+        status=["ok"] * rows,
+        source_size=[1000] * rows,
+        source_mtime=[dt.datetime(2026, 1, 1, tzinfo=dt.UTC)] * rows,
+    )
+    columns = [pa.array(values[f.name], f.type) for f in RECORD_FIELDS]
+    columns += [pa.array([os.urandom(payload) for _ in range(rows)], pa.binary()), pa.array([0] * rows, pa.uint32())]
+    shard = shard_to_parquet_bytes(pa.Table.from_arrays(columns, schema=shard_schema(1, {})))
+    fs.pipe_file("bucket/big/shards/shard-000000.parquet", shard)
+    images = pa.table({"id": values["id"], "image": [os.urandom(payload) for _ in range(rows)]})
+    buf = io.BytesIO()
+    pq.write_table(images, buf, row_group_size=256)
+    fs.pipe_file("bucket/bigin/part-0.parquet", buf.getvalue())
+
+    fetched = [0]
+    real_fetch = s3fs.core.S3File._fetch_range
+
+    def counted(self, start, end):
+        data = real_fetch(self, start, end)
+        fetched[0] += len(data)
+        return data
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
+    held = held_sources(s3fs.S3FileSystem(**options), "bucket/big", ["shard-000000"])
+    assert held.num_rows == rows and 0 < fetched[0] < len(shard) / 20, (fetched[0], len(shard))
+    fetched[0] = 0
+    listed = list_source("s3://bucket/bigin", options)
+    whole = len(buf.getvalue())
+    assert listed.items.num_rows == rows and 0 < fetched[0] < whole / 20, (fetched[0], whole)

@@ -349,7 +349,8 @@ def _parquet_items(
         uri = fs.unstrip_protocol(p)
         with remote_errors("read", uri, storage_options):
             mtime, etag = _version_of(fs.info(p))
-            with fs.open(p, "rb") as f:
+            # no read-ahead cache: s3fs's default fetched the whole file (its images) behind the id column
+            with fs.open(p, "rb", cache_type="none") as f:
                 pf = pq.ParquetFile(f)
                 names = pf.schema_arrow.names
                 if image_column not in names:
@@ -485,7 +486,7 @@ def _row_group_values(
     Measured (pyarrow 26, one 300-row group of 1 MB values in 8-row pages): 21 MB of Arrow memory at any time,
     against 600 MB for ``read_row_group``. A data page is read whole, so the writer's page size is the floor
     (pyarrow's writer puts up to 1,024 values in a page)."""
-    with fs.open(path, "rb") as f:
+    with fs.open(path, "rb", cache_type="none") as f:  # the read buffer below sizes the reads, not a block cache
         pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
         row = sum(pf.metadata.row_group(i).num_rows for i in range(row_group))
         batches = pf.iter_batches(
