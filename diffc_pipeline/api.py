@@ -54,6 +54,7 @@ def compress(
     seed: int = 0,
     shard_size: int = 1000,
     incremental: bool = False,
+    retry_errors: bool = False,
     overwrite: bool = False,
     limit: int = 0,
     image_column: str = "image",
@@ -96,6 +97,7 @@ def compress(
         actors=actors,
         limit=limit,
         incremental=incremental,
+        retry_errors=retry_errors,
         wait_lock=wait_lock,
         lock_timeout=lock_timeout,
     )

@@ -320,3 +320,24 @@ def test_a_parquet_input_is_unchanged_on_the_next_run_and_its_path_may_be_spelle
         k: v for k, v in before.items() if k != "manifest.json"
     }
     assert json.loads((arc / "manifest.json").read_text())["source"]["url"] == str(tmp_path / "in")
+
+
+def test_retry_errors_codes_the_refused_images_of_unchanged_sources_again(ray_cluster, tmp_path):
+    """Images refused by a limit stay error rows on later nights (their sources did not change, and each such
+    night exits 0) until --retry-errors, e.g. with the limit raised; it needs --incremental."""
+    write_images(tmp_path / "in", 3)  # 16x16: 256 pixels
+    arc = tmp_path / "arc"
+    first = _compress(tmp_path / "in", arc, "--max-pixels", "200")
+    assert first.exit_code == 3, first.output  # every image refused: error rows
+    again = _compress(tmp_path / "in", arc)
+    assert again.exit_code == 0, again.output
+    run = json.loads((arc / "manifest.json").read_text())["runs"][-1]
+    assert (run["unchanged"], run["retried"]) == (3, 0)
+    retried = _compress(tmp_path / "in", arc, "--retry-errors")
+    assert retried.exit_code == 0, retried.output
+    run = json.loads((arc / "manifest.json").read_text())["runs"][-1]
+    assert (run["new"], run["changed"], run["unchanged"], run["retried"]) == (0, 0, 0, 3)
+    report = inspect_archive(str(arc), {})
+    assert (report["ok"], report["failures"]) == (3, 0), report
+    plain = CliRunner().invoke(app, ["compress", str(tmp_path / "in"), str(tmp_path / "b"), *FAST, "--retry-errors"])
+    assert plain.exit_code == 2 and "add --incremental" in plain.output, plain.output

@@ -534,6 +534,36 @@ def test_incremental_compare_ignores_an_unknown_row_size_only_where_the_file_is_
     assert compare(table(-1, None), unversioned).changed == 1  # nothing could tell a replaced file
 
 
+def test_incremental_compare_tries_unreadable_sources_again_and_other_error_rows_when_asked():
+    """A night the source could not be read (a storage outage) must not leave the image out for good; an image
+    refused for itself (undecodable, too large) is tried again only with retry_errors."""
+    import datetime as dt
+
+    from diffc_pipeline.pipeline.incremental import compare
+
+    when = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    ids = ["ok", "unread", "refused"]
+    items = pa.table(
+        {
+            "id": ids,
+            "source_uri": [f"file:///in/{i}.png" for i in ids],
+            "source_size": pa.array([100] * 3, pa.int64()),
+            "source_mtime": pa.array([when] * 3, pa.timestamp("us", tz="UTC")),
+            "source_etag": pa.array([None] * 3, pa.string()),
+        }
+    )
+    outcome = {
+        "status": ["ok", "error", "error"],
+        "error": [None, "read: [Errno 5] Input/output error", "decode: image of 16x16 pixels exceeds the limit"],
+    }
+    held = items.append_column("status", pa.array(outcome["status"])).append_column("error", pa.array(outcome["error"]))
+    delta = compare(items, held)
+    assert (delta.new, delta.changed, delta.retried, delta.unchanged) == (0, 0, 1, 2)
+    assert delta.todo.column("id").to_pylist() == ["unread"]
+    every = compare(items, held, retry_errors=True)
+    assert (every.retried, every.unchanged, every.todo.column("id").to_pylist()) == (2, 1, ["unread", "refused"])
+
+
 def test_names_with_fsspec_syntax_read_their_own_file(tmp_path):
     """fsspec reads '::' in a URL as a chain ('a::b.png' would open 'a') and '[1]' as a glob: a listed file or
     an input folder so named is still that file or folder."""

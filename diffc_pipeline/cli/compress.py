@@ -12,7 +12,7 @@ from rich.table import Table
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from ._common import EXIT_FAILED, EXIT_PARTIAL, friendly_errors, parse_pairs, print_error, report, warn
 
-INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "deleted", "deleted_examples")
+INCREMENTAL_FIELDS = ("run_id", "new", "changed", "unchanged", "retried", "deleted", "deleted_examples")
 
 
 def storage_help(targets: str) -> str:
@@ -70,7 +70,14 @@ def compress(
         False,
         "--incremental",
         help="Compress only new or changed sources into new shards (a changed one gets a new version); "
-        "deletions are reported; the run is recorded in the manifest.",
+        "deletions are reported; the run is recorded in the manifest. Images whose source could not be read "
+        "are tried again.",
+    ),
+    retry_errors: bool = typer.Option(
+        False,
+        "--retry-errors",
+        help="With --incremental: code every error row of an unchanged source again (e.g. after raising "
+        "--max-pixels), not only those whose source could not be read.",
     ),
     wait_lock: float = typer.Option(
         0.0, min=0, help="Wait up to SECONDS for another run's archive lock (every run holds one while it writes)."
@@ -110,6 +117,7 @@ def compress(
         actors=actors,
         limit=limit,
         incremental=incremental,
+        retry_errors=retry_errors,
         wait_lock=wait_lock,
         lock_timeout=lock_timeout,
     )

@@ -158,6 +158,8 @@ def _check_compress(params: dict, args: Sequence[str]) -> None:
         raise SubmitError(f"{where}: {exc}") from None
     if params.get("incremental") and not params.get("resume", True):
         raise SubmitError(f"{where}: --incremental never rewrites committed shards; it cannot go with --overwrite")
+    if params.get("retry_errors") and not params.get("incremental"):
+        raise SubmitError(f"{where}: --retry-errors codes an incremental archive's error rows again; add --incremental")
 
 
 def _validate(ctx: typer.Context, args: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from .. import __version__
 from ..codecs import Codec, CodecSpec, resolve
-from ..errors import ArchiveError, check_at_least
+from ..errors import ArchiveError, InvalidInputError, check_at_least
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from . import faults
 from .archive import STATUS_OK, encoded_to_shard, shard_to_parquet_bytes
@@ -66,6 +66,7 @@ class CompressOptions:
     actors: int = 0  # model actors (0: sized to the cluster)
     limit: int = 0  # only the first N inputs in plan order (0: all)
     incremental: bool = False  # compress only new/changed sources into new shards
+    retry_errors: bool = False  # incremental: code again every error row of an unchanged source, not only read errors
     wait_lock: float = 0.0  # seconds to wait for another run's lock (every run holds the archive lock)
     lock_timeout: float = DEFAULT_STALE_S  # a lock not refreshed for this long is stale and broken
 
@@ -77,6 +78,10 @@ class CompressOptions:
             shard_size=1, batch_size=1, batch_pixels=1, max_pixels=1, threads=0, actors=0, limit=0, wait_lock=0,
             lock_timeout=1,
         )  # fmt: skip
+        if self.retry_errors and not self.incremental:
+            raise InvalidInputError(
+                "--retry-errors (retry_errors=) codes an incremental archive's error rows again; add --incremental"
+            )
 
 
 @dataclass
@@ -125,6 +130,7 @@ def _delta_counts(delta: Delta) -> dict:
         "new": delta.new,
         "changed": delta.changed,
         "unchanged": delta.unchanged,
+        "retried": delta.retried,
         "deleted": len(delta.deleted),
         "deleted_examples": delta.deleted[:EXAMPLES],
     }
@@ -146,6 +152,7 @@ class CompressSummary:
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    retried: int = 0  # error rows of unchanged sources coded again (read errors always; all with retry_errors)
     deleted: int = 0
     deleted_examples: list[str] = field(default_factory=list)
 
@@ -253,7 +260,7 @@ def _prepare_incremental(
             if r.get("status") == "running":
                 r["status"] = "interrupted"
         committed = committed_shards(fs, root)
-    delta = compare(source.items, held_sources(fs, root, list(committed)), source.listed_ids)
+    delta = compare(source.items, held_sources(fs, root, list(committed)), source.listed_ids, opts.retry_errors)
     first = 1 + max((int(name.rsplit("-", 1)[-1]) for name in committed), default=-1)
     plan = make_plan(replace(source, items=delta.todo), opts.shard_size, opts.seed, first)
     manifest.num_images = sum(m["rows"] for m in committed.values()) + delta.todo.num_rows

@@ -17,10 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .archive import STATUS_ERROR
 from .commit import data_path
 from .reader import read_footer, shard_errors
 
 SIGNATURE = ["source_uri", "source_size", "source_mtime", "source_etag"]  # "same source" = all equal
+OUTCOME = ["status", "error"]  # whether the held version was coded, and why not
+# An error row with this prefix could not read its source (a storage outage, a file moved away for a while):
+# nothing about the image, so every incremental run tries it again. Other error rows (an undecodable or too
+# large image, a failed encode) are tried again only when asked (--retry-errors: e.g. after raising a limit).
+READ_ERROR_PREFIX = "read:"
 EXAMPLES = 5  # names of deleted sources reported
 
 
@@ -40,7 +46,8 @@ def latest_rows(index: pa.Table) -> pa.Table:
 
 
 def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) -> pa.Table:
-    """The latest version of each id held by the committed ``shards``: id, shard and the source signature.
+    """The latest version of each id held by the committed ``shards``: id, shard, the source signature and
+    the outcome (status, error).
 
     Only those columns' bytes are fetched (no read-ahead cache: s3fs's default fetched whole 50 MB blocks of
     payload behind each small column, i.e. every nightly run downloaded the whole archive)."""
@@ -49,7 +56,7 @@ def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) ->
         path = data_path(root, name)
         where = fs.unstrip_protocol(path)
         with shard_errors(where), fs.open(path, "rb", cache_type="none") as f:
-            t = pq.ParquetFile(f, metadata=read_footer(f, where)).read(columns=["id", *SIGNATURE])
+            t = pq.ParquetFile(f, metadata=read_footer(f, where)).read(columns=["id", *SIGNATURE, *OUTCOME])
         tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
     if not tables:
         return pa.table({"id": pa.array([], pa.string()), "shard": pa.array([], pa.string())})
@@ -60,33 +67,43 @@ def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) ->
 class Delta:
     """How the listing compares with the archive."""
 
-    todo: pa.Table  # the listed items to compress (new or changed), in listing order
+    todo: pa.Table  # the listed items to compress (new, changed or retried), in listing order
     new: int
     changed: int
-    unchanged: int
+    unchanged: int  # held, unchanged and not retried
     deleted: list[str]  # ids held whose source is no longer listed
+    retried: int = 0  # held as an error row of an unchanged source, coded again
 
 
-def compare(items: pa.Table, held: pa.Table, listed_ids: pa.Array | None = None) -> Delta:
-    """New: id not held. Changed: held with another URI, size, mtime or ETag. Deleted: held, not listed
-    (in ``listed_ids``, every id the listing found, when ``items`` is only the first N of them: ``--limit``).
+def compare(
+    items: pa.Table, held: pa.Table, listed_ids: pa.Array | None = None, retry_errors: bool = False
+) -> Delta:
+    """New: id not held. Changed: held with another URI, size, mtime or ETag. Retried: held unchanged as an
+    error row that could not read its source (:data:`READ_ERROR_PREFIX`), or as any error row with
+    ``retry_errors``: a storage outage on one night must not leave an image out of the archive for good.
+    Deleted: held, not listed (in ``listed_ids``, every id the listing found, when ``items`` is only the first
+    N of them: ``--limit``).
 
     A size the listing does not know (-1: a Parquet row, whose bytes only a read would tell; an archive row
     holds the bytes it read) is not compared when the listing knows the file's mtime or ETag: such a row is
     the same when its file's URI#row, mtime and ETag are (comparing the size made every Parquet row "changed"
     on every run, and each nightly run re-coded the set). With neither (some HTTP or FTP listings) nothing
     would tell a replaced file, so such a row counts as changed, as before."""
-    known = {row["id"]: row for row in held.select(["id", *SIGNATURE]).to_pylist()} if held.num_rows else {}
-    keep, new, changed = [], 0, 0
+    columns = ["id", *SIGNATURE, *(c for c in OUTCOME if c in held.column_names)]
+    known = {row["id"]: row for row in held.select(columns).to_pylist()} if held.num_rows else {}
+    keep, new, changed, retried = [], 0, 0, 0
     for row in items.select(["id", *SIGNATURE]).to_pylist():
         old = known.get(row["id"])
         versioned = row["source_mtime"] is not None or row["source_etag"] is not None
         fields = [k for k in SIGNATURE if not (k == "source_size" and row[k] < 0 and versioned)]
         differs = old is not None and any(old[k] != row[k] for k in fields)
+        failed = old is not None and not differs and old.get("status") == STATUS_ERROR
+        again = failed and (retry_errors or str(old.get("error") or "").startswith(READ_ERROR_PREFIX))
         new += old is None
         changed += differs
-        keep.append(old is None or differs)
+        retried += again
+        keep.append(old is None or differs or again)
     listed = set((items.column("id") if listed_ids is None else listed_ids).to_pylist())
     deleted = sorted(set(known) - listed)
     todo = items.filter(pa.array(keep, pa.bool_())) if items.num_rows else items
-    return Delta(todo, new, changed, items.num_rows - new - changed, deleted)
+    return Delta(todo, new, changed, items.num_rows - new - changed - retried, deleted, retried)
