@@ -35,6 +35,10 @@ def looks_secret(name: str) -> bool:
 
 
 REDACTED = "***"
+# A secret value shorter than this is not masked inside free text (a message, a log): a 1-character "key"
+# would mask every "k" of it, and no credential is that short. Arguments and options are masked whatever
+# their length.
+MASKED_LENGTH = 4
 # Options of the form KEY=VALUE where VALUE may be a credential: the key stays readable, the value not.
 # `-S` is the short form of diffc's own --storage-option.
 _KEY_VALUE_OPTIONS = frozenset({"--storage-option", "--storage-options", "-S"})
@@ -135,8 +139,8 @@ def command_line(argv: Sequence[str]) -> str:
 def log_redactor(args: Sequence[str]) -> Callable[[str], str]:
     """A function masking, in any text (a job's logs, which echo its entrypoint), the credentials ``args``
     carry: each argument :func:`redact_args` would mask is replaced by its masked form, and the secret part
-    of a masked ``KEY=VALUE`` wherever it appears alone (values of 4+ characters: shorter ones would mask
-    ordinary words). Also :func:`redact_text`."""
+    of a masked ``KEY=VALUE`` wherever it appears alone (values of :data:`MASKED_LENGTH`+ characters: shorter
+    ones would mask ordinary words). Also :func:`redact_text`."""
     masked = redact_args(args)  # one output per argument, in order
     pairs = {a: r for a, r in zip(args, masked, strict=True) if a != r}
     # Ray echoes the entrypoint as shlex.join wrote it: a value holding a quote or a space is quoted there
@@ -149,7 +153,7 @@ def log_redactor(args: Sequence[str]) -> Callable[[str], str]:
         key = item.partition("=")[0] if "=" in item else ""  # a storage option's key, if this is one
         # alone, a value is masked wherever it appears, unless it is a plain option's short value
         # (`-S anon=true` masked every "true" of the logs)
-        if len(value) >= 4 and (key not in PLAIN_STORAGE_OPTIONS or len(value) >= 12 or r == REDACTED):
+        if len(value) >= MASKED_LENGTH and (key not in PLAIN_STORAGE_OPTIONS or len(value) >= 12 or r == REDACTED):
             pairs[value] = REDACTED
     ordered = sorted(pairs, key=len, reverse=True)  # a token before any value inside it
 

@@ -393,3 +393,24 @@ def test_an_interrupted_decode_says_its_output_is_incomplete(ray_cluster, tmp_pa
         assert result.exit_code == 130 and "interrupted" in shown, result.output
         assert f"is incomplete (0 of {len(dp.open_archive(str(FIXTURE)).rows())} images decoded" in shown
         assert shown.endswith(f"decode again {again}")
+
+
+def test_storage_that_does_not_answer_exits_1_like_a_cluster_out_of_reach(tmp_path: Path) -> None:
+    """A scheduler retries exit 1 (the service failed) and not exit 2 (the user's input): a storage endpoint
+    that refuses connections is the former. A short secret value does not garble the message."""
+    import socket
+
+    pytest.importorskip("s3fs")
+    with socket.socket() as held:  # bound, not listening: connections are refused
+        held.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{held.getsockname()[1]}"
+        result = _cli(
+            "compress", "s3://bucket/in", str(tmp_path / "out"), "--codec", "webp",
+            "-S", "key=k", "-S", "secret=s", "-S", f"client_kwargs.endpoint_url={endpoint}",
+        )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    shown = " ".join(result.output.split())
+    assert "cannot list s3://bucket/in: EndpointConnectionError" in shown and "/bucket/in" in shown
+    assert not (tmp_path / "out").exists()
+    missing = _cli("compress", str(tmp_path / "nothing"), str(tmp_path / "out"), "--codec", "webp")
+    assert missing.exit_code == 2, missing.output  # the user's input: not worth a retry

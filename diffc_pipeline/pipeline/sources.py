@@ -24,13 +24,46 @@ import pyarrow.parquet as pq
 from fsspec.core import has_magic
 from fsspec.utils import glob_translate
 
-from ..errors import DiffcError
+from ..errors import ClusterError, DiffcError
 from ..images import IMAGE_EXTENSIONS
-from ..redaction import looks_secret
+from ..redaction import MASKED_LENGTH, looks_secret
 
 
 class SourceError(DiffcError):
     """The input URL is missing, empty, unreadable, or not an image folder or Parquet dataset."""
+
+
+class StorageUnavailableError(SourceError, ClusterError):
+    """The storage did not answer (a refused or dropped connection, a timeout, an HTTP 5xx, throttling): not
+    the user's input, so the CLI exits 1 as for a cluster out of reach, and a scheduler may retry."""
+
+
+# Failures of the storage service rather than of the request, by exception class name (botocore's and
+# aiohttp's classes are not imported: the clients are optional) or by what the message says.
+UNAVAILABLE_NAMES = frozenset(
+    {
+        "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+        "ClientConnectorError", "ServerDisconnectedError", "ServerTimeoutError", "ClientOSError",
+    }
+)  # fmt: skip
+UNAVAILABLE_TEXT = re.compile(
+    r"\((?:500|502|503|504)\)|Service ?Unavailable|SlowDown|Throttl|InternalError|RequestTimeout|Bad Gateway"
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: s3fs re-raises botocore's errors as OSError) says the storage did
+    not answer, as opposed to refusing the request (no such bucket, access denied)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionError | TimeoutError) or type(seen).__name__ in UNAVAILABLE_NAMES:
+            return True
+        if UNAVAILABLE_TEXT.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # A Parquet input without this column gets FILE:ROW ids when no id column is named (id_column=None); a column
@@ -217,9 +250,8 @@ def remote_errors(action: str, url: str, storage_options: Mapping[str, object]) 
         name = type(exc).__name__
         detail = _masked(str(exc).strip() or name, storage_options)
         hint = REMOTE_HINTS.get(name)
-        raise SourceError(
-            f"cannot {action} {public_url(url)}: {name}: {detail}" + (f" ({hint})" if hint else "")
-        ) from None
+        error = StorageUnavailableError if is_unavailable(exc) else SourceError
+        raise error(f"cannot {action} {public_url(url)}: {name}: {detail}" + (f" ({hint})" if hint else "")) from None
 
 
 def _masked(text: str, storage_options: Mapping[str, object]) -> str:
@@ -227,7 +259,7 @@ def _masked(text: str, storage_options: Mapping[str, object]) -> str:
     for key, value in storage_options.items():
         if isinstance(value, Mapping):
             text = _masked(text, value)
-        elif isinstance(value, str) and value and looks_secret(key):
+        elif isinstance(value, str) and len(value) >= MASKED_LENGTH and looks_secret(key):
             text = text.replace(value, "***")
     return text
 
