@@ -391,6 +391,9 @@ def test_manifest_roundtrip_and_refusals(tmp_path):
         check_same_codec(m, {**m.codec, "model": {"name": "n", "sha256": "b" * 64}}, "X", "hint")
     with pytest.raises(ModelMismatchError, match="other codec options"):
         check_same_codec(m, {**m.codec, "model": m.model, "fingerprint": "0" * 64}, "X", "hint")
+    steps = {**m.codec, "model": m.model, "fingerprint": "0" * 64, "options": {**m.codec["options"], "num_steps": 3}}
+    with pytest.raises(ModelMismatchError, match=r"other codec options \(num_steps: archive has \d+, this run 3;"):
+        check_same_codec(m, steps, "X", "hint")  # the option that differs, not the archive's whole list
     with pytest.raises(ModelMismatchError, match="made with codec 'diffc', not 'avif'"):
         check_same_codec(m, {**m.codec, "name": "avif", "model": None}, "X", "hint")
     with pytest.raises(ModelMismatchError, match="from a model directory; pass --model"):
@@ -562,6 +565,23 @@ def test_incremental_compare_tries_unreadable_sources_again_and_other_error_rows
     assert delta.todo.column("id").to_pylist() == ["unread"]
     every = compare(items, held, retry_errors=True)
     assert (every.retried, every.unchanged, every.todo.column("id").to_pylist()) == (2, 1, ["unread", "refused"])
+
+
+def test_the_latest_version_is_in_the_highest_numbered_shard_past_a_million():
+    from diffc_pipeline.pipeline.incremental import latest_rows
+
+    index = pa.table(
+        {
+            "id": ["a", "a", "b", "a"],
+            "shard": ["shard-000002", "shard-1000000", "shard-000001", "shard-999999"],
+            "row": [0, 1, 2, 3],
+        }
+    )
+    latest = latest_rows(index)
+    assert dict(zip(latest.column("id").to_pylist(), latest.column("shard").to_pylist(), strict=True)) == {
+        "a": "shard-1000000",
+        "b": "shard-000001",
+    }
 
 
 def test_names_with_fsspec_syntax_read_their_own_file(tmp_path):

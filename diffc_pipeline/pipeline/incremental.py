@@ -1,8 +1,8 @@
 """Incremental runs: which listed images the archive already holds, unchanged, and which are new or changed.
 
 An archive grows by runs; each run only appends shards (never rewrites a committed one), with indices after
-the highest committed one. So shard names sort in commit order and the *latest version* of an image id is
-its row in the highest-named shard that holds it - no extra column is needed, and a plain Parquet reader can
+the highest committed one. So shard numbers follow commit order and the *latest version* of an image id is
+its row in the highest-numbered shard that holds it - no extra column is needed, and a plain Parquet reader can
 apply the same rule (see docs/format.md).
 """
 
@@ -36,10 +36,13 @@ def new_run_id() -> str:
 
 
 def latest_rows(index: pa.Table) -> pa.Table:
-    """Keep, per id, the row of the highest-named shard (``index`` has ``id`` and ``shard`` columns)."""
+    """Keep, per id, the row of the highest-numbered shard (``index`` has ``id`` and ``shard`` columns). By
+    number, not name: ``shard-1000000`` follows ``shard-999999`` though it sorts before it as text."""
     if index.num_rows == 0:
         return index
-    order = pc.sort_indices(index, sort_keys=[("id", "ascending"), ("shard", "descending")])
+    number = pc.cast(pc.replace_substring_regex(index.column("shard"), r"^.*-", ""), pa.int64())
+    keyed = pa.table({"id": index.column("id"), "number": number})
+    order = pc.sort_indices(keyed, sort_keys=[("id", "ascending"), ("number", "descending")])
     ids = index.column("id").take(order).to_pylist()
     keep = [order[i].as_py() for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
     return index.take(pa.array(sorted(keep)))

@@ -219,8 +219,10 @@ def check_same_codec(existing: Manifest, description: dict, where: str, hint: st
         mine = f"{model['name']}@{model['sha256'][:12]}" if model else "none"
         raise ModelMismatchError(f"{where} was made with model {existing.model_label()}, not {mine}; {hint}")
     if existing.codec.get("fingerprint") != description["fingerprint"]:
+        theirs, mine = existing.codec.get("options") or {}, description.get("options") or {}
+        details = differences(theirs, mine) if isinstance(theirs, dict) and isinstance(mine, dict) else ""
         raise ModelMismatchError(
-            f"{where} was made with other codec options {existing.codec.get('options')} (fingerprint "
+            f"{where} was made with other codec options ({details or f'archive has {theirs}'}; fingerprint "
             f"{str(existing.codec.get('fingerprint'))[:12]}, this run {description['fingerprint'][:12]}); {hint}"
         )
 
