@@ -234,6 +234,9 @@ def test_a_killed_run_is_marked_interrupted(runs):
     manifest = json.loads(path.read_text())
     manifest["runs"][-1]["status"] = "running"  # as a run killed before its end leaves it
     path.write_text(json.dumps(manifest))
+    shown = _flat(CliRunner().invoke(app, ["inspect", str(runs["arc"])]).output)
+    assert "running? (it holds no lock: killed; the next run marks it interrupted)" in shown, shown
+    assert "planned" not in shown.split("ok ")[0]  # incremental: no "images N of M planned" (M counts versions)
     assert _compress(runs["inp"], runs["arc"]).exit_code == 0
     statuses = [r["status"] for r in json.loads(path.read_text())["runs"]]
     assert statuses[-2:] == ["interrupted", "ok"]

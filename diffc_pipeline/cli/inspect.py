@@ -38,8 +38,13 @@ def inspect(
     malformed = f", malformed {info['malformed']} (left out of bpp)" if info["malformed"] else ""
     older = info["rows"] - info["images"]
     versions = f" ({info['rows']} rows: {older} older versions of changed sources)" if older else ""
+    if info["runs"]:  # planned_images counts the rows of every version planned so far
+        left = info["planned_images"] - info["rows"]
+        planned = f"images {info['images']}{versions}{f', {left} rows not coded yet' if left > 0 else ''}"
+    else:
+        planned = f"images {info['images']} of {info['planned_images']} planned"
     report.print(
-        f"images {info['images']} of {info['planned_images']} planned{versions}, "
+        f"{planned}, "
         f"ok {info['ok']}, failures {info['failures']}{malformed}; "
         f"shards {info['shards']['committed']}/{info['shards']['planned']}; "
         f"{info['file_bytes']} bytes on disk, {info['payload_bytes']} payload bytes"
@@ -64,9 +69,14 @@ def inspect(
     if info["runs"]:
         report.print("[bold]incremental runs[/bold] (oldest first)")
     for r in info["runs"]:
-        counts = ", ".join(f"{k} {r.get(k)}" for k in ("new", "changed", "unchanged", "deleted", "failed"))
+        counts = ", ".join(
+            f"{k} {r.get(k, 0)}" for k in ("new", "changed", "unchanged", "retried", "deleted", "failed")
+        )
+        status = r["status"]
+        if status == "running" and info["lock_holder"] != r["run_id"]:
+            status = "running? (it holds no lock: killed; the next run marks it interrupted)"
         report.print(
-            f"run {r['run_id']} {r['started_at']} -> {r.get('finished_at') or '?'} {r['status']}: {counts}; "
+            f"run {r['run_id']} {r['started_at']} -> {r.get('finished_at') or '?'} {status}: {counts}; "
             f"tool {r.get('tool_version')}, model {r.get('model')}",
             highlight=False,
         )

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from .archive import STATUS_OK
 from .incremental import latest_rows
+from .lock import holder_run
 from .reader import open_archive, read_index
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -75,6 +76,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "images": index.num_rows,
         "rows": rows,  # older versions included
         "runs": m.runs,
+        "lock_holder": holder_run(archive.fs, archive.root),  # the run writing now (None: no run is)
         "ok": ok.num_rows,
         "failures": failed.num_rows,
         "malformed": malformed,  # rows marked ok whose size or bit counts make no sense (left out of bpp)

@@ -160,6 +160,13 @@ def _try_create(fs: fsspec.AbstractFileSystem, path: str, holder: dict) -> bool:
     return True
 
 
+def holder_run(fs: fsspec.AbstractFileSystem, root: str) -> str | None:
+    """The run id of the run holding the archive's lock now, or None when no run holds it (what tells a
+    running run from a killed one whose record still says "running")."""
+    held = _read(fs, lock_path(root))
+    return None if held is None else str(held.get("run_id"))
+
+
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
     fs.invalidate_cache(path.rsplit("/", 1)[0])
     try:
