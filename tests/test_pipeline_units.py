@@ -535,6 +535,11 @@ def test_incremental_compare_ignores_an_unknown_row_size_only_where_the_file_is_
     assert compare(table(-1, when + dt.timedelta(seconds=1)), held).changed == 1
     unversioned = table(603, None)
     assert compare(table(-1, None), unversioned).changed == 1  # nothing could tell a replaced file
+    tagged = table(603, when).set_column(4, "source_etag", pa.array(['"e1542ff6"']))
+    uploaded_again = table(603, when + dt.timedelta(days=1)).set_column(4, "source_etag", pa.array(['"e1542ff6"']))
+    assert compare(uploaded_again, tagged).unchanged == 1  # the same bytes re-synced: a new mtime, the same ETag
+    other = table(603, when + dt.timedelta(days=1)).set_column(4, "source_etag", pa.array(['"0a0a0a0a"']))
+    assert compare(other, tagged).changed == 1
 
 
 def test_incremental_compare_tries_unreadable_sources_again_and_other_error_rows_when_asked():

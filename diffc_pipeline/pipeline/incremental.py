@@ -85,7 +85,8 @@ def compare(
     error row that could not read its source (:data:`READ_ERROR_PREFIX`), or as any error row with
     ``retry_errors``: a storage outage on one night must not leave an image out of the archive for good.
     Deleted: held, not listed (in ``listed_ids``, every id the listing found, when ``items`` is only the first
-    N of them: ``--limit``).
+    N of them: ``--limit``). An object's ETag, where the listing has one, decides over its modification time:
+    ``aws s3 sync`` uploading the same bytes again made every image "changed", coded again as a new version.
 
     A size the listing does not know (-1: a Parquet row, whose bytes only a read would tell; an archive row
     holds the bytes it read) is not compared when the listing knows the file's mtime or ETag: such a row is
@@ -99,6 +100,8 @@ def compare(
         old = known.get(row["id"])
         versioned = row["source_mtime"] is not None or row["source_etag"] is not None
         fields = [k for k in SIGNATURE if not (k == "source_size" and row[k] < 0 and versioned)]
+        if old is not None and row["source_etag"] is not None and old["source_etag"] == row["source_etag"]:
+            fields.remove("source_mtime")  # the same object bytes uploaded again (a re-sync): not a change
         differs = old is not None and any(old[k] != row[k] for k in fields)
         failed = old is not None and not differs and old.get("status") == STATUS_ERROR
         again = failed and (retry_errors or str(old.get("error") or "").startswith(READ_ERROR_PREFIX))
