@@ -11,7 +11,10 @@ Everything here takes the CLI's options as keyword arguments::
     for image_id, pixels in arch.decode(bpp=0.5):  # small jobs, this process, no Ray
         ...
     ds = dp.read_archive("s3://bucket/arch", bpp=0.2)   # lazy ray.data.Dataset: id, image, bpp
-    for batch in ds.iter_torch_batches(batch_size=32): ...
+    same_size = dp.read_archive(                        # torch batches: numeric columns of one image size
+        "s3://bucket/arch", bpp=0.2, where="width = 64 AND height = 64", columns=("image", "bpp")
+    )
+    for batch in same_size.iter_torch_batches(batch_size=32): ...
 
 Torch and Ray are imported only by the functions that need them, so ``import diffc_pipeline`` stays light.
 """
