@@ -146,7 +146,7 @@ def test_decode_at_a_step_matches_the_codec_and_improves_with_steps(archive, tmp
     out = tmp_path / "png"
     s = run_decode(DecodeOptions(str(archive["arc"]), str(out), step=2), QUIET)  # the manifest names the model
     assert (s.images, s.failures, s.skipped_error_rows) == (6, 0, 3)
-    assert sorted(p.name for p in out.iterdir()) == sorted(archive["good"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*archive["good"], "_diffc_decode.json"])
     # the pipeline's PNG equals the codec's own decode of the stored row
     row = next(r for r in pq.read_table(archive["arc"] / "shards").to_pylist() if r["id"] == "img001.png")
     codec = resolve("diffc", CODEC, "gaussian").build()
