@@ -423,3 +423,105 @@ def test_model_export_and_resume_name_a_damaged_checkpoint_and_refuse_odd_destin
     assert (
         result.exit_code == 2 and "checkpoint" in result.output and "cannot be read" in " ".join(result.output.split())
     )
+
+
+def test_resume_refuses_other_data_and_a_new_run_never_replaces_a_checkpoint_unasked(tmp_path: Path) -> None:
+    """The batches are drawn by index from the data: resuming on other data (or another --limit) would train
+    another model in another order. --no-resume over a checkpoint replaces it only with --overwrite."""
+    samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
+    args = ["train", "--out", str(tmp_path / "run"), "--threads", "1", "--batch-size", "2", "--crop", "16"]
+    first = CliRunner().invoke(app, [*args, "--data", str(samples), "--max-steps", "1"])
+    assert first.exit_code == 0, first.output
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert saved["format"] == "diffc-checkpoint"
+    assert saved["config"]["data"]["url"] == str(samples) and saved["config"]["data"]["images"] == len(
+        list(samples.glob("*.[jp][pn]g"))
+    )
+    spelled = CliRunner().invoke(app, [*args, "--data", f"{samples}/./", "--max-steps", "2"])
+    assert spelled.exit_code == 0, spelled.output  # the same folder, spelled otherwise
+    (tmp_path / "other").mkdir()
+    for p in sorted(samples.glob("*.jpg"))[:3]:
+        (tmp_path / "other" / p.name).write_bytes(p.read_bytes())
+    for other in (["--data", str(samples), "--limit", "3"], ["--data", str(tmp_path / "other")]):
+        refused = CliRunner().invoke(app, [*args, *other, "--max-steps", "3"])
+        assert refused.exit_code == 2 and "cannot resume with a different data" in " ".join(
+            refused.output.split()
+        ), refused.output
+    fresh = CliRunner().invoke(app, [*args, "--data", str(samples), "--max-steps", "1", "--no-resume"])
+    assert fresh.exit_code == 2 and "--overwrite" in fresh.output, fresh.output
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2  # kept
+    replaced = CliRunner().invoke(app, [*args, "--data", str(samples), "--max-steps", "1", "--no-resume", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 1
+
+
+def test_a_checkpoint_without_a_data_record_still_resumes(tiny_set: list[bytes], tmp_path: Path) -> None:
+    old = Trainer(CONFIG, tiny_set)
+    old.train_step()
+    old.save(tmp_path / "ckpt")  # data None: as written before the field
+    record = {"url": "/x", "image_column": "image", "limit": 0, "images": 8, "photos": "", "photo_images": 0}
+    resumed = Trainer(replace(CONFIG, data=record), tiny_set)
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.state.step == 1
+
+
+def test_training_on_images_none_of_which_decode_is_one_error(tmp_path: Path) -> None:
+    """A fallback that recursed from each bad image to the next overflowed the stack on ~1,000 bad ones."""
+    from diffc_pipeline.errors import InvalidInputError
+    from diffc_pipeline.training.data import BatchSampler
+
+    sampler = BatchSampler([b"not an image"] * 3000, batch_size=2, crop=8, seed=0)
+    with pytest.raises(InvalidInputError, match="none of the 3000 training images decodes"):
+        sampler.batch(0)
+    good = _png(np.zeros((8, 8, 3), np.uint8))
+    mostly_bad = BatchSampler([b"bad"] * 2000 + [good], batch_size=2, crop=8, seed=0)
+    assert mostly_bad.batch(0).shape == (2, 3, 8, 8)
+
+
+def test_init_from_and_export_name_a_folder_or_checkpoint_of_the_wrong_kind(tiny_set, tmp_path: Path) -> None:
+    samples = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "samples"
+    cdc = Path(__file__).resolve().parents[1] / "diffc_pipeline" / "codecs" / "cdc" / "weights"
+    args = ["train", "--data", str(samples), "--out", str(tmp_path / "run"), "--threads", "1", "--max-steps", "1"]
+    result = CliRunner().invoke(app, [*args, "--init-from", str(cdc)])
+    assert result.exit_code == 2 and "not a diffc U-Net model" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    trainer = Trainer(CONFIG, tiny_set)
+    trainer.save(tmp_path / "ckpt")
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    (tmp_path / "ckpt" / "state.json").write_text(json.dumps({**state, "format": "cdc-checkpoint"}))
+    result = CliRunner().invoke(app, ["model", "export", str(tmp_path / "ckpt"), str(tmp_path / "m")])
+    assert result.exit_code == 2 and "is a cdc-checkpoint, not a DiffC training checkpoint" in " ".join(
+        result.output.split()
+    ), result.output
+
+
+def test_a_model_folder_is_replaced_whole_and_never_one_holding_other_files(tmp_path: Path) -> None:
+    """A kill while writing a model left new weights beside an old config.json and safetensors' temporary
+    files in the folder; a folder of other files is refused, not replaced."""
+    from diffc_pipeline.errors import ModelLoadError
+
+    net = Trainer(CONFIG, []).ema
+    model = tmp_path / "model"
+    first = save_unet_model(model, net, LinearSchedule().to_dict(), name="t")
+    (model / ".tmpKfqnrO").write_bytes(b"x" * 100)  # what a killed in-place write of older versions left
+    second = save_unet_model(model, net, LinearSchedule().to_dict(), name="t", fp16=True)
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    assert second.sha256 != first.sha256 and json.loads((model / "config.json").read_text())["dtype"] == "float16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or old folder left
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"mine")
+    with pytest.raises(ModelLoadError, match=r"holds other files than a model's \(a\.png\)"):
+        save_unet_model(tmp_path / "photos", net, LinearSchedule().to_dict(), name="t")
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["a.png"]
+
+
+def test_a_checkpoint_state_is_written_whole(tiny_set: list[bytes], tmp_path: Path) -> None:
+    """recover_checkpoint takes a .tmp holding state.json as complete: state.json appears by a rename."""
+    trainer = Trainer(CONFIG, tiny_set)
+    trainer.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "weights.safetensors",
+    ]

@@ -20,7 +20,12 @@ def train(
         60.0, min=0, help="Stop after this many minutes (a checkpoint is written at the end)."
     ),
     max_steps: int = typer.Option(0, min=0, help="Stop at this total step count (0: no limit)."),
-    resume: bool = typer.Option(True, help="Continue from OUT/checkpoint if it exists."),
+    resume: bool = typer.Option(
+        True, help="Continue from OUT/checkpoint if it exists (--no-resume: a new run; see --overwrite)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="With --no-resume: let the new run replace OUT/checkpoint (refused otherwise)."
+    ),
     batch_size: int | None = typer.Option(None, min=1, help="Images per step (default: 64, or the checkpoint's)."),
     crop: int | None = typer.Option(
         None,
@@ -82,21 +87,29 @@ def train(
     ckpt = out / "checkpoint"
     recover_checkpoint(ckpt)
     resuming = resume and (ckpt / STATE).exists()
+    if not resume and (ckpt / STATE).exists() and not overwrite:
+        raise DiffcError(
+            f"{ckpt} exists: a new run (--no-resume) would replace it at its first checkpoint; pass --overwrite "
+            "to replace it, or another --out"
+        )
     given = {"lr": lr, "seed": seed, "decay_start": decay_start, "decay_end": decay_end}
     shape = {"photo_batch": photo_batch, "photo_crop": photo_crop}
     if resuming:  # another crop or batch size starts a phase from the checkpoint's step
         if init_from is not None:
-            raise DiffcError(f"--init-from starts a new run, but {ckpt} exists: pass another --out or --no-resume")
+            raise DiffcError(
+                f"--init-from starts a new run, but {ckpt} exists: pass another --out (or --no-resume --overwrite to "
+                "replace it)"
+            )
         with checkpoint_errors(ckpt):
             config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop, **shape)
     else:
         given |= {"batch_size": batch_size, "crop": crop, **shape}
         config = TrainConfig()
         if init_from is not None:  # the architecture and schedule are the model's
-            from ..models.storage import read_config
+            from ..models.storage import load_unet_model
 
-            model_config = read_config(init_from)
-            config = replace(config, unet=model_config["unet"], schedule=model_config["schedule"])
+            source_model = load_unet_model(init_from)  # anything but a diffc U-Net folder: one ModelLoadError
+            config = replace(config, unet=source_model.config.to_dict(), schedule=source_model.schedule.to_dict())
     config = replace(config, **{k: v for k, v in given.items() if v is not None})
     for phase in config.phases:
         console.print(f"phase from step {phase['from_step']}: batch {phase['batch_size']}, crop {phase['crop']}")
@@ -107,12 +120,11 @@ def train(
     photo_images = load_encoded_images(photos) if photos else []
     if photo_images:
         console.print(f"{len(photo_images)} photos from {photos}, {config.photo_batch} crops per step")
+    config = replace(config, data=data_record(data, image_column, limit, len(images), photos, len(photo_images)))
     trainer = Trainer(config, images, photo_images)
     if init_from is not None and not resuming:
-        from ..models.storage import WEIGHTS_NAME, identity_of, read_config, read_state_dict
-
-        source = identity_of(init_from, read_config(init_from))
-        trainer.init_weights(read_state_dict(init_from / WEIGHTS_NAME), {"name": source.name, "sha256": source.sha256})
+        source = source_model.identity
+        trainer.init_weights(source_model.net.state_dict(), {"name": source.name, "sha256": source.sha256})
         console.print(f"new run from the weights of {source.name}@{source.sha256[:12]}")
     if resuming:
         with checkpoint_errors(ckpt):
@@ -144,6 +156,21 @@ def train(
         state, stopped_by = run_training(trainer, out, minutes, max_steps or None, checkpoint_minutes, on_step)
     why = f" by {stopped_by}" if stopped_by else ""
     console.print(f"stopped{why} at step {state.step}; checkpoint in {ckpt}, EMA model in {out / 'model'}")
+
+
+def data_record(data: str, image_column: str, limit: int, images: int, photos: str, photo_images: int) -> dict:
+    """What a run trains on, as its checkpoint records it (``TrainConfig.data``): URLs spelled one way and
+    without credentials, so a resume from another folder or with a rotated key is the same data."""
+    from ..pipeline.sources import canonical_url, public_url
+
+    return {
+        "url": public_url(canonical_url(data)),
+        "image_column": image_column,
+        "limit": limit,
+        "images": images,
+        "photos": public_url(canonical_url(photos)) if photos else "",
+        "photo_images": photo_images,
+    }
 
 
 @friendly_errors

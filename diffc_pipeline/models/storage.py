@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,9 +44,17 @@ def save_unet_model(
     fp16: bool = False,
     extra: dict | None = None,
 ) -> ModelIdentity:
-    """Write a model directory; ``fp16`` halves the size (weights are upcast to fp32 on load)."""
+    """Write a model directory; ``fp16`` halves the size (weights are upcast to fp32 on load).
+
+    The directory is replaced whole: written beside it, then swapped in, so a kill never leaves new weights
+    beside an old ``config.json`` (a model whose identity lies) or safetensors' temporary files in it. A
+    directory holding anything but a model's files is refused, never replaced."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    others = sorted(p.name for p in directory.iterdir() if not _model_file(p.name)) if directory.is_dir() else []
+    if others:
+        raise ModelLoadError(
+            f"{directory} holds other files than a model's ({', '.join(others[:3])}); write the model to a new folder"
+        )
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
     config = {
@@ -56,9 +67,43 @@ def save_unet_model(
         "dtype": "float16" if fp16 else "float32",
         **(extra or {}),
     }
-    save_file(tensors, str(directory / WEIGHTS_NAME))
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    with replaced_directory(directory) as staging:
+        save_file(tensors, str(staging / WEIGHTS_NAME))
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return identity_of(directory, config)
+
+
+# What a model directory holds; ``.tmp*`` are safetensors' temporary files, which a write killed in place (as
+# this module wrote before it swapped whole directories) left behind: replaced with the rest.
+MODEL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME})
+
+
+def _model_file(name: str) -> bool:
+    return name in MODEL_FILES or name.startswith(".tmp")
+
+
+@contextmanager
+def replaced_directory(directory: Path) -> Iterator[Path]:
+    """A fresh staging folder beside ``directory`` for the body to fill; when the body succeeds, it takes
+    ``directory``'s place (the old one is moved aside, then removed). A kill before the swap leaves the old
+    folder untouched and a ``.staging`` one that the next call clears; a kill between the two renames leaves
+    ``.old``, which the next call restores if ``directory`` is missing."""
+    staging = directory.with_name(directory.name + ".staging")
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and old.is_dir():
+        old.rename(directory)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_config(directory: Path) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..codecs.tensors import to_float
-from ..errors import DiffcError, InvalidImageError
+from ..errors import DiffcError, InvalidImageError, InvalidInputError
 from ..images import decode_image
 from ..pipeline.sources import list_source, read_bytes
 
@@ -69,14 +69,18 @@ class BatchSampler:
     def _decode(self, idx: int, rng: np.random.Generator) -> np.ndarray:
         if self._decoded is not None and idx in self._decoded:
             return self._decoded[idx]
-        try:
-            img = decode_image(self.images[idx])
+        # a bad training image is replaced by the next valid one, deterministically (a loop, not recursion: a
+        # run of ~1,000 bad images overflowed the stack)
+        for k in range(len(self.images)):
+            at = (idx + k) % len(self.images)
+            try:
+                img = decode_image(self.images[at])
+            except InvalidImageError:
+                continue
             if self._decoded is not None:
-                self._decoded[idx] = img
+                self._decoded[at] = img
             return img
-        except InvalidImageError:
-            # a bad training image is replaced by a valid one, deterministically
-            return self._decode((idx + 1) % len(self.images), rng)
+        raise InvalidInputError(f"none of the {len(self.images)} training images decodes (not images, or corrupt)")
 
     def _crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w, _ = img.shape

@@ -36,6 +36,7 @@ from .data import BatchSampler
 from .vdm import diffusion_loss, nats_to_bpd, prior_loss
 
 STATE = "state.json"
+CHECKPOINT_FORMAT = "diffc-checkpoint"  # state.json's "format" (CDC's trainer writes "cdc-checkpoint")
 
 
 @dataclass
@@ -67,6 +68,10 @@ class TrainConfig:
     photo_crop: int = 128
     # The model a run started from (``{"name", "sha256"}``; ``None``: random initialisation).
     init_from: dict | None = None
+    # What the run trains on: ``{"url", "image_column", "limit", "images", "photos", "photo_images"}``. The
+    # batches are drawn by index from these lists, so a resume on other data would silently train another
+    # model (and shuffle in another order): refused. ``None``: a checkpoint older than this field.
+    data: dict | None = None
 
     def shape_at(self, step: int) -> dict[str, int]:
         """``{"batch_size", "crop", "photo_batch", "photo_crop"}`` in force at ``step`` (a phase names only
@@ -102,7 +107,8 @@ SHAPE_FIELDS = ("batch_size", "crop", "photo_batch", "photo_crop")
 
 # Fields a resumed run may change: they steer the optimiser from here on. Every other field (data,
 # batch, crops, seed, architecture, noise schedule) defines what the checkpoint's weights are, so a
-# mismatch is refused instead of silently training a different model.
+# mismatch is refused instead of silently training a different model (``data`` is recorded from the first
+# run that knows the field on).
 ADJUSTABLE_ON_RESUME = frozenset(
     {"lr", "warmup_steps", "weight_decay", "ema_decay", "grad_clip", "decay_start", "decay_end"}
 )
@@ -135,10 +141,10 @@ def checkpoint_errors(directory: Path) -> Iterator[None]:
         yield
     except DiffcError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         raise DiffcError(
-            f"checkpoint {directory} cannot be read ({type(exc).__name__}: {exc}); restore it, or start a new run "
-            "with another --out or --no-resume"
+            f"checkpoint {directory} cannot be read ({type(exc).__name__}: {str(exc)[:300]}); restore it, or start "
+            "a new run with another --out (or --no-resume --overwrite to replace it)"
         ) from None
 
 
@@ -250,7 +256,10 @@ class Trainer:
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
         save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
         save_file(optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
-        (tmp / STATE).write_text(json.dumps({"config": asdict(self.config), **asdict(self.state)}, indent=1))
+        # state.json is what marks a checkpoint written whole (recover_checkpoint): it appears by a rename
+        state = {"format": CHECKPOINT_FORMAT, "config": asdict(self.config), **asdict(self.state)}
+        (tmp / (STATE + ".part")).write_text(json.dumps(state, indent=1))
+        (tmp / (STATE + ".part")).rename(tmp / STATE)
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
@@ -262,12 +271,14 @@ class Trainer:
         meta = json.loads((directory / STATE).read_text())
         saved = meta["config"]
         saved_phases = saved.get(PHASES, [])
+        if meta.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:  # checkpoints before the field are DiffC's
+            raise DiffcError(f"{directory} is a {meta.get('format')}, not a DiffC training checkpoint")
         refuse_changed_config(
             directory,
             asdict(self.config),
             saved,
             asdict(TrainConfig()),
-            ADJUSTABLE_ON_RESUME | {PHASES},
+            ADJUSTABLE_ON_RESUME | {PHASES} | ({"data"} if saved.get("data") is None else set()),
             changed=[PHASES] if self.config.phases[: len(saved_phases)] != saved_phases else [],
         )
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
