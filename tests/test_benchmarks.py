@@ -135,3 +135,12 @@ def test_benchmark_arguments_are_checked_before_any_work():
     for args, why in cases:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and why in " ".join(result.output.split()), (args, result.output)
+
+
+def test_bench_incremental_compares_a_listing_with_an_index_of_two_versions(tmp_path):
+    out = tmp_path / "inc.json"
+    result = CliRunner().invoke(app, ["bench", "incremental", "--images", "2000", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert (doc["images"], doc["index_rows"], doc["unchanged"]) == (2000, 3000, 2000)
+    assert doc["compare_s"] > 0 and doc["peak_rss_mb"] > 0 and doc["command"].startswith("diffc ")

@@ -188,6 +188,18 @@ def read_archive(
     emit({**run_info(), **bench_read_archive(data, images, codec, quality, work_dir)}, json_path)
 
 
+@bench_app.command("incremental")
+@friendly_errors
+def incremental(
+    images: int = typer.Option(1_000_000, min=1, help="Images listed and held (half in a second version)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
+    """A nightly run's comparison of its listing with a large archive: seconds and peak RSS (synthetic ids)."""
+    from ..benchmarks.incremental import bench_incremental
+
+    emit({**run_info(), **bench_incremental(images)}, json_path)
+
+
 @bench_app.command("gaussian-theory")
 @friendly_errors
 def gaussian_theory(
