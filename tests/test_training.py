@@ -450,7 +450,8 @@ def test_resume_refuses_other_data_and_a_new_run_never_replaces_a_checkpoint_una
     fresh = CliRunner().invoke(app, [*args, "--data", str(samples), "--max-steps", "1", "--no-resume"])
     assert fresh.exit_code == 2 and "--overwrite" in fresh.output, fresh.output
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2  # kept
-    replaced = CliRunner().invoke(app, [*args, "--data", str(samples), "--max-steps", "1", "--no-resume", "--overwrite"])
+    again = [*args, "--data", str(samples), "--max-steps", "1", "--no-resume", "--overwrite"]
+    replaced = CliRunner().invoke(app, again)
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 1
 
