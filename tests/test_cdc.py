@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -709,3 +710,292 @@ def test_a_gpu_actor_builds_the_same_cpu_codec():
     from diffc_pipeline.codecs import CodecSpec, resolve
 
     assert CodecSpec("cdc", {}, "builtin").build("cuda").fingerprint == resolve("cdc").build().fingerprint
+
+
+# ---- the trainer and export as a user runs them: interrupted swaps, other data, bad options ---------------
+def _tiny_parquet(folder: Path, images: np.ndarray) -> Path:
+    """A Tiny ImageNet-like Parquet folder (column ``image``, JPEG bytes) of ``images``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"image": pa.array([_jpeg(im) for im in images], pa.binary())})
+    pq.write_table(table, folder / "part-00000.parquet")
+    return folder
+
+
+def _train_args(out: Path, tiny: Path, *extra: str, model: dict | None = None) -> list[str]:
+    """The trainer's options for a tiny model on tiny data, as cheap as a real run gets."""
+    model_json = json.dumps(model or TINY_CFG.to_dict())
+    base = ["--out", str(out), "--tiny", str(tiny), "--photos", "", "--threads", "1", "--batch-size", "2"]
+    return [*base, "--model-config", model_json, *extra]
+
+
+def _start_event(stdout: str) -> dict:
+    """The trainer's first log line: whether it resumed, and at which step."""
+    return next(e for e in map(json.loads, stdout.splitlines()) if e.get("event") == "start")
+
+
+@pytest.fixture(scope="module")
+def cdc_run(tmp_path_factory, images) -> tuple[Path, Path]:
+    """A real one-step run of the trainer (its Tiny ImageNet folder, its run folder); tests copy the run."""
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    root = tmp_path_factory.mktemp("cdc_run")
+    tiny = _tiny_parquet(root / "tiny", images)
+    assert train_main(_train_args(root / "run", tiny, "--max-steps", "1")) == 0
+    return tiny, root / "run"
+
+
+def _copy_run(cdc_run: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    tiny, run = cdc_run
+    shutil.copytree(run, tmp_path / "run")
+    return tiny, tmp_path / "run"
+
+
+def _step(run: Path) -> int:
+    return json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+
+
+def test_a_kill_between_the_checkpoint_renames_resumes_where_it_stopped(tmp_path, cdc_run, capsys):
+    """A kill between the swap's renames leaves ``checkpoint.old`` and a complete ``checkpoint.tmp``, no
+    ``checkpoint``: the next run resumes from the newer one (it started from step 0 and deleted both); with only
+    ``.old`` and a ``.tmp`` cut short, from the older one."""
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    tiny, run = _copy_run(cdc_run, tmp_path)
+    shutil.copytree(run / "checkpoint", tmp_path / "step1")
+    assert train_main(_train_args(run, tiny, "--max-steps", "2")) == 0
+    (run / "checkpoint").rename(run / "checkpoint.tmp")  # written whole, not yet swapped in
+    (tmp_path / "step1").rename(run / "checkpoint.old")
+    capsys.readouterr()
+    assert train_main(_train_args(run, tiny, "--max-steps", "3")) == 0
+    start = _start_event(capsys.readouterr().out)
+    assert start["resume"] and start["step"] == 2
+    assert _step(run) == 3 and sorted(p.name for p in run.iterdir()) == ["checkpoint"]
+
+    (run / "checkpoint").rename(run / "checkpoint.old")  # killed while writing the next one
+    (run / "checkpoint.tmp").mkdir()
+    (run / "checkpoint.tmp" / "weights.safetensors").write_bytes(b"cut short")
+    assert train_main(_train_args(run, tiny, "--max-steps", "4")) == 0
+    start = _start_event(capsys.readouterr().out)
+    assert start["resume"] and start["step"] == 3 and _step(run) == 4
+
+
+def test_export_refuses_an_out_whose_replacement_would_delete_what_it_should_not(tmp_path, cdc_run, capsys):
+    """``export RUN/checkpoint RUN`` deleted the checkpoint and the user's files: an OUT that holds the
+    checkpoint, lies inside it, or holds files but no CDC model is refused (one line, exit 2, nothing deleted);
+    a CDC model folder is replaced whole, with nothing left beside it."""
+    from diffc_pipeline.codecs.cdc.export import export
+    from diffc_pipeline.codecs.cdc.export import main as export_main
+
+    _, run = _copy_run(cdc_run, tmp_path)
+    ckpt = run / "checkpoint"
+    (run / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in ckpt.iterdir())
+    assert export_main([str(ckpt), str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the checkpoint" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (run / "notes.txt").read_text() == "mine" and sorted(p.name for p in ckpt.iterdir()) == before
+    with pytest.raises(InvalidInputError, match="lies inside the checkpoint"):
+        export(ckpt, ckpt / "release")
+    assert not (ckpt / "release").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo.png").write_bytes(b"mine")
+    with pytest.raises(InvalidInputError, match="not a CDC model folder"):
+        export(ckpt, other)
+    assert [p.name for p in other.iterdir()] == ["photo.png"]
+
+    rel = tmp_path / "rel"
+    export(ckpt, rel)
+    (rel / "model.safetensors").write_bytes((rel / "encoder.safetensors").read_bytes())  # an older layout
+    assert export(ckpt, rel, raw=True)["weights"] == "raw"
+    assert sorted(p.name for p in rel.iterdir()) == [
+        "config.json",
+        "decoder.safetensors",
+        "encoder.safetensors",
+        "tables.safetensors",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "rel", "run"]  # no temporary folder left
+    assert json.loads((rel / "config.json").read_text())["weights"] == "raw"
+    load_model(str(rel))
+    (rel / "README.md").write_text("mine")
+    with pytest.raises(InvalidInputError, match=r"also holds README\.md"):
+        export(ckpt, rel)
+    assert (rel / "README.md").read_text() == "mine"
+
+
+def test_export_reports_a_missing_foreign_or_damaged_checkpoint_in_one_line(tmp_path, cdc_run, capsys):
+    """A missing path, a DiffC checkpoint (a KeyError traceback before) and a truncated EMA file: one line
+    each, exit 2, and no OUT written."""
+    from diffc_pipeline.codecs.cdc.export import main as export_main
+    from diffc_pipeline.models.unet import UNetConfig
+    from diffc_pipeline.training.trainer import TrainConfig as DiffcConfig
+    from diffc_pipeline.training.trainer import Trainer
+
+    _, run = _copy_run(cdc_run, tmp_path)
+    unet = UNetConfig(widths=(8,), blocks_per_level=1, emb_dim=16, groups=4).to_dict()
+    Trainer(DiffcConfig(unet=unet), images=[]).save(tmp_path / "diffc" / "checkpoint")
+    ema = run / "checkpoint" / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:1000])
+    for checkpoint, message in [
+        (tmp_path / "nope", "no such folder"),
+        (tmp_path / "diffc" / "checkpoint", "not a CDC training checkpoint"),
+        (run / "checkpoint", "cannot be read"),
+    ]:
+        assert export_main([str(checkpoint), str(tmp_path / "rel")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "rel").exists()
+
+
+@pytest.mark.timeout(120)
+def test_training_images_that_do_not_decode_are_an_error_not_an_endless_loop(tmp_path, images):
+    """A Parquet ``image`` column of garbage drew images forever (at full CPU, deaf to SIGTERM), and photos
+    that all fail to decode ended in numpy's 'need at least one array to stack': each is one error now, while
+    a few broken images among good ones are still skipped."""
+    from diffc_pipeline.codecs.cdc.train import CdcBatches, TrainConfig
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    cfg = TrainConfig(batch_size=4, photo_fraction=0.0, model=TINY_CFG.to_dict())
+    garbage = [b"not an image"] * 3
+    with pytest.raises(InvalidInputError, match="training images do not decode"):
+        CdcBatches(cfg, garbage, [], TINY_CFG.rates).batch(0)
+    assert CdcBatches(cfg, [*garbage, _jpeg(images[0])], [], TINY_CFG.rates).batch(0)[0][0].shape == (4, 3, 64, 64)
+    bad_photo = tmp_path / "bad.jpg"
+    bad_photo.write_bytes(b"not an image either")
+    with_photos = replace(cfg, photo_fraction=0.5, pool_photos=1)
+    with pytest.raises(InvalidInputError, match="none of the 1 photos drawn for the crop pool decodes"):
+        CdcBatches(with_photos, [_jpeg(images[0])], [bad_photo], TINY_CFG.rates).batch(0)
+
+    (tmp_path / "tiny").mkdir()
+    pq.write_table(pa.table({"image": pa.array(garbage, pa.binary())}), tmp_path / "tiny" / "part-0.parquet")
+    with pytest.raises(InvalidInputError, match="training images do not decode"):
+        train_main(_train_args(tmp_path / "run", tmp_path / "tiny", "--max-steps", "1"))
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_resume_on_other_data_is_refused_by_name(tmp_path, cdc_run, images):
+    """The checkpoint records its data (Tiny ImageNet folder, limit and count, photo folder and count): a resume
+    on another is refused naming what changed (it went on with photo crops in half of each batch); a checkpoint
+    from before the record resumes on the data given, and records it."""
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    tiny, run = _copy_run(cdc_run, tmp_path)
+    elsewhere = _tiny_parquet(tmp_path / "val", images)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(_jpeg(np.tile(images[0], (2, 2, 1))))
+    with pytest.raises(InvalidInputError, match=r"different data: tiny \(checkpoint '.*tiny', requested '.*val'\)"):
+        train_main(_train_args(run, elsewhere, "--max-steps", "2"))
+    with pytest.raises(InvalidInputError, match=r"photo_files \(checkpoint 0, requested 1\), photos \(checkpoint ''"):
+        train_main([*_train_args(run, tiny, "--max-steps", "2"), "--photos", str(photos)])
+    with pytest.raises(InvalidInputError, match=r"tiny_images \(checkpoint 3, requested 2\), tiny_limit"):
+        train_main(_train_args(run, tiny, "--max-steps", "2", "--tiny-limit", "2"))
+    assert _step(run) == 1
+
+    state_file = run / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["config"]["data"] == {
+        "tiny": str(tiny),
+        "tiny_limit": None,
+        "tiny_images": 3,
+        "photos": "",
+        "photo_files": 0,
+    }
+    del state["config"]["data"]  # as a checkpoint written before runs recorded their data
+    state_file.write_text(json.dumps(state))
+    assert train_main(_train_args(run, elsewhere, "--max-steps", "2")) == 0
+    assert _step(run) == 2 and json.loads(state_file.read_text())["config"]["data"]["tiny"] == str(elsewhere)
+
+
+def test_rho_and_model_config_given_on_resume_must_match_the_run(tmp_path, cdc_run):
+    """``--rho`` and ``--model-config`` were dropped without a word on resume: another value is refused by
+    name, the run's own is accepted."""
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    tiny, run = _copy_run(cdc_run, tmp_path)
+    with pytest.raises(InvalidInputError, match=r"--rho 0\.5: .* trains with rho 0\.0"):
+        train_main(_train_args(run, tiny, "--max-steps", "2", "--rho", "0.5"))
+    wider = {**TINY_CFG.to_dict(), "channels": 32}
+    with pytest.raises(InvalidInputError, match=r"trains a model with channels 16 \(requested 32\)"):
+        train_main(_train_args(run, tiny, "--max-steps", "2", model=wider))
+    with pytest.raises(InvalidInputError, match="unknown model config keys: nosuch"):
+        train_main(_train_args(run, tiny, "--max-steps", "2", model={"nosuch": 1}))
+    assert _step(run) == 1
+    assert train_main(_train_args(run, tiny, "--max-steps", "2", "--rho", "0")) == 0 and _step(run) == 2
+
+
+def test_bad_options_and_unreadable_checkpoints_are_one_line_errors(tmp_path, cdc_run):
+    """Each of these was a traceback (ZeroDivisionError, JSONDecodeError, ArrowInvalid, SafetensorError...):
+    through ``diffc train-cdc`` each is one line naming the problem, exit 2, and the checkpoint is untouched."""
+    from typer.testing import CliRunner
+
+    from diffc_pipeline.cli import app
+
+    tiny, run = _copy_run(cdc_run, tmp_path)
+    no_image = tmp_path / "no_image"
+    no_image.mkdir()
+    pq.write_table(pa.table({"label": ["n01443537"]}), no_image / "part-0.parquet")
+    new = tmp_path / "new"
+    cases = [
+        (_train_args(new, tiny, "--batch-size", "0"), "--batch-size must be at least 1, got 0"),
+        (_train_args(new, tiny, "--tiny-limit", "0"), "--tiny-limit must be at least 1, got 0"),
+        (_train_args(new, tiny, "--minutes", "-1"), "--minutes must be at least 0, got -1.0"),
+        ([*_train_args(new, tiny), "--model-config", "{bad"], "--model-config is not valid JSON"),
+        (_train_args(new, tiny, model={"nosuch": 1}), "unknown model config keys: nosuch"),
+        (_train_args(new, no_image), "has no 'image' column (columns: label)"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["train-cdc", *args])
+        output = " ".join(result.output.split())
+        assert result.exit_code == 2 and message in output and "Traceback" not in output, (args, result.output)
+    assert not new.exists()
+
+    ckpt = run / "checkpoint"
+    for name in ("state.json", "ema.safetensors"):
+        damaged = tmp_path / name
+        shutil.copytree(ckpt, damaged / "checkpoint")
+        blob = (damaged / "checkpoint" / name).read_bytes()
+        (damaged / "checkpoint" / name).write_bytes(blob[: len(blob) // 2])
+        result = CliRunner().invoke(app, ["train-cdc", *_train_args(damaged, tiny, "--max-steps", "2")])
+        output = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in output, result.output
+        assert f"checkpoint {damaged / 'checkpoint'} cannot be read" in output and "--fresh --overwrite" in output
+        assert (damaged / "checkpoint" / name).read_bytes() == blob[: len(blob) // 2]
+
+
+def test_fresh_replaces_an_existing_run_only_with_overwrite(tmp_path, cdc_run, capsys):
+    """``--fresh`` replaced a checkpoint without a word: alone it is refused naming the checkpoint, with
+    ``--overwrite`` a new run starts (and replaces it at its first checkpoint); ``--overwrite`` alone is refused."""
+    from diffc_pipeline.codecs.cdc.train import main as train_main
+
+    tiny, run = _copy_run(cdc_run, tmp_path)
+    weights = (run / "checkpoint" / "weights.safetensors").read_bytes()
+    with pytest.raises(InvalidInputError, match=r"--fresh: .*checkpoint holds a training run.*add --overwrite"):
+        train_main(_train_args(run, tiny, "--max-steps", "1", "--fresh"))
+    with pytest.raises(InvalidInputError, match="--overwrite only goes with --fresh"):
+        train_main(_train_args(run, tiny, "--max-steps", "1", "--overwrite"))
+    assert (run / "checkpoint" / "weights.safetensors").read_bytes() == weights and _step(run) == 1
+    capsys.readouterr()
+    assert train_main(_train_args(run, tiny, "--max-steps", "0", "--fresh", "--overwrite")) == 0
+    start = _start_event(capsys.readouterr().out)
+    assert not start["resume"] and start["step"] == 0 and _step(run) == 0
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]
+
+
+def test_train_cdc_help_describes_every_option():
+    """``train-cdc --help`` said nothing about --minutes, --tiny-limit, --batch-size, --fresh."""
+    from typer.testing import CliRunner
+
+    from diffc_pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["train-cdc", "--help"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0
+    for phrase in (
+        "stop after this many minutes of this session (a checkpoint is written at the end; default: 60.0)",
+        "train on the first N Tiny ImageNet images only (default: all",
+        "images per step (default: 16, or the checkpoint's",
+        "start a new run instead of resuming OUT/checkpoint; where one exists, only with --overwrite",
+        "with --fresh: let the new run replace the existing OUT/checkpoint",
+    ):
+        assert phrase in text, phrase

@@ -2,10 +2,11 @@
 
 ``python -m diffc_pipeline.codecs.cdc.train --out /work/runs/cdc --minutes 150``
 
-A checkpoint directory (``OUT/checkpoint``) holds ``state.json`` (step, training config, model config, curve)
-and safetensors files for the weights, the EMA weights and the optimizer state: no pickles. Every random draw
-of step ``s`` (which images, crops, flips, rate indices, ``t``, noise) is a function of ``(seed, s)``, so a resumed
-run continues bit for bit. Loss per image, rate index ``r``::
+A checkpoint directory (``OUT/checkpoint``) holds ``state.json`` (step, training config, model config, the
+data trained on, curve) and safetensors files for the weights, the EMA weights and the optimizer state: no
+pickles. Every random draw of step ``s`` (which images, crops, flips, rate indices, ``t``, noise) is a function of
+``(seed, s)``, so a resumed run continues bit for bit; a resume on other data, or with another seed, batch size,
+rho or model, is refused by name. Loss per image, rate index ``r``::
 
     bpp + lambda_r * 255^2 * (MSE(mean, x) + (1 - rho) * min(SNR_t, 5) / 5 * MSE(x0_hat(x_t), x)
                               + rho * LPIPS_SCALE * LPIPS(x0_hat(x_t), x))
@@ -22,17 +23,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ...errors import DiffcError, InvalidImageError
+from ...errors import DiffcError, InvalidImageError, InvalidInputError, ModelLoadError
 from ...images import decode_image
 from ...training.checkpointing import (
     StopRequest,
@@ -41,6 +46,7 @@ from ...training.checkpointing import (
     refuse_changed_config,
     stop_on_signals,
 )
+from ...training.trainer import recover_checkpoint
 from ..tensors import to_float
 from .config import ModelConfig
 from .model import CdcModel, alpha_bar, count_parameters
@@ -51,6 +57,9 @@ STATE = "state.json"
 LPIPS_SCALE = 0.01
 DEFAULT_TINY = "../shared/data/tinyimagenet/train"
 DEFAULT_PHOTOS = "../shared/data/photos"
+# Random draws in a row whose Tiny ImageNet image does not decode before a batch gives up: a few broken images
+# are skipped, a column of garbage is an error instead of a loop that never ends (and defers SIGTERM with it).
+MAX_FAILED_DRAWS = 64
 
 
 @dataclass
@@ -84,6 +93,9 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     # The model a run started from (``--init-from``; name and SHA-256), empty for a run from scratch.
     init_from: dict = field(default_factory=dict)
+    # What the run trains on (:func:`data_record`: the --tiny and --photos folders, --tiny-limit, the image
+    # counts): a resume on other data is refused. Empty: not recorded (checkpoints written before it was).
+    data: dict = field(default_factory=dict)
 
 
 ADJUSTABLE_ON_RESUME = frozenset(
@@ -111,16 +123,59 @@ class TrainState:
 
 # ---- data ----------------------------------------------------------------------------------------------
 def load_tiny(root: str | Path, limit: int | None = None) -> list[bytes]:
+    """The encoded images of the Parquet files under ``root`` (column ``image``, bytes), the first ``limit``.
+    A file that is no Parquet or lacks the column is refused by name before any training step."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    files = sorted(Path(root).glob("*.parquet"))
+    if not files:
+        raise InvalidInputError(f"no Parquet files under {root} (--tiny)")
     out: list[bytes] = []
-    for p in sorted(Path(root).glob("*.parquet")):
-        out.extend(v.as_py() for v in pq.read_table(p, columns=["image"]).column("image"))
+    for p in files:
+        try:
+            schema = pq.read_schema(p)
+            if "image" not in schema.names:
+                raise InvalidInputError(f"{p} has no 'image' column (columns: {', '.join(schema.names)}) (--tiny)")
+            kind = schema.field("image").type
+            if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+                raise InvalidInputError(f"{p}: column 'image' holds {kind}, not encoded image bytes (--tiny)")
+            out.extend(v.as_py() for v in pq.read_table(p, columns=["image"]).column("image"))
+        except (OSError, pa.ArrowException) as exc:
+            raise InvalidInputError(f"{p}: cannot be read as Parquet ({exc}) (--tiny)") from None
         if limit is not None and len(out) >= limit:
             return out[:limit]
     if not out:
-        raise DiffcError(f"no Parquet files under {root}")
+        raise InvalidInputError(f"the Parquet files under {root} hold no images (--tiny)")
     return out
+
+
+def data_record(tiny: str, tiny_limit: int | None, tiny_images: int, photos: str, photo_files: int) -> dict:
+    """What a run trains on, as its checkpoint records it (:attr:`TrainConfig.data`). Absolute paths, not
+    resolved ones: a resume from another working directory names the same data, and a symlink left where moved
+    data was keeps its run resumable."""
+    return {
+        "tiny": os.path.abspath(tiny),
+        "tiny_limit": tiny_limit,
+        "tiny_images": tiny_images,
+        "photos": os.path.abspath(photos) if photos else "",
+        "photo_files": photo_files,
+    }
+
+
+def refuse_changed_data(directory: Path, saved: dict, requested: dict) -> None:
+    """Refuse to resume the checkpoint in ``directory`` on other data than it trained on, naming each
+    difference: the weights and the step's draws depend on it. A checkpoint without a record (written before
+    runs recorded their data) resumes on any data, and records it from then on."""
+    if not saved:
+        return
+    diffs = [k for k in sorted(saved.keys() | requested.keys()) if saved.get(k) != requested.get(k)]
+    if diffs:
+        named = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, requested {requested.get(k)!r})" for k in diffs)
+        raise InvalidInputError(
+            f"{directory}: cannot resume on different data: {named}; pass the --tiny, --tiny-limit and --photos "
+            "it trained on, or start a new run in another --out"
+        )
 
 
 def list_photos(root: str | Path) -> list[Path]:
@@ -175,6 +230,11 @@ class CdcBatches:
                 if img is None:
                     continue
                 crops.extend(_random_crop(img, self.photo_crop, rng) for _ in range(self.cfg.pool_crops))
+            if not crops:
+                raise InvalidInputError(
+                    f"none of the {len(chosen)} photos drawn for the crop pool decodes as an image (one of them: "
+                    f"{self.photos[int(chosen[0])]}); remove the files that are no images from --photos"
+                )
             self._pool = np.stack(crops)
             self._pool_gen = gen
         assert self._pool is not None
@@ -197,10 +257,7 @@ class CdcBatches:
         if n_tiny:
             out = np.empty((n_tiny, cfg.crop, cfg.crop, 3), dtype=np.uint8)
             for i in range(n_tiny):
-                img = None
-                while img is None:
-                    img = _decode(self.tiny[int(rng.integers(0, len(self.tiny)))])
-                out[i] = _random_crop(img, cfg.crop, rng)
+                out[i] = _random_crop(self._draw_tiny(rng), cfg.crop, rng)
             groups.append(out)
         if len(groups) == 2 and groups[0].shape[1] == groups[1].shape[1]:
             groups = [np.concatenate(groups)]  # one forward pass when the sizes agree
@@ -214,6 +271,18 @@ class CdcBatches:
             batches.append((to_float(g), torch.from_numpy(rate[at : at + len(g)]).long()))
             at += len(g)
         return batches
+
+    def _draw_tiny(self, rng: np.random.Generator) -> np.ndarray:
+        """A random Tiny ImageNet image that decodes, skipping broken ones (the draws stay a function of the
+        step); :data:`MAX_FAILED_DRAWS` failures in a row mean the data is no images at all."""
+        for _ in range(MAX_FAILED_DRAWS):
+            img = _decode(self.tiny[int(rng.integers(0, len(self.tiny)))])
+            if img is not None:
+                return img
+        raise InvalidInputError(
+            f"the Tiny ImageNet training images do not decode: {MAX_FAILED_DRAWS} random draws in a row from "
+            f"{len(self.tiny)} images found no JPEG or PNG (check that --tiny's 'image' column holds encoded images)"
+        )
 
 
 # ---- loss ----------------------------------------------------------------------------------------------
@@ -382,6 +451,8 @@ class CdcTrainer:
         return {**terms, "rate": rate, "loss": float(loss.detach())}
 
     def save(self, directory: Path) -> None:
+        """Write the checkpoint beside the old one, then swap: an interrupted save never loses the last one."""
+        recover_checkpoint(directory)  # never build on the debris of an interrupted swap (it would delete both)
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -389,7 +460,10 @@ class CdcTrainer:
         save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
         save_file(optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
         meta = {"format": "cdc-checkpoint", "config": asdict(self.cfg), "model": self.cfg.model, **asdict(self.state)}
-        (tmp / STATE).write_text(json.dumps(meta, indent=1))
+        # state.json marks a checkpoint written whole (recover_checkpoint trusts a .tmp holding it): it appears
+        # by a rename, never half-written
+        (tmp / (STATE + ".part")).write_text(json.dumps(meta, indent=1))
+        (tmp / (STATE + ".part")).rename(tmp / STATE)
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
@@ -398,27 +472,84 @@ class CdcTrainer:
         shutil.rmtree(old, ignore_errors=True)
 
     def load(self, directory: Path) -> None:
-        meta = json.loads((directory / STATE).read_text())
-
         def as_saved(cfg: TrainConfig) -> dict:  # tuples are lists once in state.json
             return json.loads(json.dumps(asdict(cfg)))
 
-        refuse_changed_config(
-            directory, as_saved(self.cfg), meta["config"], as_saved(TrainConfig()), ADJUSTABLE_ON_RESUME
-        )
-        self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
-        self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
-        load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
-        self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
+        with checkpoint_errors(directory):
+            meta = json.loads((directory / STATE).read_text())
+            refuse_changed_config(  # the data is compared apart: a checkpoint without its record still resumes
+                directory,
+                as_saved(self.cfg),
+                meta["config"],
+                as_saved(TrainConfig()),
+                ADJUSTABLE_ON_RESUME | {"data"},
+            )
+            refuse_changed_data(directory, meta["config"].get("data") or {}, self.cfg.data)
+            self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
+            self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
+            load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
+            self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
+
+
+RESUME_ADVICE = "restore it from a copy, or start a new run in another --out (or replace it: --fresh --overwrite)"
+
+
+@contextmanager
+def checkpoint_errors(directory: Path, advice: str = RESUME_ADVICE) -> Iterator[None]:
+    """A checkpoint that cannot be read (a state file cut short, missing keys, truncated weights) is one
+    :class:`ModelLoadError` naming it and what to do, not a JSON, key or safetensors traceback."""
+    try:
+        yield
+    except DiffcError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelLoadError(
+            f"checkpoint {directory} cannot be read ({type(exc).__name__}: {first_line}); {advice}"
+        ) from None
 
 
 def checkpoint_config(directory: Path) -> TrainConfig:
     state = Path(directory) / STATE
     if not state.is_file():
         raise DiffcError(f"{directory}: not a CDC training checkpoint (no {STATE})")
-    saved = json.loads(state.read_text())["config"]
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    with checkpoint_errors(directory):
+        saved = json.loads(state.read_text())["config"]
+        known = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def model_config_option(text: str, base: dict) -> ModelConfig:
+    """``base`` with the fields of ``--model-config`` (a JSON object) over it; a value that is no JSON object
+    of ModelConfig fields is one error naming the option."""
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--model-config is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(given, dict):
+        raise InvalidInputError(f"--model-config takes a JSON object of model fields, got {text!r}")
+    try:
+        return ModelConfig.from_dict({**base, **given})
+    except (TypeError, ValueError) as exc:
+        valid = ", ".join(f.name for f in fields(ModelConfig))
+        raise InvalidInputError(f"--model-config: {exc} (model fields: {valid})") from None
+
+
+# Lowest value of each numeric option (``not value >= low`` also refuses NaN): below it a run would divide by
+# zero, loop without end, or fail deep inside torch.
+OPTION_MINIMUM = {
+    "minutes": 0,
+    "max_steps": 0,
+    "checkpoint_minutes": 0,
+    "tiny_limit": 1,
+    "threads": 1,
+    "batch_size": 1,
+    "lr": 0,
+    "warmup_steps": 0,
+    "decay_start": 0,
+    "decay_end": 0,
+    "photo_crop": 0,
+}
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
@@ -501,14 +632,29 @@ class _Window:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffc_pipeline.codecs.cdc.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoint in OUT/checkpoint)")
-    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=60.0,
+        help="stop after this many minutes of this session (a checkpoint is written at the end; default: %(default)s)",
+    )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--tiny", default=DEFAULT_TINY, help="Tiny ImageNet train Parquet folder")
     p.add_argument("--photos", default=DEFAULT_PHOTOS, help="folder of native-resolution photos ('' for none)")
-    p.add_argument("--tiny-limit", type=int, default=None)
+    p.add_argument(
+        "--tiny-limit",
+        type=int,
+        default=None,
+        help="train on the first N Tiny ImageNet images only (default: all; a resume must pass the same)",
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per step (default: {TrainConfig.batch_size}, or the checkpoint's; fixed for a run)",
+    )
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--decay-start", type=int, default=None)
@@ -516,7 +662,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--diffusion-fraction", type=float, default=None, help="share of each batch training the U-Net")
     p.add_argument("--photo-crop", type=int, default=None, help="side of the photo crops, a multiple of 64 (0: --crop)")
-    p.add_argument("--model-config", type=str, default=None, help="JSON of ModelConfig fields (new runs only)")
+    p.add_argument(
+        "--model-config",
+        type=str,
+        default=None,
+        help="JSON of ModelConfig fields for a new run (a resumed run keeps its model: another is refused)",
+    )
     p.add_argument(
         "--lambdas",
         default=None,
@@ -528,17 +679,43 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated rate indices to train (default: all; on resume it branches a run, e.g. to one rate)",
     )
-    p.add_argument("--rho", type=float, default=None, help="weight of the LPIPS term, 0..1 (new runs only)")
+    p.add_argument(
+        "--rho",
+        type=float,
+        default=None,
+        help="weight of the LPIPS term, 0..1 (default: 0; a resumed run keeps its own: another is refused)",
+    )
     p.add_argument("--lpips", default=None, help="LPIPS network as a torch.export archive (.pt2), for rho > 0")
-    p.add_argument("--fresh", action="store_true", help="start over even if OUT/checkpoint exists")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new run instead of resuming OUT/checkpoint; where one exists, only with --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --fresh: let the new run replace the existing OUT/checkpoint (at its first checkpoint)",
+    )
     p.add_argument(
         "--init-from",
         default=None,
         help="start a new run from a trained model: 'builtin', a model directory or a checkpoint (fresh optimizer)",
     )
     args = p.parse_args(argv)
+    for name, low in OPTION_MINIMUM.items():
+        value = getattr(args, name)
+        if value is not None and not value >= low:
+            raise InvalidInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     torch.set_num_threads(args.threads)
     ckpt = args.out / "checkpoint"
+    recover_checkpoint(ckpt)  # a kill between the swap's two renames left .old/.tmp: resume from it
+    if args.overwrite and not args.fresh:
+        raise InvalidInputError("--overwrite only goes with --fresh (a new run that replaces OUT/checkpoint)")
+    if args.fresh and ckpt.exists() and not args.overwrite:
+        raise InvalidInputError(
+            f"--fresh: {ckpt} holds a training run, which a new run would replace at its first checkpoint; "
+            "add --overwrite to replace it, drop --fresh to resume it, or give another --out"
+        )
     resume = ckpt.is_dir() and not args.fresh
     cfg = checkpoint_config(ckpt) if resume else TrainConfig()
     lambdas = None
@@ -558,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         if resume and cfg.init_from != source:
             raise DiffcError(
                 f"--init-from {args.init_from}: {ckpt} is a run started from {cfg.init_from or 'scratch'}; "
-                "--init-from only starts new runs (drop it to resume, or pass --fresh)"
+                "--init-from only starts new runs (drop it to resume, or replace the run: --fresh --overwrite)"
             )
         if not resume:
             if args.model_config:
@@ -569,8 +746,21 @@ def main(argv: list[str] | None = None) -> int:
             cfg.model, cfg.init_from = init_cfg.to_dict(), source
     elif lambdas is not None and not resume:
         cfg.model = {**cfg.model, **rates_config(lambdas)}
-    if not resume and args.model_config:
-        cfg.model = {**cfg.model, **json.loads(args.model_config)}
+    if args.model_config:
+        requested = model_config_option(args.model_config, cfg.model)
+        if not resume:
+            cfg.model = requested.to_dict()
+        elif requested != ModelConfig.from_dict(cfg.model):
+            trained = ModelConfig.from_dict(cfg.model)
+            diffs = ", ".join(
+                f"{f.name} {getattr(trained, f.name)!r} (requested {getattr(requested, f.name)!r})"
+                for f in fields(ModelConfig)
+                if getattr(trained, f.name) != getattr(requested, f.name)
+            )
+            raise InvalidInputError(
+                f"--model-config: {ckpt} trains a model with {diffs}; the model is fixed for a run "
+                "(drop --model-config to resume, or start a new run in another --out)"
+            )
     for name in (
         "batch_size",
         "lr",
@@ -589,9 +779,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg.train_rates = tuple(int(r) for r in args.train_rates.split(",") if r.strip())
         except ValueError:
             raise DiffcError(f"--train-rates takes comma-separated integers, got {args.train_rates!r}") from None
-    if args.rho is not None and not resume:
+    if args.rho is not None:
         if not 0.0 <= args.rho <= 1.0:
-            raise DiffcError(f"--rho must be in [0, 1], got {args.rho}")
+            raise InvalidInputError(f"--rho must be in [0, 1], got {args.rho}")
+        if resume and args.rho != cfg.rho:
+            raise InvalidInputError(
+                f"--rho {args.rho}: {ckpt} trains with rho {cfg.rho}, which is fixed for a run (drop --rho to "
+                "resume, or start a new run in another --out)"
+            )
         cfg.rho = args.rho
     lpips = None
     if args.lpips:
@@ -606,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DiffcError(f"--lpips {args.lpips} is not the LPIPS network this run was trained with")
     tiny = load_tiny(args.tiny, args.tiny_limit)
     photos = list_photos(args.photos) if args.photos else []
+    cfg.data = data_record(args.tiny, args.tiny_limit, len(tiny), args.photos, len(photos))
     trainer = CdcTrainer(cfg, tiny, photos, lpips)
     if resume:
         trainer.load(ckpt)
