@@ -648,3 +648,5 @@ def test_relative_paths_in_a_submitted_command_are_warned_of():
     assert "s3://b/out" not in result.stderr  # URLs and absolute paths are what a job should be given
     quiet = _cli("--dry-run", "--tick", "t", "inspect", "/data/archive")
     assert quiet.exit_code == 0 and "relative path" not in quiet.stderr, quiet.output
+    paths = _cli("--dry-run", "--tick", "t", "model", "export", "run/checkpoint", "/models/m")  # Path arguments
+    assert "CHECKPOINT 'run/checkpoint' is a relative path" in paths.stderr, paths.output

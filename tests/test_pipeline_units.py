@@ -572,6 +572,18 @@ def test_incremental_compare_tries_unreadable_sources_again_and_other_error_rows
     assert (every.retried, every.unchanged, every.todo.column("id").to_pylist()) == (2, 1, ["unread", "refused"])
 
 
+def test_an_empty_listing_against_a_held_archive_reports_every_id_deleted():
+    from diffc_pipeline.pipeline.incremental import compare
+    from diffc_pipeline.pipeline.sources import ITEM_SCHEMA
+
+    strings = {k: pa.array(["u", None], pa.string()) for k in ("source_uri", "source_etag")}
+    held = pa.table({"id": ["a", "b"], **strings})
+    held = held.append_column("source_size", pa.array([1, 1], pa.int64()))
+    held = held.append_column("source_mtime", pa.array([None, None], pa.timestamp("us", tz="UTC")))
+    delta = compare(ITEM_SCHEMA.empty_table(), held)
+    assert (delta.new, delta.unchanged, delta.deleted) == (0, 0, ["a", "b"])
+
+
 def test_the_latest_version_is_in_the_highest_numbered_shard_past_a_million():
     from diffc_pipeline.pipeline.incremental import latest_rows
 
@@ -742,6 +754,7 @@ def test_hugging_face_image_structs_are_read_and_other_column_types_refused_up_f
     rows = _decode_rows(make_plan(list_source(str(tmp_path / "hf"), {}), shard_size=100, seed=0).items)
     assert [r["status"] for r in rows] == ["ok"] * 3 + ["error", "ok"]
     assert "holds no image bytes, only a path ('elsewhere/3.png')" in rows[3]["error"]
+    assert rows[3]["error"].startswith("source: ")  # the input's own state: not retried as a failed read
 
     (tmp_path / "text").mkdir()
     pq.write_table(pa.table({"image": ["a.png", "b.png"]}), tmp_path / "text" / "x.parquet")

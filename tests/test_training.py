@@ -516,6 +516,13 @@ def test_a_model_folder_is_replaced_whole_and_never_one_holding_other_files(tmp_
     assert [p.name for p in (tmp_path / "photos").iterdir()] == ["a.png"]
 
 
+def test_a_model_is_written_into_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    """"." has no name to put a staging folder beside: the folder is taken by its absolute path."""
+    monkeypatch.chdir(tmp_path)
+    save_unet_model(Path("."), Trainer(CONFIG, []).ema, LinearSchedule().to_dict(), name="t")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
 def test_a_checkpoint_state_is_written_whole(tiny_set: list[bytes], tmp_path: Path) -> None:
     """recover_checkpoint takes a .tmp holding state.json as complete: state.json appears by a rename."""
     trainer = Trainer(CONFIG, tiny_set)

@@ -128,9 +128,11 @@ def check_command(
     if warn is not None:
         for param in ctx.command.params:
             value = ctx.params.get(param.name)
-            if param.param_type_name == "argument" and isinstance(value, str) and _relative_path(value):
+            if not (param.param_type_name == "argument" and isinstance(value, str | os.PathLike)):
+                continue
+            if _relative_path(str(value)):
                 warn(
-                    f"{str(param.name).upper()} {value!r} is a relative path: the job resolves it in its working "
+                    f"{str(param.name).upper()} {str(value)!r} is a relative path: the job resolves it in its working "
                     "directory on the cluster; give an absolute path or a URL the cluster can read"
                 )
     return path

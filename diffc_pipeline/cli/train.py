@@ -162,13 +162,17 @@ def data_record(data: str, image_column: str, limit: int, images: int, photos: s
     """What a run trains on, as its checkpoint records it (``TrainConfig.data``): URLs spelled one way and
     without credentials, so a resume from another folder or with a rotated key is the same data."""
     from ..pipeline.sources import canonical_url, public_url
+    from ..redaction import redact_text
+
+    def spelled(url: str) -> str:  # no user:password, no signature query parameters
+        return redact_text(public_url(canonical_url(url)))
 
     return {
-        "url": public_url(canonical_url(data)),
+        "url": spelled(data),
         "image_column": image_column,
         "limit": limit,
         "images": images,
-        "photos": public_url(canonical_url(photos)) if photos else "",
+        "photos": spelled(photos) if photos else "",
         "photo_images": photo_images,
     }
 

@@ -49,7 +49,7 @@ def save_unet_model(
     The directory is replaced whole: written beside it, then swapped in, so a kill never leaves new weights
     beside an old ``config.json`` (a model whose identity lies) or safetensors' temporary files in it. A
     directory holding anything but a model's files is refused, never replaced."""
-    directory = Path(directory)
+    directory = Path(directory).absolute()  # "." has no name to put a staging folder beside
     others = sorted(p.name for p in directory.iterdir() if not _model_file(p.name)) if directory.is_dir() else []
     if others:
         raise ModelLoadError(

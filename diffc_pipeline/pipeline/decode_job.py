@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from ..codecs import Codec, Encoded, prefix_bits
 from ..errors import ArchiveError, DecodeTargetError, check_at_least, is_whole
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
+from ..redaction import redact_text
 from .archive import ROW_GROUP_SIZE, STATUS_ERROR, STATUS_OK, chunk_column, crc_column, verify_prefix
 from .commit import replace_file
 from .destinations import (
@@ -475,6 +476,8 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         raise
     finally:
         progress.stop()
+    if opts.format == "png" and opts.overwrite:  # every selected PNG is this decode's now: resumable again
+        write_record(out_fs, out_root.rstrip("/"), {**record, "overwrite": False})
     t = progress.tally
     return DecodeSummary(
         t.images,
@@ -493,12 +496,16 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
 
 def decode_record(archive: Archive, opts: DecodeOptions, decode_options: dict) -> dict:
     """What makes a PNG decode's pixels and selection (:data:`~.png_output.RECORD_NAME`): the archive (by its
-    creation time and codec fingerprint, not the spelling of its URL), the model, the rate, the selection and
-    the codec's decode options. The ids are kept as a digest: a long ``--ids`` list stays out of OUTPUT."""
+    creation time, codec fingerprint and committed shards, not the spelling of its URL), the model, the rate,
+    the selection and the codec's decode options. The ids are kept as a digest: a long ``--ids`` list stays
+    out of OUTPUT. ``overwrite`` says the decode replaces an earlier one's PNGs: until it finishes, a PNG in
+    OUTPUT may still be the earlier decode's, so it cannot be resumed."""
+    shards = hashlib.sha256("\n".join(sorted(archive.shards)).encode()).hexdigest()
     return {
-        "archive": archive.url,
+        "archive": redact_text(archive.url),
         "archive_created_at": archive.manifest.created_at,
         "codec_fingerprint": archive.manifest.codec.get("fingerprint"),
+        "archive_shards_sha256": shards,  # an incremental run since: other versions, another --limit selection
         "model": opts.model,
         "bpp": opts.bpp,
         "step": opts.step,
@@ -506,6 +513,7 @@ def decode_record(archive: Archive, opts: DecodeOptions, decode_options: dict) -
         "where": opts.where,
         "limit": opts.limit,
         "decode_options": decode_options,
+        "overwrite": opts.overwrite,
     }
 
 

@@ -19,17 +19,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .archive import STATUS_ERROR
+from ..errors import ArchiveError
+from .archive import RECORD_FIELDS, STATUS_ERROR
 from .commit import data_path
 from .reader import read_footer, shard_errors
 
 SIGNATURE = ["source_uri", "source_size", "source_mtime", "source_etag"]  # "same source" = all equal
 OUTCOME = ["status", "error"]  # whether the held version was coded, and why not
 # An error row with this prefix could not read its source (a storage outage, a file moved away for a while):
-# nothing about the image, so every incremental run tries it again. Other error rows (an undecodable or too
-# large image, a failed encode) are tried again only when asked (--retry-errors: e.g. after raising a limit).
+# nothing about the image, so every incremental run tries it again. Other error rows (``source:`` the input
+# holds no image there, ``decode:`` an undecodable or too large image, ``encode:``) are tried again only when
+# asked (--retry-errors: e.g. after raising a limit).
 READ_ERROR_PREFIX = "read:"
 EXAMPLES = 5  # names of deleted sources reported
+HELD_TYPES = {f.name: f.type for f in RECORD_FIELDS}
 
 
 def new_run_id() -> str:
@@ -63,6 +66,10 @@ def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) ->
         where = fs.unstrip_protocol(path)
         with shard_errors(where), fs.open(path, "rb", cache_type="none") as f:
             t = pq.ParquetFile(f, metadata=read_footer(f, where)).read(columns=["id", *SIGNATURE, *OUTCOME])
+        try:  # a shard rewritten by another tool (large_string ids) compares as the format says
+            t = t.cast(pa.schema([(c, HELD_TYPES[c]) for c in t.column_names]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise ArchiveError(f"shard {where} does not hold the archive's column types: {exc}") from None
         tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
     if not tables:
         return pa.table({"id": pa.array([], pa.string()), "shard": pa.array([], pa.string())})
@@ -137,7 +144,9 @@ def compare(
     keep = pc.or_(pc.or_(pc.invert(held_now), differs), again)
     new, changed, retried = (int(pc.sum(c).as_py() or 0) for c in (pc.invert(held_now), differs, again))
     listed = items.column("id") if listed_ids is None else listed_ids
-    gone = pc.invert(pc.is_in(held.column("id"), value_set=pa.chunked_array([listed]).combine_chunks()))
+    if isinstance(listed, pa.ChunkedArray):
+        listed = listed.combine_chunks()
+    gone = pc.invert(pc.is_in(held.column("id"), value_set=listed.cast(held.column("id").type)))
     deleted = sorted(held.column("id").filter(gone).to_pylist())
     todo = items.filter(keep) if items.num_rows else items
     return Delta(todo, new, changed, items.num_rows - new - changed - retried, deleted, retried)

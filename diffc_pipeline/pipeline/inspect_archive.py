@@ -13,6 +13,7 @@ from .archive import STATUS_OK
 from .incremental import latest_rows
 from .lock import holder_run
 from .reader import open_archive, read_index
+from .sources import remote_errors
 
 QUANTILES = (0.1, 0.5, 0.9)
 TOP_ERRORS = 5
@@ -26,6 +27,8 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
     quantiles), codec, model, errors. Only the manifest, markers and index columns are read."""
     archive = open_archive(url, storage_options)
     m = archive.manifest
+    with remote_errors("read", url, storage_options):
+        lock_holder = holder_run(archive.fs, archive.root)
     index, _ = read_index(archive)
     rows = index.num_rows
     index = latest_rows(index)  # counts and bpp describe the latest version of each image
@@ -76,7 +79,7 @@ def inspect_archive(url: str, storage_options: Mapping[str, object]) -> dict:
         "images": index.num_rows,
         "rows": rows,  # older versions included
         "runs": m.runs,
-        "lock_holder": holder_run(archive.fs, archive.root),  # the run writing now (None: no run is)
+        "lock_holder": lock_holder,  # the run writing now (None: no run is)
         "ok": ok.num_rows,
         "failures": failed.num_rows,
         "malformed": malformed,  # rows marked ok whose size or bit counts make no sense (left out of bpp)

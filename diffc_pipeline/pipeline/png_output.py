@@ -130,8 +130,8 @@ def check_not_written(
 # from another one (a PNG does not say which archive, rate or method made it).
 RECORD_NAME = "_diffc_decode.json"
 # Keys of a record that name, not define, the decode: an archive reached by another spelling of its URL is
-# the same archive (its creation time and codec fingerprint say which).
-RECORD_LABELS = ("archive",)
+# the same archive (its creation time, codec fingerprint and shards say which); "overwrite" is checked apart.
+RECORD_LABELS = ("archive", "overwrite")
 
 
 def write_record(fs, root: str, record: dict) -> None:
@@ -157,6 +157,11 @@ def check_resumable(fs, root: str, record: dict, url: str, storage_options: Mapp
         earlier = None
     if not isinstance(earlier, dict):
         raise DecodeTargetError(f"--resume: {public_url(url)}/{RECORD_NAME} is not a decode record; use --overwrite")
+    if earlier.get("overwrite"):
+        raise DecodeTargetError(
+            f"--resume: OUTPUT {public_url(url)} holds an --overwrite decode that did not finish: some of its PNGs "
+            "may still be the decode it was replacing; decode again with --overwrite"
+        )
     differ = sorted(
         k for k in record.keys() | earlier.keys() if k not in RECORD_LABELS and record.get(k) != earlier.get(k)
     )

@@ -19,7 +19,7 @@ from ..errors import ModelMismatchError
 from ..images import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS, decode_image, open_image
 from . import faults
 from .archive import ENCODED_SCHEMA, STATUS_ERROR, STATUS_OK, chunk_crcs, row_checksum
-from .sources import read_bytes
+from .sources import SourceError, StorageUnavailableError, read_bytes
 
 T = TypeVar("T")
 
@@ -68,7 +68,10 @@ def read_and_decode(
     for item, data in zip(items.to_pylist(), read_bytes(items, storage_options, image_column), strict=True):
         row = {k: item[k] for k in PASS_THROUGH}
         row.update(source_size=item["source_size"], status=STATUS_OK)
-        if isinstance(data, Exception):
+        if isinstance(data, SourceError) and not isinstance(data, StorageUnavailableError):
+            # the input itself holds no image there (a path-only row, a row past the file's end): permanent
+            row.update(status=STATUS_ERROR, error=error_text("source", data))
+        elif isinstance(data, Exception):  # the storage failed to hand the bytes over: retried by the next run
             row.update(status=STATUS_ERROR, error=error_text("read", data))
         else:
             row["source_size"] = len(data)

@@ -69,7 +69,7 @@ def write_model_dir(
     from safetensors.numpy import save_file as save_np
     from safetensors.torch import save_file
 
-    out = Path(out)
+    out = Path(out).absolute()  # "." has no name to put the new folder beside
     refuse_unreplaceable(out)
     weights = {k: v.detach().contiguous() for k, v in weights.items()}
     net = CdcModel(cfg)
