@@ -138,6 +138,20 @@ def test_unknown_model_specs_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "bad" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="do not match the config"):
         load_model(str(tmp_path / "bad"))
+    # weights that upcast without a word, a schedule running the wrong way, none at all
+    from safetensors.torch import save_file
+
+    save_unet_model(tmp_path / "int8", net, LinearSchedule().to_dict(), name="tiny")
+    save_file({k: v.to(torch.int8) for k, v in net.state_dict().items()}, str(tmp_path / "int8" / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"weights must be floating point, .* is torch\.int8"):
+        load_model(str(tmp_path / "int8"))
+    backwards = {"kind": "linear", "gamma_min": 5.0, "gamma_max": -13.3}
+    for schedule, why in ((backwards, "must be below"), (None, "no noise")):
+        save_unet_model(tmp_path / "sched", net, LinearSchedule().to_dict(), name="tiny")
+        config = json.loads((tmp_path / "sched" / "config.json").read_text())
+        (tmp_path / "sched" / "config.json").write_text(json.dumps({**config, "schedule": schedule}))
+        with pytest.raises(ModelLoadError, match=why):
+            load_model(str(tmp_path / "sched"))
 
 
 def test_gaussian_model() -> None:

@@ -62,7 +62,10 @@ class LinearSchedule:
 def schedule_from_dict(d: dict) -> LinearSchedule:
     if d.get("kind") != "linear":
         raise ValueError(f"unknown noise schedule kind {d.get('kind')!r}")
-    return LinearSchedule(float(d["gamma_min"]), float(d["gamma_max"]))
+    low, high = float(d["gamma_min"]), float(d["gamma_max"])
+    if not low < high:  # the log-SNR must fall along the chain; NaN fails this too
+        raise ValueError(f"noise schedule gamma_min {low} must be below gamma_max {high}")
+    return LinearSchedule(low, high)
 
 
 def alpha_sigma(gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

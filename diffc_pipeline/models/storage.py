@@ -178,6 +178,13 @@ def load_unet_model(
         raise ModelLoadError(f"{directory}: not a diffc U-Net model (format={config.get('format')!r})")
     weights = weights or _weights_file(directory, allow_pickle)
     tensors = read_state_dict(weights, allow_pickle)
+    integral = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if integral:  # upcast, an int8 or bool tensor would load as garbage weights without a word
+        raise ModelLoadError(
+            f"{weights}: weights must be floating point, {integral[0]} is {tensors[integral[0]].dtype}"
+        )
+    if not isinstance(config.get("schedule"), dict):
+        raise ModelLoadError(f"{directory}: {CONFIG_NAME} has no noise schedule ('schedule')")
     try:
         net = UNet(UNetConfig.from_dict(config["unet"]))
         net.load_state_dict({k: v.float() for k, v in tensors.items()})

@@ -329,18 +329,19 @@ def run_training(
     last_ckpt = start
     base_elapsed = trainer.state.elapsed_s
     ema_loss = math.nan
-    window_start, window_steps = time.monotonic(), 0
+    window_start, window_images = time.monotonic(), 0
     stop = StopRequest()
     with stop_on_signals(stop):
         while stop.signal is None:
             now = time.monotonic()
             if (now - start) >= minutes * 60 or (max_steps is not None and trainer.state.step >= max_steps):
                 break
+            shape = trainer.config.shape_at(trainer.state.step)  # the phase in force: its batch, not the base one
             loss = trainer.train_step()
             ema_loss = loss if math.isnan(ema_loss) else 0.98 * ema_loss + 0.02 * loss
-            window_steps += 1
+            window_images += shape["batch_size"] + shape["photo_batch"]
             trainer.state.elapsed_s = base_elapsed + (time.monotonic() - start)
-            ips = window_steps * trainer.config.batch_size / max(1e-9, time.monotonic() - window_start)
+            ips = window_images / max(1e-9, time.monotonic() - window_start)
             if on_step:
                 on_step(trainer.state.step, ema_loss, ips)
             if trainer.state.step % 50 == 0:
@@ -351,7 +352,7 @@ def run_training(
                         "loss_bpd": round(ema_loss, 4),
                     }
                 )
-                window_start, window_steps = time.monotonic(), 0
+                window_start, window_images = time.monotonic(), 0
             if time.monotonic() - last_ckpt >= checkpoint_minutes * 60:
                 _checkpoint(trainer, out)
                 last_ckpt = time.monotonic()
