@@ -98,6 +98,26 @@ def test_every_codec_keeps_the_contract(name: str) -> None:
             codec.decompress(items, 0)
     with pytest.raises(StreamError, match=f"cannot decode {codec.num_chunks + 1} chunks"):
         codec.decompress(items, codec.num_chunks + 1)
+    # one seed check for all: a float or a string seed was truncated by one codec and failed deep in another
+    for seed in (1.5, "7", -1, 1 << 64, True):
+        with pytest.raises(InvalidInputError, match="is not an unsigned 64-bit integer"):
+            codec.compress(x[:1], [seed])
+    with pytest.raises(InvalidInputError, match="no streams to decode"):
+        codec.decompress([])
+    with pytest.raises(InvalidInputError, match="empty batch or image"):
+        codec.compress(np.zeros((1, 0, 5, 3), np.uint8), [0])
+
+
+def test_classical_codecs_name_their_largest_side_and_diffc_seeds_past_2_63_stay_apart() -> None:
+    """A 1x70000 image made JPEG fail with "broken data stream"; DiffC's shared randomness rounded seeds of
+    2**63 and above to float64, so neighbouring seeds drew the same candidates (and 2**64 - 1 those of 0)."""
+    for name, side in (("jpeg", 65_500), ("webp", 16_383), ("avif", 65_536)):
+        with pytest.raises(InvalidInputError, match=f"its sides are at most {side} pixels"):
+            resolve(name, {}, None).build().compress(np.zeros((1, 1, side + 1, 3), np.uint8), [0])
+    codec = _build("diffc")
+    x = _images(1)
+    chunks = {seed: codec.compress(x, [seed])[0].chunks for seed in (0, 2**63 + 1, 2**63 + 2, 2**64 - 1)}
+    assert len({tuple(c) for c in chunks.values()}) == 4
 
 
 # What eval charges of each codec's header: the image's own shape (DiffC v2: a one-byte varint for a side

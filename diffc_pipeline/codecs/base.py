@@ -31,6 +31,19 @@ from ..errors import InvalidInputError, StreamError
 MAX_CHUNKS = 4096
 
 
+def check_seeds(seeds: Sequence[int], count: int) -> list[int]:
+    """The seeds as Python ints, one per image, each an unsigned 64-bit integer: one check for every codec, so
+    a float or a string is refused by name (it truncated silently in one codec and failed deep in another)."""
+    if len(seeds) != count:
+        raise InvalidInputError(f"{count} images but {len(seeds)} seeds")
+    out = []
+    for s in seeds:
+        if not isinstance(s, int | np.integer) or isinstance(s, bool) or not 0 <= int(s) < 1 << 64:
+            raise InvalidInputError(f"seed {s!r} is not an unsigned 64-bit integer")
+        out.append(int(s))
+    return out
+
+
 @dataclass
 class Encoded:
     """One compressed image: ``header`` (size, seed, what decodes it) + ``chunks`` (progressive or one).

@@ -22,7 +22,7 @@ from PIL import Image, features
 
 from .. import images as image_files
 from ..errors import InvalidInputError, ModelLoadError, StreamError
-from .base import Codec, Encoded
+from .base import Codec, Encoded, check_seeds
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ class PillowCodec(Codec):
     progressive = False
     pillow_format: ClassVar[str]
     save_options: ClassVar[dict] = {}
+    # The format's largest side in pixels (None: no limit short of memory): past it the encoder fails with
+    # a message that does not say why ("broken data stream", "Invalid argument").
+    max_side: ClassVar[int | None] = None
 
     def __init__(self, options: _QualityOptions) -> None:
         self._check_available()
@@ -105,6 +108,11 @@ class PillowCodec(Codec):
 
     def compress(self, images: np.ndarray, seeds: Sequence[int]) -> list[Encoded]:
         _check_images(images, seeds)
+        if self.max_side is not None and max(images.shape[1:3]) > self.max_side:
+            raise InvalidInputError(
+                f"{self.name} cannot hold an image of {images.shape[2]}x{images.shape[1]} pixels: its sides are at "
+                f"most {self.max_side} pixels"
+            )
         out = []
         for image in images:
             buf = io.BytesIO()
@@ -116,6 +124,8 @@ class PillowCodec(Codec):
         self, items: Sequence[Encoded], prefix: int | Sequence[int] | None = None, **options: Any
     ) -> np.ndarray:
         self.parse_decode_options(options)
+        if not items:
+            raise InvalidInputError("no streams to decode")
         self.check_prefix(items, prefix)
         decoded = []
         for item in items:
@@ -148,17 +158,20 @@ class JpegCodec(PillowCodec):
     name = "jpeg"
     pillow_format = "JPEG"
     save_options: ClassVar[dict] = {"optimize": True}
+    max_side = 65_500  # libjpeg's JPEG_MAX_DIMENSION
 
 
 class WebpCodec(PillowCodec):
     name = "webp"
     pillow_format = "WEBP"
     save_options: ClassVar[dict] = {"method": 6}
+    max_side = 16_383  # libwebp's WEBP_MAX_DIMENSION
 
 
 class AvifCodec(PillowCodec):
     name = "avif"
     pillow_format = "AVIF"
+    max_side = 65_536  # AV1's largest frame side
 
 
 class JxlCodec(PillowCodec):
@@ -181,5 +194,6 @@ def _check_images(images: np.ndarray, seeds: Sequence[int]) -> None:
             f"expected uint8 images of shape (B, H, W, 3), got {getattr(images, 'dtype', type(images).__name__)} "
             f"{tuple(getattr(images, 'shape', ()))}"
         )
-    if len(images) != len(seeds):
-        raise InvalidInputError(f"{len(images)} images but {len(seeds)} seeds")
+    check_seeds(seeds, len(images))
+    if 0 in images.shape[:3]:
+        raise InvalidInputError(f"empty batch or image: shape {tuple(images.shape)}")

@@ -163,7 +163,7 @@ def run_diffc(
     is reported apart in ``stream_header_bytes``;
     ``ideal`` charges the sum of the first ``k`` steps' KL in bits, the paper's rate. ``stream_sha256`` (rcc)
     is the archive's row checksum of the whole stream: the same image and run seed give the same value in a
-    ``diffc compress`` archive.
+    ``diffc compress`` archive made with the same batch size and thread count (docs/reliability.md).
     Times: the sweep encodes once and decodes every prefix and method in one go, so ``encode_s`` is the
     batch's encode time per image and ``decode_s`` the batch's sweep decode time per image, prefix and method.
     """

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InvalidInputError, ModelLoadError, ModelMismatchError, StreamError
-from ..base import MAX_CHUNKS, Codec, DecodeOption, Encoded
+from ..base import MAX_CHUNKS, Codec, DecodeOption, Encoded, check_seeds
 from ..tensors import to_float, to_uint8
 from .bitstream import SHAPE_BITS, Header, chunk_check
 from .config import CdcOptions, ModelConfig
@@ -328,11 +328,7 @@ class CdcCodec(Codec):
     def compress(self, images: np.ndarray, seeds: Sequence[int]) -> list[Encoded]:
         x = to_float(images)
         b, _, h, w = x.shape
-        seeds = [int(s) for s in seeds]
-        if len(seeds) != b:
-            raise InvalidInputError(f"{len(seeds)} seeds for {b} images")
-        if any(not 0 <= s < 1 << 64 for s in seeds):
-            raise InvalidInputError("seeds must be unsigned 64-bit integers")
+        seeds = check_seeds(seeds, b)
         if h > 65535 or w > 65535:
             raise InvalidInputError(f"image of {h}x{w} pixels exceeds the CDC header's 65535 limit")
         xp = _pad(x)

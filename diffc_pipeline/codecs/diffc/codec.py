@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...errors import InvalidInputError, ModelMismatchError, StreamError
 from ...models.base import DiffusionModel
 from ...models.precision import at_precision
-from ..base import MAX_CHUNKS, Codec, DecodeOption, Encoded
+from ..base import MAX_CHUNKS, Codec, DecodeOption, Encoded, check_seeds
 from ..tensors import to_float, to_uint8
 from . import prng
 from .bitstream import STREAM_VERSION, EncodedImage, Header
@@ -404,12 +404,8 @@ def _check_batch(x: torch.Tensor, seeds: Sequence[int], channels: int) -> None:
         )
     if x.shape[1] != channels:
         raise InvalidInputError(f"expected {channels} channels, got {x.shape[1]}")
-    if x.shape[0] != len(seeds):
-        raise InvalidInputError(f"{x.shape[0]} images but {len(seeds)} seeds")
+    check_seeds(seeds, x.shape[0])
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise InvalidInputError(f"empty batch or image: shape {tuple(x.shape)}")
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise InvalidInputError("images contain NaN or infinite values")
-    for s in seeds:
-        if not 0 <= int(s) < 2**64:
-            raise InvalidInputError(f"seed {s} is not a 64-bit unsigned integer")

@@ -21,8 +21,11 @@ _MASK64 = (1 << 64) - 1
 
 
 def rng(seed: int, step: int, purpose: int) -> np.random.Generator:
-    """An independent generator for ``(seed, step, purpose)``; ``seed`` is any 64-bit integer."""
-    return np.random.Generator(np.random.Philox(key=[seed & _MASK64, ((step & 0xFFFFFFFF) << 8) | purpose]))
+    """An independent generator for ``(seed, step, purpose)``; ``seed`` is any 64-bit integer. The key is an
+    explicit uint64 array: from a list NumPy made a seed of 2**63 or more a float64, rounding neighbouring
+    seeds to one key (and 2**64 - 1 to 0). Seeds below 2**63, all the pipeline writes, draw as before."""
+    key = np.array([seed & _MASK64, ((step & 0xFFFFFFFF) << 8) | purpose], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=key))
 
 
 def normals(seed: int, step: int, purpose: int, shape: tuple[int, ...]) -> np.ndarray:
