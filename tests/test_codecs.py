@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from pipeline_data.make import rgb, write_images
 from typer.testing import CliRunner
@@ -91,6 +92,15 @@ def test_every_codec_keeps_the_contract(name: str) -> None:
     # another batch size decodes the same pixels (bit-identical for these codecs)
     alone = np.concatenate([codec.decompress([it]) for it in items])
     assert np.array_equal(alone, y)
+    # ... and encodes the same bytes, with another thread count too (exact encoders; DiffC here runs the
+    # analytic model: with a network its streams depend on both, docs/reliability.md)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        singles = [codec.compress(x[i : i + 1], [i + 1])[0] for i in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    assert [(s.header, s.chunks) for s in singles] == [(it.header, it.chunks) for it in items]
     with pytest.raises(InvalidInputError, match="decode option"):
         codec.decompress(items, bogus=1)
     if not codec.progressive:
