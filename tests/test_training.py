@@ -119,7 +119,8 @@ def test_resume_is_exact(tiny_set: list[bytes], tmp_path: Path) -> None:
 def test_a_save_killed_between_its_two_renames_loses_no_checkpoint(tiny_set: list[bytes], tmp_path: Path) -> None:
     """A kill after ``checkpoint`` became ``checkpoint.old`` and before ``checkpoint.tmp`` became ``checkpoint``
     left no checkpoint: the next run started from step 0 and its first save deleted ``.old``."""
-    from diffc_pipeline.training.trainer import checkpoint_step, recover_checkpoint
+    from diffc_pipeline.training.checkpointing import recover_checkpoint
+    from diffc_pipeline.training.trainer import checkpoint_step
 
     trainer = Trainer(CONFIG, tiny_set)
     trainer.train_step()

@@ -191,7 +191,8 @@ def export(
 ) -> None:
     """Write the EMA (or raw) weights of a training checkpoint as a model directory (what --model PATH loads)."""
     from ..models import load_unet_model
-    from ..training.trainer import STATE, Trainer, checkpoint_config, checkpoint_errors
+    from ..training.checkpointing import STATE, checkpoint_errors
+    from ..training.trainer import RESUME_ADVICE, Trainer, checkpoint_config
 
     if not (checkpoint / STATE).is_file():
         raise DiffcError(f"{checkpoint} is not a training checkpoint (no {STATE}; a run keeps it in RUN/checkpoint)")
@@ -201,7 +202,7 @@ def export(
         raise DiffcError(f"OUT {out} lies inside the checkpoint {checkpoint}; export to another folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise DiffcError(f"OUT {out} holds other files; give a new folder or a model folder to replace")
-    with checkpoint_errors(checkpoint):
+    with checkpoint_errors(checkpoint, RESUME_ADVICE):
         trainer = Trainer(checkpoint_config(checkpoint), images=[])
         trainer.load(checkpoint)
     trainer.export(out, name=name, fp16=fp16, raw=raw)

@@ -68,17 +68,9 @@ def train(
     (seed). Another --crop or --batch-size on resume starts a phase from the checkpoint's step on (recorded
     in it: the run stays exactly resumable).
     """
+    from ..training.checkpointing import STATE, checkpoint_errors, recover_checkpoint
     from ..training.data import load_encoded_images
-    from ..training.trainer import (
-        STATE,
-        TrainConfig,
-        Trainer,
-        checkpoint_config,
-        checkpoint_errors,
-        checkpoint_step,
-        recover_checkpoint,
-        run_training,
-    )
+    from ..training.trainer import RESUME_ADVICE, TrainConfig, Trainer, checkpoint_config, checkpoint_step, run_training
 
     if threads:
         import torch
@@ -100,7 +92,7 @@ def train(
                 f"--init-from starts a new run, but {ckpt} exists: pass another --out (or --no-resume --overwrite to "
                 "replace it)"
             )
-        with checkpoint_errors(ckpt):
+        with checkpoint_errors(ckpt, RESUME_ADVICE):
             config = checkpoint_config(ckpt).with_batch_shape(checkpoint_step(ckpt), batch_size, crop, **shape)
     else:
         given |= {"batch_size": batch_size, "crop": crop, **shape}
@@ -127,7 +119,7 @@ def train(
         trainer.init_weights(source_model.net.state_dict(), {"name": source.name, "sha256": source.sha256})
         console.print(f"new run from the weights of {source.name}@{source.sha256[:12]}")
     if resuming:
-        with checkpoint_errors(ckpt):
+        with checkpoint_errors(ckpt, RESUME_ADVICE):
             trainer.load(ckpt)
         console.print(f"resumed from {ckpt} at step {trainer.state.step}")
         if max_steps and trainer.state.step >= max_steps:  # nothing to train: leave the checkpoint as it is

@@ -86,10 +86,12 @@ def _model_file(name: str) -> bool:
 def replaced_directory(directory: Path) -> Iterator[Path]:
     """A fresh staging folder beside ``directory`` for the body to fill; when the body succeeds, it takes
     ``directory``'s place (the old one is moved aside, then removed). A kill before the swap leaves the old
-    folder untouched and a ``.staging`` one that the next call clears; a kill between the two renames leaves
-    ``.old``, which the next call restores if ``directory`` is missing."""
-    staging = directory.with_name(directory.name + ".staging")
-    old = directory.with_name(directory.name + ".old")
+    folder untouched and a staging one that the next call clears; a kill between the two renames leaves the
+    old one aside, which the next call restores if ``directory`` is missing. Both have hidden names of their
+    own (``.NAME.staging``, ``.NAME.old``), never a folder a user would call ``NAME.tmp``. Every model folder
+    (DiffC's U-Net, CDC's exports) is written through this."""
+    staging = directory.with_name(f".{directory.name}.staging")
+    old = directory.with_name(f".{directory.name}.old")
     if not directory.exists() and old.is_dir():
         old.rename(directory)
     shutil.rmtree(staging, ignore_errors=True)

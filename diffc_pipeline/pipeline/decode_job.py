@@ -425,11 +425,12 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         raise DecodeTargetError("--resume keeps the PNGs already written, --overwrite replaces them: pass one")
     archive = open_archive(opts.archive, opts.storage_options)
     out_fs, out_root = open_fs(opts.output, opts.storage_options)
+    root = out_root.rstrip("/")  # where the PNGs, the decode record or the parts go
     check_output_folder(out_fs, out_root, opts.output, opts.storage_options)
     check_outside_archive(out_fs, out_root, archive.fs, archive.root)
     check_outside_source(out_fs, out_root, archive.manifest.source, opts.storage_options)
     if opts.format == "parquet":
-        check_no_parts(out_fs, out_root.rstrip("/"), opts.output)
+        check_no_parts(out_fs, root, opts.output)
     spec = archive.manifest.codec_spec(opts.model)
     codec = spec.build()
     decode_options = codec.parse_decode_options(opts.decode_options)
@@ -441,7 +442,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
         raise DecodeTargetError(f"no decodable image selected in {archive.url} ({skipped} error rows selected)")
     already_written = 0
     if opts.format == "png":
-        ids, root = selection.column("id").to_pylist(), out_root.rstrip("/")
+        ids = selection.column("id").to_pylist()
         folds = folds_names(out_fs, root)
         check_distinct_names(ids, folds)
         record = decode_record(archive, opts, decode_options)
@@ -477,7 +478,7 @@ def run_decode(opts: DecodeOptions, progress: JobProgress) -> DecodeSummary:
     finally:
         progress.stop()
     if opts.format == "png" and opts.overwrite:  # every selected PNG is this decode's now: resumable again
-        write_record(out_fs, out_root.rstrip("/"), {**record, "overwrite": False})
+        write_record(out_fs, root, {**record, "overwrite": False})
     t = progress.tally
     return DecodeSummary(
         t.images,

@@ -19,10 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import ArchiveError
 from .archive import RECORD_FIELDS, STATUS_ERROR
 from .commit import data_path
-from .reader import read_footer, shard_errors
+from .reader import as_format, read_footer, shard_errors
 
 SIGNATURE = ["source_uri", "source_size", "source_mtime", "source_etag"]  # "same source" = all equal
 OUTCOME = ["status", "error"]  # whether the held version was coded, and why not
@@ -66,10 +65,7 @@ def held_sources(fs: fsspec.AbstractFileSystem, root: str, shards: list[str]) ->
         where = fs.unstrip_protocol(path)
         with shard_errors(where), fs.open(path, "rb", cache_type="none") as f:
             t = pq.ParquetFile(f, metadata=read_footer(f, where)).read(columns=["id", *SIGNATURE, *OUTCOME])
-        try:  # a shard rewritten by another tool (large_string ids) compares as the format says
-            t = t.cast(pa.schema([(c, HELD_TYPES[c]) for c in t.column_names]))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
-            raise ArchiveError(f"shard {where} does not hold the archive's column types: {exc}") from None
+        t = as_format(t, pa.schema([(c, HELD_TYPES[c]) for c in t.column_names]), where)
         tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
     if not tables:
         return pa.table({"id": pa.array([], pa.string()), "shard": pa.array([], pa.string())})

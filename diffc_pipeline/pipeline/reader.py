@@ -106,10 +106,7 @@ def read_index(archive: Archive, with_bits: bool = True) -> tuple[pa.Table, int]
             nbytes += f.bytes_read
         t = t.append_column("shard", pa.array([name] * t.num_rows, pa.string()))
         t = t.append_column("row", pa.array(range(t.num_rows), pa.int64()))
-        try:  # a shard rewritten by another tool (large_string ids, int64 sizes) still reads as the format says
-            tables.append(t.cast(schema))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
-            raise ArchiveError(f"shard {where} does not hold the archive's column types: {exc}") from None
+        tables.append(as_format(t, schema, where))
     # an archive without committed shards (a first run in progress or killed) has the same, typed, columns
     return (pa.concat_tables(tables) if tables else schema.empty_table()), nbytes
 
@@ -145,6 +142,16 @@ def shard_errors(where: str) -> Iterator[None]:
     except (OSError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
         cause = " ".join(str(exc).split()) or type(exc).__name__  # Arrow's messages span lines
         raise ArchiveError(f"shard file {where} is truncated or corrupt: {cause}") from None
+
+
+def as_format(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """``table`` with the archive format's column types: a shard rewritten by another tool (``large_string``
+    ids, int64 sizes) reads, and compares, as the format says; columns that cannot be cast are one
+    :class:`ArchiveError` naming the shard."""
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise ArchiveError(f"shard {where} does not hold the archive's column types: {exc}") from None
 
 
 def read_footer(f, where: str) -> pq.FileMetaData:

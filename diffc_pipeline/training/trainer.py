@@ -10,32 +10,31 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import DiffcError
 from ..models.base import LinearSchedule
 from ..models.storage import save_unet_model
 from ..models.unet import UNet, UNetConfig
 from .checkpointing import (
+    STATE,
     StopRequest,
     load_optimizer_tensors,
     optimizer_tensors,
     refuse_changed_config,
+    refuse_changed_data,
     stop_on_signals,
+    write_checkpoint,
 )
 from .data import BatchSampler
 from .vdm import diffusion_loss, nats_to_bpd, prior_loss
 
-STATE = "state.json"
 CHECKPOINT_FORMAT = "diffc-checkpoint"  # state.json's "format" (CDC's trainer writes "cdc-checkpoint")
 
 
@@ -133,32 +132,10 @@ def checkpoint_config(directory: Path) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
 
-@contextmanager
-def checkpoint_errors(directory: Path) -> Iterator[None]:
-    """A checkpoint that cannot be read (a state file cut short, missing keys, truncated weights) is one
-    :class:`DiffcError` naming it, not a JSON, key or safetensors traceback."""
-    try:
-        yield
-    except DiffcError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise DiffcError(
-            f"checkpoint {directory} cannot be read ({type(exc).__name__}: {str(exc)[:300]}); restore it, or start "
-            "a new run with another --out (or --no-resume --overwrite to replace it)"
-        ) from None
-
-
-def recover_checkpoint(directory: Path) -> None:
-    """Finish a checkpoint swap that a kill interrupted (:meth:`Trainer.save`): with ``directory`` gone, the
-    new checkpoint is ``.tmp`` (complete: it is renamed only once written) or else the previous one is
-    ``.old``. Without this a resumed run started from step 0 and its first save deleted ``.old``."""
-    if (directory / STATE).exists():
-        return
-    for candidate in (directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")):
-        if (candidate / STATE).exists():
-            shutil.rmtree(directory, ignore_errors=True)
-            candidate.rename(directory)
-            return
+# The options that say which data a run trains on (named when a resume on other data is refused).
+DATA_OPTIONS = "--data, --image-column, --limit and --photos"
+# What to do about a checkpoint that cannot be read (:func:`~.checkpointing.checkpoint_errors`).
+RESUME_ADVICE = "restore it, or start a new run with another --out (or --no-resume --overwrite to replace it)"
 
 
 def checkpoint_step(directory: Path) -> int:
@@ -249,23 +226,15 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Write the checkpoint beside the old one, then swap: an interrupted save never loses the last one."""
-        recover_checkpoint(directory)  # never build on the debris of an interrupted swap
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        save_file(optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
-        # state.json is what marks a checkpoint written whole (recover_checkpoint): it appears by a rename
-        state = {"format": CHECKPOINT_FORMAT, "config": asdict(self.config), **asdict(self.state)}
-        (tmp / (STATE + ".part")).write_text(json.dumps(state, indent=1))
-        (tmp / (STATE + ".part")).rename(tmp / STATE)
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        write_checkpoint(
+            directory,
+            {
+                "weights.safetensors": self.net.state_dict(),
+                "ema.safetensors": self.ema.state_dict(),
+                "optimizer.safetensors": optimizer_tensors(self.opt),
+            },
+            {"format": CHECKPOINT_FORMAT, "config": asdict(self.config), **asdict(self.state)},
+        )
 
     def load(self, directory: Path) -> None:
         meta = json.loads((directory / STATE).read_text())
@@ -278,9 +247,10 @@ class Trainer:
             asdict(self.config),
             saved,
             asdict(TrainConfig()),
-            ADJUSTABLE_ON_RESUME | {PHASES} | ({"data"} if saved.get("data") is None else set()),
+            ADJUSTABLE_ON_RESUME | {PHASES, "data"},  # the data is compared apart, field by field
             changed=[PHASES] if self.config.phases[: len(saved_phases)] != saved_phases else [],
         )
+        refuse_changed_data(directory, saved.get("data"), self.config.data or {}, DATA_OPTIONS)
         self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
         load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ...errors import DiffcError, InvalidInputError, ModelLoadError
+from ...models.storage import replaced_directory
 from .codec import SINGLE_FILE, WEIGHT_FILES, weight_file_of
 from .config import ModelConfig
 from .entropy import scale_table, tabulate_prior
@@ -78,23 +77,12 @@ def write_model_dir(
         "z_freq": tabulate_prior(net.z_prior, cfg.z_bound),
         "scales": scale_table(cfg.scale_min, cfg.scale_max, cfg.scale_levels),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own beside OUT (never a folder of the user's that happens to be called OUT.tmp)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    with replaced_directory(out) as staging:
         for fname in WEIGHT_FILES:
-            save_file({k: v for k, v in weights.items() if weight_file_of(k) == fname}, str(tmp / fname))
-        save_np(tables, str(tmp / "tables.safetensors"))
+            save_file({k: v for k, v in weights.items() if weight_file_of(k) == fname}, str(staging / fname))
+        save_np(tables, str(staging / "tables.safetensors"))
         config = {"format": "cdc-model", "name": name, "model": cfg.to_dict(), **(meta or {})}
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = tmp.with_name(tmp.name + "-old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+        (staging / "config.json").write_text(json.dumps(config, indent=1))
 
 
 def export(checkpoint: Path, out: Path, raw: bool = False, name: str = "cdc-builtin", note: str = "") -> dict:
@@ -103,7 +91,7 @@ def export(checkpoint: Path, out: Path, raw: bool = False, name: str = "cdc-buil
     model folder (:func:`refuse_unreplaceable`), a checkpoint that is none or cannot be read."""
     from safetensors.torch import load_file
 
-    from .train import checkpoint_errors
+    from ...training.checkpointing import checkpoint_errors
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_dir():

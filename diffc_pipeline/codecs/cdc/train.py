@@ -24,34 +24,33 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ...errors import DiffcError, InvalidImageError, InvalidInputError, ModelLoadError
+from ...errors import DiffcError, InvalidImageError, InvalidInputError
 from ...images import decode_image
 from ...training.checkpointing import (
+    STATE,
     StopRequest,
+    checkpoint_errors,
     load_optimizer_tensors,
     optimizer_tensors,
+    recover_checkpoint,
     refuse_changed_config,
+    refuse_changed_data,
     stop_on_signals,
+    write_checkpoint,
 )
-from ...training.trainer import recover_checkpoint
 from ..tensors import to_float
 from .config import ModelConfig
 from .model import CdcModel, alpha_bar, count_parameters
 
-STATE = "state.json"
 # LPIPS distances (~0.1-0.7) are put on the scale of the MSE term (~1e-3 on [0, 1] pixels at these rates), so
 # that rho trades one for the other as in CDC's loss ((1 - rho) L2 + rho LPIPS on comparable magnitudes).
 LPIPS_SCALE = 0.01
@@ -60,6 +59,9 @@ DEFAULT_PHOTOS = "../shared/data/photos"
 # Random draws in a row whose Tiny ImageNet image does not decode before a batch gives up: a few broken images
 # are skipped, a column of garbage is an error instead of a loop that never ends (and defers SIGTERM with it).
 MAX_FAILED_DRAWS = 64
+# What to do about a checkpoint that cannot be read, and the options that say which data a run trains on.
+RESUME_ADVICE = "restore it from a copy, or start a new run in another --out (or replace it: --fresh --overwrite)"
+DATA_OPTIONS = "--tiny, --tiny-limit and --photos"
 
 
 @dataclass
@@ -161,21 +163,6 @@ def data_record(tiny: str, tiny_limit: int | None, tiny_images: int, photos: str
         "photos": os.path.abspath(photos) if photos else "",
         "photo_files": photo_files,
     }
-
-
-def refuse_changed_data(directory: Path, saved: dict, requested: dict) -> None:
-    """Refuse to resume the checkpoint in ``directory`` on other data than it trained on, naming each
-    difference: the weights and the step's draws depend on it. A checkpoint without a record (written before
-    runs recorded their data) resumes on any data, and records it from then on."""
-    if not saved:
-        return
-    diffs = [k for k in sorted(saved.keys() | requested.keys()) if saved.get(k) != requested.get(k)]
-    if diffs:
-        named = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, requested {requested.get(k)!r})" for k in diffs)
-        raise InvalidInputError(
-            f"{directory}: cannot resume on different data: {named}; pass the --tiny, --tiny-limit and --photos "
-            "it trained on, or start a new run in another --out"
-        )
 
 
 def list_photos(root: str | Path) -> list[Path]:
@@ -452,30 +439,21 @@ class CdcTrainer:
 
     def save(self, directory: Path) -> None:
         """Write the checkpoint beside the old one, then swap: an interrupted save never loses the last one."""
-        recover_checkpoint(directory)  # never build on the debris of an interrupted swap (it would delete both)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        save_file(optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
-        meta = {"format": "cdc-checkpoint", "config": asdict(self.cfg), "model": self.cfg.model, **asdict(self.state)}
-        # state.json marks a checkpoint written whole (recover_checkpoint trusts a .tmp holding it): it appears
-        # by a rename, never half-written
-        (tmp / (STATE + ".part")).write_text(json.dumps(meta, indent=1))
-        (tmp / (STATE + ".part")).rename(tmp / STATE)
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        write_checkpoint(
+            directory,
+            {
+                "weights.safetensors": self.net.state_dict(),
+                "ema.safetensors": self.ema.state_dict(),
+                "optimizer.safetensors": optimizer_tensors(self.opt),
+            },
+            {"format": "cdc-checkpoint", "config": asdict(self.cfg), "model": self.cfg.model, **asdict(self.state)},
+        )
 
     def load(self, directory: Path) -> None:
         def as_saved(cfg: TrainConfig) -> dict:  # tuples are lists once in state.json
             return json.loads(json.dumps(asdict(cfg)))
 
-        with checkpoint_errors(directory):
+        with checkpoint_errors(directory, RESUME_ADVICE):
             meta = json.loads((directory / STATE).read_text())
             refuse_changed_config(  # the data is compared apart: a checkpoint without its record still resumes
                 directory,
@@ -484,36 +462,18 @@ class CdcTrainer:
                 as_saved(TrainConfig()),
                 ADJUSTABLE_ON_RESUME | {"data"},
             )
-            refuse_changed_data(directory, meta["config"].get("data") or {}, self.cfg.data)
+            refuse_changed_data(directory, meta["config"].get("data"), self.cfg.data, DATA_OPTIONS)
             self.net.load_state_dict(load_file(str(directory / "weights.safetensors")))
             self.ema.load_state_dict(load_file(str(directory / "ema.safetensors")))
             load_optimizer_tensors(self.opt, load_file(str(directory / "optimizer.safetensors")))
             self.state = TrainState(step=meta["step"], elapsed_s=meta["elapsed_s"], curve=meta["curve"])
 
 
-RESUME_ADVICE = "restore it from a copy, or start a new run in another --out (or replace it: --fresh --overwrite)"
-
-
-@contextmanager
-def checkpoint_errors(directory: Path, advice: str = RESUME_ADVICE) -> Iterator[None]:
-    """A checkpoint that cannot be read (a state file cut short, missing keys, truncated weights) is one
-    :class:`ModelLoadError` naming it and what to do, not a JSON, key or safetensors traceback."""
-    try:
-        yield
-    except DiffcError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelLoadError(
-            f"checkpoint {directory} cannot be read ({type(exc).__name__}: {first_line}); {advice}"
-        ) from None
-
-
 def checkpoint_config(directory: Path) -> TrainConfig:
     state = Path(directory) / STATE
     if not state.is_file():
         raise DiffcError(f"{directory}: not a CDC training checkpoint (no {STATE})")
-    with checkpoint_errors(directory):
+    with checkpoint_errors(directory, RESUME_ADVICE):
         saved = json.loads(state.read_text())["config"]
         known = {f.name for f in fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in saved.items() if k in known})
